@@ -1,0 +1,3 @@
+from kuberde.cli.main import main
+
+main()

@@ -1,0 +1,67 @@
+"""Names, agent IDs and label sets shared by every component.
+
+An agent ID is `user-{owner}-{name}`. IDs can collide (owner `alice` + name `smith-dev` and
+owner `alice-smith` + name `dev`), so nothing may parse an owner back out of an ID: the owner
+always comes from the resource or the credential.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "AGENT_APP_LABEL",
+    "MAX_ID_LENGTH",
+    "InvalidName",
+    "agent_id",
+    "agent_labels",
+    "validate_agent_id",
+    "validate_name",
+]
+
+MAX_ID_LENGTH = 63
+AGENT_APP_LABEL = "frp-agent"
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+class InvalidName(ValueError):
+    """A name, owner or agent ID that Kubernetes (or we) would refuse."""
+
+
+def validate_name(value: object, what: str = "name") -> str:
+    """Return `value` if it is a DNS-1123 label; otherwise raise with a readable reason."""
+    if not isinstance(value, str) or not value:
+        raise InvalidName(f"{what} must be a non-empty string")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidName(f"{what} {value!r} is longer than {MAX_ID_LENGTH} characters")
+    if not _DNS_LABEL.fullmatch(value):
+        raise InvalidName(
+            f"{what} {value!r} must consist of lower-case letters, digits and '-', "
+            "and start and end with a letter or digit"
+        )
+    return value
+
+
+def agent_id(owner: str, name: str) -> str:
+    """The agent ID (and Deployment name) for `name` owned by `owner`."""
+    validate_name(owner, "owner")
+    validate_name(name, "name")
+    result = f"user-{owner}-{name}"
+    if len(result) > MAX_ID_LENGTH:
+        raise InvalidName(
+            f"agent ID {result!r} is {len(result)} characters; the limit is {MAX_ID_LENGTH}"
+        )
+    return result
+
+
+def validate_agent_id(value: object) -> str:
+    """Check the shape of an agent ID taken from a credential or a URL."""
+    validated = validate_name(value, "agent ID")
+    if not validated.startswith("user-"):
+        raise InvalidName(f"agent ID {validated!r} must start with 'user-'")
+    return validated
+
+
+def agent_labels(agent: str) -> dict[str, str]:
+    """Pod labels of an agent's workload, as the runbook selects them."""
+    return {"app": AGENT_APP_LABEL, "instance": agent}
