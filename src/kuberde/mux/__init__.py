@@ -1,0 +1,37 @@
+"""Stream multiplexing (yamux v0) over one WebSocket: sans-I/O codec plus asyncio session."""
+
+from kuberde.mux.frame import Flag, Frame, FrameDecoder, FrameType, GoAwayCode, ProtocolError
+from kuberde.mux.preamble import Preamble, PreambleError, PreambleReader, encode_preamble
+from kuberde.mux.session import (
+    INITIAL_WINDOW,
+    Link,
+    Session,
+    SessionClosed,
+    SessionConfig,
+    Stream,
+    StreamReset,
+    StreamSink,
+)
+from kuberde.mux.websocket import WebSocketLink
+
+__all__ = [
+    "INITIAL_WINDOW",
+    "Flag",
+    "Frame",
+    "FrameDecoder",
+    "FrameType",
+    "GoAwayCode",
+    "Link",
+    "Preamble",
+    "PreambleError",
+    "PreambleReader",
+    "ProtocolError",
+    "Session",
+    "SessionClosed",
+    "SessionConfig",
+    "Stream",
+    "StreamReset",
+    "StreamSink",
+    "WebSocketLink",
+    "encode_preamble",
+]

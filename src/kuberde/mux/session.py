@@ -1,0 +1,681 @@
+"""asyncio yamux session: many streams over one message link (a WebSocket).
+
+A single writer task owns the link. Streams never write to the link themselves: they queue
+bytes and the writer moves them into frames as each stream's send window allows, round
+robin, control frames first. Memory is therefore bounded per stream by its window and its
+send buffer, and a stream whose peer stops reading pauses only itself.
+
+Two ways to consume a stream: `await stream.read()` (buffered), or a `StreamSink` that gets
+callbacks from the session's reader and acknowledges bytes with `stream.consumed(n)` once it
+has handed them on. Sinks let a TCP bridge run on protocol callbacks with no per-chunk task
+switch, which is where most of the throughput comes from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from kuberde.mux.frame import (
+    HEADER_SIZE,
+    Flag,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    GoAwayCode,
+    ProtocolError,
+    encode_header,
+)
+
+__all__ = [
+    "INITIAL_WINDOW",
+    "Link",
+    "Session",
+    "SessionClosed",
+    "SessionConfig",
+    "Stream",
+    "StreamReset",
+    "StreamSink",
+]
+
+log = logging.getLogger(__name__)
+
+#: The yamux initial stream window; larger windows are granted by an update at open.
+INITIAL_WINDOW = 256 * 1024
+MAX_WINDOW = 16 * 1024 * 1024
+_MAX_RESET_REASON = 1024
+
+
+class Link(Protocol):
+    """A reliable, ordered message transport — in practice a WebSocket."""
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def receive(self) -> bytes | None:
+        """The next message, or None once the link is closed."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class StreamSink(Protocol):
+    """Callback consumer of a stream's inbound bytes (see `Stream.set_sink`)."""
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def eof_received(self) -> None: ...
+
+    def stream_reset(self, error: StreamReset) -> None: ...
+
+
+class StreamReset(ConnectionError):
+    """The stream was reset by the peer, by us, or because its session ended."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SessionClosed(StreamReset):
+    """The session is closed or going away; no new streams can be opened."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    receive_window: int = INITIAL_WINDOW
+    max_message_size: int = 256 * 1024
+    max_frame_payload: int = 64 * 1024
+    send_buffer_limit: int = 256 * 1024
+    keepalive_interval: float = 15.0
+    keepalive_timeout: float = 30.0
+    accept_backlog: int = 256
+
+    def __post_init__(self) -> None:
+        if not INITIAL_WINDOW <= self.receive_window <= MAX_WINDOW:
+            raise ValueError(
+                f"receive_window must be between {INITIAL_WINDOW} and {MAX_WINDOW} bytes"
+            )
+
+
+class Stream:
+    """One bidirectional byte stream inside a session."""
+
+    def __init__(self, session: Session, stream_id: int, *, opened_locally: bool) -> None:
+        self._session = session
+        self.id = stream_id
+        self.opened_locally = opened_locally
+        self._window_size = session.config.receive_window
+        # Inbound side.
+        self._recv_credit = INITIAL_WINDOW
+        self._unacked = 0
+        self._recv_chunks: deque[bytes] = deque()
+        self._recv_buffered = 0
+        self._remote_fin = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._sink: StreamSink | None = None
+        # Outbound side.
+        self._scheduled = False
+        self._send_window = INITIAL_WINDOW
+        self._send_buffer = bytearray()
+        self._local_fin = False
+        self._fin_sent = False
+        self._syn_pending = opened_locally
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._producer: tuple[Callable[[], None], Callable[[], None]] | None = None
+        self._producer_paused = False
+        # Lifecycle.
+        self._error: StreamReset | None = None
+        self._closed = session.loop.create_future()
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.id} session={self._session.name}>"
+
+    # ---- reading -------------------------------------------------------------------------
+
+    async def read(self, max_bytes: int = -1) -> bytes:
+        """Return up to `max_bytes` buffered bytes (all if -1); b"" at end of stream."""
+        while not self._recv_buffered:
+            if self._error is not None:
+                raise self._error
+            if self._remote_fin:
+                return b""
+            self._read_waiter = self._session.loop.create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+        if max_bytes < 0 or max_bytes >= self._recv_buffered:
+            data = b"".join(self._recv_chunks)
+            self._recv_chunks.clear()
+        else:
+            data = self._take_chunks(max_bytes)
+        self._recv_buffered -= len(data)
+        self.consumed(len(data))
+        return data
+
+    def _take_chunks(self, size: int) -> bytes:
+        parts: list[bytes] = []
+        needed = size
+        while needed:
+            chunk = self._recv_chunks.popleft()
+            if len(chunk) > needed:
+                self._recv_chunks.appendleft(chunk[needed:])
+                chunk = chunk[:needed]
+            parts.append(chunk)
+            needed -= len(chunk)
+        return b"".join(parts)
+
+    def set_sink(self, sink: StreamSink) -> None:
+        """Deliver inbound bytes to `sink` from now on; it must call `consumed` for each."""
+        self._sink = sink
+        if self._recv_chunks:
+            data = b"".join(self._recv_chunks)
+            self._recv_chunks.clear()
+            self._recv_buffered = 0
+            sink.data_received(data)
+        if self._error is not None:
+            sink.stream_reset(self._error)
+        elif self._remote_fin:
+            sink.eof_received()
+
+    def consumed(self, size: int) -> None:
+        """Return `size` bytes of receive window to the peer (batched to half a window)."""
+        if self._remote_fin or self._error is not None:
+            return
+        self._unacked += size
+        if self._unacked >= self._window_size // 2:
+            self._session._send_window_update(self, self._unacked)
+            self._recv_credit += self._unacked
+            self._unacked = 0
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue `data`; it leaves as the peer's window allows. Use `drain` for backpressure."""
+        if self._error is not None:
+            raise self._error
+        if self._local_fin:
+            raise StreamReset("write after close_write")
+        if not data:
+            return
+        self._send_buffer += data
+        self._session._schedule(self)
+        if (
+            self._producer is not None
+            and not self._producer_paused
+            and len(self._send_buffer) > self._session.config.send_buffer_limit
+        ):
+            self._producer_paused = True
+            self._producer[0]()
+
+    async def drain(self) -> None:
+        """Wait until the send buffer is below its limit (or raise if the stream died)."""
+        while len(self._send_buffer) > self._session.config.send_buffer_limit:
+            if self._error is not None:
+                raise self._error
+            self._drain_waiter = self._session.loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+        if self._error is not None:
+            raise self._error
+
+    def set_producer(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        """Callbacks to pause/resume whoever feeds `write` (e.g. a transport's reading)."""
+        self._producer = (pause, resume)
+
+    def close_write(self) -> None:
+        """Half-close: send FIN after the queued bytes. Reading continues until the peer's FIN."""
+        if self._local_fin or self._error is not None:
+            return
+        self._local_fin = True
+        self._session._schedule(self)
+
+    def reset(self, reason: str = "") -> None:
+        """Abort the stream in both directions, telling the peer why."""
+        if self._error is not None:
+            return
+        self._session._send_reset(self, reason)
+        self._fail(StreamReset(reason or "reset locally"))
+
+    # ---- state ---------------------------------------------------------------------------
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed.done()
+
+    @property
+    def error(self) -> StreamReset | None:
+        return self._error
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    # ---- called by the session -----------------------------------------------------------
+
+    def _on_data(self, payload: bytes) -> None:
+        size = len(payload)
+        if size > self._recv_credit:
+            raise ProtocolError(
+                f"stream {self.id} received {size} bytes with only {self._recv_credit} of window"
+            )
+        if self._remote_fin:
+            raise ProtocolError(f"stream {self.id} received data after FIN")
+        self._recv_credit -= size
+        if self._error is not None:
+            return
+        if self._sink is not None:
+            self._sink.data_received(payload)
+            return
+        self._recv_chunks.append(payload)
+        self._recv_buffered += size
+        self._wake_reader()
+
+    def _on_fin(self) -> None:
+        if self._remote_fin:
+            return
+        self._remote_fin = True
+        if self._sink is not None and self._error is None:
+            self._sink.eof_received()
+        self._wake_reader()
+        self._maybe_finished()
+
+    def _on_window_update(self, delta: int) -> None:
+        self._send_window += delta
+        if self._send_window > MAX_WINDOW + INITIAL_WINDOW:
+            raise ProtocolError(f"stream {self.id} send window grew past {MAX_WINDOW}")
+        if self._send_buffer or (self._local_fin and not self._fin_sent):
+            self._session._schedule(self)
+
+    def _fail(self, error: StreamReset) -> None:
+        if self._error is not None:
+            return
+        self._error = error
+        self._send_buffer.clear()
+        if self._sink is not None:
+            self._sink.stream_reset(error)
+        self._wake_reader()
+        self._wake_drainer()
+        self._finish()
+
+    def _take_frame(self, budget: int) -> tuple[bytes, bytes] | None:
+        """The next DATA frame (header, payload) of at most `budget` payload bytes, if any."""
+        if self._error is not None:
+            return None
+        size = min(len(self._send_buffer), self._send_window, budget)
+        fin = self._local_fin and not self._fin_sent and size == len(self._send_buffer)
+        if size == 0 and not fin and not self._syn_pending:
+            return None
+        flags = Flag.NONE
+        if self._syn_pending:
+            flags |= Flag.SYN
+            self._syn_pending = False
+        if fin:
+            flags |= Flag.FIN
+            self._fin_sent = True
+        payload = bytes(self._send_buffer[:size])
+        del self._send_buffer[:size]
+        self._send_window -= size
+        self._after_send()
+        if fin:
+            self._maybe_finished()
+        return encode_header(FrameType.DATA, flags, self.id, size), payload
+
+    def _after_send(self) -> None:
+        limit = self._session.config.send_buffer_limit
+        if len(self._send_buffer) <= limit:
+            self._wake_drainer()
+            if self._producer is not None and self._producer_paused:
+                self._producer_paused = False
+                self._producer[1]()
+
+    @property
+    def _sendable(self) -> bool:
+        if self._error is not None:
+            return False
+        if self._syn_pending:
+            return True
+        if self._send_buffer and self._send_window > 0:
+            return True
+        return self._local_fin and not self._fin_sent and not self._send_buffer
+
+    def _wake_reader(self) -> None:
+        if self._read_waiter is not None and not self._read_waiter.done():
+            self._read_waiter.set_result(None)
+
+    def _wake_drainer(self) -> None:
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def _maybe_finished(self) -> None:
+        if self._remote_fin and self._fin_sent:
+            self._finish()
+
+    def _finish(self) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self._session._forget(self)
+
+
+class Session:
+    """A yamux session. The dialling side (the agent) is the client and uses odd stream IDs."""
+
+    def __init__(
+        self,
+        link: Link,
+        *,
+        is_client: bool,
+        config: SessionConfig | None = None,
+        name: str = "",
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.config = config or SessionConfig()
+        self.name = name
+        self._link = link
+        self._decoder = FrameDecoder()
+        self._streams: dict[int, Stream] = {}
+        self._next_id = 1 if is_client else 2
+        self._accepted: asyncio.Queue[Stream | None] = asyncio.Queue()
+        self._control: deque[bytes] = deque()
+        self._ready: deque[Stream] = deque()
+        self._wakeup = asyncio.Event()
+        self._pings: dict[int, asyncio.Future[None]] = {}
+        self._ping_ids = itertools.count(1)
+        self._local_go_away = False
+        self._remote_go_away = False
+        self._closed = asyncio.Event()
+        self.close_reason = ""
+        self.rtt: float | None = None
+
+    # ---- public API ----------------------------------------------------------------------
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed.is_set()
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    @property
+    def peer_going_away(self) -> bool:
+        """The peer sent go-away: it will accept no new streams on this session."""
+        return self._remote_go_away
+
+    def open_stream(self, initial: bytes = b"") -> Stream:
+        """Open a stream; `initial` travels in the same frame as the SYN. Does not wait."""
+        if self._closed.is_set() or self._local_go_away or self._remote_go_away:
+            raise SessionClosed(self.close_reason or "session is going away")
+        stream_id = self._next_id
+        if stream_id > 0xFFFFFFFF:
+            raise SessionClosed("stream IDs exhausted")
+        self._next_id += 2
+        stream = Stream(self, stream_id, opened_locally=True)
+        self._streams[stream_id] = stream
+        self._grant_extra_window(stream)
+        if initial:
+            stream.write(initial)
+        else:
+            self._schedule(stream)
+        return stream
+
+    async def accept(self) -> Stream:
+        """The next stream the peer opened; raises SessionClosed when the session ends."""
+        stream = await self._accepted.get()
+        if stream is None:
+            self._accepted.put_nowait(None)
+            raise SessionClosed(self.close_reason or "session closed")
+        return stream
+
+    async def ping(self) -> float:
+        """Round-trip time of one ping, in seconds."""
+        if self._closed.is_set():
+            raise SessionClosed(self.close_reason or "session closed")
+        ping_id = next(self._ping_ids) & 0xFFFFFFFF
+        waiter = self.loop.create_future()
+        self._pings[ping_id] = waiter
+        started = time.perf_counter()
+        self._queue_control(encode_header(FrameType.PING, Flag.SYN, 0, ping_id))
+        try:
+            await waiter
+        finally:
+            self._pings.pop(ping_id, None)
+        self.rtt = time.perf_counter() - started
+        return self.rtt
+
+    def go_away(self, code: GoAwayCode = GoAwayCode.NORMAL) -> None:
+        """Tell the peer no new streams will be accepted; open streams carry on."""
+        if self._local_go_away or self._closed.is_set():
+            return
+        self._local_go_away = True
+        self._queue_control(encode_header(FrameType.GO_AWAY, Flag.NONE, 0, code))
+
+    async def shutdown(self, grace: float) -> None:
+        """Go away, let open streams finish for up to `grace` seconds, then close."""
+        self.go_away()
+        deadline = self.loop.time() + grace
+        while self._streams and self.loop.time() < deadline and not self._closed.is_set():
+            pending = [stream._closed for stream in self._streams.values()]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.wait(pending), timeout=max(0.0, deadline - self.loop.time())
+                )
+        await self.close("shutdown")
+
+    async def close(self, reason: str = "closed", code: int = 1000) -> None:
+        """Flush queued control frames, close the link and reset every open stream."""
+        if self._closed.is_set():
+            return
+        await self._flush_control()
+        self._terminate(reason)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._link.close(code, reason[:120]), timeout=2.0)
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def run(self) -> None:
+        """Serve the session until the link closes, the peer dies or `close` is called."""
+        tasks = [
+            asyncio.create_task(self._read_loop(), name=f"mux-read-{self.name}"),
+            asyncio.create_task(self._write_loop(), name=f"mux-write-{self.name}"),
+            asyncio.create_task(self._keepalive_loop(), name=f"mux-keepalive-{self.name}"),
+            asyncio.create_task(self._closed.wait()),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._terminate(self.close_reason or "link closed")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._link.close(1000, self.close_reason[:120]), 2.0)
+
+    # ---- loops ---------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        while True:
+            data = await self._link.receive()
+            if data is None:
+                self.close_reason = self.close_reason or "peer closed the connection"
+                return
+            try:
+                for frame in self._decoder.feed(data):
+                    self._handle(frame)
+            except ProtocolError as exc:
+                log.warning("session %s: protocol error: %s", self.name, exc)
+                self._queue_control(
+                    encode_header(FrameType.GO_AWAY, Flag.NONE, 0, GoAwayCode.PROTOCOL_ERROR)
+                )
+                await self._flush_control()
+                self.close_reason = f"protocol error: {exc}"
+                return
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while message := self._next_message():
+                await self._link.send(message)
+
+    async def _flush_control(self) -> None:
+        with contextlib.suppress(Exception):
+            while self._control:
+                await asyncio.wait_for(self._link.send(self._control.popleft()), timeout=2.0)
+
+    async def _keepalive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.keepalive_interval)
+            try:
+                await asyncio.wait_for(self.ping(), timeout=self.config.keepalive_timeout)
+            except TimeoutError:
+                self.close_reason = (
+                    f"keep-alive: no pong for {self.config.keepalive_timeout:g}s, peer is dead"
+                )
+                log.warning("session %s: %s", self.name, self.close_reason)
+                return
+
+    def _next_message(self) -> bytes:
+        """Coalesce queued control frames and ready data into one link message."""
+        budget = self.config.max_message_size
+        parts: list[bytes] = []
+        size = 0
+        while self._control:
+            control = self._control.popleft()
+            parts.append(control)
+            size += len(control)
+        ready = self._ready
+        while ready and size < budget:
+            stream = ready.popleft()
+            stream._scheduled = False
+            room = min(self.config.max_frame_payload, max(budget - size - HEADER_SIZE, 1))
+            frame = stream._take_frame(room)
+            if frame is None:
+                continue
+            header, payload = frame
+            parts.append(header)
+            parts.append(payload)
+            size += HEADER_SIZE + len(payload)
+            if stream._sendable:
+                stream._scheduled = True
+                ready.append(stream)
+        return b"".join(parts)
+
+    # ---- frame handling ------------------------------------------------------------------
+
+    def _handle(self, frame: Frame) -> None:
+        if frame.type is FrameType.PING:
+            self._handle_ping(frame)
+            return
+        if frame.type is FrameType.GO_AWAY:
+            self._handle_go_away(frame)
+            return
+        stream = self._streams.get(frame.stream_id)
+        if frame.flags & Flag.SYN:
+            stream = self._on_syn(frame.stream_id)
+        if stream is None:
+            return  # late frame for a stream we already closed or refused
+        if frame.type is FrameType.WINDOW_UPDATE:
+            if frame.length:
+                stream._on_window_update(frame.length)
+        elif frame.flags & Flag.RST:
+            reason = frame.payload[:_MAX_RESET_REASON].decode("utf-8", "replace")
+            stream._fail(StreamReset(reason or "reset by peer"))
+            return
+        elif frame.payload:
+            stream._on_data(frame.payload)
+        if frame.flags & Flag.RST:
+            stream._fail(StreamReset("reset by peer"))
+        elif frame.flags & Flag.FIN:
+            stream._on_fin()
+
+    def _on_syn(self, stream_id: int) -> Stream | None:
+        if stream_id in self._streams:
+            raise ProtocolError(f"SYN for stream {stream_id}, which is already open")
+        if (stream_id % 2) == (self._next_id % 2):
+            raise ProtocolError(f"peer opened stream {stream_id} with our parity")
+        if self._local_go_away or self._closed.is_set():
+            self._queue_control(encode_header(FrameType.WINDOW_UPDATE, Flag.RST, stream_id, 0))
+            return None
+        if self._accepted.qsize() >= self.config.accept_backlog:
+            log.warning("session %s: accept backlog full, refusing stream", self.name)
+            self._queue_control(encode_header(FrameType.WINDOW_UPDATE, Flag.RST, stream_id, 0))
+            return None
+        stream = Stream(self, stream_id, opened_locally=False)
+        self._streams[stream_id] = stream
+        extra = self.config.receive_window - INITIAL_WINDOW
+        self._queue_control(encode_header(FrameType.WINDOW_UPDATE, Flag.ACK, stream_id, extra))
+        stream._recv_credit += extra
+        self._accepted.put_nowait(stream)
+        return stream
+
+    def _handle_ping(self, frame: Frame) -> None:
+        if frame.flags & Flag.SYN:
+            self._queue_control(encode_header(FrameType.PING, Flag.ACK, 0, frame.length))
+        elif frame.flags & Flag.ACK:
+            waiter = self._pings.get(frame.length)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _handle_go_away(self, frame: Frame) -> None:
+        self._remote_go_away = True
+        if frame.length != GoAwayCode.NORMAL:
+            try:
+                code = GoAwayCode(frame.length).name.lower().replace("_", " ")
+            except ValueError:
+                code = f"code {frame.length}"
+            self.close_reason = f"peer went away: {code}"
+            self._terminate(self.close_reason)
+
+    # ---- helpers for streams -------------------------------------------------------------
+
+    def _grant_extra_window(self, stream: Stream) -> None:
+        extra = self.config.receive_window - INITIAL_WINDOW
+        if extra:
+            stream._recv_credit += extra
+            stream._syn_pending = False
+            self._queue_control(encode_header(FrameType.WINDOW_UPDATE, Flag.SYN, stream.id, extra))
+
+    def _queue_control(self, frame: bytes) -> None:
+        self._control.append(frame)
+        self._wakeup.set()
+
+    def _schedule(self, stream: Stream) -> None:
+        if not stream._scheduled:
+            stream._scheduled = True
+            self._ready.append(stream)
+        self._wakeup.set()
+
+    def _send_window_update(self, stream: Stream, delta: int) -> None:
+        self._queue_control(encode_header(FrameType.WINDOW_UPDATE, Flag.NONE, stream.id, delta))
+
+    def _send_reset(self, stream: Stream, reason: str) -> None:
+        payload = reason.encode()[:_MAX_RESET_REASON]
+        flags = Flag.RST | (Flag.SYN if stream._syn_pending else Flag.NONE)
+        stream._syn_pending = False
+        header = encode_header(FrameType.DATA, flags, stream.id, len(payload))
+        self._queue_control(header + payload)
+
+    def _forget(self, stream: Stream) -> None:
+        self._streams.pop(stream.id, None)
+
+    def _terminate(self, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        self.close_reason = self.close_reason or reason
+        self._closed.set()
+        for stream in list(self._streams.values()):
+            stream._fail(SessionClosed(self.close_reason))
+        for waiter in self._pings.values():
+            if not waiter.done():
+                waiter.set_exception(SessionClosed(self.close_reason))
+        self._accepted.put_nowait(None)
