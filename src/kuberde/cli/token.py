@@ -1,0 +1,119 @@
+"""`kuberde token`: mint credentials with the gateway's signing key.
+
+Only the token goes to stdout, so `$(kuberde token user ...)` can be used directly; errors go
+to stderr.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kuberde.auth.keys import SigningKeyError, load_or_create_signing_key
+from kuberde.auth.tokens import (
+    DEFAULT_AGENT_TTL,
+    DEFAULT_MANAGEMENT_TTL,
+    DEFAULT_USER_TTL,
+    TokenIssuer,
+)
+from kuberde.naming import InvalidName
+from kuberde.policy import format_duration, parse_ttl
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Mint tokens signed with the gateway's key (kept in its state directory).",
+    no_args_is_help=True,
+)
+
+StateDir = Annotated[
+    Path,
+    typer.Option(
+        "--state-dir",
+        help="Gateway state directory; the signing key is created there if missing.",
+    ),
+]
+
+
+def _ttl_option(default: timedelta) -> object:
+    return typer.Option(
+        "--ttl", help=f"Lifetime such as 90m, 1h or 30d (default {format_duration(default)})."
+    )
+
+
+def _lifetime(value: str | None, default: timedelta) -> timedelta:
+    if value is None:
+        return default
+    try:
+        ttl = parse_ttl(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--ttl") from None
+    if ttl is None:
+        raise typer.BadParameter("a token lifetime must be positive", param_hint="--ttl")
+    return ttl
+
+
+def _issuer(state_dir: Path) -> TokenIssuer:
+    try:
+        return TokenIssuer(load_or_create_signing_key(state_dir))
+    except (SigningKeyError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def agent(
+    state_dir: StateDir,
+    owner: Annotated[str, typer.Option(help="The owning user's name.")],
+    name: Annotated[str, typer.Option(help="The agent's name (the ID is user-OWNER-NAME).")],
+    uid: Annotated[
+        str | None, typer.Option(help="UID of the RDEAgent this credential is bound to.")
+    ] = None,
+    ttl: Annotated[str | None, _ttl_option(DEFAULT_AGENT_TTL)] = None,
+) -> None:
+    """Print an agent credential."""
+    lifetime = _lifetime(ttl, DEFAULT_AGENT_TTL)
+    issuer = _issuer(state_dir)
+    try:
+        token = issuer.mint_agent(owner, name, uid=uid, ttl=lifetime)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(token)
+
+
+@app.command()
+def user(
+    state_dir: StateDir,
+    username: Annotated[str, typer.Option("--user", help="The user's name.")],
+    admin: Annotated[bool, typer.Option("--admin", help="Grant the admin role.")] = False,
+    ttl: Annotated[str | None, _ttl_option(DEFAULT_USER_TTL)] = None,
+) -> None:
+    """Print a user token."""
+    lifetime = _lifetime(ttl, DEFAULT_USER_TTL)
+    issuer = _issuer(state_dir)
+    try:
+        token = issuer.mint_user(username, admin=admin, ttl=lifetime)
+    except InvalidName as exc:
+        raise typer.BadParameter(str(exc), param_hint="--user") from None
+    typer.echo(token)
+
+
+@app.command()
+def management(
+    state_dir: StateDir,
+    subject: Annotated[
+        str, typer.Option(help="Who the token is for (shown in the gateway's logs).")
+    ] = "kuberde-operator",
+    ttl: Annotated[str | None, _ttl_option(DEFAULT_MANAGEMENT_TTL)] = None,
+) -> None:
+    """Print a token for the management API (`/mgmt/*`), as the operator uses."""
+    lifetime = _lifetime(ttl, DEFAULT_MANAGEMENT_TTL)
+    issuer = _issuer(state_dir)
+    try:
+        token = issuer.mint_management(subject, ttl=lifetime)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--subject") from None
+    typer.echo(token)
