@@ -1,0 +1,82 @@
+"""The `kuberde` command."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kuberde import __version__, aio
+from kuberde.cli.token import app as token_app
+
+app = typer.Typer(
+    name="kuberde",
+    help="Remote development environments that sleep when idle and wake on connect.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(token_app, name="token")
+
+DEFAULT_STATE_DIR = Path.home() / ".local" / "state" / "kuberde"
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    log_level: Annotated[
+        str, typer.Option(envvar="KUBERDE_LOG_LEVEL", help="debug, info, warning or error")
+    ] = "info",
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version")
+    ] = False,
+) -> None:
+    _configure_logging(log_level)
+
+
+@app.command()
+def server(
+    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on")] = "127.0.0.1:8080",
+    state_dir: Annotated[
+        Path, typer.Option(envvar="KUBERDE_STATE_DIR", help="Signing key and state")
+    ] = DEFAULT_STATE_DIR,
+    tls_cert: Annotated[str | None, typer.Option(help="PEM certificate: serve HTTPS/WSS")] = None,
+    tls_key: Annotated[str | None, typer.Option(help="PEM private key for --tls-cert")] = None,
+    wake_timeout: Annotated[
+        float, typer.Option(help="Seconds a user waits for an offline agent to come online")
+    ] = 120.0,
+) -> None:
+    """Run the gateway: agents dial in on /ws, users connect on /connect/AGENT."""
+    from kuberde.gateway.app import GatewaySettings
+    from kuberde.gateway.server import parse_listen, run_gateway
+
+    try:
+        address = parse_listen(listen)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--listen") from None
+    aio.run(
+        run_gateway(
+            listen=address,
+            state_dir=state_dir,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            settings=GatewaySettings(wake_timeout=wake_timeout),
+        )
+    )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,442 @@
+"""The gateway's aiohttp application: agents on /ws, users on /connect, the operator on /mgmt.
+
+Each user connection becomes one stream in the agent's session. The gateway never dials a
+workspace; when an agent is offline it asks the directory to wake it and holds the user's
+WebSocket open, reporting progress, until the agent dials in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from kuberde.auth import AuthError, Principal, TokenVerifier, bearer_token
+from kuberde.gateway.activity import ActivitySource, ActivityTracker
+from kuberde.gateway.directory import AgentDirectory, WakeError
+from kuberde.gateway.metrics import GatewayMetrics
+from kuberde.gateway.registry import AgentConnection, AgentRegistry
+from kuberde.mux import (
+    Preamble,
+    Session,
+    SessionClosed,
+    SessionConfig,
+    Stream,
+    StreamReset,
+    WebSocketLink,
+    encode_preamble,
+)
+from kuberde.mux.preamble import KINDS, ConnectionKind
+from kuberde.naming import InvalidName, agent_id, validate_agent_id
+
+__all__ = ["CloseCode", "GatewaySettings", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+class CloseCode:
+    NORMAL = 1000
+    AGENT_GONE = 4404
+    WAKE_TIMEOUT = 4408
+    STREAM_RESET = 4500
+    SHUTTING_DOWN = 4503
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    wake_timeout: float = 120.0
+    #: How long a replaced agent session may keep serving its open streams.
+    replaced_session_grace: float = 30.0
+    max_message_size: int = 4 * 1024 * 1024
+    mux: SessionConfig = field(default_factory=lambda: SessionConfig(accept_backlog=0))
+
+
+def _json_error(status: type[web.HTTPException], message: str, reason: str) -> web.HTTPException:
+    body = json.dumps({"error": message, "reason": reason})
+    return status(text=body, content_type="application/json")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+class Gateway:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        settings: GatewaySettings,
+        directory: AgentDirectory | None,
+    ) -> None:
+        self.verifier = verifier
+        self.settings = settings
+        self.directory = directory
+        self.registry = AgentRegistry()
+        self.activity = ActivityTracker()
+        self.metrics = GatewayMetrics()
+        self._user_sockets: set[web.WebSocketResponse] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ---- authentication ------------------------------------------------------------------
+
+    async def _authenticate(self, request: web.Request, kind: str) -> Principal:
+        try:
+            token = bearer_token(request.headers.get("Authorization"))
+            if kind == "agent":
+                return await self.verifier.verify_agent(token)
+            if kind == "user":
+                return await self.verifier.verify_user(token)
+            return await self.verifier.verify_management(token)
+        except AuthError as exc:
+            self.metrics.auth_failures.labels(endpoint=kind, reason=exc.reason).inc()
+            log.info("refused %s credential from %s: %s", kind, request.remote, exc)
+            raise _json_error(web.HTTPUnauthorized, str(exc), exc.reason) from None
+
+    # ---- agents --------------------------------------------------------------------------
+
+    async def agent_socket(self, request: web.Request) -> web.StreamResponse:
+        principal = await self._authenticate(request, "agent")
+        assert principal.owner is not None
+        record = self.directory.lookup(principal.name) if self.directory else None
+        if record is not None and (
+            record.owner != principal.owner or (record.uid and principal.agent_uid != record.uid)
+        ):
+            self.metrics.auth_failures.labels(endpoint="agent", reason="not_this_agent").inc()
+            raise _json_error(
+                web.HTTPForbidden,
+                f"credential does not belong to the current agent {principal.name}",
+                "not_this_agent",
+            )
+        ws = web.WebSocketResponse(
+            compress=False, max_msg_size=self.settings.max_message_size, autoping=True
+        )
+        await ws.prepare(request)
+        session = Session(
+            WebSocketLink(ws), is_client=False, config=self.settings.mux, name=principal.name
+        )
+        connection = AgentConnection(
+            agent_id=principal.name,
+            owner=principal.owner,
+            uid=principal.agent_uid,
+            session=session,
+            connected_since=datetime.now(UTC),
+        )
+        previous = self.registry.register(connection)
+        if previous is not None:
+            log.info("agent %s connected again; replacing its previous session", principal.name)
+            retire = asyncio.create_task(
+                previous.session.shutdown(self.settings.replaced_session_grace)
+            )
+            self._background.add(retire)
+            retire.add_done_callback(self._background.discard)
+        else:
+            log.info("agent %s connected from %s", principal.name, request.remote)
+        self.activity.record(principal.name, ActivitySource.CONNECTED)
+        self.metrics.agents_online.set(len(self.registry))
+        try:
+            await session.run()
+        finally:
+            if self.registry.unregister(connection):
+                log.info("agent %s disconnected: %s", principal.name, session.close_reason)
+            self.metrics.agents_online.set(len(self.registry))
+        return ws
+
+    # ---- users ---------------------------------------------------------------------------
+
+    def _owner_of(self, candidate: str) -> str | None:
+        record = self.directory.lookup(candidate) if self.directory else None
+        if record is not None:
+            return record.owner
+        connection = self.registry.get(candidate)
+        return connection.owner if connection is not None else None
+
+    def _resolve(self, reference: str, user: Principal) -> tuple[str, str] | None:
+        """Map a full agent ID, or the short name of one of the user's agents, to (ID, owner)."""
+        candidates: list[str] = []
+        with contextlib.suppress(InvalidName):
+            candidates.append(validate_agent_id(reference))
+        with contextlib.suppress(InvalidName):
+            candidates.append(agent_id(user.name, reference))
+        for candidate in candidates:
+            owner = self._owner_of(candidate)
+            if owner is not None:
+                return candidate, owner
+        return None
+
+    async def user_socket(self, request: web.Request) -> web.StreamResponse:
+        started = asyncio.get_running_loop().time()
+        user = await self._authenticate(request, "user")
+        port, kind = self._connect_options(request)
+        resolved = self._resolve(request.match_info["agent"], user)
+        if resolved is None:
+            raise _json_error(
+                web.HTTPNotFound, f"no agent named {request.match_info['agent']!r}", "not_found"
+            )
+        target, owner = resolved
+        if owner != user.name and not user.admin:
+            raise _json_error(
+                web.HTTPForbidden, f"user {user.name!r} does not own agent {target}", "forbidden"
+            )
+        ws = web.WebSocketResponse(
+            compress=False, max_msg_size=self.settings.max_message_size, autoping=True
+        )
+        await ws.prepare(request)
+        self._user_sockets.add(ws)
+        try:
+            stream = await self._open_stream(ws, target, Preamble(port, kind, user.name))
+            if stream is not None:
+                self.metrics.stream_open_seconds.observe(
+                    asyncio.get_running_loop().time() - started
+                )
+                await ws.send_str('{"event":"connected"}')
+                await self._relay(ws, stream, target)
+        except ConnectionResetError:
+            log.debug("user %s went away while connecting to %s", user.name, target)
+        finally:
+            self._user_sockets.discard(ws)
+        return ws
+
+    @staticmethod
+    def _connect_options(request: web.Request) -> tuple[int | None, ConnectionKind]:
+        raw_port = request.query.get("port")
+        port: int | None = None
+        if raw_port:
+            if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
+                raise _json_error(
+                    web.HTTPBadRequest, f"port {raw_port!r} is not a TCP port", "bad_port"
+                )
+            port = int(raw_port)
+        kind = request.query.get("kind", "tcp")
+        if kind not in KINDS:
+            raise _json_error(
+                web.HTTPBadRequest, f"kind must be one of {sorted(KINDS)}", "bad_kind"
+            )
+        return port, kind  # type: ignore[return-value]
+
+    async def _open_stream(
+        self, ws: web.WebSocketResponse, target: str, preamble: Preamble
+    ) -> Stream | None:
+        initial = encode_preamble(preamble)
+        for _ in range(2):  # an agent may drop between lookup and open: wait for it once more
+            connection = await self._await_agent(ws, target, preamble.user)
+            if connection is None:
+                return None
+            try:
+                return connection.session.open_stream(initial)
+            except SessionClosed:
+                continue
+        await self._close(ws, CloseCode.AGENT_GONE, f"agent {target} went away while connecting")
+        return None
+
+    async def _await_agent(
+        self, ws: web.WebSocketResponse, target: str, user: str
+    ) -> AgentConnection | None:
+        connection = self.registry.get(target)
+        if connection is not None and not connection.session.is_closed:
+            return connection
+        record = self.directory.lookup(target) if self.directory else None
+        if record is None:
+            await self._close(ws, CloseCode.AGENT_GONE, f"agent {target} is not connected")
+            return None
+        if record.error:
+            await self._close(ws, CloseCode.STREAM_RESET, f"{target}: {record.error}")
+            return None
+        assert self.directory is not None
+        self.activity.waiting_started(target)
+        try:
+            self.metrics.wakes.inc()
+            await self.directory.request_wake(target, user)
+            return await self._wait_with_progress(ws, target)
+        except WakeError as exc:
+            await self._close(ws, CloseCode.STREAM_RESET, f"{target}: {exc}")
+            return None
+        finally:
+            self.activity.waiting_ended(target)
+
+    async def _wait_with_progress(
+        self, ws: web.WebSocketResponse, target: str
+    ) -> AgentConnection | None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        online = asyncio.ensure_future(self.registry.wait_online(target))
+        try:
+            while True:
+                elapsed = loop.time() - started
+                if elapsed >= self.settings.wake_timeout:
+                    await self._close(
+                        ws,
+                        CloseCode.WAKE_TIMEOUT,
+                        f"agent {target} did not come online within "
+                        f"{self.settings.wake_timeout:g}s",
+                    )
+                    return None
+                record = self.directory.lookup(target) if self.directory else None
+                if record is not None and record.error:
+                    await self._close(ws, CloseCode.STREAM_RESET, f"{target}: {record.error}")
+                    return None
+                await ws.send_str(json.dumps({"event": "waking", "elapsed_s": round(elapsed, 1)}))
+                remaining = self.settings.wake_timeout - elapsed
+                done, _ = await asyncio.wait({online}, timeout=min(1.0, remaining))
+                if done:
+                    return online.result()
+        finally:
+            online.cancel()
+
+    async def _relay(self, ws: web.WebSocketResponse, stream: Stream, target: str) -> None:
+        self.activity.stream_opened(target)
+        self.metrics.open_streams.inc()
+        upstream = asyncio.create_task(self._user_to_agent(ws, stream, target))
+        try:
+            reset = await self._agent_to_user(ws, stream, target)
+            if reset is not None:
+                upstream.cancel()
+                await self._close(ws, CloseCode.STREAM_RESET, reset)
+                return
+            await upstream
+            await self._close(ws, CloseCode.NORMAL, "")
+        finally:
+            upstream.cancel()
+            if not stream.is_closed:
+                stream.reset("user connection closed")
+            self.activity.stream_closed(target)
+            self.metrics.open_streams.dec()
+
+    async def _user_to_agent(self, ws: web.WebSocketResponse, stream: Stream, target: str) -> None:
+        """Forward the user's bytes until their half-close; reset the stream if they vanish."""
+        counter = self.metrics.bytes_to_agent
+        async for message in ws:
+            if message.type is WSMsgType.BINARY:
+                data: bytes = message.data
+                try:
+                    stream.write(data)
+                    await stream.drain()
+                except StreamReset:
+                    return
+                counter.inc(len(data))
+                self.activity.bytes_moved(target)
+            elif message.type is WSMsgType.TEXT and _is_eof(message.data):
+                stream.close_write()
+                return
+        stream.reset("user disconnected")
+
+    async def _agent_to_user(
+        self, ws: web.WebSocketResponse, stream: Stream, target: str
+    ) -> str | None:
+        """Forward the workspace's bytes; return the reset reason if the stream was reset."""
+        counter = self.metrics.bytes_from_agent
+        try:
+            while data := await stream.read():
+                await ws.send_bytes(data)
+                counter.inc(len(data))
+                self.activity.bytes_moved(target)
+        except StreamReset as exc:
+            return exc.reason
+        except ConnectionResetError:
+            stream.reset("user disconnected")
+            return "user disconnected"
+        await ws.send_str('{"event":"eof"}')
+        return None
+
+    @staticmethod
+    async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
+        if ws.closed:
+            return
+        with contextlib.suppress(ConnectionResetError):
+            if reason:
+                await ws.send_str(json.dumps({"event": "error", "message": reason}))
+            await ws.close(code=code, message=reason.encode()[:120])
+
+    # ---- management and health -----------------------------------------------------------
+
+    def agent_summaries(self) -> dict[str, dict[str, Any]]:
+        summaries: dict[str, dict[str, Any]] = {}
+
+        def entry(agent: str) -> dict[str, Any]:
+            return summaries.setdefault(
+                agent,
+                {
+                    "id": agent,
+                    "owner": None,
+                    "online": False,
+                    "sessions": 0,
+                    "last_activity": None,
+                    "last_activity_source": None,
+                    "connected_since": None,
+                },
+            )
+
+        for record in self.directory.records() if self.directory else []:
+            entry(record.agent_id)["owner"] = record.owner
+        for connection in self.registry.connections():
+            summary = entry(connection.agent_id)
+            summary["owner"] = connection.owner
+            summary["online"] = True
+            summary["connected_since"] = _iso(connection.connected_since)
+        for agent, activity in self.activity.items():
+            summary = entry(agent)
+            summary["sessions"] = activity.sessions
+            summary["last_activity"] = _iso(activity.last_activity)
+            summary["last_activity_source"] = activity.last_activity_source
+        return summaries
+
+    async def list_agents(self, request: web.Request) -> web.Response:
+        await self._authenticate(request, "management")
+        agents = sorted(self.agent_summaries().values(), key=lambda item: item["id"])
+        return web.json_response({"agents": agents, "generated_at": datetime.now(UTC).isoformat()})
+
+    async def get_agent(self, request: web.Request) -> web.Response:
+        await self._authenticate(request, "management")
+        summary = self.agent_summaries().get(request.match_info["agent"])
+        if summary is None:
+            raise _json_error(web.HTTPNotFound, "no such agent", "not_found")
+        return web.json_response(summary)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ready", "agents_online": len(self.registry)})
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), content_type="text/plain")
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        for ws in list(self._user_sockets):
+            await self._close(ws, CloseCode.SHUTTING_DOWN, "gateway is shutting down")
+        for connection in self.registry.connections():
+            connection.session.go_away()
+            await connection.session.close("gateway is shutting down", code=1001)
+
+
+def _is_eof(text: str) -> bool:
+    with contextlib.suppress(ValueError):
+        event = json.loads(text)
+        return isinstance(event, dict) and event.get("event") == "eof"
+    return False
+
+
+GATEWAY_KEY = web.AppKey("gateway", Gateway)
+
+
+def create_app(
+    verifier: TokenVerifier,
+    settings: GatewaySettings | None = None,
+    directory: AgentDirectory | None = None,
+) -> web.Application:
+    gateway = Gateway(verifier, settings or GatewaySettings(), directory)
+    app = web.Application()
+    app[GATEWAY_KEY] = gateway
+    app.router.add_get("/ws", gateway.agent_socket)
+    app.router.add_get("/connect/{agent}", gateway.user_socket)
+    app.router.add_get("/mgmt/agents", gateway.list_agents)
+    app.router.add_get("/mgmt/agents/{agent}", gateway.get_agent)
+    app.router.add_get("/healthz", gateway.healthz)
+    app.router.add_get("/readyz", gateway.readyz)
+    app.router.add_get("/metrics", gateway.metrics_endpoint)
+    app.on_shutdown.append(gateway.on_shutdown)
+    return app

@@ -1,0 +1,37 @@
+"""What the gateway knows about agents that are not connected: owner, state and how to wake.
+
+The tunnel core knows only connected agents. The local runtime (`kuberde up`) and the
+Kubernetes watch each provide a directory so the gateway can authorize users for offline
+agents and ask for them to be woken; the gateway itself never starts or scales anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["AgentDirectory", "AgentRecord", "WakeError"]
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    agent_id: str
+    owner: str
+    name: str
+    uid: str | None = None
+    #: Set when the workspace cannot run (phase Error); users connecting get this message.
+    error: str | None = None
+
+
+class WakeError(Exception):
+    """The workspace cannot be woken; the message is shown to the user."""
+
+
+class AgentDirectory(Protocol):
+    def lookup(self, agent_id: str) -> AgentRecord | None: ...
+
+    def records(self) -> list[AgentRecord]: ...
+
+    async def request_wake(self, agent_id: str, requested_by: str) -> None:
+        """Ask for the agent to be started; returns once the request is recorded."""
+        ...
