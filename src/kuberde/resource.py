@@ -1,0 +1,467 @@
+"""The `RDEAgent` document, shared by the embedded local runtime and the Kubernetes operator.
+
+One model for both means a file that `kuberde up` accepts is a resource the CRD accepts, and
+the operator reports the same messages a local user sees. Spec objects forbid unknown fields
+so a typo (`ownr:`) is an error rather than a silently ignored setting; metadata is lenient
+because the API server adds fields we never read (managedFields, resourceVersion, ...).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from kuberde import naming
+from kuberde.policy import parse_ttl
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_LOCAL_TARGET",
+    "GROUP",
+    "KIND",
+    "LOCAL_TARGET_PATTERN",
+    "NAME_PATTERN",
+    "QUANTITY_PATTERN",
+    "STORAGE_VOLUME",
+    "AgentOverrides",
+    "ContainerPort",
+    "EnvVar",
+    "InvalidResource",
+    "LoadResult",
+    "ObjectMeta",
+    "RDEAgent",
+    "RDEAgentSpec",
+    "ResourceRequirements",
+    "Storage",
+    "Toleration",
+    "VolumeMount",
+    "Workload",
+    "load_documents",
+    "parse_agent",
+    "parse_host_port",
+]
+
+GROUP = "kuberde.io"
+API_VERSION = f"{GROUP}/v1"
+KIND = "RDEAgent"
+DEFAULT_LOCAL_TARGET = "127.0.0.1:22"
+STORAGE_VOLUME = "workspace"
+
+# The CRD carries these same patterns; tests/unit/test_resource.py checks they stay equal.
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+LOCAL_TARGET_PATTERN = (
+    r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):" + _PORT + "$"
+)
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+_LOCAL_TARGET = re.compile(LOCAL_TARGET_PATTERN)
+_QUANTITY = re.compile(QUANTITY_PATTERN)
+
+
+class InvalidResource(ValueError):
+    """A document that is not a valid RDEAgent; the message is meant for the user as is."""
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split `host:port` (IPv6 in brackets) as `spec.localTarget` allows it."""
+    if not _LOCAL_TARGET.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not host:port (a host name, IPv4 or [IPv6] address, "
+            "then a port from 1 to 65535)"
+        )
+    host, _, port = value.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _check_quantity(value: object, what: str) -> None:
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if not whole and not (isinstance(value, str) and _QUANTITY.fullmatch(value)):
+        raise ValueError(f"{what} {value!r} is not a Kubernetes quantity (e.g. 500m, 256Mi, 10Gi)")
+
+
+class _Spec(BaseModel):
+    """Base of every spec object: camelCase keys as in YAML, unknown keys rejected.
+
+    Strict types (no `"22"` for a port, no `yes` for a boolean) because the CRD's schema would
+    refuse them too, and a local file should be a valid Kubernetes resource as it stands.
+    """
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True, strict=True)
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class EnvVar(_Spec):
+    name: str = Field(min_length=1)
+    value: str = ""
+
+
+class ContainerPort(_Spec):
+    container_port: Port
+    name: str | None = None
+    protocol: Literal["TCP", "UDP", "SCTP"] | None = None
+
+
+class VolumeMount(_Spec):
+    name: str = Field(min_length=1)
+    mount_path: str = Field(min_length=1)
+    sub_path: str | None = None
+    read_only: bool | None = None
+
+
+class ResourceRequirements(_Spec):
+    limits: dict[str, str | int] = Field(default_factory=dict)
+    requests: dict[str, str | int] = Field(default_factory=dict)
+
+    @field_validator("limits", "requests", mode="before")
+    @classmethod
+    def _quantities(cls, value: object) -> object:
+        """One readable message per bad amount instead of one per member of `str | int`."""
+        if isinstance(value, Mapping):
+            for key, amount in value.items():
+                _check_quantity(amount, str(key))
+        return value
+
+
+class Workload(_Spec):
+    """The user's container; `image` is optional because the local runtime runs `command`."""
+
+    image: str | None = Field(default=None, min_length=1)
+    command: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
+    working_dir: str | None = None
+    ports: list[ContainerPort] = Field(default_factory=list)
+    resources: ResourceRequirements | None = None
+    security_context: dict[str, Any] | None = None
+    volume_mounts: list[VolumeMount] = Field(default_factory=list)
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_mapping(cls, value: object) -> object:
+        """Local files may write `env: {KEY: value}`; normalise it to Kubernetes' list form."""
+        if not isinstance(value, Mapping):
+            return value
+        return [{"name": key, "value": _env_text(item)} for key, item in value.items()]
+
+    @model_validator(mode="after")
+    def _runnable(self) -> Workload:
+        if self.image is None and not self.command:
+            raise ValueError("workload needs an image (Kubernetes) or a command (local runtime)")
+        return self
+
+
+def _env_text(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+class Storage(_Spec):
+    size: str
+    storage_class_name: str | None = None
+    mount_path: str = Field(default="/workspace", min_length=1)
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        _check_quantity(value, "size")
+        return value
+
+
+class AgentOverrides(_Spec):
+    image: str | None = Field(default=None, min_length=1)
+    resources: ResourceRequirements | None = None
+
+
+class Toleration(_Spec):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class RDEAgentSpec(_Spec):
+    owner: str
+    ttl: str | int | None = None
+    local_target: str = DEFAULT_LOCAL_TARGET
+    allowed_ports: list[Port] = Field(default_factory=list)
+    workload: Workload | None = None
+    storage: Storage | None = None
+    agent: AgentOverrides | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+
+    @field_validator("owner", mode="before")
+    @classmethod
+    def _owner(cls, value: object) -> object:
+        return naming.validate_name(value, "owner")
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _ttl(cls, value: object) -> object:
+        parse_ttl(value)
+        return value
+
+    @field_validator("local_target")
+    @classmethod
+    def _local_target(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+    @field_validator("allowed_ports")
+    @classmethod
+    def _allowed_ports(cls, value: list[int]) -> list[int]:
+        duplicates = sorted({port for port in value if value.count(port) > 1})
+        if duplicates:
+            raise ValueError(f"ports listed more than once: {duplicates}")
+        return value
+
+    @model_validator(mode="after")
+    def _volumes(self) -> RDEAgentSpec:
+        """Reject mounts Kubernetes would refuse only after the Deployment was written."""
+        if self.storage is not None and self.workload is None:
+            raise ValueError("storage needs a workload: the volume is mounted into its container")
+        if self.workload is None:
+            return self
+        paths = [mount.mount_path for mount in self.workload.volume_mounts]
+        if self.storage is not None:
+            paths.append(self.storage.mount_path)
+        repeated = sorted({path for path in paths if paths.count(path) > 1})
+        if repeated:
+            raise ValueError(f"mount paths used more than once: {repeated}")
+        for mount in self.workload.volume_mounts:
+            if mount.name != STORAGE_VOLUME or self.storage is None:
+                raise ValueError(
+                    f"volume mount {mount.name!r} names no volume; the only volume is "
+                    f"{STORAGE_VOLUME!r}, which exists when spec.storage is set"
+                )
+        return self
+
+    @property
+    def ttl_duration(self) -> timedelta | None:
+        """The TTL, None when disabled (already validated, so this cannot raise)."""
+        return parse_ttl(self.ttl)
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return parse_host_port(self.local_target)
+
+    @property
+    def effective_allowed_ports(self) -> tuple[int, ...]:
+        """Ports users may reach: `allowedPorts` plus the local target's port, always."""
+        return tuple(sorted({*self.allowed_ports, self.local_address[1]}))
+
+
+class ObjectMeta(BaseModel):
+    """The metadata we use; anything else the API server adds is ignored."""
+
+    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, frozen=True)
+
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+    creation_timestamp: AwareDatetime | None = None
+    generation: int | None = None
+    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: object) -> object:
+        return naming.validate_name(value, "name")
+
+
+class RDEAgent(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, frozen=True)
+
+    api_version: Literal["kuberde.io/v1"]
+    kind: Literal["RDEAgent"]
+    metadata: ObjectMeta
+    spec: RDEAgentSpec
+    status: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _id_fits(self) -> RDEAgent:
+        naming.agent_id(self.spec.owner, self.metadata.name)
+        return self
+
+    @property
+    def agent_id(self) -> str:
+        return naming.agent_id(self.spec.owner, self.metadata.name)
+
+    def to_document(self) -> dict[str, Any]:
+        """The document in its YAML/JSON shape: camelCase, only the fields it was given."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def _describe(error: ValidationError) -> str:
+    parts: list[str] = []
+    for item in error.errors():
+        path = ""
+        for key in item["loc"]:
+            path += f"[{key}]" if isinstance(key, int) else (f".{key}" if path else str(key))
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif item["type"] == "value_error":
+            message = str(item["ctx"]["error"])
+        else:
+            message = item["msg"]
+        parts.append(f"{path}: {message}" if path else message)
+    return "; ".join(parts)
+
+
+def _plain(value: object) -> object:
+    """Mapping views (as Kopf hands out) to dicts, so strict validation sees JSON shapes."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def parse_agent(obj: object) -> RDEAgent:
+    """Validate one decoded document (a file's or the API server's); raise `InvalidResource`."""
+    if not isinstance(obj, Mapping):
+        raise InvalidResource(f"expected a mapping, got {type(obj).__name__}")
+    api_version, kind = obj.get("apiVersion"), obj.get("kind")
+    if (api_version, kind) != (API_VERSION, KIND):
+        raise InvalidResource(
+            f"unsupported apiVersion {api_version!r} / kind {kind!r}; "
+            f"expected apiVersion {API_VERSION!r} and kind {KIND!r}"
+        )
+    try:
+        return RDEAgent.model_validate(_plain(obj))
+    except ValidationError as error:
+        raise InvalidResource(_describe(error)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """One document of a file: either `agent` or `error` is set, never both."""
+
+    source: str
+    index: int
+    item: int | None
+    name: str | None
+    agent: RDEAgent | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.agent is None) == (self.error is None):
+            raise ValueError("a LoadResult holds exactly one of agent and error")
+
+    @property
+    def ok(self) -> bool:
+        return self.agent is not None
+
+    @property
+    def location(self) -> str:
+        """`file.yaml, document 2` (`, item 3` inside a List), as error messages name it."""
+        return _location(self.source, self.index, self.item)
+
+
+def _split_documents(text: str) -> list[tuple[int, str]]:
+    """Cut a stream at `---` lines so one broken document cannot hide the others.
+
+    A `---` at column 0 followed by a space or the line end is always a document marker in
+    YAML, so cutting there agrees with what a YAML parser would do.
+    """
+    chunks: list[tuple[int, list[str]]] = [(1, [])]
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.startswith("---") and (len(line) == 3 or line[3] in " \t"):
+            chunks.append((number, [line[3:]]))
+        else:
+            chunks[-1][1].append(line)
+    return [(start, "\n".join(lines)) for start, lines in chunks]
+
+
+def _name_of(obj: object) -> str | None:
+    if isinstance(obj, Mapping):
+        metadata = obj.get("metadata")
+        if isinstance(metadata, Mapping):
+            name = metadata.get("name")
+            if isinstance(name, str):
+                return name
+    return None
+
+
+def _location(source: str, index: int, item: int | None) -> str:
+    where = f"{source}, document {index}"
+    return where if item is None else f"{where}, item {item}"
+
+
+def _result(source: str, index: int, item: int | None, obj: object) -> LoadResult:
+    name = _name_of(obj)
+    try:
+        agent = parse_agent(obj)
+    except InvalidResource as error:
+        label = _location(source, index, item) + (f" ({name!r})" if name else "")
+        return LoadResult(source, index, item, name, error=f"{label}: {error}")
+    return LoadResult(source, index, item, name, agent=agent)
+
+
+def _yaml_problem(error: yaml.YAMLError, first_line: int) -> str:
+    """PyYAML's problem with line numbers counted in the whole file, not the document."""
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return f": {error}"
+    mark = error.problem_mark
+    text = f" at line {first_line + mark.line}, column {mark.column + 1}: {error.problem}"
+    if error.context and error.context_mark is not None:
+        text += f" ({error.context} at line {first_line + error.context_mark.line})"
+    return text
+
+
+def load_documents(text: str, source: str) -> list[LoadResult]:
+    """Every RDEAgent in a multi-document YAML text, each valid or with its own error.
+
+    Empty documents are skipped and not counted. A `kind: List` (what `kubectl get -o yaml`
+    writes) contributes its items.
+    """
+    results: list[LoadResult] = []
+    index = 0
+    for start, chunk in _split_documents(text):
+        try:
+            obj = yaml.safe_load(chunk)
+        except yaml.YAMLError as error:
+            index += 1
+            message = f"{source}, document {index}: invalid YAML{_yaml_problem(error, start)}"
+            results.append(LoadResult(source, index, None, None, error=message))
+            continue
+        if obj is None:
+            continue
+        index += 1
+        if isinstance(obj, Mapping) and obj.get("kind") == "List" and obj.get("apiVersion") == "v1":
+            items = obj.get("items") or []
+            if not isinstance(items, list):
+                message = f"{source}, document {index}: items of a List must be a list"
+                results.append(LoadResult(source, index, None, None, error=message))
+                continue
+            results.extend(
+                _result(source, index, number, entry) for number, entry in enumerate(items, 1)
+            )
+            continue
+        results.append(_result(source, index, None, obj))
+    return results
