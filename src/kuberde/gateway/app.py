@@ -57,7 +57,7 @@ class GatewaySettings:
     mux: SessionConfig = field(default_factory=lambda: SessionConfig(accept_backlog=0))
 
 
-def _json_error(status: type[web.HTTPException], message: str, reason: str) -> web.HTTPException:
+def json_error(status: type[web.HTTPException], message: str, reason: str) -> web.HTTPException:
     body = json.dumps({"error": message, "reason": reason})
     return status(text=body, content_type="application/json")
 
@@ -84,7 +84,7 @@ class Gateway:
 
     # ---- authentication ------------------------------------------------------------------
 
-    async def _authenticate(self, request: web.Request, kind: str) -> Principal:
+    async def authenticate(self, request: web.Request, kind: str) -> Principal:
         try:
             token = bearer_token(request.headers.get("Authorization"))
             if kind == "agent":
@@ -95,19 +95,19 @@ class Gateway:
         except AuthError as exc:
             self.metrics.auth_failures.labels(endpoint=kind, reason=exc.reason).inc()
             log.info("refused %s credential from %s: %s", kind, request.remote, exc)
-            raise _json_error(web.HTTPUnauthorized, str(exc), exc.reason) from None
+            raise json_error(web.HTTPUnauthorized, str(exc), exc.reason) from None
 
     # ---- agents --------------------------------------------------------------------------
 
     async def agent_socket(self, request: web.Request) -> web.StreamResponse:
-        principal = await self._authenticate(request, "agent")
+        principal = await self.authenticate(request, "agent")
         assert principal.owner is not None
         record = self.directory.lookup(principal.name) if self.directory else None
         if record is not None and (
             record.owner != principal.owner or (record.uid and principal.agent_uid != record.uid)
         ):
             self.metrics.auth_failures.labels(endpoint="agent", reason="not_this_agent").inc()
-            raise _json_error(
+            raise json_error(
                 web.HTTPForbidden,
                 f"credential does not belong to the current agent {principal.name}",
                 "not_this_agent",
@@ -170,16 +170,16 @@ class Gateway:
 
     async def user_socket(self, request: web.Request) -> web.StreamResponse:
         started = asyncio.get_running_loop().time()
-        user = await self._authenticate(request, "user")
+        user = await self.authenticate(request, "user")
         port, kind = self._connect_options(request)
         resolved = self._resolve(request.match_info["agent"], user)
         if resolved is None:
-            raise _json_error(
+            raise json_error(
                 web.HTTPNotFound, f"no agent named {request.match_info['agent']!r}", "not_found"
             )
         target, owner = resolved
         if owner != user.name and not user.admin:
-            raise _json_error(
+            raise json_error(
                 web.HTTPForbidden, f"user {user.name!r} does not own agent {target}", "forbidden"
             )
         ws = web.WebSocketResponse(
@@ -207,13 +207,13 @@ class Gateway:
         port: int | None = None
         if raw_port:
             if not raw_port.isdigit() or not 0 < int(raw_port) < 65536:
-                raise _json_error(
+                raise json_error(
                     web.HTTPBadRequest, f"port {raw_port!r} is not a TCP port", "bad_port"
                 )
             port = int(raw_port)
         kind = request.query.get("kind", "tcp")
         if kind not in KINDS:
-            raise _json_error(
+            raise json_error(
                 web.HTTPBadRequest, f"kind must be one of {sorted(KINDS)}", "bad_kind"
             )
         return port, kind  # type: ignore[return-value]
@@ -385,15 +385,15 @@ class Gateway:
         return summaries
 
     async def list_agents(self, request: web.Request) -> web.Response:
-        await self._authenticate(request, "management")
+        await self.authenticate(request, "management")
         agents = sorted(self.agent_summaries().values(), key=lambda item: item["id"])
         return web.json_response({"agents": agents, "generated_at": datetime.now(UTC).isoformat()})
 
     async def get_agent(self, request: web.Request) -> web.Response:
-        await self._authenticate(request, "management")
+        await self.authenticate(request, "management")
         summary = self.agent_summaries().get(request.match_info["agent"])
         if summary is None:
-            raise _json_error(web.HTTPNotFound, "no such agent", "not_found")
+            raise json_error(web.HTTPNotFound, "no such agent", "not_found")
         return web.json_response(summary)
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import sys
 from dataclasses import dataclass
@@ -16,7 +17,14 @@ from kuberde.gateway.app import GatewaySettings, create_app
 from kuberde.gateway.directory import AgentDirectory
 from kuberde.tls import server_ssl_context
 
-__all__ = ["ListenAddress", "parse_listen", "run_gateway", "start_site"]
+__all__ = [
+    "ListenAddress",
+    "bind_socket",
+    "parse_listen",
+    "run_gateway",
+    "socket_url",
+    "start_site",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +43,34 @@ def parse_listen(value: str) -> ListenAddress:
     return ListenAddress(host.strip("[]") or "0.0.0.0", int(port))
 
 
+def bind_socket(listen: ListenAddress) -> socket.socket:
+    """Bind the listening socket up front, so the real port (for port 0) is known early."""
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((listen.host, listen.port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {listen.host}:{listen.port}: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def socket_url(sock: socket.socket, tls: bool) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
+
+
 async def start_site(
-    app: web.Application, listen: ListenAddress, ssl_context: ssl.SSLContext | None
-) -> tuple[web.AppRunner, str]:
-    """Start serving `app`; return the runner and the URL it is reachable at."""
+    app: web.Application, sock: socket.socket, ssl_context: ssl.SSLContext | None
+) -> web.AppRunner:
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, listen.host, listen.port, ssl_context=ssl_context)
-    await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    port = sockets[0].getsockname()[1] if sockets else listen.port
-    scheme = "https" if ssl_context else "http"
-    host = f"[{listen.host}]" if ":" in listen.host else listen.host
-    return runner, f"{scheme}://{host}:{port}"
+    await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+    return runner
 
 
 async def run_gateway(
@@ -66,7 +88,9 @@ async def run_gateway(
     key = load_or_create_signing_key(state_dir)
     app = create_app(verifier or LocalTokenVerifier.from_signing_key(key), settings, directory)
     ssl_context = server_ssl_context(tls_cert, tls_key) if tls_cert and tls_key else None
-    runner, url = await start_site(app, listen, ssl_context)
+    sock = bind_socket(listen)
+    runner = await start_site(app, sock, ssl_context)
+    url = socket_url(sock, tls=ssl_context is not None)
     print(f"KubeRDE gateway listening on {url}", file=sys.stderr, flush=True)
     try:
         received = await wait_for_signal()
