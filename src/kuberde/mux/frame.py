@@ -81,10 +81,14 @@ def encode_header(frame_type: FrameType, flags: Flag, stream_id: int, length: in
 def encode_frame(frame: Frame) -> bytes:
     if frame.type is FrameType.DATA and frame.length != len(frame.payload):
         raise ValueError("a DATA frame's length must equal its payload size")
+    if frame.type is not FrameType.DATA and frame.payload:
+        raise ValueError(f"a {frame.type.name} frame carries no payload")
     return encode_header(frame.type, frame.flags, frame.stream_id, frame.length) + frame.payload
 
 
-def _validate(version: int, type_: int, flags: int, stream_id: int, length: int) -> Frame:
+def _validate(
+    version: int, type_: int, flags: int, stream_id: int, length: int, max_payload: int
+) -> Frame:
     if version != VERSION:
         raise ProtocolError(f"unsupported yamux version {version}")
     try:
@@ -97,8 +101,8 @@ def _validate(version: int, type_: int, flags: int, stream_id: int, length: int)
         raise ProtocolError(f"{frame_type.name} frame on stream {stream_id}")
     if frame_type in (FrameType.DATA, FrameType.WINDOW_UPDATE) and stream_id == 0:
         raise ProtocolError(f"{frame_type.name} frame on stream 0")
-    if frame_type is FrameType.DATA and length > MAX_FRAME_PAYLOAD:
-        raise ProtocolError(f"DATA frame of {length} bytes exceeds {MAX_FRAME_PAYLOAD}")
+    if frame_type is FrameType.DATA and length > max_payload:
+        raise ProtocolError(f"DATA frame of {length} bytes exceeds {max_payload}")
     return Frame(frame_type, Flag(flags), stream_id, length)
 
 
@@ -109,11 +113,13 @@ class FrameDecoder:
     underneath is treated as a plain byte stream.
     """
 
-    __slots__ = ("_buffer", "_pending")
+    __slots__ = ("_buffer", "_max_payload", "_pending")
 
-    def __init__(self) -> None:
+    def __init__(self, max_payload: int = MAX_FRAME_PAYLOAD) -> None:
+        """`max_payload` refuses oversized DATA headers before buffering their payload."""
         self._buffer = bytearray()
         self._pending: Frame | None = None
+        self._max_payload = max_payload
 
     @property
     def buffered(self) -> int:
@@ -141,7 +147,8 @@ class FrameDecoder:
             if header is None:
                 if size - offset < HEADER_SIZE:
                     return offset
-                header = _validate(*_HEADER.unpack_from(view, offset))
+                version, type_, flags, stream_id, length = _HEADER.unpack_from(view, offset)
+                header = _validate(version, type_, flags, stream_id, length, self._max_payload)
                 offset += HEADER_SIZE
             if header.type is not FrameType.DATA or header.length == 0:
                 frames.append(header)

@@ -241,8 +241,10 @@ class Stream:
 
     def reset(self, reason: str = "") -> None:
         """Abort the stream in both directions, telling the peer why."""
-        if self._error is not None:
+        if self._error is not None or self._closed.done():
             return
+        self._recv_chunks.clear()
+        self._recv_buffered = 0
         self._session._send_reset(self, reason)
         self._fail(StreamReset(reason or "reset locally"))
 
@@ -380,7 +382,7 @@ class Session:
         self.config = config or SessionConfig()
         self.name = name
         self._link = link
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(max_payload=self.config.receive_window)
         self._streams: dict[int, Stream] = {}
         self._next_id = 1 if is_client else 2
         self._accepted: asyncio.Queue[Stream | None] = asyncio.Queue()
@@ -390,7 +392,7 @@ class Session:
         self._pings: dict[int, asyncio.Future[None]] = {}
         self._ping_ids = itertools.count(1)
         self._local_go_away = False
-        self._remote_go_away = False
+        self._remote_go_away = asyncio.Event()
         self._closed = asyncio.Event()
         self.close_reason = ""
         self.rtt: float | None = None
@@ -408,11 +410,14 @@ class Session:
     @property
     def peer_going_away(self) -> bool:
         """The peer sent go-away: it will accept no new streams on this session."""
-        return self._remote_go_away
+        return self._remote_go_away.is_set()
+
+    async def wait_peer_going_away(self) -> None:
+        await self._remote_go_away.wait()
 
     def open_stream(self, initial: bytes = b"") -> Stream:
         """Open a stream; `initial` travels in the same frame as the SYN. Does not wait."""
-        if self._closed.is_set() or self._local_go_away or self._remote_go_away:
+        if self._closed.is_set() or self._local_go_away or self._remote_go_away.is_set():
             raise SessionClosed(self.close_reason or "session is going away")
         stream_id = self._next_id
         if stream_id > 0xFFFFFFFF:
@@ -458,17 +463,23 @@ class Session:
         self._local_go_away = True
         self._queue_control(encode_header(FrameType.GO_AWAY, Flag.NONE, 0, code))
 
-    async def shutdown(self, grace: float) -> None:
-        """Go away, let open streams finish for up to `grace` seconds, then close."""
+    async def shutdown(self, grace: float | None) -> None:
+        """Go away, let open streams finish (for up to `grace` seconds if given), then close."""
         self.go_away()
-        deadline = self.loop.time() + grace
-        while self._streams and self.loop.time() < deadline and not self._closed.is_set():
-            pending = [stream._closed for stream in self._streams.values()]
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.wait(pending), timeout=max(0.0, deadline - self.loop.time())
-                )
+        streams_done = self.loop.create_task(self._streams_finished())
+        closed = self.loop.create_task(self._closed.wait())
+        try:
+            await asyncio.wait(
+                {streams_done, closed}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            streams_done.cancel()
+            closed.cancel()
         await self.close("shutdown")
+
+    async def _streams_finished(self) -> None:
+        while self._streams:
+            await asyncio.wait([stream._closed for stream in self._streams.values()])
 
     async def close(self, reason: str = "closed", code: int = 1000) -> None:
         """Flush queued control frames, close the link and reset every open stream."""
@@ -504,11 +515,11 @@ class Session:
 
     async def _read_loop(self) -> None:
         while True:
-            data = await self._link.receive()
-            if data is None:
-                self.close_reason = self.close_reason or "peer closed the connection"
-                return
             try:
+                data = await self._link.receive()
+                if data is None:
+                    self.close_reason = self.close_reason or "peer closed the connection"
+                    return
                 for frame in self._decoder.feed(data):
                     self._handle(frame)
             except ProtocolError as exc:
@@ -525,7 +536,11 @@ class Session:
             await self._wakeup.wait()
             self._wakeup.clear()
             while message := self._next_message():
-                await self._link.send(message)
+                try:
+                    await self._link.send(message)
+                except Exception as exc:
+                    self.close_reason = self.close_reason or f"send failed: {exc!r}"
+                    return
 
     async def _flush_control(self) -> None:
         with contextlib.suppress(Exception):
@@ -627,7 +642,7 @@ class Session:
                 waiter.set_result(None)
 
     def _handle_go_away(self, frame: Frame) -> None:
-        self._remote_go_away = True
+        self._remote_go_away.set()
         if frame.length != GoAwayCode.NORMAL:
             try:
                 code = GoAwayCode(frame.length).name.lower().replace("_", " ")
