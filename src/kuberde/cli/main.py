@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from kuberde import __version__, aio
+from kuberde.cli import commands, workspaces
 from kuberde.cli.token import app as token_app
 
 app = typer.Typer(
@@ -18,6 +19,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(token_app, name="token")
+workspaces.register(app)
+commands.register(app)
 
 DEFAULT_STATE_DIR = Path.home() / ".local" / "state" / "kuberde"
 
@@ -76,6 +79,51 @@ def server(
             settings=GatewaySettings(wake_timeout=wake_timeout),
         )
     )
+
+
+@app.command()
+def agent() -> None:
+    """Run a workspace agent, configured by environment as in a pod (SERVER_URL, LOCAL_TARGET,
+    ALLOWED_PORTS, AGENT_TOKEN or AGENT_TOKEN_FILE, AGENT_ID)."""
+    from kuberde.agent.client import main as agent_main
+
+    raise typer.Exit(agent_main())
+
+
+@app.command()
+def up(
+    files: Annotated[
+        list[Path] | None, typer.Option("-f", "--filename", help="RDEAgent YAML file(s)")
+    ] = None,
+    state_dir: Annotated[
+        Path, typer.Option(envvar="KUBERDE_STATE_DIR", help="Workspace state, keys and logs")
+    ] = DEFAULT_STATE_DIR,
+    listen: Annotated[str, typer.Option(help="HOST:PORT for the gateway")] = "127.0.0.1:8080",
+    sweep_interval: Annotated[
+        float, typer.Option(help="Seconds between lifecycle sweeps (TTL checks)")
+    ] = 1.0,
+) -> None:
+    """Run the gateway and local workspaces (a demo one when no file is given)."""
+    from kuberde.gateway.server import parse_listen
+    from kuberde.local.up import run_up
+
+    try:
+        address = parse_listen(listen)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--listen") from None
+    try:
+        code = aio.run(
+            run_up(
+                files=list(files or []),
+                state_dir=state_dir,
+                listen=address,
+                sweep_interval=sweep_interval,
+            )
+        )
+    except OSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 def main() -> None:

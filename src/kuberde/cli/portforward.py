@@ -1,0 +1,241 @@
+"""`kuberde port-forward AGENT [LOCAL:]REMOTE`: a local listener like `kubectl port-forward`.
+
+Every accepted connection opens its own `/connect` WebSocket, so nothing is shared between
+connections and the listener outlives gateway and agent restarts: a connection that fails
+is closed and reported on stderr, and the next one tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+import sys
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO, cast
+
+import aiohttp
+
+from kuberde.aio import wait_for_signal
+from kuberde.cli.config import ClientSettings
+from kuberde.cli.connect import (
+    Bridge,
+    ConnectError,
+    WakeProgress,
+    gateway_session,
+    open_connection,
+)
+
+__all__ = ["KIND", "PortMapping", "format_address", "parse_port_mapping", "serve_port_forward"]
+
+KIND = "port-forward"
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """`local` 0 means any free port, as with `kubectl port-forward :REMOTE`."""
+
+    local: int
+    remote: int
+
+
+def _port(text: str, what: str, *, allow_zero: bool = False) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{what} port {text!r} is not a number")
+    value = int(text)
+    if not (0 if allow_zero else 1) <= value <= 65535:
+        raise ValueError(f"{what} port {value} is out of range")
+    return value
+
+
+def parse_port_mapping(spec: str) -> PortMapping:
+    """`22` → 22:22, `2022:22` → 2022:22, `:22` → a free local port to 22."""
+    local_text, sep, remote_text = spec.partition(":")
+    if not sep:
+        remote = _port(spec, "remote")
+        return PortMapping(remote, remote)
+    remote = _port(remote_text, "remote")
+    local = _port(local_text, "local", allow_zero=True) if local_text else 0
+    return PortMapping(local, remote)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Forwarded(asyncio.Protocol):
+    """One accepted local connection and its tunnel.
+
+    Reading stays paused until the tunnel is open, so bytes the client sends early wait in
+    the kernel and server-first and client-first protocols both work. (uvloop may deliver
+    a first read despite the pause in connection_made; that is kept and sent first.)
+    """
+
+    def __init__(self, forwarder: _Forwarder, remote: int) -> None:
+        self._forwarder = forwarder
+        self._remote = remote
+        self._transport: asyncio.Transport | None = None
+        self._bridge: Bridge | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._early: list[bytes] = []
+        self._early_eof = False
+        self._peer = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass asyncio's
+        self._transport = transport
+        transport.pause_reading()
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self._peer = format_address(str(peer[0]), int(peer[1]))
+        self._task = self._forwarder.spawn(self._run(transport))
+
+    async def _run(self, transport: asyncio.Transport) -> None:
+        forwarder = self._forwarder
+        try:
+            tunnel = await open_connection(
+                forwarder.settings,
+                forwarder.agent,
+                self._remote,
+                KIND,
+                on_event=forwarder.progress,
+                session=forwarder.session,
+            )
+        except ConnectError as exc:
+            forwarder.report(f"connection from {self._peer} failed: {exc}")
+            transport.close()
+            return
+        if transport.is_closing():
+            await tunnel.ws.close()
+            return
+        bridge = Bridge(tunnel, on_event=forwarder.progress)
+        bridge.attach_writer(transport, transport.write_eof)
+        bridge.attach_reader(transport)
+        self._bridge = bridge
+        for data in self._early:
+            bridge.data_received(data)
+        self._early.clear()
+        if self._early_eof:
+            bridge.eof_received()
+        else:
+            transport.resume_reading()
+        try:
+            outcome = await bridge.run()
+        finally:
+            if not tunnel.ws.closed:
+                await tunnel.ws.close()
+        if outcome.message is None:
+            transport.close()
+        else:
+            forwarder.report(f"connection from {self._peer} ended: {outcome.message}")
+            transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self._bridge is not None:
+            self._bridge.data_received(data)
+        elif self._transport is not None:
+            self._early.append(data)
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        if self._bridge is not None:
+            self._bridge.eof_received()
+        else:
+            self._early_eof = True
+        return True
+
+    def pause_writing(self) -> None:
+        if self._bridge is not None:
+            self._bridge.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._bridge is not None:
+            self._bridge.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._bridge is not None:
+            self._bridge.local_lost()
+        elif self._task is not None:
+            self._task.cancel()
+
+
+class _Forwarder:
+    def __init__(
+        self,
+        settings: ClientSettings,
+        agent: str,
+        session: aiohttp.ClientSession,
+        stderr: TextIO,
+    ) -> None:
+        self.settings = settings
+        self.agent = agent
+        self.session = session
+        self.progress = WakeProgress(agent, stderr)
+        self._stderr = stderr
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def report(self, message: str) -> None:
+        self.progress.end_line()
+        print(f"kuberde: {message}", file=self._stderr, flush=True)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def serve_port_forward(
+    settings: ClientSettings,
+    agent: str,
+    mappings: Sequence[PortMapping],
+    address: str,
+    *,
+    stderr: TextIO | None = None,
+) -> int:
+    """Listen on `address` for every mapping until SIGINT/SIGTERM; returns the exit code."""
+    err = sys.stderr if stderr is None else stderr
+    loop = asyncio.get_running_loop()
+    async with gateway_session(settings) as session:
+        forwarder = _Forwarder(settings, agent, session, err)
+        servers: list[asyncio.Server] = []
+        try:
+            for mapping in mappings:
+                try:
+                    server = await loop.create_server(
+                        functools.partial(_Forwarded, forwarder, mapping.remote),
+                        host=address,
+                        port=mapping.local,
+                    )
+                except OSError as exc:
+                    forwarder.report(
+                        f"cannot listen on {format_address(address, mapping.local)}: "
+                        f"{exc.strerror or exc}"
+                    )
+                    return 1
+                servers.append(server)
+                for sock in server.sockets:
+                    host, port = sock.getsockname()[:2]
+                    print(
+                        f"Forwarding from {format_address(host, port)} -> {mapping.remote}",
+                        file=err,
+                        flush=True,
+                    )
+            await wait_for_signal()
+            return 0
+        finally:
+            for server in servers:
+                server.close()
+            await forwarder.stop()
