@@ -317,12 +317,15 @@ class FakeClock:
 
 def test_progress_on_a_terminal_overwrites_one_line():
     out = io.StringIO()
-    progress = WakeProgress("demo", out, interactive=True)
+    clock = FakeClock()
+    clock.now = 50.0
+    progress = WakeProgress("demo", out, interactive=True, clock=clock)
     progress({"event": "waking", "elapsed_s": 0})
     progress({"event": "waking", "elapsed_s": 2.1})
+    clock.now = 52.4
     progress({"event": "connected"})
     assert out.getvalue() == (
-        "\r\x1b[Kwaking demo… 0.0s\r\x1b[Kwaking demo… 2.1s\r\x1b[Kdemo is up after 2.1s\n"
+        "\r\x1b[Kwaking demo… 0.0s\r\x1b[Kwaking demo… 2.1s\r\x1b[Kdemo is up after 2.4s\n"
     )
 
 

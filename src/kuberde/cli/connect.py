@@ -127,17 +127,19 @@ class WakeProgress:
         self._interval = interval
         self._clock = clock
         self._last_print: float | None = None
-        self._elapsed: float | None = None
+        #: When the wake began on our clock (the gateway reports elapsed time in whole steps).
+        self._since: float | None = None
         self._line_open = False
 
     def __call__(self, event: Mapping[str, Any]) -> None:
         name = event.get("event")
         if name == "waking":
             self._waking(event.get("elapsed_s"))
-        elif name == "connected" and self._elapsed is not None:
-            self._write(f"{self._agent} is up after {self._elapsed:.1f}s\n", overwrite=True)
+        elif name == "connected" and self._since is not None:
+            waited = self._clock() - self._since
+            self._write(f"{self._agent} is up after {waited:.1f}s\n", overwrite=True)
             self._line_open = False
-            self._elapsed = None
+            self._since = None
             self._last_print = None
 
     def end_line(self) -> None:
@@ -148,7 +150,8 @@ class WakeProgress:
 
     def _waking(self, raw: object) -> None:
         elapsed = float(raw) if isinstance(raw, int | float) else 0.0
-        self._elapsed = elapsed
+        if self._since is None:
+            self._since = self._clock() - elapsed
         text = f"waking {self._agent}… {elapsed:.1f}s"
         if self._interactive:
             self._write(text, overwrite=True)

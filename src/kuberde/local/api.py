@@ -1,0 +1,141 @@
+"""`/api/workspaces`: what `kuberde ls/apply/delete/wake/stop/logs` talk to under `kuberde up`.
+
+Users see and change their own workspaces; admins see all. Authentication is the gateway's
+(bearer user token), so there is one way in, not two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from kuberde.auth import Principal
+from kuberde.gateway.app import GATEWAY_KEY, Gateway, json_error
+from kuberde.local.runtime import LocalRuntime, WorkspaceView
+from kuberde.local.store import WorkspaceState
+from kuberde.local.supervisor import follow_log, tail_log
+from kuberde.resource import load_documents
+
+__all__ = ["add_workspace_routes"]
+
+MAX_APPLY_BYTES = 1024 * 1024
+
+
+def view_json(view: WorkspaceView) -> dict[str, Any]:
+    return {
+        key: value.isoformat() if isinstance(value, datetime) else value
+        for key, value in asdict(view).items()
+    }
+
+
+class WorkspaceApi:
+    def __init__(self, runtime: LocalRuntime, gateway: Gateway) -> None:
+        self.runtime = runtime
+        self.gateway = gateway
+
+    async def _user(self, request: web.Request) -> Principal:
+        return await self.gateway.authenticate(request, "user")
+
+    def _owned(self, user: Principal, name: str) -> WorkspaceState:
+        state = self.runtime.store.get(name)
+        if state is None or (state.owner != user.name and not user.admin):
+            # Someone else's workspace is reported as missing: names are not disclosed.
+            raise json_error(web.HTTPNotFound, f"no workspace named {name!r}", "not_found")
+        return state
+
+    async def list(self, request: web.Request) -> web.Response:
+        user = await self._user(request)
+        views = [
+            view_json(self.runtime.view(state))
+            for state in self.runtime.store.list()
+            if state.owner == user.name or user.admin
+        ]
+        return web.json_response({"workspaces": views})
+
+    async def get(self, request: web.Request) -> web.Response:
+        user = await self._user(request)
+        state = self._owned(user, request.match_info["name"])
+        return web.json_response(view_json(self.runtime.view(state)))
+
+    async def apply(self, request: web.Request) -> web.Response:
+        user = await self._user(request)
+        if request.content_length is not None and request.content_length > MAX_APPLY_BYTES:
+            raise json_error(web.HTTPRequestEntityTooLarge, "document too large", "too_large")
+        text = await request.text()
+        source = request.query.get("source", "request")
+        applied: list[dict[str, Any]] = []
+        errors: list[str] = []
+        for result in load_documents(text, source):
+            if result.agent is None:
+                errors.append(str(result.error))
+                continue
+            agent = result.agent
+            if agent.spec.owner != user.name and not user.admin:
+                errors.append(
+                    f"{result.location} ({agent.metadata.name!r}): owner {agent.spec.owner!r} "
+                    f"is not you ({user.name!r})"
+                )
+                continue
+            existed = self.runtime.store.get(agent.metadata.name) is not None
+            try:
+                state = self.runtime.apply(agent)
+            except ValueError as exc:
+                errors.append(f"{result.location} ({agent.metadata.name!r}): {exc}")
+                continue
+            applied.append({"name": state.name, "agent_id": state.agent_id, "created": not existed})
+        status = 422 if errors and not applied else 200
+        return web.json_response({"applied": applied, "errors": errors}, status=status)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        user = await self._user(request)
+        state = self._owned(user, request.match_info["name"])
+        await self.runtime.delete(state.name)
+        return web.json_response({"deleted": state.name})
+
+    async def wake(self, request: web.Request) -> web.Response:
+        user = await self._user(request)
+        state = self._owned(user, request.match_info["name"])
+        self.runtime.wake(state.name)
+        return web.json_response({"waking": state.name})
+
+    async def stop(self, request: web.Request) -> web.Response:
+        user = await self._user(request)
+        state = self._owned(user, request.match_info["name"])
+        await self.runtime.stop(state.name)
+        return web.json_response({"stopped": state.name})
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        user = await self._user(request)
+        state = self._owned(user, request.match_info["name"])
+        suffix = ".agent.log" if request.query.get("container") == "agent" else ".log"
+        path = self.runtime.settings.logs_dir / f"{state.name}{suffix}"
+        tail = request.query.get("tail", "")
+        lines = int(tail) if tail.isdigit() else 200
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        await response.prepare(request)
+        history = tail_log(path, lines=lines, max_bytes=1024 * 1024)
+        if history and not history.endswith("\n"):
+            history += "\n"
+        await response.write(history.encode())
+        if request.query.get("follow") != "1":
+            await response.write_eof()
+            return response
+        with contextlib.suppress(ConnectionResetError):
+            async for chunk in follow_log(path, from_end=True):
+                await response.write(chunk)
+        return response
+
+
+def add_workspace_routes(app: web.Application, runtime: LocalRuntime) -> None:
+    api = WorkspaceApi(runtime, app[GATEWAY_KEY])
+    app.router.add_get("/api/workspaces", api.list)
+    app.router.add_post("/api/workspaces", api.apply)
+    app.router.add_get("/api/workspaces/{name}", api.get)
+    app.router.add_delete("/api/workspaces/{name}", api.delete)
+    app.router.add_post("/api/workspaces/{name}/wake", api.wake)
+    app.router.add_post("/api/workspaces/{name}/stop", api.stop)
+    app.router.add_get("/api/workspaces/{name}/logs", api.logs)

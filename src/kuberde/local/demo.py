@@ -1,0 +1,149 @@
+"""The demo workspace `kuberde up` creates when given no files.
+
+With OpenSSH installed it is a real `sshd` on a loopback port, with a generated host key
+(trusted through a KubeRDE known_hosts file, so host key checking stays on) and the user's
+public keys plus a generated demo key authorised. Without `sshd` it is a small HTTP server.
+Either way the workspace exposes a *workspace port* (22 or 8080) that the runtime maps to
+the real loopback port, as a pod's container port would be.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kuberde.local.runtime import LOCAL_PORTS_ANNOTATION
+from kuberde.resource import API_VERSION, KIND
+
+__all__ = [
+    "DemoWorkspace",
+    "current_user",
+    "demo_workspace",
+    "find_sshd",
+]
+
+DEMO_NAME = "demo"
+DEMO_TTL = "5m"
+_SSHD_LOCATIONS = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
+
+
+@dataclass(frozen=True)
+class DemoWorkspace:
+    document: dict[str, Any]
+    kind: str
+    workspace_port: int
+    local_port: int
+    known_hosts: Path | None
+    identity_file: Path | None
+
+
+def current_user() -> str:
+    """The OS user as a valid owner name (lower-case DNS label)."""
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", getpass.getuser().lower()).strip("-")
+    return cleaned[:30] or "user"
+
+
+def find_sshd() -> str | None:
+    found = shutil.which("sshd")
+    if found:
+        return found
+    return next((path for path in _SSHD_LOCATIONS if os.access(path, os.X_OK)), None)
+
+
+def _stable_port(path: Path) -> int:
+    """A free loopback port, remembered so the workspace keeps it across restarts."""
+    if path.exists() and path.read_text().strip().isdigit():
+        return int(path.read_text())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    path.write_text(str(port))
+    return port
+
+
+def _keygen(path: Path, comment: str) -> None:
+    if not path.exists():
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+            check=True,
+            timeout=30,
+        )
+
+
+def _sshd_files(directory: Path, port: int, sshd: str) -> tuple[list[str], Path, Path]:
+    host_key = directory / "ssh_host_ed25519_key"
+    client_key = directory / "id_ed25519"
+    _keygen(host_key, "kuberde-demo-host")
+    _keygen(client_key, "kuberde-demo")
+    user_keys = sorted((Path.home() / ".ssh").glob("id_*.pub"))
+    authorized = directory / "authorized_keys"
+    authorized.write_text(
+        "".join(key.read_text() for key in [*user_keys, client_key.with_suffix(".pub")])
+    )
+    authorized.chmod(0o600)
+    config = directory / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {host_key}",
+                f"AuthorizedKeysFile {authorized}",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "StrictModes no",
+                f"AllowUsers {getpass.getuser()}",
+                f"PidFile {directory / 'sshd.pid'}",
+                "Subsystem sftp internal-sftp",
+                "",
+            ]
+        )
+    )
+    known_hosts = directory / "known_hosts"
+    known_hosts.write_text(f"{DEMO_NAME}.kuberde {(host_key.with_suffix('.pub')).read_text()}")
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    return [sshd, "-D", "-e", "-f", str(config)], known_hosts, client_key
+
+
+def demo_workspace(state_dir: Path, owner: str) -> DemoWorkspace:
+    directory = state_dir / "demo"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    port = _stable_port(directory / "port")
+    sshd = find_sshd()
+    known_hosts = identity = None
+    if sshd is not None:
+        argv, known_hosts, identity = _sshd_files(directory, port, sshd)
+        kind, workspace_port = "ssh", 22
+    else:
+        site = directory / "www"
+        site.mkdir(exist_ok=True)
+        (site / "index.html").write_text("<h1>Hello from your KubeRDE demo workspace</h1>\n")
+        argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+        argv += ["--directory", str(site)]
+        kind, workspace_port = "http", 8080
+    document = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": DEMO_NAME,
+            "annotations": {LOCAL_PORTS_ANNOTATION: f"{workspace_port}={port}"},
+        },
+        "spec": {
+            "owner": owner,
+            "ttl": DEMO_TTL,
+            "localTarget": f"127.0.0.1:{workspace_port}",
+            "workload": {"command": argv},
+        },
+    }
+    return DemoWorkspace(document, kind, workspace_port, port, known_hosts, identity)

@@ -1,0 +1,148 @@
+"""`kuberde up`: the gateway and the local runtime in one process — the embedded default."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from kuberde.aio import wait_for_signal
+from kuberde.auth import LocalTokenVerifier, TokenIssuer, load_or_create_signing_key
+from kuberde.cli.config import CliConfig, ConfigError, config_path, load, save
+from kuberde.gateway.app import GATEWAY_KEY, GatewaySettings, create_app
+from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start_site
+from kuberde.local.api import add_workspace_routes
+from kuberde.local.demo import DemoWorkspace, current_user, demo_workspace
+from kuberde.local.runtime import LocalRuntime, RuntimeSettings
+from kuberde.local.store import STATE_DB_NAME, StateStore
+from kuberde.resource import load_documents, parse_agent
+
+__all__ = ["run_up"]
+
+log = logging.getLogger(__name__)
+
+#: The local user's token lives in their 0600 CLI config; `kuberde up` renews it each start.
+LOCAL_USER_TOKEN_TTL = timedelta(days=30)
+
+
+def _load_files(runtime: LocalRuntime, files: list[Path]) -> int:
+    """Apply every valid document; report the others by name. Returns the error count."""
+    errors = 0
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            print(f"error: cannot read {path}: {exc.strerror}", file=sys.stderr)
+            errors += 1
+            continue
+        for result in load_documents(text, str(path)):
+            if result.agent is None:
+                print(f"error: {result.error}", file=sys.stderr)
+                errors += 1
+                continue
+            try:
+                runtime.apply(result.agent)
+            except ValueError as exc:
+                print(f"error: {result.location}: {exc}", file=sys.stderr)
+                errors += 1
+    return errors
+
+
+def _write_cli_config(server: str, token: str, demo: DemoWorkspace | None) -> Path:
+    existing = _stored_config()
+    extra = dict(existing.extra)
+    if demo is not None and demo.known_hosts is not None and demo.identity_file is not None:
+        extra["ssh"] = {
+            "known_hosts": str(demo.known_hosts),
+            "identity_file": str(demo.identity_file),
+        }
+    return save(CliConfig(server=server, token=token, extra=extra))
+
+
+def _stored_config() -> CliConfig:
+    """The user's existing CLI config, so keys we do not manage survive; empty if unreadable."""
+    try:
+        return load(config_path())
+    except ConfigError:
+        return CliConfig()
+
+
+def _next_steps(url: str, demo: DemoWorkspace | None, config_file: Path) -> str:
+    lines = [f"KubeRDE is up: gateway {url}", f"CLI configuration written to {config_file}"]
+    if demo is not None and demo.kind == "ssh":
+        lines += [
+            "",
+            "The demo workspace runs OpenSSH. In another terminal:",
+            "  kuberde ls -o wide",
+            "  kuberde ssh demo",
+            "  kuberde port-forward demo 2022:22   # then: ssh -p 2022 $USER@127.0.0.1",
+            "  kuberde stop demo                   # scale to zero; the next connection wakes it",
+        ]
+    elif demo is not None:
+        lines += [
+            "",
+            "The demo workspace serves HTTP (install openssh-server for an SSH demo):",
+            "  kuberde ls -o wide",
+            "  kuberde port-forward demo 8080:8080   # then open http://127.0.0.1:8080",
+        ]
+    lines.append("Press Ctrl-C to stop; workspace state is kept in the state directory.")
+    return "\n".join(lines)
+
+
+async def run_up(
+    *, files: list[Path], state_dir: Path, listen: ListenAddress, sweep_interval: float = 1.0
+) -> int:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = load_or_create_signing_key(state_dir)
+    issuer = TokenIssuer(key)
+    sock = bind_socket(listen)
+    url = socket_url(sock, tls=False)
+    app = create_app(LocalTokenVerifier.from_signing_key(key), GatewaySettings())
+    gateway = app[GATEWAY_KEY]
+    store = StateStore(state_dir / STATE_DB_NAME)
+    runtime = LocalRuntime(
+        RuntimeSettings(
+            state_dir=state_dir,
+            gateway_ws_url=url.replace("http", "ws", 1) + "/ws",
+            sweep_interval=sweep_interval,
+        ),
+        store,
+        issuer,
+        gateway,
+    )
+    gateway.directory = runtime
+    add_workspace_routes(app, runtime)
+
+    user = current_user()
+    demo = None
+    if files:
+        if _load_files(runtime, files):
+            print("some documents were rejected; the others are running", file=sys.stderr)
+    else:
+        demo = demo_workspace(state_dir, user)
+        runtime.apply(parse_agent(demo.document))
+
+    runner = await start_site(app, sock, None)
+    token = issuer.mint_user(user, ttl=LOCAL_USER_TOKEN_TTL)
+    config_file = _write_cli_config(url, token, demo)
+    print(_next_steps(url, demo, config_file), file=sys.stderr, flush=True)
+    loop_task = asyncio.create_task(runtime.run())
+    try:
+        signal_task = asyncio.create_task(wait_for_signal())
+        done, _ = await asyncio.wait({loop_task, signal_task}, return_when=asyncio.FIRST_COMPLETED)
+        if loop_task in done:
+            loop_task.result()
+        else:
+            log.info("received %s; stopping workspaces", signal_task.result().name)
+        signal_task.cancel()
+    finally:
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task
+        await runtime.shutdown()
+        await runner.cleanup()
+        store.close()
+    return 0
