@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/kuberde demo
+	$(BIN)/kuberde up
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
