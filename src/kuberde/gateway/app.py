@@ -103,8 +103,12 @@ class Gateway:
         principal = await self.authenticate(request, "agent")
         assert principal.owner is not None
         record = self.directory.lookup(principal.name) if self.directory else None
-        if record is not None and (
-            record.owner != principal.owner or (record.uid and principal.agent_uid != record.uid)
+        current = self.registry.get(principal.name)
+        # IDs can collide across owners (alice/smith-dev, alice-smith/dev): the owner recorded
+        # for the ID — by the directory, else by the session holding it — must match.
+        owner = record.owner if record is not None else (current.owner if current else None)
+        if (owner is not None and owner != principal.owner) or (
+            record is not None and record.uid and principal.agent_uid != record.uid
         ):
             self.metrics.auth_failures.labels(endpoint="agent", reason="not_this_agent").inc()
             raise json_error(
@@ -138,9 +142,13 @@ class Gateway:
             log.info("agent %s connected from %s", principal.name, request.remote)
         self.activity.record(principal.name, ActivitySource.CONNECTED)
         self.metrics.agents_online.set(len(self.registry))
+        serving = asyncio.create_task(session.run())
         try:
-            await session.run()
+            # Unregister as soon as the session ends, not after the link's close handshake.
+            await session.wait_closed()
+            await serving
         finally:
+            serving.cancel()
             if self.registry.unregister(connection):
                 log.info("agent %s disconnected: %s", principal.name, session.close_reason)
             self.metrics.agents_online.set(len(self.registry))
@@ -193,7 +201,6 @@ class Gateway:
                 self.metrics.stream_open_seconds.observe(
                     asyncio.get_running_loop().time() - started
                 )
-                await ws.send_str('{"event":"connected"}')
                 await self._relay(ws, stream, target)
         except ConnectionResetError:
             log.debug("user %s went away while connecting to %s", user.name, target)
@@ -213,9 +220,7 @@ class Gateway:
             port = int(raw_port)
         kind = request.query.get("kind", "tcp")
         if kind not in KINDS:
-            raise json_error(
-                web.HTTPBadRequest, f"kind must be one of {sorted(KINDS)}", "bad_kind"
-            )
+            raise json_error(web.HTTPBadRequest, f"kind must be one of {sorted(KINDS)}", "bad_kind")
         return port, kind  # type: ignore[return-value]
 
     async def _open_stream(
@@ -290,8 +295,10 @@ class Gateway:
     async def _relay(self, ws: web.WebSocketResponse, stream: Stream, target: str) -> None:
         self.activity.stream_opened(target)
         self.metrics.open_streams.inc()
-        upstream = asyncio.create_task(self._user_to_agent(ws, stream, target))
+        upstream: asyncio.Task[None] | None = None
         try:
+            await ws.send_str('{"event":"connected"}')
+            upstream = asyncio.create_task(self._user_to_agent(ws, stream, target))
             reset = await self._agent_to_user(ws, stream, target)
             if reset is not None:
                 upstream.cancel()
@@ -300,7 +307,8 @@ class Gateway:
             await upstream
             await self._close(ws, CloseCode.NORMAL, "")
         finally:
-            upstream.cancel()
+            if upstream is not None:
+                upstream.cancel()
             if not stream.is_closed:
                 stream.reset("user connection closed")
             self.activity.stream_closed(target)

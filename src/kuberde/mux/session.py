@@ -389,6 +389,8 @@ class Session:
         self._control: deque[bytes] = deque()
         self._ready: deque[Stream] = deque()
         self._wakeup = asyncio.Event()
+        #: The writer task and a closing flush both send; the lock keeps frames in order.
+        self._send_lock = asyncio.Lock()
         self._pings: dict[int, asyncio.Future[None]] = {}
         self._ping_ids = itertools.count(1)
         self._local_go_away = False
@@ -537,7 +539,8 @@ class Session:
             self._wakeup.clear()
             while message := self._next_message():
                 try:
-                    await self._link.send(message)
+                    async with self._send_lock:
+                        await self._link.send(message)
                 except Exception as exc:
                     self.close_reason = self.close_reason or f"send failed: {exc!r}"
                     return
@@ -545,7 +548,9 @@ class Session:
     async def _flush_control(self) -> None:
         with contextlib.suppress(Exception):
             while self._control:
-                await asyncio.wait_for(self._link.send(self._control.popleft()), timeout=2.0)
+                frame = self._control.popleft()
+                async with asyncio.timeout(2.0), self._send_lock:
+                    await self._link.send(frame)
 
     async def _keepalive_loop(self) -> None:
         while True:

@@ -1,0 +1,280 @@
+"""Hostile and careless peers: corrupt yamux from an agent, a user who stops reading."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import os
+import socket
+import struct
+import termios
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from kuberde.mux import INITIAL_WINDOW, Flag, FrameType, GoAwayCode, Preamble, Stream
+from kuberde.mux.frame import encode_header
+from tests.integration.conftest import (
+    WAIT,
+    RunningGateway,
+    decode_frames,
+    echo,
+    exchange,
+    next_message,
+    raw_header,
+    read_bytes,
+    receive_all,
+    send_payload,
+)
+
+# ---- corrupt frames from a connected agent ---------------------------------------------------
+
+Corruption = Callable[[aiohttp.ClientWebSocketResponse], Awaitable[None]]
+
+
+def _send(data: bytes) -> Corruption:
+    async def corrupt(ws: aiohttp.ClientWebSocketResponse) -> None:
+        await ws.send_bytes(data)
+
+    return corrupt
+
+
+async def _send_text(ws: aiohttp.ClientWebSocketResponse) -> None:
+    await ws.send_str("this session speaks yamux, not text")
+
+
+def _split(data: bytes) -> Corruption:
+    """The same bytes cut across two messages: the decoder sees a byte stream, not messages."""
+
+    async def corrupt(ws: aiohttp.ClientWebSocketResponse) -> None:
+        await ws.send_bytes(data[:5])
+        await ws.send_bytes(data[5:])
+
+    return corrupt
+
+
+CORRUPTIONS: dict[str, Corruption] = {
+    "version-1": _send(raw_header(1, FrameType.PING, Flag.SYN, 0, 7)),
+    "unknown-type": _send(raw_header(0, 9, 0, 0, 0)),
+    "data-claiming-2GiB": _send(raw_header(0, FrameType.DATA, 0, 2, 2**31)),
+    "data-claiming-2GiB-split": _split(raw_header(0, FrameType.DATA, 0, 2, 2**31)),
+    # Refused from the header alone: the gateway must not wait to buffer the payload.
+    "data-header-over-window": _send(raw_header(0, FrameType.DATA, 0, 2, INITIAL_WINDOW + 1)),
+    "ping-on-a-stream": _send(raw_header(0, FrameType.PING, Flag.SYN, 3, 1)),
+    "text-message": _send_text,
+}
+
+
+async def _stream_round_trip(user: aiohttp.ClientWebSocketResponse, size: int) -> None:
+    payload = os.urandom(size)
+    sender = asyncio.create_task(send_payload(user, payload, eof=False))
+    try:
+        echoed = await read_bytes(user, size)
+        await asyncio.wait_for(sender, WAIT)
+    finally:
+        sender.cancel()
+    assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+
+
+async def _frames_until_closed(ws: aiohttp.ClientWebSocketResponse) -> list[bytes]:
+    messages: list[bytes] = []
+
+    async def loop() -> None:
+        while True:
+            message = await ws.receive()
+            if message.type is aiohttp.WSMsgType.BINARY:
+                messages.append(message.data)
+            elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                return
+            else:
+                raise AssertionError(f"unexpected {message.type.name} from the gateway")
+
+    await asyncio.wait_for(loop(), WAIT)
+    return messages
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
+async def test_corrupt_frames_end_only_that_session_with_a_protocol_error(
+    gateway: RunningGateway, corruption: Corruption
+) -> None:
+    healthy = await gateway.peer("bob", "dev", echo())
+    bob = await gateway.connect("dev", gateway.user("bob"))
+    await healthy.next_stream()
+    await _stream_round_trip(bob, 1024 * 1024)
+
+    rogue = await gateway.agent_socket(gateway.issuer.mint_agent("mallory", "dev"))
+    await gateway.wait_agent("user-mallory-dev", lambda a: a["online"])
+    # A valid ping first: the session works until the corrupt bytes arrive.
+    await rogue.send_bytes(encode_header(FrameType.PING, Flag.SYN, 0, 42))
+    await corruption(rogue)
+    frames = decode_frames(await _frames_until_closed(rogue))
+
+    assert [(f.type, f.flags, f.length) for f in frames if f.type is FrameType.PING] == [
+        (FrameType.PING, Flag.ACK, 42)
+    ]
+    go_aways = [f.length for f in frames if f.type is FrameType.GO_AWAY]
+    assert go_aways == [GoAwayCode.PROTOCOL_ERROR]
+    await gateway.wait_agent("user-mallory-dev", lambda a: not a["online"])
+
+    # The other agent never noticed: the same stream, then a new one, keep their integrity.
+    await _stream_round_trip(bob, 1024 * 1024)
+    received = await exchange(bob, b"")
+    assert received.close_code == 1000
+    again = await gateway.connect("dev", gateway.user("bob"))
+    assert (await exchange(again, b"after the rogue left")).data == b"after the rogue left"
+    assert (await gateway.agents())["user-bob-dev"]["online"] is True
+
+
+async def test_data_beyond_the_window_is_a_protocol_error_and_resets_the_user(
+    gateway: RunningGateway,
+) -> None:
+    """Frames that each fit the window may not, together, overrun a stream's credit."""
+    rogue = await gateway.agent_socket(gateway.issuer.mint_agent("mallory", "dev"))
+    await gateway.wait_agent("user-mallory-dev", lambda a: a["online"])
+    user_task = asyncio.create_task(gateway.connect("dev", gateway.user("mallory")))
+    opened = decode_frames([(await asyncio.wait_for(rogue.receive(), WAIT)).data])
+    syn = next(f for f in opened if f.flags & Flag.SYN)
+    user = await asyncio.wait_for(user_task, WAIT)
+
+    # One message, so the gateway cannot consume (and re-grant) between the two frames.
+    half = gateway.settings.mux.receive_window // 2 + 1
+    first = encode_header(FrameType.DATA, Flag.ACK, syn.stream_id, half) + bytes(half)
+    second = encode_header(FrameType.DATA, Flag.NONE, syn.stream_id, half) + bytes(half)
+    await rogue.send_bytes(first + second)
+
+    frames = decode_frames(await _frames_until_closed(rogue))
+    assert [f.length for f in frames if f.type is FrameType.GO_AWAY] == [GoAwayCode.PROTOCOL_ERROR]
+    received = await receive_all(user)
+    assert received.close_code == 4500
+    assert received.close_reason
+    assert received.data in (b"", bytes(half)), "only the frame within the window may arrive"
+
+
+# ---- a user who stops reading ----------------------------------------------------------------
+
+BLAST_PORT = 5000
+BLAST_SIZE = 50 * 1024 * 1024
+CHUNK = 64 * 1024
+#: What the test process itself may hold on the user's side: aiohttp's WebSocket reader
+#: pauses the socket at 2 x 256 KiB queued, plus the message and read chunk in progress.
+USER_CLIENT_BUFFERS = 1024 * 1024
+#: Traced Python memory (gateway, workspace peer and user client together) may not grow by
+#: more than this while the user is stalled; relaying the blast would need ~50 MiB.
+MEMORY_GROWTH_LIMIT = 8 * 1024 * 1024
+#: Kernel socket buffers on the slow user's connection (both ends); what they still hold is
+#: measured and allowed for, this only keeps it small next to the window.
+KERNEL_BUFFER = 64 * 1024
+
+
+class Blaster:
+    """Writes a fixed payload as fast as the stream allows; counts bytes whose drain finished."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.drained = 0
+
+    async def __call__(self, preamble: Preamble, rest: bytes, stream: Stream) -> None:
+        if preamble.port != BLAST_PORT:
+            await echo()(preamble, rest, stream)
+            return
+        for offset in range(0, len(self.payload), CHUNK):
+            stream.write(self.payload[offset : offset + CHUNK])
+            await stream.drain()
+            self.drained = offset + CHUNK
+        stream.close_write()
+        await stream.wait_closed()
+
+
+def _small_receive_buffer(address: tuple[Any, ...]) -> socket.socket:
+    """The slow user's socket: a small kernel buffer, so little can hide in the kernel."""
+    sock = socket.socket(address[0], address[1], address[2])
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, KERNEL_BUFFER)
+    return sock
+
+
+def _queued(sock: socket.socket, request: int) -> int:
+    value: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0]
+    return value
+
+
+async def test_a_user_who_stops_reading_holds_back_only_a_window(
+    gateway: RunningGateway,
+) -> None:
+    """Backpressure reaches the workspace: the gateway holds one window, not the whole blast.
+
+    Memory is measured with tracemalloc in this process rather than the RSS of a gateway
+    subprocess: traced Python allocations are exact and do not depend on when the allocator
+    returns pages to the system, and every buffer the gateway could grow is a Python object.
+    The bytes parked in kernel socket buffers are measured with ioctls and allowed for.
+    """
+    payload = os.urandom(BLAST_SIZE)
+    blaster = Blaster(payload)
+    user_sockets: list[socket.socket] = []
+
+    def on_connect_socket(path: str, sock: socket.socket) -> None:
+        if path.startswith("/connect/"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_BUFFER)
+            user_sockets.append(sock)
+
+    gateway.server_socket_hooks.append(on_connect_socket)
+    await gateway.peer("alice", "dev", blaster)
+    slow_client = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(socket_factory=_small_receive_buffer)
+    )
+
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        slow = await gateway.connect(
+            "dev", gateway.user("alice"), port=BLAST_PORT, kind="tcp", http=slow_client
+        )
+        await asyncio.sleep(3.0)  # the user reads nothing; the blaster runs into backpressure
+
+        # Another stream of the same agent session keeps flowing meanwhile.
+        other = await gateway.connect("dev", gateway.user("alice"), port=22)
+        assert (await exchange(other, payload[:CHUNK])).data == payload[:CHUNK]
+
+        stalled = blaster.drained
+        growth = tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+    in_kernel = _queued(user_sockets[0], termios.TIOCOUTQ) + _queued(
+        slow.get_extra_info("socket"), termios.FIONREAD
+    )
+
+    config = gateway.settings.mux
+    allowed = (
+        config.receive_window  # granted to the workspace, not yet read by the gateway
+        + config.receive_window  # read by the gateway, being sent to the user
+        + config.send_buffer_limit
+        + CHUNK  # still queued in the workspace's stream
+        + in_kernel
+        + USER_CLIENT_BUFFERS
+    )
+    assert INITIAL_WINDOW <= stalled <= allowed, (stalled, allowed, in_kernel)
+    assert growth < MEMORY_GROWTH_LIMIT, growth
+
+    hasher = hashlib.sha256()
+    size = 0
+
+    async def read_everything() -> None:
+        nonlocal size
+        while True:
+            message = await next_message(slow)
+            if isinstance(message, dict):
+                assert message == {"event": "eof"}
+                return
+            hasher.update(message)
+            size += len(message)
+
+    await asyncio.wait_for(read_everything(), 60)
+    assert size == BLAST_SIZE
+    assert hasher.digest() == hashlib.sha256(payload).digest()
+    received = await exchange(slow, b"")
+    assert received.close_code == 1000
+    await slow_client.close()
