@@ -32,10 +32,12 @@ from kuberde.agent.bridge import serve_stream
 from kuberde.agent.config import (
     AgentConfig,
     ConfigError,
+    Credential,
     CredentialUnavailable,
     from_env,
     load_credential,
 )
+from kuberde.auth.client_credentials import ClientCredentialsSource, TokenEndpointError
 from kuberde.mux import Session, SessionClosed, Stream, WebSocketLink
 from kuberde.tls import client_ssl_context
 
@@ -111,11 +113,13 @@ class Agent:
         stop: asyncio.Event,
         backoff: Backoff | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        token_source: ClientCredentialsSource | None = None,
     ) -> None:
         self._config = config
         self._stop = stop
         self._backoff = backoff or Backoff()
         self._ssl = ssl_context
+        self._token_source = token_source
         self._status = _StatusLog()
 
     async def run(self) -> int:
@@ -147,12 +151,14 @@ class Agent:
     async def _attempt(self, http: aiohttp.ClientSession) -> _Outcome | None:
         """One dial and, if it succeeds, one session; None when stopped meanwhile."""
         try:
-            credential = load_credential(self._config)
+            credential = await self._credential()
         except CredentialUnavailable as exc:
             return _Outcome("no-credential", logging.ERROR, str(exc))
         try:
             ws = await self._dial(http, credential.token)
         except CredentialRejected as exc:
+            if self._token_source is not None:
+                self._token_source.invalidate()
             reason = exc.reason.replace(credential.token, "<credential>")
             return _Outcome(
                 f"rejected-{exc.status}",
@@ -164,6 +170,13 @@ class Agent:
                 f"refused-{exc.status}",
                 logging.WARNING,
                 f"gateway refused the WebSocket upgrade (HTTP {exc.status}: {exc.message})",
+            )
+        except aiohttp.ClientConnectorCertificateError as exc:
+            return _Outcome(
+                "untrusted",
+                logging.ERROR,
+                f"the gateway's TLS certificate is not trusted ({_describe(exc)}); "
+                "set KUBERDE_CA_FILE to the CA that signed it",
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return _Outcome(
@@ -181,6 +194,16 @@ class Agent:
         return _Outcome(
             "disconnected", logging.WARNING, f"disconnected: {reason}", "reconnecting in"
         )
+
+    async def _credential(self) -> Credential:
+        """The configured credential, or a client-credentials token from the provider."""
+        if self._token_source is None:
+            return load_credential(self._config)
+        try:
+            token = await self._token_source.token()
+        except TokenEndpointError as exc:
+            raise CredentialUnavailable(str(exc)) from None
+        return Credential(token=token, subject=self._config.agent_id)
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse, name: str) -> str:
         """Run one session until it ends or we are stopped; return why it ended."""
@@ -310,12 +333,20 @@ async def run_agent(
 ) -> int:
     """Run until `stop` is set (by default: until SIGTERM/SIGINT); return the exit code."""
     ssl_context: ssl.SSLContext | None = None
-    if config.uses_tls:
-        try:
+    token_source: ClientCredentialsSource | None = None
+    credentials = config.client_credentials
+    try:
+        if config.uses_tls:
             ssl_context = client_ssl_context(config.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            log.error("KUBERDE_CA_FILE %s cannot be used: %s", config.ca_file, exc)
-            return EXIT_CONFIG
+        if credentials is not None:
+            provider_tls = credentials.token_url.startswith("https://")
+            token_source = ClientCredentialsSource(
+                credentials,
+                ssl_context=client_ssl_context(config.ca_file) if provider_tls else None,
+            )
+    except (OSError, ssl.SSLError) as exc:
+        log.error("KUBERDE_CA_FILE %s cannot be used: %s", config.ca_file, exc)
+        return EXIT_CONFIG
     log.info(
         "agent starting: gateway %s, local target %s:%d, allowed ports %s%s",
         config.server_url,
@@ -325,7 +356,13 @@ async def run_agent(
         "".join(f", port {a} -> {b}" for a, b in sorted(config.port_map.items())),
     )
     stop_event = stop if stop is not None else asyncio.Event()
-    agent = Agent(config, stop=stop_event, backoff=backoff, ssl_context=ssl_context)
+    agent = Agent(
+        config,
+        stop=stop_event,
+        backoff=backoff,
+        ssl_context=ssl_context,
+        token_source=token_source,
+    )
     if stop is not None:
         return await agent.run()
     with _stop_on_signals(stop_event):
