@@ -136,6 +136,7 @@ def agent_config(fake: FakeGateway, local_port: int, **extra: str) -> AgentConfi
         "AGENT_ID": AGENT,
         "LOCAL_TARGET": f"127.0.0.1:{local_port}",
         "SHUTDOWN_GRACE": "5",
+        "LOCAL_CONNECT_PATIENCE": "0",
     }
     return from_env({**env, **extra})
 
@@ -271,6 +272,22 @@ async def test_refused_port_is_reset_with_the_reason(fake: FakeGateway, echo_por
         stream = open_stream(session, closed)
         reason = await reset_reason(stream)
         assert reason == f"connection refused by 127.0.0.1:{closed} in the workspace"
+
+
+async def test_a_target_that_starts_listening_late_is_reached(fake: FakeGateway) -> None:
+    """After a wake the agent may be online before the workload listens."""
+    late = free_port()
+    config = agent_config(fake, late, LOCAL_CONNECT_PATIENCE="20")
+    async with running_agent(config):
+        session = await fake.next_session()
+        stream = open_stream(session, None, b"hello")
+        stream.close_write()
+        await asyncio.sleep(0.5)
+        server = await asyncio.start_server(echo, "127.0.0.1", late)
+        try:
+            assert await asyncio.wait_for(read_to_end(stream), 15) == b"hello"
+        finally:
+            server.close()
 
 
 async def test_garbage_instead_of_a_preamble_is_reset(fake: FakeGateway, echo_port: int) -> None:

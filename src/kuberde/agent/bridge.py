@@ -49,12 +49,8 @@ async def serve_stream(
         stream.reset(f"port {preamble.port} is not allowed for this agent")
         return
     host, port = target
-    loop = asyncio.get_running_loop()
     try:
-        _, bridge = await asyncio.wait_for(
-            loop.create_connection(lambda: TcpBridge(stream, f"{host}:{port}", rest), host, port),
-            connect_timeout,
-        )
+        bridge = await _dial(stream, host, port, rest, connect_timeout, config.connect_patience)
     except ConnectionRefusedError:
         stream.reset(f"connection refused by {host}:{port} in the workspace")
         return
@@ -70,6 +66,33 @@ async def serve_stream(
     except asyncio.CancelledError:
         bridge.abort()
         raise
+
+
+async def _dial(
+    stream: Stream, host: str, port: int, rest: bytes, dial_timeout: float, patience: float
+) -> TcpBridge:
+    """Connect to the local target, retrying refusals for `patience` seconds.
+
+    Right after a wake the agent is often online before the workload listens (Jupyter and
+    code-server take seconds); the waiting user should get through, not a refusal.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    delay = 0.05
+    while True:
+        try:
+            _, bridge = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: TcpBridge(stream, f"{host}:{port}", rest), host, port
+                ),
+                dial_timeout,
+            )
+            return bridge
+        except ConnectionRefusedError:
+            if stream.error is not None or loop.time() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 async def _read_preamble(stream: Stream) -> tuple[Preamble, bytes]:

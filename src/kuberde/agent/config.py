@@ -20,10 +20,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import jwt
 
+from kuberde.auth.client_credentials import ClientCredentials
 from kuberde.naming import InvalidName, validate_agent_id
 from kuberde.tls import CA_FILE_ENV
 
 __all__ = [
+    "DEFAULT_CONNECT_PATIENCE",
     "DEFAULT_LOCAL_TARGET",
     "DEFAULT_SHUTDOWN_GRACE",
     "AgentConfig",
@@ -37,6 +39,8 @@ __all__ = [
 
 DEFAULT_LOCAL_TARGET = "127.0.0.1:22"
 DEFAULT_SHUTDOWN_GRACE = 10.0
+#: How long a refused local dial is retried: right after a wake the workload may still start.
+DEFAULT_CONNECT_PATIENCE = 30.0
 DEFAULT_WS_PATH = "/ws"
 LOOPBACK = "127.0.0.1"
 _SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
@@ -70,6 +74,8 @@ class AgentConfig:
     agent_id: str | None = None
     ca_file: str | None = None
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    connect_patience: float = DEFAULT_CONNECT_PATIENCE
+    client_credentials: ClientCredentials | None = None
 
     @property
     def uses_tls(self) -> bool:
@@ -91,10 +97,18 @@ def from_env(environ: Mapping[str, str]) -> AgentConfig:
     local_host, local_port = _local_target(_get(environ, "LOCAL_TARGET") or DEFAULT_LOCAL_TARGET)
     token = _get(environ, "AGENT_TOKEN")
     token_file = _get(environ, "AGENT_TOKEN_FILE")
+    client_credentials = _client_credentials(environ)
     if token and token_file:
         raise ConfigError("set only one of AGENT_TOKEN and AGENT_TOKEN_FILE, not both")
-    if not token and not token_file:
-        raise ConfigError("AGENT_TOKEN or AGENT_TOKEN_FILE is required (the agent's credential)")
+    if client_credentials is not None and (token or token_file):
+        raise ConfigError(
+            "set either AGENT_TOKEN/AGENT_TOKEN_FILE or the AUTH_CLIENT_* variables, not both"
+        )
+    if not token and not token_file and client_credentials is None:
+        raise ConfigError(
+            "AGENT_TOKEN or AGENT_TOKEN_FILE is required (the agent's credential), or "
+            "AUTH_CLIENT_ID, AUTH_CLIENT_SECRET and AUTH_TOKEN_URL"
+        )
     config = AgentConfig(
         server_url=_server_url(_get(environ, "SERVER_URL")),
         local_host=local_host,
@@ -105,7 +119,9 @@ def from_env(environ: Mapping[str, str]) -> AgentConfig:
         token_file=Path(token_file) if token_file else None,
         agent_id=_agent_id(_get(environ, "AGENT_ID")),
         ca_file=_get(environ, CA_FILE_ENV),
-        shutdown_grace=_grace(_get(environ, "SHUTDOWN_GRACE")),
+        shutdown_grace=_seconds(environ, "SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
+        connect_patience=_seconds(environ, "LOCAL_CONNECT_PATIENCE", DEFAULT_CONNECT_PATIENCE),
+        client_credentials=client_credentials,
     )
     if token:
         check_credential(config, token)
@@ -189,6 +205,33 @@ def _server_url(value: str | None) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
+_CLIENT_VARIABLES = ("AUTH_CLIENT_ID", "AUTH_CLIENT_SECRET", "AUTH_TOKEN_URL")
+
+
+def _client_credentials(environ: Mapping[str, str]) -> ClientCredentials | None:
+    values = {name: _get(environ, name) for name in _CLIENT_VARIABLES}
+    if not any(values.values()):
+        return None
+    missing = [name for name, value in values.items() if value is None]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be set with the other AUTH_* variables")
+    token_url = values["AUTH_TOKEN_URL"]
+    assert token_url is not None
+    try:
+        parts = urlsplit(token_url)
+    except ValueError as exc:
+        raise ConfigError(f"AUTH_TOKEN_URL {token_url!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"AUTH_TOKEN_URL {token_url!r} must be an http:// or https:// URL")
+    if parts.username or parts.password or parts.fragment:
+        raise ConfigError(f"AUTH_TOKEN_URL {token_url!r} must not carry credentials or a fragment")
+    return ClientCredentials(
+        token_url=token_url,
+        client_id=values["AUTH_CLIENT_ID"] or "",
+        client_secret=values["AUTH_CLIENT_SECRET"] or "",
+    )
+
+
 def _port(text: str, variable: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise ConfigError(f"{variable}: {text!r} is not a TCP port (1-65535)")
@@ -239,13 +282,14 @@ def _agent_id(value: str | None) -> str | None:
         raise ConfigError(f"AGENT_ID: {exc}") from None
 
 
-def _grace(value: str | None) -> float:
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    value = _get(environ, name)
     if value is None:
-        return DEFAULT_SHUTDOWN_GRACE
+        return default
     try:
         seconds = float(value)
     except ValueError:
         seconds = math.nan
     if not math.isfinite(seconds) or seconds < 0:
-        raise ConfigError(f"SHUTDOWN_GRACE {value!r} must be a number of seconds (0 or more)")
+        raise ConfigError(f"{name} {value!r} must be a number of seconds (0 or more)")
     return seconds

@@ -241,15 +241,16 @@ class Gateway:
     async def _await_agent(
         self, ws: web.WebSocketResponse, target: str, user: str
     ) -> AgentConnection | None:
+        record = self.directory.lookup(target) if self.directory else None
+        if record is not None and record.error:
+            # A crash-looping workload may still have its agent online: say why it fails.
+            await self._close(ws, CloseCode.STREAM_RESET, f"{target}: {record.error}")
+            return None
         connection = self.registry.get(target)
         if connection is not None and not connection.session.is_closed:
             return connection
-        record = self.directory.lookup(target) if self.directory else None
         if record is None:
             await self._close(ws, CloseCode.AGENT_GONE, f"agent {target} is not connected")
-            return None
-        if record.error:
-            await self._close(ws, CloseCode.STREAM_RESET, f"{target}: {record.error}")
             return None
         assert self.directory is not None
         self.activity.waiting_started(target)

@@ -302,8 +302,8 @@ class LocalRuntime:
         )
         if decision.scale_down:
             log.info("%s is scaled down by TTL: %s", state.name, decision.reason)
-            await self._stop_processes(state.name)
             state = self.store.update(state.name, scaled_down=True, scaled_down_at=now)
+            await self._stop_processes(state.name)
             desired, processes = 0, None
 
         failure = processes.failure if processes is not None else None
@@ -396,6 +396,11 @@ class LocalRuntime:
         if processes is None:
             return
         log.info("%s: stopping", name)
+        state = self.store.get(name)
+        if state is not None:
+            # Say so before the grace period, so `ls` never shows Running without a process.
+            phase = policy.Phase.SCALED_DOWN if state.scaled_down else policy.Phase.PENDING
+            self.store.update(name, phase=phase, pid=None)
         await asyncio.gather(
             *(process.stop(grace=self.settings.stop_grace) for process in processes.all)
         )

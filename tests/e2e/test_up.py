@@ -1,0 +1,485 @@
+"""`kuberde up` end to end: the real console script, real workloads, real sshd, real sockets.
+
+Each test runs its own `kuberde up` (sweep every 0.2 s) on a temporary state directory and
+talks to it only through the `kuberde` CLI and OpenSSH, as a user would. Teardown stops
+`kuberde up` with SIGTERM and checks that no workload or agent process survives it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.up_fixtures import (
+    KUBERDE,
+    WAIT,
+    KubeRDE,
+    Row,
+    current_owner,
+    echo_command,
+    free_port,
+    make_sshd,
+    wait_for_text,
+    wait_until,
+    workspace,
+    write_documents,
+)
+
+TTL = 2
+FAILING = ["sh", "-c", "echo boom-marker >&2; exit 3"]
+
+
+@pytest.fixture
+def rde(tmp_path: Path) -> Iterator[KubeRDE]:
+    installation = KubeRDE(tmp_path / "kuberde")
+    try:
+        with installation:
+            yield installation
+    finally:
+        # Shown by pytest only when the test fails.
+        print(installation.diagnostics())
+
+
+def _run(argv: list[str], rde: KubeRDE) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv,
+        env=rde.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+
+
+def _is_error_with(marker: str) -> Callable[[Row | None], bool]:
+    return lambda row: row is not None and row["phase"] == "Error" and marker in row["message"]
+
+
+# ---- TTL -----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_idle_workspace_is_scaled_down_and_its_processes_are_gone(
+    rde: KubeRDE, tmp_path: Path
+) -> None:
+    port = free_port()
+    file = write_documents(
+        tmp_path / "idle.yaml",
+        [workspace("idle", echo_command(port, "idle-marker"), ttl="3s", local_port=port)],
+    )
+    rde.start_up(file)
+    workload = rde.wait_workload("idle-marker")
+    agent = rde.wait_agent(f"user-{current_owner()}-idle")
+
+    row = rde.wait_phase("idle", "ScaledDown")
+
+    assert row["online"] is False
+    assert row["pod"] is None
+    assert row["ttl"] == "3s"
+    assert not workload.alive
+    assert not agent.alive
+    assert not rde.agents(row["agent_id"])
+    table = rde.ok("ls")
+    assert re.search(r"^idle\s+ScaledDown\s+false\s+<none>\s", table, re.MULTILINE), table
+
+
+@pytest.mark.timeout(60)
+def test_ssh_session_held_open_for_three_ttls_keeps_the_workspace_running(
+    rde: KubeRDE, tmp_path: Path
+) -> None:
+    sshd = make_sshd(tmp_path / "ssh")
+    sshd.trust("shell.kuberde")
+    file = write_documents(
+        tmp_path / "shell.yaml",
+        [workspace("shell", sshd.command, ttl=f"{TTL}s", local_port=sshd.port, workspace_port=22)],
+    )
+    rde.start_up(file)
+    rde.wait_phase("shell", "Running")
+    output = tmp_path / "session.out"
+    remote = [f"echo session-open; sleep {3 * TTL + 3}; echo session-done"]
+
+    with rde.client(sshd.via_connect("shell", remote), output) as session:
+        wait_for_text(output, "session-open")
+        pod = rde.wait_phase("shell", "Running")["pod"]
+        held_until = time.monotonic() + 3 * TTL
+        while time.monotonic() < held_until:
+            row = rde.ls()["shell"]
+            assert row["phase"] == "Running" and row["pod"] == pod, row
+        assert session.wait(timeout=WAIT) == 0, output.read_text()
+
+    assert "session-done" in output.read_text()
+    row = rde.wait_phase("shell", "ScaledDown")
+    assert row["pod"] is None
+
+
+@pytest.mark.timeout(60)
+def test_ttl_zero_never_scales_down(rde: KubeRDE, tmp_path: Path) -> None:
+    forever, probe = free_port(), free_port()
+    file = write_documents(
+        tmp_path / "ttl.yaml",
+        [
+            workspace("forever", echo_command(forever, "forever"), ttl=0, local_port=forever),
+            # Scaled down by the same sweeps, so the TTL loop is seen to be at work meanwhile.
+            workspace("probe", echo_command(probe, "probe"), ttl=f"{TTL}s", local_port=probe),
+        ],
+    )
+    rde.start_up(file)
+    pod = rde.wait_phase("forever", "Running")["pod"]
+    rde.wait_phase("probe", "ScaledDown")
+
+    watch_until = time.monotonic() + 3 * TTL
+    while time.monotonic() < watch_until:
+        row = rde.ls()["forever"]
+        assert row["phase"] == "Running" and row["pod"] == pod, row
+        assert row["ttl"] is None and row["idle_deadline"] is None, row
+    assert len(rde.starts("forever")) == 1
+
+
+# ---- wake on connect -----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_ssh_to_a_scaled_down_workspace_wakes_it(rde: KubeRDE, tmp_path: Path) -> None:
+    sshd = make_sshd(tmp_path / "ssh")
+    sshd.trust("sleeper.kuberde")
+    file = write_documents(
+        tmp_path / "sleeper.yaml",
+        [
+            workspace(
+                "sleeper", sshd.command, ttl=f"{TTL}s", local_port=sshd.port, workspace_port=22
+            )
+        ],
+    )
+    rde.start_up(file)
+    row = rde.wait_phase("sleeper", "ScaledDown")
+    assert row["pod"] is None
+    assert len(rde.starts("sleeper")) == 1
+
+    result = _run(sshd.via_connect("sleeper", ["echo", "woke-up"]), rde)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "woke-up\n"
+    assert "waking sleeper…" in result.stderr
+    assert len(rde.starts("sleeper")) == 2
+
+
+@pytest.mark.timeout(60)
+def test_ten_connections_during_one_wake_start_it_once_and_all_succeed(
+    rde: KubeRDE, tmp_path: Path
+) -> None:
+    port = free_port()
+    file = write_documents(
+        tmp_path / "echo.yaml", [workspace("echo", echo_command(port, "echo"), local_port=port)]
+    )
+    rde.start_up(file)
+    rde.wait_phase("echo", "Running")
+    assert rde.ok("stop", "echo").strip() == "rdeagent/echo scaled down"
+    rde.wait_phase("echo", "ScaledDown")
+    workload_starts = len(rde.starts("echo"))
+    agent_starts = len(rde.starts("echo", agent=True))
+    output = tmp_path / "port-forward.out"
+    messages = [f"connection {i} ".encode() * 1000 for i in range(10)]
+    together = threading.Barrier(len(messages))
+
+    def exchange(message: bytes) -> bytes:
+        together.wait(WAIT)
+        with socket.create_connection(("127.0.0.1", local), timeout=WAIT) as conn:
+            conn.sendall(message)
+            conn.shutdown(socket.SHUT_WR)
+            received = b""
+            while chunk := conn.recv(65536):
+                received += chunk
+        return received
+
+    with rde.client([KUBERDE, "port-forward", "echo", ":7000"], output):
+        forwarding = wait_for_text(output, r"Forwarding from 127\.0\.0\.1:(\d+) -> 7000")
+        local = int(forwarding.group(1))
+        with ThreadPoolExecutor(len(messages)) as pool:
+            replies = list(pool.map(exchange, messages))
+
+    assert replies == messages
+    assert "waking echo…" in output.read_text()
+    assert len(rde.starts("echo")) == workload_starts + 1
+    assert len(rde.starts("echo", agent=True)) == agent_starts + 1
+    assert rde.ls()["echo"]["phase"] == "Running"
+
+
+@pytest.mark.timeout(60)
+def test_waking_connection_goes_through_to_a_workload_that_listens_late(
+    rde: KubeRDE, tmp_path: Path
+) -> None:
+    """A real workload (Jupyter, code-server) takes a while to open its port after its
+    process starts; the connection that woke it must reach it, not a refused port."""
+    port = free_port()
+    late = ["sh", "-c", f"sleep 3; exec {shlex.join(echo_command(port, 'late'))}"]
+    file = write_documents(tmp_path / "late.yaml", [workspace("late", late, local_port=port)])
+    rde.start_up(file)
+    rde.wait_phase("late", "Running")
+    rde.ok("stop", "late")
+    rde.wait_phase("late", "ScaledDown")
+
+    result = rde.kuberde("connect", "late", input="worth the wait\n")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "worth the wait\n"
+    assert "waking late…" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_stop_then_port_forward_and_plain_ssh_wakes_it(rde: KubeRDE, tmp_path: Path) -> None:
+    """The runbook's session check, with the local runtime in place of Kubernetes."""
+    sshd = make_sshd(tmp_path / "ssh")
+    file = write_documents(
+        tmp_path / "dev.yaml",
+        [workspace("dev", sshd.command, ttl="5m", local_port=sshd.port, workspace_port=22)],
+    )
+    rde.start_up(file)
+    rde.wait_phase("dev", "Running")
+    assert rde.ok("stop", "dev").strip() == "rdeagent/dev scaled down"
+    assert rde.wait_phase("dev", "ScaledDown")["pod"] is None
+    local = free_port()
+    sshd.trust(f"[127.0.0.1]:{local}")
+    output = tmp_path / "port-forward.out"
+
+    with rde.client([KUBERDE, "port-forward", "dev", f"{local}:22"], output):
+        wait_for_text(output, rf"Forwarding from 127\.0\.0\.1:{local} -> 22")
+        result = _run(sshd.direct(local, ["echo", "runbook-ok"]), rde)
+
+    assert result.returncode == 0, f"{result.stderr}\n{output.read_text()}"
+    assert result.stdout == "runbook-ok\n"
+    assert "waking dev…" in output.read_text()
+    assert rde.wait_phase("dev", "Running")["pod"] is not None
+
+
+# ---- failing workloads ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_failing_workload_is_an_error_backs_off_and_apply_recovers_it(
+    rde: KubeRDE, tmp_path: Path
+) -> None:
+    port = free_port()
+    file = write_documents(
+        tmp_path / "flaky.yaml", [workspace("flaky", FAILING, ttl=0, local_port=port)]
+    )
+    rde.start_up(file)
+    row = rde.wait_for("flaky", "Error with its stderr", _is_error_with("boom-marker"))
+    assert row is not None and row["online"] is False
+    wide = rde.ok("ls", "-o", "wide")
+    assert re.search(r"^flaky\s+Error\s+false\s.*boom-marker", wide, re.MULTILINE), wide
+
+    wait_until(lambda: len(rde.starts("flaky")) >= 4, "restarted three times")
+    starts = rde.starts("flaky")[:4]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    assert all(shorter < longer for shorter, longer in itertools.pairwise(gaps)), gaps
+
+    write_documents(file, [workspace("flaky", echo_command(port, "fixed"), ttl=0, local_port=port)])
+    applied = rde.kuberde("apply", "-f", str(file))
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout == "rdeagent/flaky configured\n"
+    row = rde.wait_phase("flaky", "Running")
+    assert row["message"] == ""
+    reply = rde.kuberde("connect", "flaky", input="after the fix\n")
+    assert reply.returncode == 0, reply.stderr
+    assert reply.stdout == "after the fix\n"
+
+
+@pytest.mark.timeout(60)
+def test_connecting_to_a_failing_workspace_shows_its_error(rde: KubeRDE, tmp_path: Path) -> None:
+    port = free_port()
+    file = write_documents(
+        tmp_path / "flaky.yaml", [workspace("flaky", FAILING, ttl=0, local_port=port)]
+    )
+    rde.start_up(file)
+    rde.wait_for("flaky", "Error with its stderr", _is_error_with("boom-marker"))
+    # The agent itself runs fine and is connected, as it would be in a pod.
+    wait_for_text(rde.log_path("flaky", agent=True), "connected to ")
+
+    result = rde.kuberde("connect", "flaky", input="hello\n")
+
+    assert result.returncode == 1
+    assert "boom-marker" in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+# ---- state across restarts -----------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_restarting_up_keeps_every_workspace_state(rde: KubeRDE, tmp_path: Path) -> None:
+    sleepy, busy = free_port(), free_port()
+    file = write_documents(
+        tmp_path / "pair.yaml",
+        [
+            workspace("busy", echo_command(busy, "busy"), ttl="1h", local_port=busy),
+            workspace("sleepy", echo_command(sleepy, "sleepy"), ttl="1h", local_port=sleepy),
+        ],
+    )
+    rde.start_up(file)
+    rde.wait_phase("busy", "Running")
+    rde.wait_phase("sleepy", "Running")
+    rde.ok("stop", "sleepy")
+    rde.wait_phase("sleepy", "ScaledDown")
+    before = rde.ls()
+    sleepy_starts = len(rde.starts("sleepy"))
+    busy_starts = len(rde.starts("busy"))
+
+    rde.stop_up()
+    rde.start_up(file)
+
+    rde.wait_phase("busy", "Running")
+    after = rde.ls()
+    assert after["sleepy"]["phase"] == "ScaledDown"
+    assert after["sleepy"]["online"] is False and after["sleepy"]["pod"] is None
+    assert len(rde.starts("sleepy")) == sleepy_starts
+    assert len(rde.starts("busy")) == busy_starts + 1
+    assert after["sleepy"]["last_activity"] == before["sleepy"]["last_activity"]
+    for name in ("busy", "sleepy"):
+        assert after[name]["created_at"] == before[name]["created_at"]
+        assert datetime.fromisoformat(after[name]["last_activity"]) >= datetime.fromisoformat(
+            before[name]["last_activity"]
+        )
+    # Still a normal scaled-down workspace: a connection wakes it.
+    reply = rde.kuberde("connect", "sleepy", input="still here\n")
+    assert reply.returncode == 0, reply.stderr
+    assert reply.stdout == "still here\n"
+
+
+# ---- documents -----------------------------------------------------------------------------
+
+LONG_NAME = "toolong-" + "x" * 50
+
+
+def _malformed() -> str:
+    """Five bad documents, numbered 2 to 6 after one valid document."""
+    owner = current_owner()
+    return f"""---
+apiVersion: kuberde.io/v1
+kind: RDEAgent
+metadata: {{name: broken
+spec: [
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: wrongkind}}
+spec: {{owner: {owner}}}
+---
+apiVersion: kuberde.io/v1
+kind: RDEAgent
+metadata: {{name: badttl}}
+spec: {{owner: {owner}, ttl: 5x, workload: {{command: [sleep, "60"]}}}}
+---
+apiVersion: kuberde.io/v1
+kind: RDEAgent
+metadata: {{name: badowner}}
+spec: {{owner: Alice, workload: {{command: [sleep, "60"]}}}}
+---
+apiVersion: kuberde.io/v1
+kind: RDEAgent
+metadata: {{name: {LONG_NAME}}}
+spec: {{owner: {owner}, workload: {{command: [sleep, "60"]}}}}
+"""
+
+
+#: What each rejected document's message must say, by document number.
+REJECTIONS = {
+    2: ["invalid YAML at line"],
+    3: ["('wrongkind')", "kind 'Deployment'"],
+    4: ["('badttl')", "spec.ttl", "'5x'"],
+    5: ["('badowner')", "spec.owner", "'Alice'"],
+    6: [f"('{LONG_NAME}')", "the limit is 63"],
+}
+
+
+def _assert_rejections(stderr: str, source: Path) -> None:
+    for index, fragments in REJECTIONS.items():
+        prefix = f"error: {source}, document {index}"
+        line = next((line for line in stderr.splitlines() if line.startswith(prefix)), None)
+        assert line is not None, f"no {prefix!r} in:\n{stderr}"
+        for fragment in fragments:
+            assert fragment in line, line
+
+
+@pytest.mark.timeout(60)
+def test_malformed_documents_are_rejected_by_name_and_the_valid_ones_run(
+    rde: KubeRDE, tmp_path: Path
+) -> None:
+    good, other = free_port(), free_port()
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text(
+        yaml.safe_dump(workspace("good", echo_command(good, "good"), local_port=good))
+        + _malformed()
+    )
+    rde.start_up(mixed)
+
+    _assert_rejections(rde.up_stderr(), mixed)
+    rde.wait_phase("good", "Running")
+    assert set(rde.ls()) == {"good"}
+
+    again = tmp_path / "apply.yaml"
+    again.write_text(
+        yaml.safe_dump(workspace("other", echo_command(other, "other"), local_port=other))
+        + _malformed()
+    )
+    result = rde.kuberde("apply", "-f", str(again))
+    assert result.returncode == 1
+    assert result.stdout == "rdeagent/other created\n"
+    _assert_rejections(result.stderr, again)
+    rde.wait_phase("other", "Running")
+    assert set(rde.ls()) == {"good", "other"}
+
+
+# ---- logs and delete -----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_logs_show_the_workload_output_and_delete_stops_it(rde: KubeRDE, tmp_path: Path) -> None:
+    port = free_port()
+    file = write_documents(
+        tmp_path / "chatty.yaml",
+        [workspace("chatty", echo_command(port, "hello-from-chatty"), local_port=port)],
+    )
+    rde.start_up(file)
+    row = rde.wait_phase("chatty", "Running")
+    wait_until(
+        lambda: "echo server ready: hello-from-chatty" in rde.ok("logs", "chatty"),
+        "showing the workload's output in `kuberde logs`",
+    )
+    workload = rde.workload(row)
+    assert workload == rde.wait_workload("hello-from-chatty"), "POD is not the workload's pid"
+    agents = rde.agents(row["agent_id"])
+
+    assert rde.ok("delete", "chatty").strip() == "rdeagent/chatty deleted"
+
+    assert not workload.alive
+    assert agents and not any(agent.alive for agent in agents)
+    assert "chatty" not in rde.ls()
+    listed = rde.kuberde("ls")
+    assert listed.returncode == 0 and "No workspaces." in listed.stderr
+
+
+# ---- the demo ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_demo_workspace_answers_kuberde_ssh(rde: KubeRDE) -> None:
+    rde.start_up()
+    assert "The demo workspace runs OpenSSH" in rde.up_stderr()
+    rde.wait_phase("demo", "Running")
+
+    result = rde.kuberde("ssh", "demo", "--", "-o", "BatchMode=yes", "echo", "ok")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok\n"

@@ -1,0 +1,627 @@
+"""Helpers for end-to-end tests of `kuberde up`: real processes, real sockets, real OpenSSH.
+
+`KubeRDE` owns one throwaway installation (state directory, CLI config, home directory) and
+the `kuberde up` process running on it. Every command is the installed `kuberde` script in
+a subprocess with a timeout, so the tests see exactly what a user sees. Closing it stops
+`kuberde up` with SIGTERM and proves that no process it started is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import random
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "CLI_TIMEOUT",
+    "KUBERDE",
+    "WAIT",
+    "KubeRDE",
+    "ProcessId",
+    "Row",
+    "SshServer",
+    "current_owner",
+    "echo_command",
+    "free_port",
+    "make_sshd",
+    "wait_for_text",
+    "wait_until",
+    "workspace",
+    "write_documents",
+]
+
+#: The console script installed next to the interpreter running the tests.
+KUBERDE = str(Path(sys.executable).with_name("kuberde"))
+#: Upper bound for any single wait; a healthy run needs a small fraction of it.
+WAIT = 30.0
+CLI_TIMEOUT = 30.0
+_UP_BANNER = re.compile(r"KubeRDE is up: gateway (http://\S+)")
+_START_HEADER = re.compile(r"^--- kuberde (\S+) starting ", re.MULTILINE)
+_POLL = 0.1
+#: Set for `kuberde up` only, so every process it starts inherits it and can be found later.
+_MARKER = "KUBERDE_E2E_INSTALLATION"
+
+
+_handed_out: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port() -> int:
+    """A loopback port that is free now and was not handed out before.
+
+    Taken from below the ephemeral range when there is room, so that no outgoing connection
+    of a busy machine grabs it before the workload binds it.
+    """
+    floor = _ephemeral_floor()
+    for _ in range(200):
+        with socket.socket() as probe:
+            candidate = random.randrange(10000, floor) if floor > 11000 else 0
+            try:
+                probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            port: int = probe.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise AssertionError("no free loopback port found")
+
+
+# ---- processes -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessId:
+    """A pid plus its kernel start time, so a recycled pid is never mistaken for ours."""
+
+    pid: int
+    start_time: str
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessId | None:
+        stat = _stat(pid)
+        return None if stat is None else cls(pid, stat[2])
+
+    @property
+    def alive(self) -> bool:
+        stat = _stat(self.pid)
+        return stat is not None and stat[2] == self.start_time and stat[0] not in "ZX"
+
+    def describe(self) -> str:
+        try:
+            raw = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+        except OSError:
+            return str(self.pid)
+        command = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+        return f"{self.pid} ({command})"
+
+
+def _stat(pid: int) -> tuple[str, int, str] | None:
+    """(state, ppid, start time) from /proc/PID/stat; None if there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1]), fields[19]
+
+
+def descendants(root: int) -> set[ProcessId]:
+    """Every live process below `root` in the process tree."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _stat(int(entry))
+            if stat is not None:
+                children.setdefault(stat[1], []).append(int(entry))
+    found: set[ProcessId] = set()
+    pending = list(children.get(root, []))
+    while pending:
+        pid = pending.pop()
+        process = ProcessId.of(pid)
+        if process is not None and process.alive:
+            found.add(process)
+        pending.extend(children.get(pid, []))
+    return found
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {key: value for key, _, value in pairs}
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {timeout:g}s")
+        time.sleep(_POLL)
+
+
+def wait_for_text(path: Path, pattern: str, timeout: float = WAIT) -> re.Match[str]:
+    """Poll a file a process writes until `pattern` matches its content."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        match = re.search(pattern, text)
+        if match is not None:
+            return match
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {pattern!r} in {path} within {timeout:g}s: {text!r}")
+        time.sleep(_POLL)
+
+
+# ---- workspace documents -------------------------------------------------------------------
+
+#: A threaded TCP echo server: echoes until the client's EOF, then half-closes.
+_ECHO_SERVER = """
+import socket, socketserver, sys
+class Echo(socketserver.BaseRequestHandler):
+    def handle(self):
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+        self.request.shutdown(socket.SHUT_WR)
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+server = Server(("127.0.0.1", int(sys.argv[1])), Echo)
+print("echo server ready:", sys.argv[2], flush=True)
+server.serve_forever()
+"""
+
+
+def echo_command(port: int, marker: str) -> list[str]:
+    """A workload that prints `marker` and echoes TCP on `port`."""
+    return [sys.executable, "-u", "-c", _ECHO_SERVER, str(port), marker]
+
+
+def workspace(
+    name: str,
+    command: Sequence[str],
+    *,
+    ttl: str | int = 0,
+    local_port: int | None = None,
+    workspace_port: int = 7000,
+    owner: str | None = None,
+) -> dict[str, Any]:
+    """An RDEAgent whose workload listens on `local_port`, seen as `workspace_port`."""
+    metadata: dict[str, Any] = {"name": name}
+    if local_port is not None:
+        metadata["annotations"] = {"kuberde.io/local-ports": f"{workspace_port}={local_port}"}
+    return {
+        "apiVersion": "kuberde.io/v1",
+        "kind": "RDEAgent",
+        "metadata": metadata,
+        "spec": {
+            "owner": owner or current_owner(),
+            "ttl": ttl,
+            "localTarget": f"127.0.0.1:{workspace_port}",
+            "workload": {"command": list(command)},
+        },
+    }
+
+
+def current_owner() -> str:
+    """The owner `kuberde up` mints the CLI token for: the OS user as a DNS label."""
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", getpass.getuser().lower()).strip("-")
+    return cleaned[:30] or "user"
+
+
+def write_documents(path: Path, documents: Sequence[dict[str, Any]]) -> Path:
+    path.write_text(yaml.safe_dump_all(list(documents), sort_keys=False))
+    return path
+
+
+# ---- OpenSSH -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SshServer:
+    """A generated sshd setup: its workload command, the key it accepts, a known_hosts file."""
+
+    port: int
+    command: list[str]
+    client_key: Path
+    known_hosts: Path
+    host_key_line: str
+    user: str
+
+    def trust(self, host: str) -> None:
+        """Let the client accept the server's key under `host` (alias or `[127.0.0.1]:P`)."""
+        with self.known_hosts.open("a") as file:
+            file.write(f"{host} {self.host_key_line}\n")
+
+    def client_options(self) -> list[str]:
+        """ssh options that use only our files: no user config, key or known_hosts."""
+        return [
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"IdentityFile={self.client_key}",
+            "-o",
+            "LogLevel=ERROR",
+        ]
+
+    def via_connect(self, name: str, remote: Sequence[str]) -> list[str]:
+        """`ssh` to workspace `name` with `kuberde connect` as its ProxyCommand."""
+        alias = f"{name}.kuberde"
+        proxy = f"{shlex.quote(KUBERDE)} connect {name} --port 22 --kind ssh"
+        return [
+            "ssh",
+            *self.client_options(),
+            "-o",
+            f"ProxyCommand={proxy}",
+            "-o",
+            f"HostKeyAlias={alias}",
+            f"{self.user}@{alias}",
+            *remote,
+        ]
+
+    def direct(self, port: int, remote: Sequence[str]) -> list[str]:
+        """Plain `ssh -p PORT user@127.0.0.1`, as the runbook types it."""
+        return ["ssh", *self.client_options(), "-p", str(port), f"{self.user}@127.0.0.1", *remote]
+
+
+def _keygen(path: Path, comment: str) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        timeout=30,
+    )
+
+
+def make_sshd(directory: Path) -> SshServer:
+    """Keys and an sshd_config for `sshd -D -e` on a free loopback port, for the OS user."""
+    directory.mkdir(parents=True, exist_ok=True)
+    host_key = directory / "ssh_host_ed25519_key"
+    client_key = directory / "id_ed25519"
+    _keygen(host_key, "kuberde-e2e-host")
+    _keygen(client_key, "kuberde-e2e-client")
+    authorized = directory / "authorized_keys"
+    authorized.write_text(client_key.with_suffix(".pub").read_text())
+    port = free_port()
+    user = getpass.getuser()
+    config = directory / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {host_key}",
+                f"AuthorizedKeysFile {authorized}",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "StrictModes no",
+                f"AllowUsers {user}",
+                f"PidFile {directory / 'sshd.pid'}",
+                "",
+            ]
+        )
+    )
+    if os.geteuid() == 0:
+        # sshd refuses to start as root without its privilege separation directory.
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    key_type, key_data = host_key.with_suffix(".pub").read_text().split()[:2]
+    known_hosts = directory / "known_hosts"
+    known_hosts.write_text("")
+    return SshServer(
+        port=port,
+        command=["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+        client_key=client_key,
+        known_hosts=known_hosts,
+        host_key_line=f"{key_type} {key_data}",
+        user=user,
+    )
+
+
+# ---- kuberde up ----------------------------------------------------------------------------
+
+
+def _clean_environment() -> dict[str, str]:
+    """Our environment without settings that would point the CLI or agents elsewhere."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("KUBERDE_", "AGENT_"))
+        and key not in ("SERVER_URL", "LOCAL_TARGET", "ALLOWED_PORTS", "PORT_MAP")
+    }
+
+
+Row = dict[str, Any]
+
+
+class KubeRDE:
+    """One installation under `root` and its `kuberde up` process (at most one at a time)."""
+
+    def __init__(self, root: Path, *, sweep_interval: float = 0.2) -> None:
+        self.root = root
+        self.state_dir = root / "state"
+        self.home = root / "home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.sweep_interval = sweep_interval
+        self.env = _clean_environment() | {"KUBERDE_CONFIG": str(root / "cli-config.json")}
+        self.url: str | None = None
+        self._up: subprocess.Popen[bytes] | None = None
+        self._up_log: Path | None = None
+        self._runs = 0
+        #: Every workspace process we have seen, checked to be gone when `kuberde up` stops.
+        self._seen: set[ProcessId] = set()
+
+    def __enter__(self) -> KubeRDE:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._up is not None:
+            self.stop_up()
+
+    # ---- the `kuberde up` process --------------------------------------------------------
+
+    def start_up(self, *files: Path) -> str:
+        """Run `kuberde up` (the demo when no file is given); return the gateway URL."""
+        assert self._up is None, "kuberde up is already running"
+        self._runs += 1
+        self._up_log = self.root / f"up-{self._runs}.stderr"
+        argv = [KUBERDE, "up", "--state-dir", str(self.state_dir), "--listen", "127.0.0.1:0"]
+        argv += ["--sweep-interval", str(self.sweep_interval)]
+        for path in files:
+            argv += ["-f", str(path)]
+        with self._up_log.open("wb") as stderr:
+            # HOME only here: the demo must not authorise the keys of whoever runs the tests.
+            self._up = subprocess.Popen(
+                argv,
+                env=self.env | {"HOME": str(self.home), _MARKER: str(self.root)},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        deadline = time.monotonic() + WAIT
+        while (match := _UP_BANNER.search(self.up_stderr())) is None:
+            if self._up.poll() is not None:
+                self._up = None
+                raise AssertionError(f"kuberde up exited early:\n{self.up_stderr()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"kuberde up did not start:\n{self.up_stderr()}")
+            time.sleep(_POLL)
+        self.url = match.group(1)
+        return self.url
+
+    def diagnostics(self) -> str:
+        """`kuberde up`'s stderr and every workspace log, for a failing test's report."""
+        parts = []
+        for path in sorted(self.root.glob("up-*.stderr")) + sorted(
+            (self.state_dir / "logs").glob("*.log")
+        ):
+            parts.append(f"===== {path.name}\n{path.read_text(errors='replace')[-8000:]}")
+        return "\n".join(parts)
+
+    def up_stderr(self) -> str:
+        return "" if self._up_log is None else self._up_log.read_text(errors="replace")
+
+    @property
+    def up_pid(self) -> int:
+        assert self._up is not None, "kuberde up is not running"
+        return self._up.pid
+
+    def stop_up(self) -> None:
+        """SIGTERM `kuberde up`; it must exit 0 and leave no workspace process running."""
+        process = self._up
+        assert process is not None, "kuberde up is not running"
+        self._up = None
+        self._seen |= descendants(process.pid)
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=WAIT)
+            self._kill_leftovers()
+            raise AssertionError(f"kuberde up ignored SIGTERM:\n{self.up_stderr()}") from None
+        deadline = time.monotonic() + 10.0
+        while any(p.alive for p in self._seen) and time.monotonic() < deadline:
+            time.sleep(_POLL)
+        self._seen |= self._marked()
+        leftovers = self._kill_leftovers()
+        assert not leftovers, f"processes left after kuberde up stopped: {leftovers}"
+        assert code == 0, f"kuberde up exited {code}:\n{self.up_stderr()}"
+        assert "Traceback" not in self.up_stderr(), self.up_stderr()
+
+    def _marked(self) -> set[ProcessId]:
+        """Processes carrying our installation's marker, even ones that left the tree."""
+        found: set[ProcessId] = set()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and _environ(int(entry)).get(_MARKER) == str(self.root):
+                process = ProcessId.of(int(entry))
+                if process is not None and process.alive:
+                    found.add(process)
+        return found
+
+    def _kill_leftovers(self) -> list[str]:
+        leftovers = [p.describe() for p in self._seen if p.alive]
+        for process in self._seen:
+            if process.alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGKILL)
+        return leftovers
+
+    # ---- the CLI -------------------------------------------------------------------------
+
+    def kuberde(
+        self, *args: str, timeout: float = CLI_TIMEOUT, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `kuberde ARGS` to completion; the caller checks the exit code."""
+        return subprocess.run(
+            [KUBERDE, *args],
+            env=self.env,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    @contextlib.contextmanager
+    def client(self, argv: Sequence[str], output: Path) -> Iterator[subprocess.Popen[bytes]]:
+        """A long-running client (ssh, port-forward) writing stdout and stderr to `output`;
+        SIGTERMed (then killed) when the block ends if it is still running."""
+        with output.open("wb") as sink:
+            process = subprocess.Popen(
+                list(argv), env=self.env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink
+            )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=WAIT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=WAIT)
+
+    def ok(self, *args: str, timeout: float = CLI_TIMEOUT) -> str:
+        """`kuberde ARGS`, which must succeed; its stdout."""
+        result = self.kuberde(*args, timeout=timeout)
+        assert result.returncode == 0, f"kuberde {' '.join(args)} failed: {result.stderr}"
+        return result.stdout
+
+    def ls(self) -> dict[str, Row]:
+        """`kuberde ls -o json` by name; records every pid it reports."""
+        rows: list[Row] = json.loads(self.ok("ls", "-o", "json"))
+        for row in rows:
+            if row["pod"]:
+                process = ProcessId.of(int(row["pod"]))
+                if process is not None:
+                    self._seen.add(process)
+        return {row["name"]: row for row in rows}
+
+    def wait_for(
+        self,
+        name: str,
+        what: str,
+        predicate: Callable[[Row | None], bool],
+        timeout: float = WAIT,
+    ) -> Row | None:
+        """Poll `kuberde ls` until `predicate(row)` holds for workspace `name`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            row = self.ls().get(name)
+            if predicate(row):
+                return row
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} not {what} within {timeout:g}s; last row: {row}")
+            time.sleep(_POLL)
+
+    def wait_phase(self, name: str, phase: str, timeout: float = WAIT) -> Row:
+        row = self.wait_for(name, phase, lambda r: r is not None and r["phase"] == phase, timeout)
+        assert row is not None
+        return row
+
+    def workload(self, row: Row) -> ProcessId:
+        """The live workload process `kuberde ls` reports in POD."""
+        assert row["pod"], f"{row['name']} has no pod: {row}"
+        process = ProcessId.of(int(row["pod"]))
+        assert process is not None and process.alive, f"pod {row['pod']} is not running"
+        return process
+
+    def wait_process(self, what: str, match: Callable[[ProcessId], bool]) -> ProcessId:
+        """Wait for a live process below `kuberde up` that `match` accepts.
+
+        Reads /proc directly, so it is seen even if the workspace stops again before a
+        (slower) `kuberde ls` could report it.
+        """
+        found: list[ProcessId] = []
+
+        def seen() -> bool:
+            found[:] = [p for p in descendants(self.up_pid) if match(p)]
+            return bool(found)
+
+        wait_until(seen, f"running {what}")
+        self._seen |= set(found)
+        assert len(found) == 1, f"more than one {what}: {[p.describe() for p in found]}"
+        return found[0]
+
+    def wait_workload(self, marker: str) -> ProcessId:
+        """The workload process whose command line has `marker` as an argument."""
+        return self.wait_process(f"workload {marker!r}", lambda p: marker in _argv(p.pid))
+
+    def wait_agent(self, agent_id: str) -> ProcessId:
+        return self.wait_process(
+            f"agent {agent_id}", lambda p: _environ(p.pid).get("AGENT_ID") == agent_id
+        )
+
+    def agents(self, agent_id: str) -> set[ProcessId]:
+        """The running agent processes of `agent_id` (children of `kuberde up`)."""
+        found = {
+            process
+            for process in descendants(self.up_pid)
+            if _environ(process.pid).get("AGENT_ID") == agent_id
+        }
+        self._seen |= found
+        return found
+
+    # ---- state-directory files -----------------------------------------------------------
+
+    def log_path(self, name: str, *, agent: bool = False) -> Path:
+        return self.state_dir / "logs" / (f"{name}.agent.log" if agent else f"{name}.log")
+
+    def starts(self, name: str, *, agent: bool = False) -> list[datetime]:
+        """When each run of the workload (or agent) began, from the log's header lines."""
+        path = self.log_path(name, agent=agent)
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return [
+            datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            for stamp in _START_HEADER.findall(text)
+        ]
