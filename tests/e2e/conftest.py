@@ -38,6 +38,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from kuberde.local.sshd import prepare_sshd
+
 #: Upper bound for one step (a process starting, an agent coming online); a healthy run needs
 #: a small fraction of it.
 STEP = 30.0
@@ -549,25 +551,6 @@ class SshServer:
         return [*self.options(f"{agent}.kuberde"), "-o", f"ProxyCommand={command}"]
 
 
-def find_sshd() -> str:
-    found = shutil.which("sshd") or next(
-        (path for path in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.access(path, os.X_OK)),
-        None,
-    )
-    if found is None:
-        pytest.fail(
-            "OpenSSH's sshd is not installed; the e2e tests need it "
-            "(apt-get install openssh-server openssh-client)"
-        )
-    return found
-
-
-def _keygen(path: Path, comment: str) -> None:
-    argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)]
-    result = run(argv, clean_env())
-    assert result.returncode == 0, result.explain()
-
-
 def _wait_for_ssh_banner(port: int, proc: Proc) -> None:
     deadline = time.monotonic() + STEP
     while True:
@@ -585,47 +568,16 @@ def _wait_for_ssh_banner(port: int, proc: Proc) -> None:
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     """A real sshd on a free loopback port, running as the current user, key login only."""
-    binary = find_sshd()
     for tool in ("ssh", "scp", "ssh-keygen"):
         if shutil.which(tool) is None:
             pytest.fail(f"OpenSSH's {tool} is not installed (apt-get install openssh-client)")
     directory = tmp_path_factory.mktemp("sshd")
-    host_key = directory / "ssh_host_ed25519_key"
-    client_key = directory / "id_ed25519"
-    _keygen(host_key, "kuberde-e2e-host")
-    _keygen(client_key, "kuberde-e2e-client")
-    authorized = directory / "authorized_keys"
-    authorized.write_text(client_key.with_suffix(".pub").read_text())
-    authorized.chmod(0o600)
-    host_public = " ".join(host_key.with_suffix(".pub").read_text().split()[:2])
-    aliases = [f"{AGENT_ID}.kuberde", f"{NAME}.kuberde"]
+    files = prepare_sshd(directory, free_port(), comment="kuberde-e2e")
     known_hosts = directory / "known_hosts"
-    known_hosts.write_text(f"{','.join(aliases)} {host_public}\n")
-    port = free_port()
-    config = directory / "sshd_config"
-    config.write_text(
-        "\n".join(
-            [
-                f"Port {port}",
-                "ListenAddress 127.0.0.1",
-                f"HostKey {host_key}",
-                f"AuthorizedKeysFile {authorized}",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "UsePAM no",
-                "StrictModes no",
-                "PermitRootLogin prohibit-password",
-                f"PidFile {directory / 'sshd.pid'}",
-                "Subsystem sftp internal-sftp",
-                "",
-            ]
-        )
-    )
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    known_hosts.write_text(files.known_hosts_line(f"{AGENT_ID}.kuberde", f"{NAME}.kuberde"))
+    port, client_key = files.port, files.client_key
     registry = Processes(directory)
-    proc = registry.start("sshd", [binary, "-D", "-e", "-f", str(config)], clean_env())
+    proc = registry.start("sshd", files.argv, clean_env())
     try:
         _wait_for_ssh_banner(port, proc)
         yield SshServer(port, client_key, known_hosts, directory)

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from kuberde.local.sshd import prepare_sshd
+
 __all__ = [
     "CLI_TIMEOUT",
     "KUBERDE",
@@ -308,57 +310,18 @@ class SshServer:
         return ["ssh", *self.client_options(), "-p", str(port), f"{self.user}@127.0.0.1", *remote]
 
 
-def _keygen(path: Path, comment: str) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-        check=True,
-        timeout=30,
-    )
-
-
 def make_sshd(directory: Path) -> SshServer:
     """Keys and an sshd_config for `sshd -D -e` on a free loopback port, for the OS user."""
-    directory.mkdir(parents=True, exist_ok=True)
-    host_key = directory / "ssh_host_ed25519_key"
-    client_key = directory / "id_ed25519"
-    _keygen(host_key, "kuberde-e2e-host")
-    _keygen(client_key, "kuberde-e2e-client")
-    authorized = directory / "authorized_keys"
-    authorized.write_text(client_key.with_suffix(".pub").read_text())
-    port = free_port()
-    user = getpass.getuser()
-    config = directory / "sshd_config"
-    config.write_text(
-        "\n".join(
-            [
-                f"Port {port}",
-                "ListenAddress 127.0.0.1",
-                f"HostKey {host_key}",
-                f"AuthorizedKeysFile {authorized}",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "UsePAM no",
-                "StrictModes no",
-                f"AllowUsers {user}",
-                f"PidFile {directory / 'sshd.pid'}",
-                "",
-            ]
-        )
-    )
-    if os.geteuid() == 0:
-        # sshd refuses to start as root without its privilege separation directory.
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    key_type, key_data = host_key.with_suffix(".pub").read_text().split()[:2]
+    files = prepare_sshd(directory, free_port(), comment="kuberde-e2e")
     known_hosts = directory / "known_hosts"
     known_hosts.write_text("")
     return SshServer(
-        port=port,
-        command=["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
-        client_key=client_key,
+        port=files.port,
+        command=files.argv,
+        client_key=files.client_key,
         known_hosts=known_hosts,
-        host_key_line=f"{key_type} {key_data}",
-        user=user,
+        host_key_line=files.known_hosts_line("").strip(),
+        user=getpass.getuser(),
     )
 
 

@@ -10,24 +10,21 @@ the real loopback port, as a pod's container port would be.
 from __future__ import annotations
 
 import getpass
-import os
 import re
-import shutil
 import socket
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kuberde.local.runtime import LOCAL_PORTS_ANNOTATION
+from kuberde.local.sshd import find_sshd, prepare_sshd
 from kuberde.resource import API_VERSION, KIND
 
 __all__ = [
     "DemoWorkspace",
     "current_user",
     "demo_workspace",
-    "find_sshd",
 ]
 
 DEMO_NAME = "demo"
@@ -51,13 +48,6 @@ def current_user() -> str:
     return cleaned[:30] or "user"
 
 
-def find_sshd() -> str | None:
-    found = shutil.which("sshd")
-    if found:
-        return found
-    return next((path for path in _SSHD_LOCATIONS if os.access(path, os.X_OK)), None)
-
-
 def _stable_port(path: Path) -> int:
     """A free loopback port, remembered so the workspace keeps it across restarts."""
     if path.exists() and path.read_text().strip().isdigit():
@@ -69,61 +59,21 @@ def _stable_port(path: Path) -> int:
     return port
 
 
-def _keygen(path: Path, comment: str) -> None:
-    if not path.exists():
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-            check=True,
-            timeout=30,
-        )
-
-
-def _sshd_files(directory: Path, port: int, sshd: str) -> tuple[list[str], Path, Path]:
-    host_key = directory / "ssh_host_ed25519_key"
-    client_key = directory / "id_ed25519"
-    _keygen(host_key, "kuberde-demo-host")
-    _keygen(client_key, "kuberde-demo")
+def _sshd_demo(directory: Path, port: int) -> tuple[list[str], Path, Path]:
     user_keys = sorted((Path.home() / ".ssh").glob("id_*.pub"))
-    authorized = directory / "authorized_keys"
-    authorized.write_text(
-        "".join(key.read_text() for key in [*user_keys, client_key.with_suffix(".pub")])
-    )
-    authorized.chmod(0o600)
-    config = directory / "sshd_config"
-    config.write_text(
-        "\n".join(
-            [
-                f"Port {port}",
-                "ListenAddress 127.0.0.1",
-                f"HostKey {host_key}",
-                f"AuthorizedKeysFile {authorized}",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "UsePAM no",
-                "StrictModes no",
-                f"AllowUsers {getpass.getuser()}",
-                f"PidFile {directory / 'sshd.pid'}",
-                "Subsystem sftp internal-sftp",
-                "",
-            ]
-        )
-    )
+    files = prepare_sshd(directory, port, comment="kuberde-demo", extra_authorized_keys=user_keys)
     known_hosts = directory / "known_hosts"
-    known_hosts.write_text(f"{DEMO_NAME}.kuberde {(host_key.with_suffix('.pub')).read_text()}")
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    return [sshd, "-D", "-e", "-f", str(config)], known_hosts, client_key
+    known_hosts.write_text(files.known_hosts_line(f"{DEMO_NAME}.kuberde"))
+    return files.argv, known_hosts, files.client_key
 
 
 def demo_workspace(state_dir: Path, owner: str) -> DemoWorkspace:
     directory = state_dir / "demo"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     port = _stable_port(directory / "port")
-    sshd = find_sshd()
     known_hosts = identity = None
-    if sshd is not None:
-        argv, known_hosts, identity = _sshd_files(directory, port, sshd)
+    if find_sshd() is not None:
+        argv, known_hosts, identity = _sshd_demo(directory, port)
         kind, workspace_port = "ssh", 22
     else:
         site = directory / "www"

@@ -1,0 +1,103 @@
+"""A private OpenSSH server for one user: host key, client key, authorized keys, config.
+
+The demo workspace, the end-to-end tests and the benchmarks all run `sshd` this way, as the
+current user on a loopback port, so the recipe lives in one place.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["SshdFiles", "find_sshd", "keygen", "prepare_sshd"]
+
+_SSHD_LOCATIONS = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
+
+
+@dataclass(frozen=True)
+class SshdFiles:
+    directory: Path
+    port: int
+    host_key: Path
+    client_key: Path
+    config: Path
+    #: `sshd -D -e -f CONFIG`: foreground (so a supervisor can stop it), logging to stderr.
+    argv: list[str]
+
+    def known_hosts_line(self, *aliases: str) -> str:
+        """A known_hosts entry trusting this server's host key under `aliases`."""
+        key = " ".join(self.host_key.with_suffix(".pub").read_text().split()[:2])
+        return f"{','.join(aliases)} {key}\n"
+
+
+def find_sshd() -> str | None:
+    found = shutil.which("sshd")
+    if found:
+        return found
+    return next((path for path in _SSHD_LOCATIONS if os.access(path, os.X_OK)), None)
+
+
+def keygen(path: Path, comment: str) -> None:
+    """Create an ed25519 key pair at `path` unless one is already there."""
+    if not path.exists():
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+            check=True,
+            timeout=30,
+        )
+
+
+def prepare_sshd(
+    directory: Path,
+    port: int,
+    *,
+    comment: str = "kuberde",
+    extra_authorized_keys: Sequence[Path] = (),
+) -> SshdFiles:
+    """Write keys and an `sshd_config` for the current user into `directory`.
+
+    sshd (an absolute path, as its re-exec requires) is looked up here; a missing sshd raises
+    FileNotFoundError naming the package to install.
+    """
+    sshd = find_sshd()
+    if sshd is None:
+        raise FileNotFoundError("OpenSSH's sshd is not installed (apt-get install openssh-server)")
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    host_key = directory / "ssh_host_ed25519_key"
+    client_key = directory / "id_ed25519"
+    keygen(host_key, f"{comment}-host")
+    keygen(client_key, comment)
+    authorized = directory / "authorized_keys"
+    keys = [*extra_authorized_keys, client_key.with_suffix(".pub")]
+    authorized.write_text("".join(key.read_text() for key in keys))
+    authorized.chmod(0o600)
+    config = directory / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {host_key}",
+                f"AuthorizedKeysFile {authorized}",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "StrictModes no",
+                f"AllowUsers {getpass.getuser()}",
+                f"PidFile {directory / 'sshd.pid'}",
+                "Subsystem sftp internal-sftp",
+                "",
+            ]
+        )
+    )
+    if os.geteuid() == 0:
+        # Privilege separation needs this directory; containers often lack it.
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    argv = [sshd, "-D", "-e", "-f", str(config)]
+    return SshdFiles(directory, port, host_key, client_key, config, argv)
