@@ -20,7 +20,8 @@ system-deps:
 run: $(STAMP) system-deps
 	$(BIN)/kuberde up
 
-test: $(STAMP) system-deps
+test: $(STAMP)
+	@scripts/system-deps.sh --tests
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType
 
 from kuberde.cli.config import ClientSettings, connect_url
+from kuberde.cli.login import Credentials, RefreshError, unauthorized_message
 from kuberde.tls import client_ssl_context
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "close_message",
     "connect_stdio",
     "gateway_session",
+    "open_authorized",
     "open_connection",
     "refusal_message",
     "run_stdio_bridge",
@@ -62,7 +64,14 @@ _CLOSE_TYPES = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR})
 
 
 class ConnectError(Exception):
-    """A connection that could not be opened; the message is meant for the user."""
+    """A connection that could not be opened; the message is meant for the user.
+
+    `status` is the HTTP status the gateway answered instead of the upgrade, if it did.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _Refused(Exception):
@@ -243,7 +252,9 @@ async def open_connection(
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=_CLOSE_TIMEOUT),
             )
     except _Refused as exc:
-        raise ConnectError(refusal_message(exc.status, exc.detail, agent)) from None
+        raise ConnectError(
+            refusal_message(exc.status, exc.detail, agent), status=exc.status
+        ) from None
     except aiohttp.ClientConnectorCertificateError as exc:
         raise ConnectError(
             f"the certificate of {settings.server} is not trusted ({exc.certificate_error}); "
@@ -269,6 +280,34 @@ async def open_connection(
         await ws.close()
         raise
     return Tunnel(ws=ws, agent=agent, first=first)
+
+
+async def open_authorized(
+    credentials: Credentials,
+    agent: str,
+    port: int | None,
+    kind: str,
+    *,
+    on_event: EventHandler | None,
+    session: aiohttp.ClientSession,
+) -> Tunnel:
+    """`open_connection` with the stored login's token, renewed before it expires; after a
+    401 the login is renewed once and the connection tried again."""
+    settings = await credentials.fresh()
+    try:
+        return await open_connection(
+            settings, agent, port, kind, on_event=on_event, session=session
+        )
+    except ConnectError as exc:
+        if exc.status != 401:
+            raise
+        try:
+            renewed = await credentials.renew(settings)
+        except RefreshError as failure:
+            raise ConnectError(unauthorized_message(failure), status=401) from None
+        if renewed is None:
+            raise
+    return await open_connection(renewed, agent, port, kind, on_event=on_event, session=session)
 
 
 async def _await_stream(
@@ -758,10 +797,11 @@ async def connect_stdio(
     """`kuberde connect`: open the tunnel, then bridge stdin/stdout. Returns the exit code."""
     err = sys.stderr if stderr is None else stderr
     progress = WakeProgress(agent, err)
+    credentials = Credentials(settings)
     async with gateway_session(settings) as session:
         try:
-            tunnel = await open_connection(
-                settings, agent, port, kind, on_event=progress, session=session
+            tunnel = await open_authorized(
+                credentials, agent, port, kind, on_event=progress, session=session
             )
         except ConnectError as exc:
             progress.end_line()

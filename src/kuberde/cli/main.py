@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from kuberde import __version__, aio
-from kuberde.cli import commands, workspaces
+from kuberde.cli import auth_commands, commands, workspaces
+from kuberde.cli.operator_cmd import operator
 from kuberde.cli.token import app as token_app
 
 app = typer.Typer(
@@ -21,6 +22,8 @@ app = typer.Typer(
 app.add_typer(token_app, name="token")
 workspaces.register(app)
 commands.register(app)
+auth_commands.register(app)
+app.command(name="operator")(operator)
 
 DEFAULT_STATE_DIR = Path.home() / ".local" / "state" / "kuberde"
 
@@ -61,15 +64,71 @@ def server(
     wake_timeout: Annotated[
         float, typer.Option(help="Seconds a user waits for an offline agent to come online")
     ] = 120.0,
+    oidc_issuer: Annotated[
+        str | None,
+        typer.Option(envvar="KUBERDE_OIDC_ISSUER", help="Verify users' tokens from this issuer"),
+    ] = None,
+    oidc_audience: Annotated[
+        str, typer.Option(help="Audience users' access tokens must carry")
+    ] = "kuberde",
+    oidc_client_id: Annotated[
+        str, typer.Option(help="The CLI's client ID at the issuer; tokens with this azp pass")
+    ] = "kuberde-cli",
+    username_claim: Annotated[
+        str, typer.Option(help="Claim holding the username")
+    ] = "preferred_username",
+    admin_role: Annotated[
+        str, typer.Option(help="Role (in realm_access.roles) or group granting admin")
+    ] = "admin",
+    groups_claim: Annotated[
+        str | None, typer.Option(help="Claim listing groups; the admin role as a group counts")
+    ] = None,
+    agent_id_claim: Annotated[
+        str | None,
+        typer.Option(help="Accept agents' client-credentials tokens whose claim names the agent"),
+    ] = None,
+    mgmt_token_file: Annotated[
+        Path | None, typer.Option(help="File holding a shared token for /mgmt (re-read per use)")
+    ] = None,
+    mgmt_service_account: Annotated[
+        list[str] | None,
+        typer.Option(help="NAMESPACE:NAME of a ServiceAccount allowed on /mgmt (TokenReview)"),
+    ] = None,
 ) -> None:
     """Run the gateway: agents dial in on /ws, users connect on /connect/AGENT."""
+    from kuberde.auth.mgmt import service_account_username
+    from kuberde.auth.oidc import AgentClaims, UserClaims
     from kuberde.gateway.app import GatewaySettings
-    from kuberde.gateway.server import parse_listen, run_gateway
+    from kuberde.gateway.server import GatewayAuth, parse_listen, run_gateway
 
     try:
         address = parse_listen(listen)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--listen") from None
+    accounts = []
+    for account in mgmt_service_account or []:
+        namespace, _, name = account.partition(":")
+        if not namespace or not name:
+            raise typer.BadParameter(
+                f"{account!r} must look like NAMESPACE:NAME", param_hint="--mgmt-service-account"
+            )
+        accounts.append(service_account_username(namespace, name))
+    if agent_id_claim and not oidc_issuer:
+        raise typer.BadParameter("needs --oidc-issuer", param_hint="--agent-id-claim")
+    auth = GatewayAuth(
+        oidc_issuer=oidc_issuer,
+        oidc_client_id=oidc_client_id,
+        user_claims=UserClaims(
+            audience=oidc_audience,
+            client_id=oidc_client_id,
+            username_claim=username_claim,
+            admin_role=admin_role,
+            groups_claim=groups_claim,
+        ),
+        agent_claims=AgentClaims(agent_claim=agent_id_claim) if agent_id_claim else None,
+        mgmt_token_file=mgmt_token_file,
+        mgmt_service_accounts=tuple(accounts),
+    )
     aio.run(
         run_gateway(
             listen=address,
@@ -77,6 +136,7 @@ def server(
             tls_cert=tls_cert,
             tls_key=tls_key,
             settings=GatewaySettings(wake_timeout=wake_timeout),
+            auth=auth,
         )
     )
 

@@ -25,8 +25,9 @@ from kuberde.cli.connect import (
     ConnectError,
     WakeProgress,
     gateway_session,
-    open_connection,
+    open_authorized,
 )
+from kuberde.cli.login import Credentials
 
 __all__ = ["KIND", "PortMapping", "format_address", "parse_port_mapping", "serve_port_forward"]
 
@@ -98,8 +99,8 @@ class _Forwarded(asyncio.Protocol):
     async def _run(self, transport: asyncio.Transport) -> None:
         forwarder = self._forwarder
         try:
-            tunnel = await open_connection(
-                forwarder.settings,
+            tunnel = await open_authorized(
+                forwarder.credentials,
                 forwarder.agent,
                 self._remote,
                 KIND,
@@ -172,7 +173,7 @@ class _Forwarder:
         session: aiohttp.ClientSession,
         stderr: TextIO,
     ) -> None:
-        self.settings = settings
+        self.credentials = Credentials(settings)
         self.agent = agent
         self.session = session
         self.progress = WakeProgress(agent, stderr)

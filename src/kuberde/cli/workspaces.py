@@ -15,6 +15,7 @@ import typer
 
 from kuberde import aio
 from kuberde.cli.config import ClientSettings, ConfigError, normalize_server, resolve
+from kuberde.cli.login import Credentials, RefreshError, unauthorized_message
 from kuberde.policy import format_duration
 from kuberde.tls import client_ssl_context
 
@@ -33,6 +34,10 @@ TokenOption = Annotated[
 
 class ApiError(Exception):
     pass
+
+
+class _Unauthorized(ApiError):
+    """HTTP 401: the token may be renewed and the request tried once more."""
 
 
 def _settings(server: str | None, token: str | None) -> ClientSettings:
@@ -76,15 +81,32 @@ async def _request(
                 message = str(payload.get("error") or reply.reason or reply.status)
                 if reply.status == 401:
                     message += " — run `kuberde up` (or `kuberde login`) for a fresh token"
+                    raise _Unauthorized(message)
                 raise ApiError(message)
             return payload
     except aiohttp.ClientConnectionError as exc:
         raise ApiError(f"cannot reach the gateway at {settings.server}: {exc}") from None
 
 
+async def _authorized(settings: ClientSettings, method: str, path: str, **kwargs: Any) -> Any:
+    """`_request` with the stored login renewed before expiry, and once more after a 401."""
+    credentials = Credentials(settings)
+    current = await credentials.fresh()
+    try:
+        return await _request(current, method, path, **kwargs)
+    except _Unauthorized:
+        try:
+            renewed = await credentials.renew(current)
+        except RefreshError as failure:
+            raise ApiError(unauthorized_message(failure)) from None
+        if renewed is None:
+            raise
+    return await _request(renewed, method, path, **kwargs)
+
+
 def _call(settings: ClientSettings, method: str, path: str, **kwargs: Any) -> Any:
     try:
-        return aio.run(_request(settings, method, path, **kwargs))
+        return aio.run(_authorized(settings, method, path, **kwargs))
     except ApiError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

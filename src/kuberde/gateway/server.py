@@ -1,4 +1,10 @@
-"""`kuberde server`: the gateway process (state directory, signing key, TLS, listener)."""
+"""`kuberde server`: the gateway process (state directory, signing key, TLS, listener).
+
+Credentials signed with the gateway's key are always accepted for agents and the management
+API. `GatewayAuth` adds the production options: users from an OIDC provider (then only
+from it), agents holding client-credentials tokens, and a shared or ServiceAccount token for
+`/mgmt`.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +12,41 @@ import logging
 import socket
 import ssl
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
 from kuberde.aio import wait_for_signal
-from kuberde.auth import LocalTokenVerifier, TokenVerifier, load_or_create_signing_key
+from kuberde.auth import (
+    LocalTokenVerifier,
+    SigningKey,
+    TokenVerifier,
+    load_or_create_signing_key,
+)
+from kuberde.auth.mgmt import KubernetesTokenReview, SharedTokenVerifier, TokenReviewVerifier
+from kuberde.auth.oidc import (
+    AgentClaims,
+    AgentVerifier,
+    CompositeVerifier,
+    HttpJsonFetcher,
+    ManagementVerifier,
+    OidcAgentVerifier,
+    OidcProvider,
+    OidcUserVerifier,
+    UserClaims,
+    UserVerifier,
+    auth_config_route,
+)
 from kuberde.gateway.app import GatewaySettings, create_app
 from kuberde.gateway.directory import AgentDirectory
-from kuberde.tls import server_ssl_context
+from kuberde.tls import client_ssl_context, server_ssl_context
 
 __all__ = [
+    "GatewayAuth",
     "ListenAddress",
     "bind_socket",
+    "build_verifier",
     "parse_listen",
     "run_gateway",
     "socket_url",
@@ -73,6 +100,42 @@ async def start_site(
     return runner
 
 
+@dataclass(frozen=True)
+class GatewayAuth:
+    oidc_issuer: str | None = None
+    #: The CLI's client at the provider, published at /api/auth/config; `azp` may name it.
+    oidc_client_id: str = "kuberde-cli"
+    user_claims: UserClaims = field(default_factory=UserClaims)
+    #: Accept agents' client-credentials tokens bound by these claims (needs `oidc_issuer`).
+    agent_claims: AgentClaims | None = None
+    mgmt_token_file: Path | None = None
+    #: ServiceAccount usernames allowed on /mgmt via TokenReview.
+    mgmt_service_accounts: tuple[str, ...] = ()
+
+
+async def build_verifier(
+    auth: GatewayAuth, key: SigningKey, directory: AgentDirectory | None
+) -> TokenVerifier:
+    local = LocalTokenVerifier.from_signing_key(key)
+    users: list[UserVerifier] = [local]
+    agents: list[AgentVerifier] = [local]
+    management: list[ManagementVerifier] = [local]
+    if auth.oidc_issuer:
+        provider = OidcProvider(auth.oidc_issuer, HttpJsonFetcher(ssl_context=client_ssl_context()))
+        users = [OidcUserVerifier(provider, auth.user_claims)]
+        if auth.agent_claims is not None:
+            lookup = directory.lookup if directory is not None else None
+            agents.append(OidcAgentVerifier(provider, auth.agent_claims, lookup=lookup))
+    elif auth.agent_claims is not None:
+        raise ValueError("client-credentials agents need an OIDC issuer")
+    if auth.mgmt_token_file is not None:
+        management.append(SharedTokenVerifier(auth.mgmt_token_file))
+    if auth.mgmt_service_accounts:
+        reviewer = await KubernetesTokenReview.load()
+        management.append(TokenReviewVerifier(reviewer, allowed_users=auth.mgmt_service_accounts))
+    return CompositeVerifier(users=users, agents=agents, management=management)
+
+
 async def run_gateway(
     *,
     listen: ListenAddress,
@@ -82,11 +145,17 @@ async def run_gateway(
     settings: GatewaySettings | None = None,
     directory: AgentDirectory | None = None,
     verifier: TokenVerifier | None = None,
+    auth: GatewayAuth | None = None,
 ) -> None:
     if bool(tls_cert) != bool(tls_key):
         raise ValueError("--tls-cert and --tls-key must be given together")
     key = load_or_create_signing_key(state_dir)
-    app = create_app(verifier or LocalTokenVerifier.from_signing_key(key), settings, directory)
+    auth = auth or GatewayAuth()
+    if verifier is None:
+        verifier = await build_verifier(auth, key, directory)
+    app = create_app(verifier, settings, directory)
+    if auth.oidc_issuer:
+        app.router.add_routes([auth_config_route(auth.oidc_issuer, auth.oidc_client_id, "openid")])
     ssl_context = server_ssl_context(tls_cert, tls_key) if tls_cert and tls_key else None
     sock = bind_socket(listen)
     runner = await start_site(app, sock, ssl_context)

@@ -11,6 +11,14 @@ from pathlib import Path
 
 from kuberde.aio import wait_for_signal
 from kuberde.auth import LocalTokenVerifier, TokenIssuer, load_or_create_signing_key
+from kuberde.auth.issuer import (
+    BUILTIN_CLIENT_ID,
+    BUILTIN_USER_CLAIMS,
+    DEFAULT_SCOPE,
+    BuiltinIssuer,
+)
+from kuberde.auth.oidc import CompositeVerifier, OidcProvider, OidcUserVerifier, auth_config_route
+from kuberde.auth.users import USERS_FILE, UsersFile
 from kuberde.cli.config import CliConfig, ConfigError, config_path, load, save
 from kuberde.gateway.app import GATEWAY_KEY, GatewaySettings, create_app
 from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start_site
@@ -100,7 +108,18 @@ async def run_up(
     issuer = TokenIssuer(key)
     sock = bind_socket(listen)
     url = socket_url(sock, tls=False)
-    app = create_app(LocalTokenVerifier.from_signing_key(key), GatewaySettings())
+    # Users' tokens come from the built-in issuer at our own URL, verified like any OIDC
+    # provider's; agents and the management API keep the local key's credentials.
+    users = OidcUserVerifier(OidcProvider(url), BUILTIN_USER_CLAIMS)
+    local = LocalTokenVerifier.from_signing_key(key)
+    verifier = CompositeVerifier(users=[users], agents=[local], management=[local])
+    app = create_app(verifier, GatewaySettings())
+    oidc = BuiltinIssuer(
+        url, key, state_dir, users=UsersFile(state_dir / USERS_FILE), user_verifier=users
+    )
+    app.router.add_routes(
+        [*oidc.routes(), auth_config_route(url, BUILTIN_CLIENT_ID, DEFAULT_SCOPE)]
+    )
     gateway = app[GATEWAY_KEY]
     store = StateStore(state_dir / STATE_DB_NAME)
     runtime = LocalRuntime(
@@ -126,7 +145,7 @@ async def run_up(
         runtime.apply(parse_agent(demo.document))
 
     runner = await start_site(app, sock, None)
-    token = issuer.mint_user(user, ttl=LOCAL_USER_TOKEN_TTL)
+    token = oidc.mint_access_token(user, ttl=LOCAL_USER_TOKEN_TTL)
     config_file = _write_cli_config(url, token, demo)
     print(_next_steps(url, demo, config_file), file=sys.stderr, flush=True)
     loop_task = asyncio.create_task(runtime.run())

@@ -1,0 +1,208 @@
+"""The built-in issuer's users: `users.yaml` in the state directory.
+
+```yaml
+users:
+  alice:
+    password_hash: "scrypt$32768$8$1$<salt>$<hash>"
+    admin: false
+```
+
+Passwords are stored as scrypt hashes (`hashlib.scrypt`, salted, parameters kept with each
+hash so they can be raised later). The file is re-read when it changes, so adding or
+removing a user needs no restart; removing one also stops their refresh tokens working.
+Like the signing key, a file other users could read is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import stat
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kuberde.naming import InvalidName, validate_name
+
+__all__ = [
+    "USERS_FILE",
+    "LocalUser",
+    "UsersFile",
+    "UsersFileError",
+    "hash_password",
+    "set_user",
+    "verify_password",
+]
+
+log = logging.getLogger(__name__)
+
+USERS_FILE = "users.yaml"
+_SCHEME = "scrypt"
+_N, _R, _P = 2**15, 8, 1
+_SALT_BYTES = 16
+_HASH_BYTES = 32
+_MAX_MEMORY = 128 * 1024 * 1024
+
+
+class UsersFileError(Exception):
+    """The users file cannot be used; nobody can sign in with a password until it is fixed."""
+
+
+@dataclass(frozen=True)
+class LocalUser:
+    username: str
+    password_hash: str = field(repr=False)
+    admin: bool = False
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
+    return hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=_MAX_MEMORY, dklen=length
+    )
+
+
+def hash_password(password: str) -> str:
+    """An encoded scrypt hash: `scrypt$N$r$p$salt$hash` (base64url, no padding)."""
+    if not password:
+        raise ValueError("the password must not be empty")
+    salt = secrets.token_bytes(_SALT_BYTES)
+    digest = _scrypt(password, salt, _N, _R, _P, _HASH_BYTES)
+    return f"{_SCHEME}${_N}${_R}${_P}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(encoded: str, password: str) -> bool:
+    """Constant-time check of `password` against an encoded hash; False if malformed."""
+    try:
+        scheme, n, r, p, salt, expected = encoded.split("$")
+        if scheme != _SCHEME:
+            return False
+        wanted = _unb64(expected)
+        actual = _scrypt(password, _unb64(salt), int(n), int(r), int(p), len(wanted))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, wanted)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked when the user does not exist, so a wrong name costs as long as a wrong password."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
+def _parse(document: Any, path: Path) -> dict[str, LocalUser]:
+    if document is None:
+        return {}
+    entries = document.get("users") if isinstance(document, dict) else None
+    if entries is None:
+        entries = {}
+    if not isinstance(entries, dict):
+        raise UsersFileError(f"{path}: 'users' must be a mapping of username to settings")
+    users: dict[str, LocalUser] = {}
+    for name, settings in entries.items():
+        try:
+            username = validate_name(name, "username")
+        except InvalidName as exc:
+            raise UsersFileError(f"{path}: {exc}") from None
+        if not isinstance(settings, dict) or not isinstance(settings.get("password_hash"), str):
+            raise UsersFileError(f"{path}: user {username!r} needs a 'password_hash' string")
+        admin = settings.get("admin", False)
+        if not isinstance(admin, bool):
+            raise UsersFileError(f"{path}: user {username!r}: 'admin' must be true or false")
+        users[username] = LocalUser(username, settings["password_hash"], admin)
+    return users
+
+
+def _read(path: Path) -> tuple[dict[str, LocalUser], tuple[int, int, int]]:
+    fd = os.open(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UsersFileError(f"{path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise UsersFileError(
+                f"{path} is accessible by group or others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
+            )
+        data = file.read()
+    try:
+        document = yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        raise UsersFileError(f"{path} is not valid YAML: {exc}") from None
+    return _parse(document, path), (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+class UsersFile:
+    """The users file, re-read whenever it changes on disk; a missing file means no users."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._users: dict[str, LocalUser] = {}
+        self._signature: tuple[int, int, int] | None = None
+
+    def _current(self) -> Mapping[str, LocalUser]:
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            self._users, self._signature = {}, None
+            return self._users
+        if (info.st_ino, info.st_mtime_ns, info.st_size) != self._signature:
+            self._users, self._signature = _read(self.path)
+        return self._users
+
+    def get(self, username: str) -> LocalUser | None:
+        """The user, or None if absent; raises UsersFileError if the file is unusable."""
+        return self._current().get(username)
+
+    async def authenticate(self, username: str, password: str) -> LocalUser | None:
+        """The user if the password is right; scrypt runs in a thread, off the event loop."""
+        try:
+            user = self.get(username)
+        except UsersFileError as exc:
+            log.error("password sign-in is unavailable: %s", exc)
+            user = None
+        encoded = user.password_hash if user is not None else _dummy_hash()
+        valid = await asyncio.to_thread(verify_password, encoded, password)
+        return user if valid and user is not None else None
+
+
+def set_user(path: Path, username: str, password: str, *, admin: bool = False) -> None:
+    """Add or update a user, writing the file atomically with mode 0600."""
+    validate_name(username, "username")
+    users = dict(_read(path)[0]) if path.exists() else {}
+    users[username] = LocalUser(username, hash_password(password), admin)
+    document = {
+        "users": {
+            name: {"password_hash": user.password_hash, "admin": user.admin}
+            for name, user in sorted(users.items())
+        }
+    }
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            yaml.safe_dump(document, file, sort_keys=False)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_name, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
