@@ -1,0 +1,43 @@
+"""Annotations that carry lifecycle state on the RDEAgent itself.
+
+State lives on the resource, not in the operator's memory, so a scale-down survives operator
+restarts and fail-overs, and the gateway can ask for a wake without talking to the operator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = [
+    "SCALED_DOWN_ANNOTATION",
+    "WAKE_ANNOTATION",
+    "annotations_of",
+    "parse_time",
+    "timestamp_of",
+]
+
+#: Written by the gateway (or anyone allowed to wake an agent): RFC 3339 time of the request.
+WAKE_ANNOTATION = "kuberde.io/wake-requested-at"
+#: Written by the operator when the TTL scales an agent to zero; removed when it is woken.
+SCALED_DOWN_ANNOTATION = "kuberde.io/scaled-down-at"
+
+
+def annotations_of(body: Mapping[str, Any]) -> Mapping[str, str]:
+    return (body.get("metadata") or {}).get("annotations") or {}
+
+
+def parse_time(value: object) -> datetime | None:
+    """An RFC 3339 timestamp as Kubernetes writes them; naive means UTC; junk means None."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def timestamp_of(body: Mapping[str, Any], annotation: str) -> datetime | None:
+    return parse_time(annotations_of(body).get(annotation))

@@ -1,0 +1,304 @@
+"""The periodic loops over all agents: the TTL enforcer and the status updater.
+
+Both are thin: they gather observations (the store, the last reconcile, the gateway monitor's
+snapshot, one pod listing) and hand them to `kuberde.policy` and `status`; the only writes are
+a scale-down through the reconciler and a status patch when something changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kuberde import naming, policy
+from kuberde.operator.annotations import (
+    SCALED_DOWN_ANNOTATION,
+    WAKE_ANNOTATION,
+    annotations_of,
+    parse_time,
+    timestamp_of,
+)
+from kuberde.operator.events import EventRecorder
+from kuberde.operator.kubeapi import ApiError, KubeApi, Paths
+from kuberde.operator.metrics import OperatorMetrics
+from kuberde.operator.monitor import GatewayMonitor
+from kuberde.operator.reconciler import Reconciler, SyncResult
+from kuberde.operator.status import StatusFacts, build_status, pick_pod, status_patch
+from kuberde.operator.store import AgentStore, name_of, uid_of
+from kuberde.resource import RDEAgent
+
+__all__ = ["ActivityView", "Assessment", "StatusUpdater", "TTLEnforcer"]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+#: Pokes arriving together (e.g. many reconciles at start-up) share one status cycle.
+_POKE_BATCH = 0.05
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    decision: policy.ScaleDecision
+    snapshot: policy.ActivitySnapshot | None
+    fresh: bool
+    replicas: int
+
+
+class ActivityView:
+    """One agent's activity as the policy sees it: gateway snapshot, wake and creation."""
+
+    def __init__(self, monitor: GatewayMonitor, max_age: timedelta) -> None:
+        self.monitor = monitor
+        self.max_age = max_age
+
+    def fresh(self, now: datetime) -> bool:
+        observed = self.monitor.observed_at
+        return observed is not None and now - observed <= self.max_age
+
+    def assess(self, body: Mapping[str, Any], agent: RDEAgent, now: datetime) -> Assessment:
+        status = body.get("status") or {}
+        recorded = parse_time(status.get("lastActivity"))
+        source = status.get("lastActivitySource")
+        persisted = (
+            policy.Activity(recorded, source if isinstance(source, str) and source else "recorded")
+            if recorded is not None
+            else None
+        )
+        snapshot = self.monitor.snapshot(agent.agent_id, persisted)
+        wake = timestamp_of(body, WAKE_ANNOTATION)
+        replicas = policy.desired_replicas(
+            scaled_down=SCALED_DOWN_ANNOTATION in annotations_of(body),
+            wake_requested_at=wake,
+            scaled_down_at=timestamp_of(body, SCALED_DOWN_ANNOTATION),
+        )
+        decision = policy.decide_scale_down(
+            ttl=agent.spec.ttl_duration,
+            replicas=replicas,
+            snapshot=snapshot,
+            woken_at=wake,
+            created_at=agent.metadata.creation_timestamp or now,
+            now=now,
+            max_staleness=self.max_age,
+        )
+        return Assessment(decision, snapshot, self.fresh(now), replicas)
+
+
+def _runnable(
+    store: AgentStore, results: Mapping[str, SyncResult]
+) -> list[tuple[dict[str, Any], RDEAgent]]:
+    """Agents whose last reconcile succeeded for the body we hold, with their parsed spec."""
+    agents = []
+    for name, result in results.items():
+        body = store.get(name)
+        if body is None or result.agent is None or result.error or uid_of(body) != result.uid:
+            continue
+        agents.append((body, result.agent))
+    return agents
+
+
+class TTLEnforcer:
+    def __init__(
+        self,
+        *,
+        store: AgentStore,
+        reconciler: Reconciler,
+        activity: ActivityView,
+        events: EventRecorder,
+        metrics: OperatorMetrics,
+        clock: Clock = _utc_now,
+    ) -> None:
+        self._store = store
+        self._reconciler = reconciler
+        self._activity = activity
+        self._events = events
+        self._metrics = metrics
+        self._clock = clock
+        self._logged: dict[str, tuple[object, ...]] = {}
+
+    def _log_decision(self, name: str, assessment: Assessment) -> None:
+        """Each agent's verdict at INFO when it changes, at DEBUG while it stays the same."""
+        decision = assessment.decision
+        snapshot = assessment.snapshot
+        key = (
+            decision.scale_down,
+            decision.idle_deadline,
+            assessment.replicas,
+            assessment.fresh,
+            snapshot.open_streams if snapshot is not None else None,
+        )
+        level = logging.DEBUG if self._logged.get(name) == key else logging.INFO
+        self._logged[name] = key
+        log.log(level, "Agent %s: %s", name, decision.reason)
+
+    async def sweep(self) -> None:
+        started = time.perf_counter()
+        agents = _runnable(self._store, self._reconciler.results())
+        log.info("TTL enforcer: checking %d agents", len(agents))
+        now = self._clock()
+        for name in set(self._logged) - {name_of(body) for body, _ in agents}:
+            del self._logged[name]
+        for body, agent in agents:
+            name = name_of(body)
+            assessment = self._activity.assess(body, agent, now)
+            self._log_decision(name, assessment)
+            if assessment.decision.scale_down:
+                await self._scale_down(name, now)
+        elapsed = time.perf_counter() - started
+        self._metrics.loop_seconds.labels(loop="ttl").observe(elapsed)
+        log.info("TTL enforcer completed %d agents in %.0fms", len(agents), elapsed * 1000)
+
+    async def _scale_down(self, name: str, now: datetime) -> None:
+        def decide(body: Mapping[str, Any], agent: RDEAgent) -> policy.ScaleDecision:
+            return self._activity.assess(body, agent, now).decision
+
+        try:
+            decision = await self._reconciler.scale_down(name, decide)
+        except (ApiError, naming.InvalidName) as exc:
+            self._metrics.errors.labels(component="ttl").inc()
+            log.warning("TTL enforcer: could not scale agent %s to zero: %s", name, exc)
+            return
+        if decision is None:
+            return
+        self._metrics.scale_downs.inc()
+        log.info("TTL enforcer: scaled agent %s to zero: %s", name, decision.reason)
+        body = self._store.get(name)
+        if body is not None:
+            message = f"Scaled to zero: {decision.reason}"
+            await self._events.record(body, "Normal", "ScaledDown", message)
+
+    async def run(self, interval: float) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                self._metrics.errors.labels(component="ttl").inc()
+                log.exception("TTL enforcer cycle failed")
+            await asyncio.sleep(interval)
+
+
+class StatusUpdater:
+    def __init__(
+        self,
+        *,
+        api: KubeApi,
+        paths: Paths,
+        store: AgentStore,
+        reconciler: Reconciler,
+        activity: ActivityView,
+        metrics: OperatorMetrics,
+        wake: asyncio.Event | None = None,
+        clock: Clock = _utc_now,
+    ) -> None:
+        """`wake` set by anyone (the reconciler, on a change) runs a cycle before the interval."""
+        self._api = api
+        self._paths = paths
+        self._store = store
+        self._reconciler = reconciler
+        self._activity = activity
+        self._metrics = metrics
+        self._clock = clock
+        self._wake = wake if wake is not None else asyncio.Event()
+
+    def _facts(
+        self,
+        body: Mapping[str, Any],
+        result: SyncResult,
+        pods: Mapping[str, list[Mapping[str, Any]]],
+        now: datetime,
+    ) -> StatusFacts:
+        agent = result.agent
+        if agent is None:
+            return StatusFacts(
+                generation=result.generation,
+                replicas=result.replicas,
+                ttl=None,
+                error=result.error,
+                error_reason=result.error_reason,
+                failure=result.failure,
+            )
+        assessment = self._activity.assess(body, agent, now)
+        return StatusFacts(
+            generation=result.generation,
+            replicas=result.replicas,
+            ttl=agent.spec.ttl_duration,
+            failure=result.failure,
+            scaled_down_at=result.scaled_down_at,
+            decision=assessment.decision,
+            pod=pick_pod(pods.get(agent.agent_id, [])),
+            snapshot=assessment.snapshot,
+            fresh=assessment.fresh,
+            seen_online_at=self._activity.monitor.seen_online_at(agent.agent_id),
+        )
+
+    async def update(self) -> None:
+        started = time.perf_counter()
+        try:
+            listed = await self._api.list(self._paths.pods, labels={"app": naming.AGENT_APP_LABEL})
+        except ApiError as exc:
+            self._metrics.errors.labels(component="status").inc()
+            log.warning("Status updater: cannot list pods: %s", exc)
+            return
+        pods: dict[str, list[Mapping[str, Any]]] = {}
+        for pod in listed:
+            instance = ((pod.get("metadata") or {}).get("labels") or {}).get("instance")
+            if instance:
+                pods.setdefault(instance, []).append(pod)
+        now = self._clock()
+        phases: Counter[str] = Counter()
+        processed = 0
+        for body in self._store.bodies():
+            name = name_of(body)
+            result = self._reconciler.result(name)
+            if result is None or result.uid != uid_of(body):
+                continue
+            current = body.get("status") or {}
+            desired = build_status(self._facts(body, result, pods, now), current, now)
+            phases[desired["phase"]] += 1
+            processed += 1
+            patch = status_patch(current, desired)
+            if patch:
+                await self._write(name, patch)
+        for phase in policy.Phase:
+            self._metrics.agents.labels(phase=phase.value).set(phases[phase.value])
+        elapsed = time.perf_counter() - started
+        self._metrics.loop_seconds.labels(loop="status").observe(elapsed)
+        log.info("Status updater processed %d agents in %.0fms", processed, elapsed * 1000)
+
+    async def _write(self, name: str, patch: Mapping[str, Any]) -> None:
+        try:
+            updated = await self._api.merge_patch(
+                self._paths.agent_status(name), {"status": dict(patch)}
+            )
+        except ApiError as exc:
+            if exc.status != 404:
+                self._metrics.errors.labels(component="status").inc()
+                log.warning("Status updater: cannot update RDEAgent %s: %s", name, exc)
+            return
+        self._store.put(updated)
+
+    async def run(self, interval: float) -> None:
+        await self._activity.monitor.attempted()
+        while True:
+            self._wake.clear()
+            try:
+                await self.update()
+            except Exception:
+                self._metrics.errors.labels(component="status").inc()
+                log.exception("Status updater cycle failed")
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # coincides with its timeout, and the loop would outlive the operator.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
+            await asyncio.sleep(_POKE_BATCH if self._wake.is_set() else 0)

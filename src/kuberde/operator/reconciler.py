@@ -1,0 +1,376 @@
+"""Reconcile one RDEAgent: its Secret, PVC and Deployment, and the replicas `policy` decides.
+
+Every reconcile reads the RDEAgent and its Deployment afresh (reads are cheap; acting on a
+stale annotation would undo a scale-down) and writes only what differs:
+
+- the Deployment is compared by the spec-hash annotation, never field by field, so server
+  defaults cannot look like changes; replicas alone are patched when only they differ;
+- the Secret is re-minted only when its credential must change; the PVC is created once and
+  never patched or deleted;
+- replicas come from `policy.desired_replicas` over the RDEAgent's own annotations, so a
+  scaled-down agent stays at zero across resyncs and restarts, and a wake request scales it up.
+
+All writes for one agent happen under that agent's lock: the TTL enforcer's scale-down and a
+reconcile of the same agent never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kuberde import naming, policy
+from kuberde.operator.annotations import (
+    SCALED_DOWN_ANNOTATION,
+    WAKE_ANNOTATION,
+    annotations_of,
+    parse_time,
+    timestamp_of,
+)
+from kuberde.operator.builder import (
+    SPEC_HASH_ANNOTATION,
+    BuildError,
+    BuilderSettings,
+    build_deployment,
+    build_pvc,
+    build_secret,
+    credential_secret_name,
+    deployment_needs_update,
+)
+from kuberde.operator.credentials import AgentCredentials, controller_uid
+from kuberde.operator.events import EventRecorder
+from kuberde.operator.kubeapi import KubeApi, Paths
+from kuberde.operator.metrics import OperatorMetrics
+from kuberde.operator.store import AgentStore, name_of, uid_of
+from kuberde.resource import InvalidResource, RDEAgent, parse_agent
+
+__all__ = ["Reconciler", "SyncResult"]
+
+log = logging.getLogger(__name__)
+
+Decide = Callable[[Mapping[str, Any], RDEAgent], policy.ScaleDecision]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What the last reconcile of one RDEAgent found and applied; the status is built from it.
+
+    `error` is a problem only the user can fix (phase Error); `failure` is the last transient
+    failure (the reconcile is retried), shown in the Synced condition.
+    """
+
+    uid: str | None
+    generation: int | None
+    agent: RDEAgent | None
+    replicas: int
+    scaled_down_at: datetime | None = None
+    error: str | None = None
+    error_reason: str | None = None
+    failure: str | None = None
+
+    @property
+    def agent_id(self) -> str | None:
+        return self.agent.agent_id if self.agent is not None else None
+
+
+def _created(body: Mapping[str, Any]) -> tuple[datetime, str]:
+    """Sort key of "who was first": creation time, then name (times have 1 s resolution)."""
+    created = parse_time((body.get("metadata") or {}).get("creationTimestamp"))
+    return created or datetime.max.replace(tzinfo=UTC), name_of(body)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        api: KubeApi,
+        paths: Paths,
+        store: AgentStore,
+        events: EventRecorder,
+        credentials: AgentCredentials,
+        builder: BuilderSettings,
+        metrics: OperatorMetrics,
+        on_change: Callable[[], None],
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._api = api
+        self._paths = paths
+        self._store = store
+        self._events = events
+        self._credentials = credentials
+        self._builder = builder
+        self._metrics = metrics
+        self._on_change = on_change
+        self._clock = clock
+        self._results: dict[str, SyncResult] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._announced: dict[str, str] = {}
+
+    def result(self, name: str) -> SyncResult | None:
+        return self._results.get(name)
+
+    def results(self) -> dict[str, SyncResult]:
+        return dict(self._results)
+
+    def forget(self, name: str) -> None:
+        self._results.pop(name, None)
+        self._announced.pop(name, None)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        """The agent's lock; kept for good, as a waiter may still hold the old one."""
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def reconcile(self, name: str) -> None:
+        """The work queue's handler: reconcile `name`, or raise so it is retried."""
+        async with self._lock(name):
+            try:
+                await self._reconcile(name)
+            except Exception as exc:
+                self._metrics.reconciles.labels(result="error").inc()
+                self._metrics.errors.labels(component="reconcile").inc()
+                previous = self._results.get(name)
+                if previous is not None:
+                    self._results[name] = dataclasses.replace(previous, failure=str(exc))
+                    self._on_change()
+                raise
+            self._metrics.reconciles.labels(result="ok").inc()
+
+    async def scale_down(self, name: str, decide: Decide) -> policy.ScaleDecision | None:
+        """Record the scale-down on the RDEAgent and apply it, if `decide` still says so.
+
+        The decision is taken again on a freshly read RDEAgent under the agent's lock, so a wake
+        request or a spec change that arrived since the sweep began wins.
+        """
+        async with self._lock(name):
+            body = await self._api.get(self._paths.agent(name))
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                return None
+            self._store.put(body)
+            result = self._results.get(name)
+            if result is None or result.agent is None or result.error:
+                return None
+            try:
+                agent = parse_agent(body)
+            except InvalidResource:
+                return None
+            decision = decide(body, agent)
+            if not decision.scale_down:
+                return None
+            stamp = policy.format_timestamp(self._clock())
+            patched = await self._api.merge_patch(
+                self._paths.agent(name),
+                {"metadata": {"annotations": {SCALED_DOWN_ANNOTATION: stamp}}},
+            )
+            self._store.put(patched)
+            await self._reconcile(name)
+            return decision
+
+    async def _reconcile(self, name: str) -> None:
+        body = await self._api.get(self._paths.agent(name))
+        if body is None:
+            self._store.discard(name)
+            self.forget(name)
+            return
+        self._store.put(body)
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        try:
+            agent = parse_agent(body)
+        except InvalidResource as exc:
+            await self._fail(body, "InvalidSpec", f"invalid RDEAgent: {exc}")
+            return
+        deployment_path = Paths.item(self._paths.deployments, agent.agent_id)
+        live = await self._api.get(deployment_path)
+        conflict = self._conflict(body, agent, live)
+        if conflict is not None:
+            await self._fail(body, "AgentIDConflict", conflict)
+            return
+        scaled_down_at = timestamp_of(body, SCALED_DOWN_ANNOTATION)
+        wake = timestamp_of(body, WAKE_ANNOTATION)
+        scaled_down = SCALED_DOWN_ANNOTATION in annotations_of(body)
+        replicas = policy.desired_replicas(
+            scaled_down=scaled_down, wake_requested_at=wake, scaled_down_at=scaled_down_at
+        )
+        try:
+            desired = build_deployment(
+                agent,
+                namespace=self._paths.namespace,
+                replicas=replicas,
+                secret_name=credential_secret_name(agent),
+                settings=self._builder,
+            )
+            claim = build_pvc(agent, namespace=self._paths.namespace)
+        except (BuildError, naming.InvalidName) as exc:
+            await self._fail(body, "InvalidSpec", str(exc))
+            return
+        if scaled_down and replicas == 1:
+            body = await self._wake(body, wake)
+        elif replicas == 0 and ((live or {}).get("spec") or {}).get("replicas") == 0:
+            log.info("Agent %s is scaled down by TTL, preserving replicas=0", name)
+        await self._ensure_secret(agent)
+        if claim is not None:
+            await self._ensure_pvc(claim)
+        await self._ensure_deployment(name, desired, live, replicas)
+        previous = self._results.get(name)
+        result = SyncResult(
+            uid=uid_of(body),
+            generation=(body.get("metadata") or {}).get("generation"),
+            agent=agent,
+            replicas=replicas,
+            scaled_down_at=scaled_down_at if replicas == 0 else None,
+        )
+        self._results[name] = result
+        self._announced.pop(name, None)
+        if previous != result:
+            self._on_change()
+
+    def _conflict(
+        self, body: Mapping[str, Any], agent: RDEAgent, live: Mapping[str, Any] | None
+    ) -> str | None:
+        """Why this RDEAgent may not use its agent ID, if another one holds it.
+
+        The holder is the RDEAgent that controls the existing Deployment, else the oldest one;
+        so the decision does not flip when agents are reconciled in another order.
+        """
+        uid = uid_of(body)
+        claimants = [
+            other
+            for other in self._store.claiming(agent.agent_id)
+            if not (other.get("metadata") or {}).get("deletionTimestamp")
+        ]
+        if all(uid_of(other) == uid for other in claimants):
+            return None
+        holder_uid = controller_uid(live) if live is not None else None
+        holder = next((c for c in claimants if uid_of(c) == holder_uid), None)
+        if holder is None:
+            holder = min(claimants, key=_created)
+        if uid_of(holder) == uid:
+            return None
+        owner = (holder.get("spec") or {}).get("owner")
+        return (
+            f"agent ID {agent.agent_id} is already used by RDEAgent {name_of(holder)!r} "
+            f"(owner {owner!r}); rename this one or its owner"
+        )
+
+    async def _fail(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+        """Record a problem only the user can fix; announce it once with a Warning Event."""
+        name = name_of(body)
+        status = body.get("status") or {}
+        previous = self._results.get(name)
+        self._results[name] = SyncResult(
+            uid=uid_of(body),
+            generation=(body.get("metadata") or {}).get("generation"),
+            agent=None,
+            replicas=0,
+            error=message,
+            error_reason=reason,
+        )
+        shown = status.get("phase") == policy.Phase.ERROR.value and status.get("message") == message
+        if self._announced.get(name) != message and not shown:
+            log.warning("RDEAgent %s: %s", name, message)
+            await self._events.record(body, "Warning", reason, message)
+        self._announced[name] = message
+        if previous != self._results[name]:
+            self._on_change()
+
+    async def _wake(self, body: dict[str, Any], wake: datetime | None) -> dict[str, Any]:
+        """Clear the scale-down marker; `wake` becomes the agent's latest activity."""
+        name = name_of(body)
+        patched = await self._api.merge_patch(
+            self._paths.agent(name), {"metadata": {"annotations": {SCALED_DOWN_ANNOTATION: None}}}
+        )
+        self._store.put(patched)
+        self._metrics.wakes.inc()
+        when = policy.format_timestamp(wake) if wake is not None else "an unknown time"
+        log.info("Waking agent %s: wake requested at %s, scaling to 1", name, when)
+        await self._events.record(
+            patched, "Normal", "Woken", f"Scaled to one replica: wake requested at {when}"
+        )
+        return patched
+
+    async def _ensure_secret(self, agent: RDEAgent) -> None:
+        name = credential_secret_name(agent)
+        path = Paths.item(self._paths.secrets, name)
+        live = await self._api.get(path)
+        uid = agent.metadata.uid or ""
+        reason = self._credentials.replace_reason(live, uid)
+        if reason is None:
+            return
+        minted = self._credentials.mint(agent)
+        secret = build_secret(agent, namespace=self._paths.namespace, name=name, token=minted.token)
+        secret["metadata"]["annotations"] = minted.annotations
+        if live is None:
+            await self._api.create(self._paths.secrets, secret)
+            log.info("Created Secret %s with the credential of agent %s", name, agent.agent_id)
+            return
+        metadata = secret["metadata"]
+        await self._api.merge_patch(
+            path,
+            {
+                "metadata": {
+                    "labels": metadata["labels"],
+                    "annotations": metadata["annotations"],
+                    "ownerReferences": metadata["ownerReferences"],
+                },
+                "data": secret["data"],
+            },
+        )
+        log.info("Renewed the credential in Secret %s: %s", name, reason)
+
+    async def _ensure_pvc(self, claim: Mapping[str, Any]) -> None:
+        name = str(claim["metadata"]["name"])
+        if await self._api.get(Paths.item(self._paths.pvcs, name)) is None:
+            await self._api.create(self._paths.pvcs, claim)
+            log.info("Created PersistentVolumeClaim %s", name)
+
+    async def _ensure_deployment(
+        self,
+        name: str,
+        desired: Mapping[str, Any],
+        live: Mapping[str, Any] | None,
+        replicas: int,
+    ) -> None:
+        metadata = desired["metadata"]
+        desired_hash = metadata["annotations"][SPEC_HASH_ANNOTATION]
+        changed = deployment_needs_update(live, desired_hash)
+        log.info("Agent %s: deploymentSpecChanged returned: %s", name, str(changed).lower())
+        path = Paths.item(self._paths.deployments, str(metadata["name"]))
+        if live is None:
+            await self._api.create(self._paths.deployments, desired)
+            log.info("Created Deployment %s with replicas=%d", metadata["name"], replicas)
+            return
+        live_metadata = live.get("metadata") or {}
+        if changed:
+            operations: list[dict[str, Any]] = []
+            version = live_metadata.get("resourceVersion")
+            if version:
+                operations.append(
+                    {"op": "test", "path": "/metadata/resourceVersion", "value": version}
+                )
+            labels = {**(live_metadata.get("labels") or {}), **metadata["labels"]}
+            annotations = {**(live_metadata.get("annotations") or {}), **metadata["annotations"]}
+            operations += [
+                {"op": "add", "path": "/metadata/labels", "value": labels},
+                {"op": "add", "path": "/metadata/annotations", "value": annotations},
+                {
+                    "op": "add",
+                    "path": "/metadata/ownerReferences",
+                    "value": metadata["ownerReferences"],
+                },
+                {"op": "add", "path": "/spec", "value": desired["spec"]},
+            ]
+            await self._api.json_patch(path, operations)
+            log.info("Updated Deployment %s to spec hash %s", metadata["name"], desired_hash[:12])
+            return
+        if (live.get("spec") or {}).get("replicas", 1) != replicas:
+            await self._api.merge_patch(path, {"spec": {"replicas": replicas}})
+            log.info("Scaled Deployment %s to replicas=%d", metadata["name"], replicas)

@@ -1,0 +1,672 @@
+"""An emulated Kubernetes API (KMock) that behaves enough like a real one, and test peers for it.
+
+- `ApiServer`: KMock's emulator plus what a real API server adds on its own: uids, creation
+  times, resource versions, generations, the status subresource, and the garbage collector
+  (deleting an object deletes the objects it owns). The operator talks to it over HTTP.
+- `Kubelet`: plays the kubelet for agent Deployments: a Running pod while replicas is 1, gone
+  at 0, and optionally the real agent (`kuberde.agent`) dialling a real gateway with the
+  credential from the operator's Secret.
+- `OperatorThread`: the real operator in its own thread and event loop, as a pod would run it
+  (Kopf cancels every task of its loop that it did not start, so it cannot share the test's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import itertools
+import json
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import aiohttp
+import kmock
+
+from kuberde.agent.backoff import Backoff
+from kuberde.agent.client import run_agent
+from kuberde.agent.config import from_env
+from kuberde.auth import SIGNING_KEY_FILE
+from kuberde.operator.main import Operator
+from kuberde.operator.settings import OperatorSettings
+from tests.integration.conftest import RunningGateway
+
+NAMESPACE = "kuberde"
+AGENTS = "kuberde.io/v1/rdeagents"
+DEPLOYMENTS = "apps/v1/deployments"
+SECRETS = "v1/secrets"
+PVCS = "v1/persistentvolumeclaims"
+PODS = "v1/pods"
+EVENTS = "v1/events"
+LEASES = "coordination.k8s.io/v1/leases"
+#: Upper bound for any single wait; a healthy run needs a small fraction of it.
+WAIT = 20.0
+WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
+
+T = TypeVar("T")
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _key(resource: object) -> str:
+    group = getattr(resource, "group", "") or ""
+    version = getattr(resource, "version", "") or ""
+    plural = getattr(resource, "plural", "") or ""
+    return f"{group}/{version}/{plural}" if group else f"{version}/{plural}"
+
+
+class ApiServer(kmock.KubernetesEmulator):
+    """KMock's emulator with the fields and behaviours a real API server adds by itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._versions = itertools.count(1)
+
+    def _stored(self, resource: object, namespace: str | None, name: str | None) -> Any:
+        for (res, ns, stored_name), obj in self._objects.items():
+            if res == resource and ns == namespace and stored_name == name and not obj.deleted:
+                return obj
+        return None
+
+    def _decorate(self, request: kmock.Request) -> None:
+        data = request.data
+        if request.action == kmock.action.CREATE and isinstance(data, dict):
+            metadata = data.setdefault("metadata", {})
+            metadata.setdefault("uid", str(uuid.uuid4()))
+            metadata.setdefault("creationTimestamp", _now_rfc3339())
+            metadata["resourceVersion"] = str(next(self._versions))
+            metadata["generation"] = 1
+            if request.namespace and not metadata.get("namespace"):
+                metadata["namespace"] = request.namespace
+        elif request.action == kmock.action.UPDATE and request.name is not None:
+            stored = self._stored(request.resource, request.namespace, request.name)
+            if stored is None:
+                return
+            version = str(next(self._versions))
+            generation = int(stored.get("metadata", {}).get("generation") or 1)
+            if isinstance(data, dict):
+                if request.subresource == "status":
+                    # The status subresource changes nothing but the status.
+                    for key in [key for key in data if key != "status"]:
+                        del data[key]
+                elif "status" in data and _key(request.resource) == AGENTS:
+                    del data["status"]
+                if "spec" in data and request.subresource != "status":
+                    generation += 1
+                metadata = data.setdefault("metadata", {})
+                metadata["resourceVersion"] = version
+                metadata["generation"] = generation
+            elif isinstance(data, list):
+                if any(str(op.get("path", "")).startswith("/spec") for op in data):
+                    generation += 1
+                data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+                data.append({"op": "add", "path": "/metadata/generation", "value": generation})
+
+    async def _collect_garbage(self, owner_uid: str) -> None:
+        """What the garbage collector does once an owner is gone: delete its dependents."""
+        async with self._lock:
+            doomed = []
+            for (resource, _, _), obj in self._objects.items():
+                if obj.deleted:
+                    continue
+                references = obj.get("metadata", {}).get("ownerReferences") or []
+                if any(reference.get("uid") == owner_uid for reference in references):
+                    doomed.append((resource, obj))
+            for resource, obj in doomed:
+                raw = obj.raw
+                obj.delete()
+                await self._buses[resource].put({"type": "DELETED", "object": raw})
+
+    def _exists(self, uid: str) -> bool:
+        return any(
+            not obj.deleted and obj.get("metadata", {}).get("uid") == uid
+            for obj in self._objects.values()
+        )
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        gone: set[str] = set()
+        if request.resource is not None:
+            self._decorate(request)
+            if request.action == kmock.action.DELETE and request.name is not None:
+                stored = self._stored(request.resource, request.namespace, request.name)
+                if stored is not None and stored.get("metadata", {}).get("uid"):
+                    gone.add(stored["metadata"]["uid"])
+            elif request.action == kmock.action.CREATE and isinstance(request.data, dict):
+                # An object created for an owner that no longer exists is collected at once.
+                for reference in request.data.get("metadata", {}).get("ownerReferences") or []:
+                    if reference.get("uid") and not self._exists(reference["uid"]):
+                        gone.add(reference["uid"])
+        response = await super()._handle(request)
+        for uid in gone:
+            await self._collect_garbage(uid)
+        return response
+
+
+@dataclass
+class Kube:
+    """The emulated API server as a test sees it: kubectl-like calls and direct reads."""
+
+    server: ApiServer
+    url: str
+    kubeconfig: Path
+    http: aiohttp.ClientSession
+
+    # ---- kubectl-like calls, over HTTP --------------------------------------------------
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        async with asyncio.timeout(WAIT), self.http.request(method, path, **kwargs) as response:
+            text = await response.text()
+            assert response.status < 300, (method, path, response.status, text)
+            result: dict[str, Any] = json.loads(text)
+            return result
+
+    async def create_agent(
+        self, name: str, spec: dict[str, Any], *, annotations: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"name": name, "namespace": NAMESPACE}
+        if annotations:
+            metadata["annotations"] = annotations
+        body = {
+            "apiVersion": "kuberde.io/v1",
+            "kind": "RDEAgent",
+            "metadata": metadata,
+            "spec": spec,
+        }
+        return await self._request(
+            "POST", f"/apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents", json=body
+        )
+
+    async def patch_agent(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return await self._request(
+            "PATCH",
+            f"/apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents/{name}",
+            data=json.dumps(patch),
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+
+    async def request_wake(self, name: str, at: datetime | None = None) -> str:
+        """Write the wake annotation, as the gateway does when a user connects."""
+        stamp = (at or datetime.now(UTC)).isoformat()
+        await self.patch_agent(
+            name, {"metadata": {"annotations": {"kuberde.io/wake-requested-at": stamp}}}
+        )
+        return stamp
+
+    async def delete_agent(self, name: str) -> None:
+        await self._request(
+            "DELETE", f"/apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents/{name}"
+        )
+
+    # ---- direct reads of the stored state ------------------------------------------------
+
+    def get(self, resource: str, name: str) -> dict[str, Any] | None:
+        for (stored, namespace, stored_name), obj in self.server.objects.items():
+            if (
+                _key(stored) == resource
+                and namespace == NAMESPACE
+                and stored_name == name
+                and not obj.deleted
+            ):
+                return obj.raw
+        return None
+
+    def all(self, resource: str) -> list[dict[str, Any]]:
+        return [
+            obj.raw
+            for (stored, namespace, _), obj in self.server.objects.items()
+            if _key(stored) == resource and namespace == NAMESPACE and not obj.deleted
+        ]
+
+    def agent(self, name: str) -> dict[str, Any] | None:
+        return self.get(AGENTS, name)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict((self.agent(name) or {}).get("status") or {})
+
+    def deployment(self, agent_id: str) -> dict[str, Any] | None:
+        return self.get(DEPLOYMENTS, agent_id)
+
+    def replicas(self, agent_id: str) -> int | None:
+        deployment = self.deployment(agent_id)
+        return None if deployment is None else int(deployment["spec"]["replicas"])
+
+    def events(self, name: str, reason: str | None = None) -> list[dict[str, Any]]:
+        return [
+            event
+            for event in self.all(EVENTS)
+            if event.get("involvedObject", {}).get("name") == name
+            and (reason is None or event.get("reason") == reason)
+        ]
+
+    def update_stored(
+        self, resource: str, name: str, change: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """Edit a stored object in place, as the API server's own defaulting would."""
+        for (stored, namespace, stored_name), obj in self.server.objects.items():
+            if _key(stored) == resource and namespace == NAMESPACE and stored_name == name:
+                raw = obj.raw
+                change(raw)
+                obj.patch(raw)
+                return
+        raise AssertionError(f"no {resource} {name}")
+
+    # ---- the request log -------------------------------------------------------------------
+
+    def requests(self) -> list[kmock.Request]:
+        return list(self.server)
+
+    def mark(self) -> int:
+        return len(self.requests())
+
+    def writes(self, since: int = 0, *, leases: bool = False) -> list[str]:
+        """`METHOD path` of the write requests after `since`; Lease renewals only on request."""
+        found = []
+        for request in self.requests()[since:]:
+            method = str(request.method.value).upper()
+            if method not in WRITE_METHODS:
+                continue
+            path = request.url.path
+            if not leases and "/leases" in path:
+                continue
+            found.append(f"{method} {path}")
+        return found
+
+
+def _user_agent(request: kmock.Request) -> str:
+    return str(request.headers.get("User-Agent", ""))
+
+
+def requests_by(kube: Kube, identity: str, since: int = 0) -> list[str]:
+    """`METHOD path` of every request the operator replica `identity` sent after `since`."""
+    return [
+        f"{str(request.method.value).upper()} {request.url.path}"
+        for request in kube.requests()[since:]
+        if _user_agent(request).endswith(f"({identity})")
+    ]
+
+
+@contextlib.asynccontextmanager
+async def running_kube(tmp_path: Path) -> AsyncIterator[Kube]:
+    server = ApiServer()
+    server.resources.load_bundled()
+    server.resources[AGENTS] = kmock.ResourceInfo(
+        kind="RDEAgent",
+        singular="rdeagent",
+        namespaced=True,
+        verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
+        shortnames={"rde"},
+        subresources={"status"},
+    )
+    async with server, kmock.Server(server) as http_server:
+        url = str(http_server.url).rstrip("/")
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+                    "users": [{"name": "operator", "user": {"token": "emulator-token"}}],
+                    "contexts": [
+                        {
+                            "name": "emulator",
+                            "context": {
+                                "cluster": "emulator",
+                                "user": "operator",
+                                "namespace": NAMESPACE,
+                            },
+                        }
+                    ],
+                    "current-context": "emulator",
+                }
+            )
+        )
+        async with aiohttp.ClientSession(base_url=url) as http:
+            yield Kube(server, url, kubeconfig, http)
+
+
+async def eventually(
+    probe: Callable[[], T | Literal[False] | None], what: str, within: float = WAIT
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `within`."""
+
+    async def poll() -> T:
+        while True:
+            value = probe()
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+
+    try:
+        return await asyncio.wait_for(poll(), within)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def eventually_async(
+    probe: Callable[[], Awaitable[bool]], what: str, within: float = WAIT
+) -> None:
+    """Like `eventually`, for a probe that must await (an HTTP request)."""
+
+    async def poll() -> None:
+        while True:
+            if await probe():
+                return
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(poll(), within)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def status_in(kube: Kube, name: str, phase: str) -> dict[str, Any] | None:
+    """The RDEAgent's status if it is in `phase`, else None (for `eventually`)."""
+    status = kube.status(name)
+    return status if status.get("phase") == phase else None
+
+
+# ---- the operator, in its own thread ---------------------------------------------------------
+
+
+def fast_settings(kube: Kube, **overrides: Any) -> OperatorSettings:
+    """Production behaviour with intervals of a fraction of a second."""
+    values: dict[str, Any] = {
+        "namespace": NAMESPACE,
+        "kubeconfig": kube.kubeconfig,
+        "monitor_interval": 0.2,
+        "monitor_timeout": 2.0,
+        # Generous, so a loaded test machine does not make activity data look stale.
+        "activity_max_age": 5.0,
+        "ttl_interval": 0.2,
+        "status_interval": 0.2,
+        "resync_interval": 0.5,
+        "watch_inactivity_timeout": 2.0,
+        "api_timeout": 5.0,
+        "health_listen": "127.0.0.1:0",
+        "lease_duration": 3,
+        "lease_renew_deadline": 2.0,
+        "lease_retry_period": 0.2,
+    }
+    values.update(overrides)
+    return OperatorSettings(**values)
+
+
+class OperatorThread:
+    """The real operator, run like a process: own thread, own event loop, stopped by a flag."""
+
+    def __init__(self, settings: OperatorSettings) -> None:
+        self.settings = settings
+        self.error: BaseException | None = None
+        self._started = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.operator: Operator | None = None
+        self._thread = threading.Thread(target=self._main, name=f"operator-{settings.identity}")
+
+    @property
+    def identity(self) -> str:
+        return self.settings.identity
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.operator = Operator(self.settings)
+        self._started.set()
+        try:
+            await self.operator.run()
+        except BaseException as exc:
+            self.error = exc
+
+    async def start(self) -> OperatorThread:
+        self._thread.start()
+        await asyncio.to_thread(self._started.wait, WAIT)
+        await eventually(lambda: self.health_url, "the operator's health server")
+        return self
+
+    @property
+    def health_url(self) -> str:
+        return self.operator.health_url if self.operator is not None else ""
+
+    @property
+    def leading(self) -> bool:
+        return self.operator is not None and self.operator.leading
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        assert self.operator is not None
+        value = self.operator.metrics.registry.get_sample_value(name, labels or {})
+        return float(value or 0.0)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    async def stop(self) -> None:
+        if self._loop is not None and self.operator is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self.operator.stop)
+        await asyncio.to_thread(self._thread.join, WAIT)
+        assert not self._thread.is_alive(), "the operator did not stop"
+
+
+@contextlib.asynccontextmanager
+async def operator_running(settings: OperatorSettings) -> AsyncIterator[OperatorThread]:
+    runner = await OperatorThread(settings).start()
+    try:
+        yield runner
+    finally:
+        await runner.stop()
+    if runner.error is not None:
+        raise AssertionError(f"the operator failed: {runner.error!r}") from runner.error
+
+
+async def reconciles_after(runner: OperatorThread, count: float) -> float:
+    """Wait until the operator finished `count` more reconciles than it has now."""
+    start = runner.metric("kuberde_operator_reconciles_total", {"result": "ok"})
+    return await eventually(
+        lambda: (
+            runner.metric("kuberde_operator_reconciles_total", {"result": "ok"}) >= start + count
+        ),
+        f"{count} more reconciles",
+    )
+
+
+# ---- the kubelet ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pod:
+    name: str
+    stop: asyncio.Event | None = None
+    task: asyncio.Task[int] | None = None
+
+
+@dataclass
+class Kubelet:
+    """Runs what agent Deployments ask for: a Running pod per replica, and the real agent.
+
+    With `run_agents`, each pod runs `kuberde.agent` with the Deployment's environment and the
+    credential from its Secret (mounted as a file, as in a pod); `port_map` maps the workspace
+    ports to local servers, as the agent's PORT_MAP does for the local runtime.
+    """
+
+    kube: Kube
+    work_dir: Path
+    run_agents: bool = False
+    port_map: dict[int, int] = field(default_factory=dict)
+    pods: dict[str, _Pod] = field(default_factory=dict)
+    agent_codes: list[int] = field(default_factory=list)
+
+    def _deployments(self) -> Iterator[dict[str, Any]]:
+        for deployment in self.kube.all(DEPLOYMENTS):
+            labels = deployment.get("metadata", {}).get("labels") or {}
+            if labels.get("app.kubernetes.io/managed-by") == "kuberde-operator":
+                yield deployment
+
+    def _pod_body(self, deployment: dict[str, Any], name: str) -> dict[str, Any]:
+        template = deployment["spec"]["template"]
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": NAMESPACE,
+                "uid": str(uuid.uuid4()),
+                "labels": dict(template["metadata"]["labels"]),
+                "creationTimestamp": _now_rfc3339(),
+            },
+            "spec": template["spec"],
+            "status": {"phase": "Running", "startTime": _now_rfc3339()},
+        }
+
+    def _start_agent(self, deployment: dict[str, Any], pod: _Pod) -> None:
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {item["name"]: item["value"] for item in container["env"]}
+        secret_name = deployment["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
+        secret = self.kube.get(SECRETS, secret_name)
+        assert secret is not None, f"Deployment {deployment['metadata']['name']} has no Secret"
+        token_file = self.work_dir / f"{pod.name}.token"
+        token_file.write_bytes(base64.b64decode(secret["data"]["token"]))
+        env["AGENT_TOKEN_FILE"] = str(token_file)
+        if self.port_map:
+            env["PORT_MAP"] = ",".join(f"{a}={b}" for a, b in self.port_map.items())
+        pod.stop = asyncio.Event()
+        pod.task = asyncio.create_task(
+            run_agent(from_env(env), stop=pod.stop, backoff=Backoff(base=0.05, cap=0.5)),
+            name=f"agent-{pod.name}",
+        )
+
+    async def _stop_agent(self, pod: _Pod) -> None:
+        if pod.stop is not None and pod.task is not None:
+            pod.stop.set()
+            self.agent_codes.append(await asyncio.wait_for(pod.task, WAIT))
+
+    async def sync(self) -> None:
+        for deployment in self._deployments():
+            name = deployment["metadata"]["name"]
+            wanted = int(deployment["spec"].get("replicas", 1)) > 0
+            pod = self.pods.get(name)
+            if wanted and pod is None:
+                digest = hashlib.sha256(
+                    json.dumps(deployment["spec"]["template"], sort_keys=True).encode()
+                ).hexdigest()
+                pod = _Pod(f"{name}-{digest[:10]}-{uuid.uuid4().hex[:5]}")
+                self.kube.server.objects[PODS, NAMESPACE, pod.name] = self._pod_body(
+                    deployment, pod.name
+                )
+                self.pods[name] = pod
+                if self.run_agents:
+                    self._start_agent(deployment, pod)
+            elif not wanted and pod is not None:
+                del self.pods[name]
+                self.kube.server.objects[PODS, NAMESPACE, pod.name].delete()
+                await self._stop_agent(pod)
+
+    async def run(self) -> None:
+        while True:
+            await self.sync()
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        for pod in list(self.pods.values()):
+            await self._stop_agent(pod)
+        self.pods.clear()
+
+
+@contextlib.asynccontextmanager
+async def kubelet_running(
+    kube: Kube, work_dir: Path, *, run_agents: bool = False, port_map: dict[int, int] | None = None
+) -> AsyncIterator[Kubelet]:
+    kubelet = Kubelet(kube, work_dir, run_agents=run_agents, port_map=dict(port_map or {}))
+    task = asyncio.create_task(kubelet.run(), name="kubelet")
+    try:
+        yield kubelet
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await kubelet.close()
+
+
+def server_defaults(deployment: dict[str, Any]) -> None:
+    """Fill in what a real API server adds to a Deployment we did not send (in place)."""
+    spec = deployment["spec"]
+    spec.setdefault("revisionHistoryLimit", 10)
+    spec.setdefault("progressDeadlineSeconds", 600)
+    spec["strategy"] = {"type": spec.get("strategy", {}).get("type", "RollingUpdate")}
+    template = spec["template"]
+    template["metadata"].setdefault("annotations", {})
+    template["metadata"].setdefault("creationTimestamp", None)
+    pod = template["spec"]
+    pod.setdefault("dnsPolicy", "ClusterFirst")
+    pod.setdefault("restartPolicy", "Always")
+    pod.setdefault("schedulerName", "default-scheduler")
+    pod.setdefault("securityContext", {})
+    pod.setdefault("terminationGracePeriodSeconds", 30)
+    for container in pod["containers"]:
+        container.setdefault("imagePullPolicy", "IfNotPresent")
+        container.setdefault("terminationMessagePath", "/dev/termination-log")
+        container.setdefault("terminationMessagePolicy", "File")
+        container.setdefault("resources", {})
+        for port in container.get("ports", []):
+            port.setdefault("protocol", "TCP")
+    for volume in pod.get("volumes", []):
+        if "secret" in volume:
+            volume["secret"].setdefault("defaultMode", 420)
+    deployment.setdefault("status", {"observedGeneration": 1, "replicas": spec.get("replicas", 1)})
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for an unreachable gateway)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def echo_server() -> tuple[asyncio.Server, int]:
+    """A local TCP service for the agent to forward to (banner, then echo)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-workspace\r\n")
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+def writes_of(requests: list[str], *, leases: bool = False) -> list[str]:
+    """The writes among `METHOD path` lines; Lease renewals only on request."""
+    return [
+        line
+        for line in requests
+        if line.split(" ", 1)[0] in WRITE_METHODS and (leases or "/leases" not in line)
+    ]
+
+
+async def loops_after(runner: OperatorThread, loop: str, count: float) -> float:
+    """Wait until the operator's `loop` (monitor, ttl, status) ran `count` more cycles."""
+    name = "kuberde_operator_loop_duration_seconds_count"
+    start = runner.metric(name, {"loop": loop})
+    return await eventually(
+        lambda: runner.metric(name, {"loop": loop}) >= start + count, f"{count} {loop} cycles"
+    )
+
+
+def key_file_of(gateway: RunningGateway) -> Path:
+    """The gateway's signing key, which the operator shares (a mounted Secret in a cluster)."""
+    return gateway.state_dir / SIGNING_KEY_FILE
