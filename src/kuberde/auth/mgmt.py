@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,9 +25,9 @@ from typing import Any, Protocol
 import aiohttp
 import jwt
 from kubernetes_asyncio import client as k8s_client
-from kubernetes_asyncio import config as k8s_config
 
 from kuberde.auth.tokens import AuthError, Principal
+from kuberde.kube import load_configuration
 
 __all__ = [
     "KubernetesTokenReview",
@@ -90,15 +89,8 @@ class KubernetesTokenReview:
 
     @classmethod
     async def load(cls, kubeconfig: Path | None = None) -> KubernetesTokenReview:
-        """In-cluster credentials, or a kubeconfig (`kubeconfig`, then `$KUBECONFIG`)."""
-        configuration = k8s_client.Configuration()
-        explicit = str(kubeconfig) if kubeconfig else os.environ.get("KUBECONFIG")
-        if explicit or not _IN_CLUSTER_TOKEN.exists():
-            await k8s_config.load_kube_config(
-                config_file=explicit, client_configuration=configuration, persist_config=False
-            )
-        else:
-            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        """Credentials by the standard rules (see `kuberde.kube.load_configuration`)."""
+        configuration = await load_configuration(kubeconfig)
         return cls(configuration)
 
     async def review(self, token: str, audiences: Sequence[str]) -> Mapping[str, Any]:

@@ -90,6 +90,18 @@ def server(
     mgmt_token_file: Annotated[
         Path | None, typer.Option(help="File holding a shared token for /mgmt (re-read per use)")
     ] = None,
+    kubernetes: Annotated[
+        bool,
+        typer.Option(
+            help="Learn agents from RDEAgents so offline ones can be authorized and woken"
+        ),
+    ] = False,
+    namespace: Annotated[
+        str, typer.Option(envvar="KUBERDE_NAMESPACE", help="Namespace of the RDEAgents")
+    ] = "kuberde",
+    kubeconfig: Annotated[
+        Path | None, typer.Option(help="kubeconfig (default: $KUBECONFIG, in-cluster, ~/.kube)")
+    ] = None,
     mgmt_service_account: Annotated[
         list[str] | None,
         typer.Option(help="NAMESPACE:NAME of a ServiceAccount allowed on /mgmt (TokenReview)"),
@@ -99,7 +111,12 @@ def server(
     from kuberde.auth.mgmt import service_account_username
     from kuberde.auth.oidc import AgentClaims, UserClaims
     from kuberde.gateway.app import GatewaySettings
-    from kuberde.gateway.server import GatewayAuth, parse_listen, run_gateway
+    from kuberde.gateway.server import (
+        GatewayAuth,
+        KubernetesOptions,
+        parse_listen,
+        run_gateway,
+    )
 
     try:
         address = parse_listen(listen)
@@ -137,6 +154,7 @@ def server(
             tls_key=tls_key,
             settings=GatewaySettings(wake_timeout=wake_timeout),
             auth=auth,
+            kubernetes=KubernetesOptions(namespace, kubeconfig) if kubernetes else None,
         )
     )
 

@@ -8,6 +8,8 @@ from it), agents holding client-credentials tokens, and a shared or ServiceAccou
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from kuberde import __version__
 from kuberde.aio import wait_for_signal
 from kuberde.auth import (
     LocalTokenVerifier,
@@ -40,10 +43,13 @@ from kuberde.auth.oidc import (
 )
 from kuberde.gateway.app import GatewaySettings, create_app
 from kuberde.gateway.directory import AgentDirectory
+from kuberde.gateway.kubernetes import KubernetesDirectory
+from kuberde.kube import KubeApi, load_configuration
 from kuberde.tls import client_ssl_context, server_ssl_context
 
 __all__ = [
     "GatewayAuth",
+    "KubernetesOptions",
     "ListenAddress",
     "bind_socket",
     "build_verifier",
@@ -136,6 +142,14 @@ async def build_verifier(
     return CompositeVerifier(users=users, agents=agents, management=management)
 
 
+@dataclass(frozen=True)
+class KubernetesOptions:
+    """`kuberde server --kubernetes`: learn agents (owner, UID, phase) from RDEAgents."""
+
+    namespace: str = "kuberde"
+    kubeconfig: Path | None = None
+
+
 async def run_gateway(
     *,
     listen: ListenAddress,
@@ -146,10 +160,24 @@ async def run_gateway(
     directory: AgentDirectory | None = None,
     verifier: TokenVerifier | None = None,
     auth: GatewayAuth | None = None,
+    kubernetes: KubernetesOptions | None = None,
 ) -> None:
     if bool(tls_cert) != bool(tls_key):
         raise ValueError("--tls-cert and --tls-key must be given together")
     key = load_or_create_signing_key(state_dir)
+    watcher: asyncio.Task[None] | None = None
+    if kubernetes is not None:
+        api = KubeApi.connect(
+            await load_configuration(kubernetes.kubeconfig),
+            timeout=10.0,
+            user_agent=f"kuberde-gateway/{__version__}",
+        )
+        kube_directory = KubernetesDirectory(api, kubernetes.namespace)
+        directory = kube_directory
+        watcher = asyncio.create_task(kube_directory.run())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10.0):
+                await kube_directory.synced.wait()
     auth = auth or GatewayAuth()
     if verifier is None:
         verifier = await build_verifier(auth, key, directory)
@@ -165,4 +193,6 @@ async def run_gateway(
         received = await wait_for_signal()
         log.info("received %s; shutting down", received.name)
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await runner.cleanup()

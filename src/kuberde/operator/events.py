@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from kuberde.operator.kubeapi import ApiError, KubeApi, Paths
+from kuberde.kube import ApiError, KubeApi, Paths
 from kuberde.policy import format_timestamp
 from kuberde.resource import API_VERSION, KIND
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from kuberde.operator.kubeapi import ApiError, KubeApi, Paths
+from kuberde.kube import ApiError, KubeApi, Paths
 from kuberde.operator.metrics import OperatorMetrics
 
 __all__ = ["LeaderElector", "LeadershipLost"]

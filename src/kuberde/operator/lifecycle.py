@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kuberde import naming, policy
+from kuberde.kube import ApiError, KubeApi, Paths
 from kuberde.operator.annotations import (
     SCALED_DOWN_ANNOTATION,
     WAKE_ANNOTATION,
@@ -26,7 +27,6 @@ from kuberde.operator.annotations import (
     timestamp_of,
 )
 from kuberde.operator.events import EventRecorder
-from kuberde.operator.kubeapi import ApiError, KubeApi, Paths
 from kuberde.operator.metrics import OperatorMetrics
 from kuberde.operator.monitor import GatewayMonitor
 from kuberde.operator.reconciler import Reconciler, SyncResult

@@ -21,12 +21,12 @@ from kubernetes_asyncio import client as k8s_client
 
 from kuberde import __version__
 from kuberde.auth import SigningKey
+from kuberde.kube import ApiError, KubeApi, Paths, connection_info, load_configuration
 from kuberde.operator.builder import BuilderSettings
 from kuberde.operator.credentials import AgentCredentials, ManagementToken, load_signing_key
 from kuberde.operator.events import EventRecorder
 from kuberde.operator.handlers import build_registry, kopf_settings
 from kuberde.operator.health import HealthServer, Readiness
-from kuberde.operator.kubeapi import ApiError, KubeApi, Paths, connection_info, load_configuration
 from kuberde.operator.leader import LeaderElector, LeadershipLost
 from kuberde.operator.lifecycle import ActivityView, StatusUpdater, TTLEnforcer
 from kuberde.operator.metrics import OperatorMetrics
@@ -95,7 +95,7 @@ class Operator:
         api = KubeApi.connect(
             configuration,
             timeout=settings.api_timeout,
-            metrics=self.metrics,
+            api_writes=self.metrics.api_writes,
             user_agent=f"kuberde-operator/{__version__} ({settings.identity})",
         )
         self._api = api

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kuberde import naming, policy
+from kuberde.kube import KubeApi, Paths
 from kuberde.operator.annotations import (
     SCALED_DOWN_ANNOTATION,
     WAKE_ANNOTATION,
@@ -44,7 +45,6 @@ from kuberde.operator.builder import (
 )
 from kuberde.operator.credentials import AgentCredentials, controller_uid
 from kuberde.operator.events import EventRecorder
-from kuberde.operator.kubeapi import KubeApi, Paths
 from kuberde.operator.metrics import OperatorMetrics
 from kuberde.operator.store import AgentStore, name_of, uid_of
 from kuberde.resource import InvalidResource, RDEAgent, parse_agent

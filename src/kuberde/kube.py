@@ -1,6 +1,6 @@
-"""The operator's own Kubernetes calls, as plain JSON dicts, over kubernetes-asyncio.
+"""Our own Kubernetes calls (operator, gateway), as plain JSON dicts, over kubernetes-asyncio.
 
-Kopf watches; everything the operator reads on purpose or writes goes through `KubeApi`, so
+Kopf watches; everything else we read on purpose or write goes through `KubeApi`, so
 there is one place with timeouts, one error type and one count of API writes. Objects stay
 dicts end to end: typed models would drop fields and turn server defaults into noise.
 """
@@ -20,8 +20,7 @@ import aiohttp
 import kopf
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
-
-from kuberde.operator.metrics import OperatorMetrics
+from prometheus_client import Counter
 
 __all__ = [
     "ApiError",
@@ -156,11 +155,11 @@ class KubeApi:
         api_client: k8s_client.ApiClient,
         *,
         timeout: float,
-        metrics: OperatorMetrics,
+        api_writes: Counter | None = None,
     ) -> None:
         self._client = api_client
         self._timeout = timeout
-        self._metrics = metrics
+        self._api_writes = api_writes
 
     @classmethod
     def connect(
@@ -168,12 +167,12 @@ class KubeApi:
         configuration: k8s_client.Configuration,
         *,
         timeout: float,
-        metrics: OperatorMetrics,
+        api_writes: Counter | None = None,
         user_agent: str,
     ) -> KubeApi:
         api_client = k8s_client.ApiClient(configuration)
         api_client.user_agent = user_agent
-        return cls(api_client, timeout=timeout, metrics=metrics)
+        return cls(api_client, timeout=timeout, api_writes=api_writes)
 
     async def close(self) -> None:
         await self._client.close()
@@ -208,10 +207,8 @@ class KubeApi:
         except (aiohttp.ClientError, OSError) as exc:
             raise ApiError(0, f"{verb} {path} failed: {exc}") from None
         finally:
-            if verb in _WRITE_VERBS:
-                self._metrics.api_writes.labels(
-                    resource=_resource_of(path), verb=_WRITE_VERBS[verb]
-                ).inc()
+            if verb in _WRITE_VERBS and self._api_writes is not None:
+                self._api_writes.labels(resource=_resource_of(path), verb=_WRITE_VERBS[verb]).inc()
         if not isinstance(result, dict):
             raise ApiError(0, f"{verb} {path} returned no JSON object")
         return result
