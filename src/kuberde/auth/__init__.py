@@ -8,6 +8,7 @@ from kuberde.auth.keys import (
     SigningKeyError,
     jwk_thumbprint,
     load_or_create_signing_key,
+    load_signing_key,
     public_jwk,
 )
 from kuberde.auth.tokens import (
@@ -55,5 +56,6 @@ __all__ = [
     "bearer_token",
     "jwk_thumbprint",
     "load_or_create_signing_key",
+    "load_signing_key",
     "public_jwk",
 ]

@@ -27,6 +27,7 @@ __all__ = [
     "SigningKeyError",
     "jwk_thumbprint",
     "load_or_create_signing_key",
+    "load_signing_key",
     "public_jwk",
 ]
 
@@ -176,3 +177,18 @@ def load_or_create_signing_key(state_dir: Path) -> SigningKey:
     if _publish(path, key.to_pem()):
         return key
     return _read_key(path)
+
+
+def load_signing_key(key_file: Path | None, state_dir: Path) -> SigningKey:
+    """The key mounted from a Secret shared by the operator and the gateway, if given;
+    otherwise the state directory's own (created on first use)."""
+    if key_file is None:
+        return load_or_create_signing_key(state_dir)
+    try:
+        data = key_file.read_bytes()
+    except OSError as exc:
+        raise SigningKeyError(f"cannot read signing key {key_file}: {exc.strerror}") from None
+    try:
+        return SigningKey.from_pem(data)
+    except SigningKeyError as exc:
+        raise SigningKeyError(f"signing key {key_file}: {exc}") from None

@@ -90,6 +90,13 @@ def server(
     mgmt_token_file: Annotated[
         Path | None, typer.Option(help="File holding a shared token for /mgmt (re-read per use)")
     ] = None,
+    signing_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="KUBERDE_SIGNING_KEY_FILE",
+            help="Signing key shared with the operator (a mounted Secret)",
+        ),
+    ] = None,
     kubernetes: Annotated[
         bool,
         typer.Option(
@@ -155,6 +162,7 @@ def server(
             settings=GatewaySettings(wake_timeout=wake_timeout),
             auth=auth,
             kubernetes=KubernetesOptions(namespace, kubeconfig) if kubernetes else None,
+            signing_key_file=signing_key_file,
         )
     )
 

@@ -25,7 +25,7 @@ from kuberde.auth import (
     LocalTokenVerifier,
     SigningKey,
     TokenVerifier,
-    load_or_create_signing_key,
+    load_signing_key,
 )
 from kuberde.auth.mgmt import KubernetesTokenReview, SharedTokenVerifier, TokenReviewVerifier
 from kuberde.auth.oidc import (
@@ -161,10 +161,11 @@ async def run_gateway(
     verifier: TokenVerifier | None = None,
     auth: GatewayAuth | None = None,
     kubernetes: KubernetesOptions | None = None,
+    signing_key_file: Path | None = None,
 ) -> None:
     if bool(tls_cert) != bool(tls_key):
         raise ValueError("--tls-cert and --tls-key must be given together")
-    key = load_or_create_signing_key(state_dir)
+    key = load_signing_key(signing_key_file, state_dir)
     watcher: asyncio.Task[None] | None = None
     if kubernetes is not None:
         api = KubeApi.connect(

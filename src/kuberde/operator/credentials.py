@@ -19,7 +19,9 @@ from kuberde.auth import (
     SigningKey,
     SigningKeyError,
     TokenIssuer,
-    load_or_create_signing_key,
+)
+from kuberde.auth import (
+    load_signing_key as shared_signing_key,
 )
 from kuberde.operator.annotations import parse_time
 from kuberde.operator.builder import CREDENTIAL_KEY
@@ -53,19 +55,15 @@ def _utc_now() -> datetime:
 
 def load_signing_key(signing_key_file: Path | None, state_dir: Path | None) -> SigningKey:
     """The key from a mounted Secret file, or the state directory's (created if missing)."""
+    if signing_key_file is None and state_dir is None:
+        raise SettingsError(
+            "no signing key: set KUBERDE_SIGNING_KEY_FILE to the key shared with the gateway "
+            "(or --state-dir for a key kept on disk)"
+        )
     try:
-        if signing_key_file is not None:
-            return SigningKey.from_pem(signing_key_file.read_bytes())
-        if state_dir is not None:
-            return load_or_create_signing_key(state_dir)
-    except OSError as exc:
-        raise SettingsError(f"cannot read the signing key: {exc}") from None
-    except SigningKeyError as exc:
-        raise SettingsError(f"signing key {signing_key_file or state_dir}: {exc}") from None
-    raise SettingsError(
-        "no signing key: set KUBERDE_SIGNING_KEY_FILE to the key shared with the gateway "
-        "(or --state-dir for a key kept on disk)"
-    )
+        return shared_signing_key(signing_key_file, state_dir or Path("."))
+    except (OSError, SigningKeyError) as exc:
+        raise SettingsError(f"cannot load the signing key: {exc}") from None
 
 
 def controller_uid(obj: Mapping[str, Any]) -> str | None:
