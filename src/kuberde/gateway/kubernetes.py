@@ -73,7 +73,7 @@ class KubernetesDirectory:
         name = self._names.get(agent)
         if name is None:
             raise WakeError(f"agent {agent} no longer exists")
-        stamp = datetime.now(UTC).isoformat()
+        stamp = datetime.now(UTC).isoformat(timespec="microseconds")
         try:
             await self._api.merge_patch(
                 self._paths.agent(name), {"metadata": {"annotations": {WAKE_ANNOTATION: stamp}}}
@@ -103,6 +103,7 @@ class KubernetesDirectory:
     async def run(self) -> None:
         failing = False
         while True:
+            self._kick.clear()  # before listing, so a miss during the list is not lost
             try:
                 await self.refresh()
                 if failing:
@@ -112,7 +113,6 @@ class KubernetesDirectory:
                 if not failing:
                     log.warning("cannot list RDEAgents (will keep trying): %s", exc)
                 failing = True
-            self._kick.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._refresh_interval):
                     await self._kick.wait()

@@ -167,6 +167,7 @@ async def run_gateway(
         raise ValueError("--tls-cert and --tls-key must be given together")
     key = load_signing_key(signing_key_file, state_dir)
     watcher: asyncio.Task[None] | None = None
+    api: KubeApi | None = None
     if kubernetes is not None:
         api = KubeApi.connect(
             await load_configuration(kubernetes.kubeconfig),
@@ -196,4 +197,8 @@ async def run_gateway(
     finally:
         if watcher is not None:
             watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         await runner.cleanup()
+        if api is not None:
+            await api.close()

@@ -1,0 +1,567 @@
+"""The gateway in Kubernetes mode: RDEAgents authorize users and wake offline agents.
+
+The directory tests talk HTTP to the emulated API server. The end-to-end tests run
+`kuberde server --kubernetes` and `kuberde connect` as real processes next to the real
+operator, with the kubelet fixture running the real agent for every replica: nothing but the
+API server is emulated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock
+import pytest
+
+from kuberde.auth import SIGNING_KEY_FILE, load_or_create_signing_key
+from kuberde.gateway.directory import AgentRecord, WakeError
+from kuberde.gateway.kubernetes import KubernetesDirectory
+from kuberde.kube import KubeApi, load_configuration
+from kuberde.operator.annotations import WAKE_ANNOTATION
+from tests.integration.kube import (
+    NAMESPACE,
+    WAIT,
+    Kube,
+    echo_server,
+    eventually,
+    eventually_async,
+    fast_settings,
+    free_port,
+    kubelet_running,
+    operator_running,
+    running_kube,
+    status_in,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:kmock")
+
+OWNER = "testuser"
+BANNER = b"SSH-2.0-workspace\r\n"
+PAYLOAD = os.urandom(64 * 1024)
+KUBERDE = [sys.executable, "-m", "kuberde"]
+#: Longest a CLI command may take, a wake included; a healthy run needs a few seconds.
+CLI_WAIT = 60.0
+GATEWAY_AGENT = "kuberde-gateway/"
+_LISTENING = re.compile(r"KubeRDE gateway listening on (\S+)")
+#: An RFC 3339 time with a fractional second, so two requests in one second stay ordered.
+_SUBSECOND = re.compile(r"T\d{2}:\d{2}:\d{2}\.\d+(Z|[+-]\d{2}:\d{2})$")
+
+
+@pytest.fixture
+async def kube(tmp_path: Path) -> AsyncIterator[Kube]:
+    async with running_kube(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def workspace_port() -> AsyncIterator[int]:
+    """The service inside the workspace (sshd in the runbook): a banner, then echo."""
+    server, port = await echo_server()
+    async with server:
+        yield port
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment of our subprocesses: none of the developer's KubeRDE or kube settings."""
+    values = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("KUBERDE_") and key != "KUBECONFIG"
+    }
+    values["KUBERDE_CONFIG"] = str(tmp_path / "cli-config.json")
+    return values
+
+
+def spec(ttl: str) -> dict[str, Any]:
+    return {
+        "owner": OWNER,
+        "ttl": ttl,
+        "localTarget": "127.0.0.1:2222",
+        "workload": {"image": "lscr.io/linuxserver/openssh-server:latest"},
+    }
+
+
+async def set_status(kube: Kube, name: str, status: dict[str, Any]) -> None:
+    """Write an RDEAgent's status subresource, as the operator does."""
+    async with (
+        asyncio.timeout(WAIT),
+        kube.http.patch(
+            f"/apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents/{name}/status",
+            data=json.dumps({"status": status}),
+            headers={"Content-Type": "application/merge-patch+json"},
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+
+
+def agent_annotations(kube: Kube, name: str) -> dict[str, str]:
+    agent = kube.agent(name)
+    assert agent is not None, f"no RDEAgent {name}"
+    return dict(agent["metadata"].get("annotations") or {})
+
+
+def gateway_writes(kube: Kube, since: int) -> list[str]:
+    """`METHOD path` of the writes the gateway process sent to the API after `since`."""
+    return [
+        f"{str(request.method.value).upper()} {request.url.path}"
+        for request in kube.requests()[since:]
+        if str(request.headers.get("User-Agent", "")).startswith(GATEWAY_AGENT)
+        and str(request.method.value).upper() != "GET"
+    ]
+
+
+@contextlib.asynccontextmanager
+async def directory_for(
+    kubeconfig: Path, *, refresh_interval: float = 5.0
+) -> AsyncIterator[KubernetesDirectory]:
+    api = KubeApi.connect(
+        await load_configuration(kubeconfig), timeout=5.0, user_agent=f"{GATEWAY_AGENT}test"
+    )
+    try:
+        yield KubernetesDirectory(api, NAMESPACE, refresh_interval=refresh_interval)
+    finally:
+        await api.close()
+
+
+@contextlib.asynccontextmanager
+async def watching(directory: KubernetesDirectory) -> AsyncIterator[asyncio.Task[None]]:
+    """`directory.run()` in the background, as the gateway runs it."""
+    task = asyncio.create_task(directory.run(), name="kubernetes-directory")
+    try:
+        yield task
+        if task.done():
+            task.result()
+            raise AssertionError("the directory stopped watching by itself")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# ---- the directory, over HTTP to the emulated API server -------------------------------------
+
+
+async def test_refresh_builds_a_record_per_rdeagent(kube: Kube) -> None:
+    created = await kube.create_agent("ssh-server", spec("5m"))
+    broken = await kube.create_agent("broken", spec("5m"))
+    await set_status(kube, "broken", {"phase": "Error", "message": "invalid RDEAgent: ttl"})
+    await kube.create_agent("silent", spec("5m"))
+    await set_status(kube, "silent", {"phase": "Error"})
+    await kube.create_agent("running", spec("5m"))
+    await set_status(kube, "running", {"phase": "Running", "message": "ready"})
+    await kube.create_agent("upper", {**spec("5m"), "owner": "Not_A_Name"})
+    await kube.create_agent("ownerless", {"ttl": "5m"})
+    async with directory_for(kube.kubeconfig) as directory:
+        assert not directory.synced.is_set()
+        await asyncio.wait_for(directory.refresh(), WAIT)
+        assert directory.synced.is_set()
+
+        assert directory.lookup("user-testuser-ssh-server") == AgentRecord(
+            agent_id="user-testuser-ssh-server",
+            owner=OWNER,
+            name="ssh-server",
+            uid=created["metadata"]["uid"],
+            error=None,
+        )
+        record = directory.lookup("user-testuser-broken")
+        assert record is not None
+        assert record.uid == broken["metadata"]["uid"]
+        assert record.error == "invalid RDEAgent: ttl"
+        silent = directory.lookup("user-testuser-silent")
+        assert silent is not None and silent.error == "the RDEAgent is in phase Error"
+        running = directory.lookup("user-testuser-running")
+        assert running is not None and running.error is None
+        assert sorted(r.agent_id for r in directory.records()) == [
+            "user-testuser-broken",
+            "user-testuser-running",
+            "user-testuser-silent",
+            "user-testuser-ssh-server",
+        ]
+
+        # A deleted RDEAgent leaves the directory at the next refresh.
+        await kube.delete_agent("ssh-server")
+        await asyncio.wait_for(directory.refresh(), WAIT)
+        assert directory.lookup("user-testuser-ssh-server") is None
+        assert len(directory.records()) == 3
+
+
+async def test_an_agent_in_error_loses_its_agent_id_to_the_healthy_one(kube: Kube) -> None:
+    # Both orders of the list: the RDEAgent in Error first, then the healthy one first.
+    await kube.create_agent("dev", {**spec("5m"), "owner": "alice-smith"})
+    await set_status(kube, "dev", {"phase": "Error", "message": "agent ID taken"})
+    first = await kube.create_agent("smith-dev", {**spec("5m"), "owner": "alice"})
+    second = await kube.create_agent("lab", {**spec("5m"), "owner": "bob-x"})
+    await kube.create_agent("x-lab", {**spec("5m"), "owner": "bob"})
+    await set_status(kube, "x-lab", {"phase": "Error", "message": "agent ID taken"})
+    async with directory_for(kube.kubeconfig) as directory:
+        await asyncio.wait_for(directory.refresh(), WAIT)
+        assert directory.lookup("user-alice-smith-dev") == AgentRecord(
+            "user-alice-smith-dev", "alice", "smith-dev", first["metadata"]["uid"]
+        )
+        assert directory.lookup("user-bob-x-lab") == AgentRecord(
+            "user-bob-x-lab", "bob-x", "lab", second["metadata"]["uid"]
+        )
+        assert len(directory.records()) == 2
+
+        # A wake goes to the healthy RDEAgent, never to the one in Error.
+        await asyncio.wait_for(directory.request_wake("user-alice-smith-dev", "alice"), WAIT)
+        assert WAKE_ANNOTATION in agent_annotations(kube, "smith-dev")
+        assert WAKE_ANNOTATION not in agent_annotations(kube, "dev")
+
+
+async def test_request_wake_writes_a_subsecond_timestamp(
+    kube: Kube, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kuberde.gateway.kubernetes")
+    await kube.create_agent("ssh-server", spec("5m"))
+    await kube.create_agent("doomed", spec("5m"))
+    async with directory_for(kube.kubeconfig) as directory:
+        await asyncio.wait_for(directory.refresh(), WAIT)
+        before = datetime.now(UTC)
+        await asyncio.wait_for(directory.request_wake("user-testuser-ssh-server", OWNER), WAIT)
+        after = datetime.now(UTC)
+
+        stamp = agent_annotations(kube, "ssh-server")[WAKE_ANNOTATION]
+        assert _SUBSECOND.search(stamp), stamp
+        requested = datetime.fromisoformat(stamp)
+        assert requested.tzinfo is not None
+        assert before <= requested <= after
+        assert "wake requested for user-testuser-ssh-server by testuser" in caplog.text
+
+        with pytest.raises(WakeError, match="no longer exists"):
+            await directory.request_wake("user-testuser-nothing", OWNER)
+
+        # Deleted after the last refresh: the API's 404 becomes a message for the user.
+        await kube.delete_agent("doomed")
+        with pytest.raises(WakeError, match="could not ask Kubernetes"):
+            await asyncio.wait_for(directory.request_wake("user-testuser-doomed", OWNER), WAIT)
+        assert "cannot request a wake of user-testuser-doomed" in caplog.text
+
+
+async def test_a_lookup_miss_refreshes_before_the_interval(kube: Kube) -> None:
+    async with (
+        directory_for(kube.kubeconfig, refresh_interval=30.0) as directory,
+        watching(directory),
+    ):
+        await asyncio.wait_for(directory.synced.wait(), WAIT)
+        assert directory.records() == []
+        created = await kube.create_agent("late", spec("5m"))
+        # Every miss asks for a refresh; well within the 30 s interval the agent is known.
+        record = await eventually(
+            lambda: directory.lookup("user-testuser-late"), "the new RDEAgent", within=5.0
+        )
+        assert record.uid == created["metadata"]["uid"]
+
+
+async def test_unreachable_api_is_retried_and_reported_once(
+    kube: Kube, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kuberde.gateway.kubernetes")
+    await kube.create_agent("ssh-server", spec("5m"))
+    port = free_port()
+    kubeconfig = tmp_path / "elsewhere"
+    config = json.loads(kube.kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["server"] = f"http://127.0.0.1:{port}"
+    kubeconfig.write_text(json.dumps(config))
+
+    def failures() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith("cannot list RDEAgents")]
+
+    attempts = 0
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        writer.transport.abort()
+
+    async with directory_for(kubeconfig, refresh_interval=0.05) as directory, watching(directory):
+        # Nothing listens: connection refused.
+        await eventually(failures, "the first failure to be logged")
+        # Something listens but drops every request: count the attempts that fail.
+        dropper = await asyncio.start_server(drop, "127.0.0.1", port)
+        async with dropper:
+            await eventually(lambda: attempts >= 3, "three more failed lists")
+        await dropper.wait_closed()
+        assert len(failures()) == 1, [r.getMessage() for r in failures()]
+        assert failures()[0].levelno == logging.WARNING
+        assert not directory.synced.is_set()
+        assert directory.records() == []
+
+        # The API server answers on that address: the directory syncs without a restart.
+        async with kmock.Server(kube.server, port=port):
+            await asyncio.wait_for(directory.synced.wait(), WAIT)
+            await eventually(
+                lambda: "listing RDEAgents works again" in caplog.text, "the recovery log"
+            )
+        assert [r.agent_id for r in directory.records()] == ["user-testuser-ssh-server"]
+        assert len(failures()) == 1
+
+
+# ---- end to end: gateway and CLI processes, the operator, the kubelet and the agent ----------
+
+
+@dataclass
+class GatewayProcess:
+    """`kuberde server --kubernetes` running as a process, its stderr kept line by line."""
+
+    process: asyncio.subprocess.Process
+    url: str
+    state_dir: Path
+    env: dict[str, str]
+    lines: list[str]
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    async def token(self, *args: str) -> str:
+        """A credential from `kuberde token ...` with the gateway's state directory."""
+        code, out, err = await kuberde(
+            ["token", *args, "--state-dir", str(self.state_dir)], self.env
+        )
+        assert code == 0, err
+        return out.decode().strip()
+
+    async def connect(self, token: str, agent: str, stdin: bytes = b"") -> tuple[int, bytes, str]:
+        """`kuberde connect AGENT` with `stdin` as the bytes to send: (code, stdout, stderr)."""
+        env = {**self.env, "KUBERDE_SERVER": self.url, "KUBERDE_TOKEN": token}
+        return await kuberde(["connect", agent], env, stdin)
+
+
+async def kuberde(
+    args: list[str], env: dict[str, str], stdin: bytes = b""
+) -> tuple[int, bytes, str]:
+    process = await asyncio.create_subprocess_exec(
+        *KUBERDE,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(stdin), CLI_WAIT)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, out, err.decode(errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def gateway_running(
+    kube: Kube, state_dir: Path, env: dict[str, str], *, port: int = 0
+) -> AsyncIterator[GatewayProcess]:
+    """Start the gateway against the emulator; on a clean exit from the block it must stop
+    on SIGTERM with exit code 0."""
+    process = await asyncio.create_subprocess_exec(
+        *KUBERDE,
+        "server",
+        "--kubernetes",
+        "--kubeconfig",
+        str(kube.kubeconfig),
+        "--namespace",
+        NAMESPACE,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--state-dir",
+        str(state_dir),
+        "--wake-timeout",
+        "45",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    lines: list[str] = []
+    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def collect() -> None:
+        assert process.stderr is not None
+        while line := await process.stderr.readline():
+            text = line.decode(errors="replace")
+            lines.append(text)
+            match = _LISTENING.search(text)
+            if match and not listening.done():
+                listening.set_result(match.group(1))
+        if not listening.done():
+            listening.set_exception(AssertionError(f"the gateway exited:\n{''.join(lines)}"))
+
+    reader = asyncio.create_task(collect(), name="gateway-stderr")
+    try:
+        url = await asyncio.wait_for(listening, WAIT)
+        yield GatewayProcess(process, url, state_dir, env, lines)
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), WAIT)
+        assert code == 0, f"the gateway exited with {code}:\n{''.join(lines)}"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await asyncio.wait_for(reader, WAIT)
+
+
+async def gateway_agent(
+    gateway: GatewayProcess, management: str, agent: str
+) -> dict[str, Any] | None:
+    """The gateway's `/mgmt/agents/AGENT` entry, or None if it does not know the agent."""
+    async with (
+        asyncio.timeout(WAIT),
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{gateway.url}/mgmt/agents/{agent}",
+            headers={"Authorization": f"Bearer {management}"},
+        ) as response,
+    ):
+        if response.status == 404:
+            return None
+        assert response.status == 200, await response.text()
+        entry: dict[str, Any] = await response.json()
+        return entry
+
+
+async def test_scaled_down_agent_is_woken_by_connect(
+    kube: Kube, tmp_path: Path, env: dict[str, str], workspace_port: int
+) -> None:
+    agent_id = "user-testuser-ssh-server"
+    async with gateway_running(kube, tmp_path / "gateway", env) as gateway:
+        settings = fast_settings(
+            kube,
+            signing_key_file=gateway.state_dir / SIGNING_KEY_FILE,
+            server_api=gateway.url,
+        )
+        user = await gateway.token("user", "--user", OWNER)
+        alice = await gateway.token("user", "--user", "alice")
+        management = await gateway.token("management")
+        async with (
+            kubelet_running(
+                kube, tmp_path, run_agents=True, port_map={2222: workspace_port}
+            ) as kubelet,
+            operator_running(settings) as operator,
+        ):
+            # TTL 0 until the first session is over, so the test decides when idling starts.
+            await kube.create_agent("ssh-server", spec("0"))
+            status = await eventually(
+                partial(status_in, kube, "ssh-server", "Running"), "the agent Running"
+            )
+            assert status["online"] is True
+
+            code, out, err = await gateway.connect(user, "ssh-server", PAYLOAD)
+            assert code == 0, err
+            assert out == BANNER + PAYLOAD
+            assert "waking" not in err
+
+            await kube.patch_agent("ssh-server", {"spec": {"ttl": "3s"}})
+            status = await eventually(
+                partial(status_in, kube, "ssh-server", "ScaledDown"), "the idle agent scaled down"
+            )
+            assert kube.replicas(agent_id) == 0
+            assert status["online"] is False and "pod" not in status
+            [event] = await eventually(
+                lambda: kube.events("ssh-server", "ScaledDown"), "the ScaledDown Event"
+            )
+            assert "(ttl 3s)" in event["message"]
+            await eventually(lambda: not kubelet.pods, "the pod to go away")
+
+            async def offline() -> bool:
+                entry = await gateway_agent(gateway, management, agent_id)
+                return entry is not None and entry["online"] is False and entry["owner"] == OWNER
+
+            await eventually_async(offline, "the gateway to see the agent offline")
+            assert WAKE_ANNOTATION not in agent_annotations(kube, "ssh-server")
+
+            # Someone else's agent: refused before anything is woken.
+            mark = kube.mark()
+            code, out, err = await gateway.connect(alice, agent_id, b"not for you")
+            assert code == 1
+            assert out == b""
+            assert f"forbidden: user 'alice' does not own agent {agent_id}" in err
+            assert "waking" not in err
+            assert gateway_writes(kube, mark) == []
+            assert WAKE_ANNOTATION not in agent_annotations(kube, "ssh-server")
+            assert "wake requested" not in gateway.log
+            assert kube.replicas(agent_id) == 0
+
+            # The owner connects: the same command waits through the wake and gets through.
+            before = datetime.now(UTC)
+            mark = kube.mark()
+            code, out, err = await gateway.connect(user, "ssh-server", PAYLOAD)
+            assert code == 0, err
+            assert out == BANNER + PAYLOAD
+            assert "waking ssh-server… " in err
+            assert "ssh-server is up after" in err
+
+            assert gateway_writes(kube, mark) == [
+                f"PATCH /apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents/ssh-server"
+            ]
+            stamp = agent_annotations(kube, "ssh-server")[WAKE_ANNOTATION]
+            assert _SUBSECOND.search(stamp), stamp
+            assert before <= datetime.fromisoformat(stamp) <= datetime.now(UTC)
+            assert f"wake requested for {agent_id} by testuser" in gateway.log
+            [woken] = kube.events("ssh-server", "Woken")
+            assert "Scaled to one replica" in woken["message"]
+            assert operator.metric("kuberde_operator_wakes_total") == 1
+            assert kubelet.agent_codes == [0], "the scaled-down agent did not stop cleanly"
+
+
+async def test_unknown_agent_and_agent_in_error(
+    kube: Kube, tmp_path: Path, env: dict[str, str]
+) -> None:
+    # The operator starts first and must know the gateway's address: pick the port up front.
+    port = free_port()
+    state_dir = tmp_path / "gateway"
+    load_or_create_signing_key(state_dir)
+    settings = fast_settings(
+        kube,
+        signing_key_file=state_dir / SIGNING_KEY_FILE,
+        server_api=f"http://127.0.0.1:{port}",
+    )
+    async with operator_running(settings):
+        await kube.create_agent("broken", spec("banana"))
+        status = await eventually(
+            partial(status_in, kube, "broken", "Error"), "the invalid agent in Error"
+        )
+        message = status["message"]
+        assert "banana" in message
+        async with gateway_running(kube, state_dir, env, port=port) as gateway:
+            user = await gateway.token("user", "--user", OWNER)
+
+            code, out, err = await gateway.connect(user, "nosuch")
+            assert code == 1 and out == b""
+            assert "not found: no agent named 'nosuch'" in err
+
+            mark = kube.mark()
+            code, out, err = await gateway.connect(user, "broken", b"hello")
+            assert code == 1 and out == b""
+            assert message in err
+            assert "waking" not in err
+            assert gateway_writes(kube, mark) == []
+            assert WAKE_ANNOTATION not in agent_annotations(kube, "broken")
+
+
+async def test_gateway_in_kubernetes_mode_stops_cleanly(
+    kube: Kube, tmp_path: Path, env: dict[str, str]
+) -> None:
+    await kube.create_agent("ssh-server", spec("5m"))
+    async with gateway_running(kube, tmp_path / "gateway", env) as gateway:
+        management = await gateway.token("management")
+        entry = await gateway_agent(gateway, management, "user-testuser-ssh-server")
+        assert entry is not None and entry["owner"] == OWNER and entry["online"] is False
+    # Exit code 0 is checked on leaving the block; nothing may be left for asyncio to report.
+    assert " ERROR " not in gateway.log and "Traceback" not in gateway.log, gateway.log
