@@ -392,15 +392,14 @@ class LocalRuntime:
         return processes
 
     async def _stop_processes(self, name: str) -> None:
-        processes = self._running.pop(name, None)
+        # Still listed while it terminates (like a Terminating pod), so `ls` never shows a
+        # phase that disagrees with the processes.
+        processes = self._running.get(name)
         if processes is None:
             return
         log.info("%s: stopping", name)
-        state = self.store.get(name)
-        if state is not None:
-            # Say so before the grace period, so `ls` never shows Running without a process.
-            phase = policy.Phase.SCALED_DOWN if state.scaled_down else policy.Phase.PENDING
-            self.store.update(name, phase=phase, pid=None)
         await asyncio.gather(
             *(process.stop(grace=self.settings.stop_grace) for process in processes.all)
         )
+        if self._running.get(name) is processes:
+            del self._running[name]
