@@ -212,5 +212,30 @@ def up(
     raise typer.Exit(code)
 
 
+@app.command(name="user-add")
+def user_add(
+    username: Annotated[str, typer.Argument(help="Lower-case user name (the owner in RDEAgents)")],
+    admin: Annotated[bool, typer.Option(help="May reach every workspace")] = False,
+    state_dir: Annotated[
+        Path, typer.Option(envvar="KUBERDE_STATE_DIR", help="State directory of `kuberde up`")
+    ] = DEFAULT_STATE_DIR,
+) -> None:
+    """Add or update a user of the built-in sign-in (`kuberde login` under `kuberde up`)."""
+    from kuberde.auth.users import USERS_FILE, UsersFileError, set_user
+    from kuberde.naming import InvalidName, validate_name
+
+    try:
+        validate_name(username, "user name")
+    except InvalidName as exc:
+        raise typer.BadParameter(str(exc), param_hint="USERNAME") from None
+    password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        set_user(state_dir / USERS_FILE, username, password, admin=admin)
+    except UsersFileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"user {username} saved in {state_dir / USERS_FILE}", err=True)
+
+
 def main() -> None:
     app()
