@@ -1,0 +1,379 @@
+"""Tables, ratios and goal checks from a results document; no I/O.
+
+The results document (also written as JSON) maps each section to per-path figures. Ratios
+are always to `ssh -L` (the brief's `ssh -N -L`, default cipher) and to direct TCP, from the
+same run; a section that was not run is left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Goal", "goals", "ratios", "render"]
+
+SSH = "ssh"
+SSH_TTY = "ssh_tty"
+DIRECT = "direct"
+KUBERDE = ("ws", "wss")
+
+Results = dict[str, Any]
+
+_NAGLE_NOTE = (
+    "ssh -N -L waits out Nagle + delayed ACK (~40 ms) on each new forward: OpenSSH sets\n"
+    "TCP_NODELAY only for interactive sessions. The tty row is the same forwards from a\n"
+    "terminal session (`ssh -tt -L ... sleep`).\n"
+)
+
+
+@dataclass(frozen=True)
+class Goal:
+    metric: str  # the table it belongs under
+    name: str
+    target: str
+    measured: str
+    met: bool | None  # None: not measurable in this run
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "goal": self.name,
+            "target": self.target,
+            "measured": self.measured,
+            "met": self.met,
+        }
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or base is None or base <= 0:
+        return None
+    return value / base
+
+
+def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:,.{digits}f}{suffix}"
+
+
+def _table(
+    title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], *, text_columns: int = 1
+) -> str:
+    """A plain-text table: the first `text_columns` columns left-aligned, numbers right."""
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        aligned = (
+            cell.ljust(width) if index < text_columns else cell.rjust(width)
+            for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+        return "  ".join(aligned).rstrip()
+
+    rule = "-" * len(line(headers))
+    return "\n".join([title, rule, line(headers), rule, *(line(row) for row in rows), ""])
+
+
+def _labels(results: Results) -> dict[str, str]:
+    return {key: info["label"] for key, info in results.get("paths", {}).items()}
+
+
+def _section_rows(
+    results: Results,
+    section: str,
+    field: str,
+    columns: Sequence[tuple[str, Callable[[dict[str, Any]], str]]],
+) -> tuple[list[str], list[list[str]]]:
+    """One row per path: its columns, then `field` as a ratio to ssh -L and to direct."""
+    data: dict[str, dict[str, Any]] = results[section]
+    ssh = data[SSH][field] if SSH in data else None
+    base = data[DIRECT][field] if DIRECT in data else None
+    rows = []
+    for key, label in _labels(results).items():
+        if key not in data:
+            continue
+        own = data[key][field]
+        rows.append(
+            [
+                label,
+                *(column(data[key]) for _, column in columns),
+                _fmt(_ratio(own, ssh)),
+                _fmt(_ratio(own, base)),
+            ]
+        )
+    return ["path", *(name for name, _ in columns), "x ssh -L", "x direct"], rows
+
+
+def ratios(results: Results) -> dict[str, dict[str, float | None]]:
+    """KubeRDE's figures divided by ssh -L's and direct TCP's, per metric and transport."""
+    pick = {
+        "throughput_single": ("throughput", "single_mb_s"),
+        "throughput_16": ("throughput", "multi_mb_s"),
+        "cpu_s_per_gb": ("throughput", "cpu_s_per_gb"),
+        "rtt_p50": ("rtt", "p50_us"),
+        "rtt_p99": ("rtt", "p99_us"),
+        "setup_p50": ("setup", "p50_ms"),
+        "setup_p99": ("setup", "p99_ms"),
+    }
+    out: dict[str, dict[str, float | None]] = {}
+    for metric, (section, field) in pick.items():
+        data = results.get(section)
+        if not data:
+            continue
+        for key in KUBERDE:
+            if key not in data:
+                continue
+            own = data[key][field]
+            out.setdefault(metric, {}).update(
+                {
+                    f"{key}/{base}": _ratio(own, data[base][field] if base in data else None)
+                    for base in (SSH, SSH_TTY, DIRECT)
+                }
+            )
+    rtt = results.get("rtt")
+    if rtt and DIRECT in rtt and SSH in rtt:
+        ssh_overhead = rtt[SSH]["p50_us"] - rtt[DIRECT]["p50_us"]
+        for key in KUBERDE:
+            if key in rtt:
+                overhead = rtt[key]["p50_us"] - rtt[DIRECT]["p50_us"]
+                out.setdefault("rtt_overhead", {})[f"{key}/ssh"] = _ratio(overhead, ssh_overhead)
+    return out
+
+
+def _rtt_overhead(results: Results, key: str) -> float | None:
+    rtt = results.get("rtt", {})
+    if key not in rtt or DIRECT not in rtt:
+        return None
+    overhead: float = rtt[key]["p50_us"] - rtt[DIRECT]["p50_us"]
+    return overhead
+
+
+def goals(results: Results) -> list[Goal]:
+    """The issue's goals (measured, not test thresholds) against this run."""
+    found: list[Goal] = []
+    cut = ratios(results)
+    for metric, name in (("single", "single-stream"), ("multi", "16-stream")):
+        for key in KUBERDE:
+            ratio = cut.get(f"throughput_{'16' if metric == 'multi' else 'single'}", {}).get(
+                f"{key}/ssh"
+            )
+            if ratio is None:
+                continue
+            target = "≥ 1.00x ssh -L" if key == "ws" else "as close to ssh -L as possible"
+            found.append(
+                Goal(
+                    metric,
+                    f"{name} throughput over {key}",
+                    target,
+                    f"{ratio:.2f}x ssh -L",
+                    ratio >= 1.0 if key == "ws" else None,
+                )
+            )
+    for key in KUBERDE:
+        ratio = cut.get("rtt_overhead", {}).get(f"{key}/ssh")
+        overhead = _rtt_overhead(results, key)
+        if overhead is None:
+            continue
+        found.append(
+            Goal(
+                "rtt",
+                f"round-trip overhead over {key}",
+                "≤ 3x ssh -L's overhead",
+                f"{overhead:.0f} µs = {_fmt(ratio)}x ssh's",
+                ratio <= 3.0 if ratio is not None else None,
+            )
+        )
+    for key in KUBERDE:
+        setup = results.get("setup", {}).get(key)
+        if setup is not None:
+            found.append(
+                Goal(
+                    "setup",
+                    f"new-stream setup p50 over {key}",
+                    "< 2 ms",
+                    f"{setup['p50_ms']:.2f} ms",
+                    setup["p50_ms"] < 2.0,
+                )
+            )
+    for key, memory in results.get("memory", {}).items():
+        found.append(
+            Goal(
+                "memory",
+                f"gateway memory per idle agent over {key}",
+                "< 100 KiB",
+                f"{memory['kib_per_agent']:.1f} KiB",
+                memory["kib_per_agent"] < 100.0,
+            )
+        )
+    wake = results.get("wake")
+    if wake is not None:
+        found.append(
+            Goal(
+                "wake",
+                "wake latency on top of the workload's start",
+                "< 1 s",
+                f"{wake['overhead_s']:.2f} s",
+                wake["overhead_s"] < 1.0,
+            )
+        )
+    return found
+
+
+def _number(field: str, digits: int) -> Callable[[dict[str, Any]], str]:
+    return lambda data: _fmt(data.get(field), digits)
+
+
+def _runs(field: str) -> Callable[[dict[str, Any]], str]:
+    return lambda data: " ".join(f"{value:.0f}" for value in data[field])
+
+
+def _share(role: str) -> Callable[[dict[str, Any]], str]:
+    return lambda data: _fmt(data["cpu_s_per_gb_by_process"].get(role))
+
+
+Section = tuple[str, str]  # (metric, table text)
+
+
+def _throughput_tables(results: Results) -> list[Section]:
+    tables = []
+    for metric, title in (
+        ("single", "Single-stream upload throughput, MB/s (10^6 B/s; higher is better)"),
+        ("multi", "16-stream upload throughput, MB/s (aggregate; higher is better)"),
+    ):
+        field = f"{metric}_mb_s"
+        runs = field.replace("_mb_s", "_runs_mb_s")
+        headers, rows = _section_rows(
+            results,
+            "throughput",
+            field,
+            [("MB/s", _number(field, 0)), ("runs", _runs(runs))],
+        )
+        tables.append((metric, _table(title, headers, rows)))
+    data = results["throughput"]
+    roles = sorted({role for d in data.values() for role in d["cpu_s_per_gb_by_process"]})
+    headers, rows = _section_rows(
+        results,
+        "throughput",
+        "cpu_s_per_gb",
+        [("CPU s/GB", _number("cpu_s_per_gb", 2)), *((role, _share(role)) for role in roles)],
+    )
+    title = "CPU seconds per GB moved, summed over the path's processes (lower is better)"
+    tables.append(("cpu", _table(title, headers[:-1], [row[:-1] for row in rows])))
+    return tables
+
+
+def _latency_tables(results: Results) -> list[Section]:
+    tables = []
+    if "rtt" in results:
+        cut = ratios(results).get("rtt_overhead", {})
+        headers, rows = _section_rows(
+            results,
+            "rtt",
+            "p50_us",
+            [("p50 µs", _number("p50_us", 0)), ("p99 µs", _number("p99_us", 0))],
+        )
+        keys = [key for key in _labels(results) if key in results["rtt"]]
+        headers += ["overhead µs", "overhead x ssh's"]
+        for key, row in zip(keys, rows, strict=True):
+            row += [
+                _fmt(_rtt_overhead(results, key), 0),
+                _fmt(cut.get(f"{key}/ssh")) if key in KUBERDE else "",
+            ]
+        title = "1-byte round trip on an open connection (lower is better; overhead = p50 - direct)"
+        tables.append(("rtt", _table(title, headers, rows)))
+    if "setup" in results:
+        headers, rows = _section_rows(
+            results,
+            "setup",
+            "p50_ms",
+            [("p50 ms", _number("p50_ms", 3)), ("p99 ms", _number("p99_ms", 3))],
+        )
+        tty = results["setup"].get(SSH_TTY, {}).get("p50_ms")
+        keys = [key for key in _labels(results) if key in results["setup"]]
+        headers.append("x ssh tty")
+        for key, row in zip(keys, rows, strict=True):
+            row.append(_fmt(_ratio(results["setup"][key]["p50_ms"], tty)))
+        title = "New stream: connect → first byte of the server's banner (lower is better)"
+        note = _NAGLE_NOTE if tty is not None else ""
+        tables.append(("setup", _table(title, headers, rows) + note))
+    return tables
+
+
+def _memory_table(results: Results) -> str:
+    rows = [
+        [
+            f"KubeRDE {key}",
+            f"{m['agents']:,}",
+            _fmt(m["baseline_rss_kib"] / 1024, 1),
+            _fmt(m["loaded_rss_kib"] / 1024, 1),
+            _fmt(m["kib_per_agent"], 1),
+            _fmt(m["connect_seconds"], 1),
+        ]
+        for key, m in results["memory"].items()
+    ]
+    return _table(
+        "Gateway memory per idle connected agent (RSS; lower is better)",
+        ["gateway", "agents", "before MiB", "after MiB", "KiB/agent", "connect s"],
+        rows,
+    )
+
+
+def _wake_table(results: Results) -> str:
+    wake = results["wake"]
+    rows = [
+        [
+            "wake (first byte → echo)",
+            _fmt(wake["wake_s"], 3),
+            " ".join(f"{v:.3f}" for v in wake["wake_rounds_s"]),
+        ],
+        [
+            "workload start (standalone)",
+            _fmt(wake["workload_start_s"], 3),
+            " ".join(f"{v:.3f}" for v in wake["workload_start_runs_s"]),
+        ],
+        ["overhead (wake - workload start)", _fmt(wake["overhead_s"], 3), ""],
+    ]
+    return _table("Wake latency under `kuberde up` (median seconds)", ["", "s", "runs"], rows)
+
+
+def _goal_table(found: Sequence[Goal]) -> str:
+    verdict = {True: "met", False: "MISSED", None: "—"}
+    rows = [[goal.name, goal.target, goal.measured, verdict[goal.met]] for goal in found]
+    return _table(
+        "Goals (issues 5 and 2)", ["goal", "target", "measured", ""], rows, text_columns=4
+    )
+
+
+def render(results: Results) -> str:
+    """Every table the run has data for, then the goals."""
+    parts = []
+    meta = results.get("meta", {})
+    if meta:
+        header = (
+            f"KubeRDE benchmark — {meta.get('started_at', '')}, {meta.get('cpus')} CPUs, "
+            f"load average {meta.get('load_before', '')} before and "
+            f"{meta.get('load_after', '')} after, {'quick' if meta.get('quick') else 'full'} run"
+            "\nRatios are to `ssh -N -L` (default cipher) and to direct TCP, from this run.\n"
+        )
+        notes = [
+            f"  {info['label']}: {info['note']}\n"
+            for info in results.get("paths", {}).values()
+            if info.get("note")
+        ]
+        parts.append(header + "".join(notes))
+    sections = _throughput_tables(results) if "throughput" in results else []
+    sections += _latency_tables(results)
+    if "memory" in results:
+        sections.append(("memory", _memory_table(results)))
+    if "wake" in results:
+        sections.append(("wake", _wake_table(results)))
+    found = goals(results)
+    verdict = {True: "met", False: "MISSED", None: "no pass/fail"}
+    for metric, text in sections:
+        notes = [
+            f"goal: {goal.name} {goal.target}; measured {goal.measured} ({verdict[goal.met]})\n"
+            for goal in found
+            if goal.metric == metric
+        ]
+        parts.append(text + "".join(notes))
+    if found:
+        parts.append(_goal_table(found))
+    return "\n".join(part for part in parts if part)
