@@ -16,10 +16,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from kuberde.mux import INITIAL_WINDOW, Flag, FrameType, GoAwayCode, Preamble, Stream
+from kuberde.gateway.app import GatewaySettings
+from kuberde.mux import INITIAL_WINDOW, Flag, FrameType, GoAwayCode, Preamble, SessionConfig, Stream
 from kuberde.mux.frame import encode_header
 from tests.integration.conftest import (
     WAIT,
+    GatewayFactory,
     RunningGateway,
     decode_frames,
     echo,
@@ -57,13 +59,16 @@ def _split(data: bytes) -> Corruption:
     return corrupt
 
 
+#: The receive window the gateway grants each agent stream.
+GATEWAY_WINDOW = GatewaySettings().mux.receive_window
+
 CORRUPTIONS: dict[str, Corruption] = {
     "version-1": _send(raw_header(1, FrameType.PING, Flag.SYN, 0, 7)),
     "unknown-type": _send(raw_header(0, 9, 0, 0, 0)),
     "data-claiming-2GiB": _send(raw_header(0, FrameType.DATA, 0, 2, 2**31)),
     "data-claiming-2GiB-split": _split(raw_header(0, FrameType.DATA, 0, 2, 2**31)),
     # Refused from the header alone: the gateway must not wait to buffer the payload.
-    "data-header-over-window": _send(raw_header(0, FrameType.DATA, 0, 2, INITIAL_WINDOW + 1)),
+    "data-header-over-window": _send(raw_header(0, FrameType.DATA, 0, 2, GATEWAY_WINDOW + 1)),
     "ping-on-a-stream": _send(raw_header(0, FrameType.PING, Flag.SYN, 3, 1)),
     "text-message": _send_text,
 }
@@ -130,9 +135,11 @@ async def test_corrupt_frames_end_only_that_session_with_a_protocol_error(
 
 
 async def test_data_beyond_the_window_is_a_protocol_error_and_resets_the_user(
-    gateway: RunningGateway,
+    start_gateway: GatewayFactory,
 ) -> None:
     """Frames that each fit the window may not, together, overrun a stream's credit."""
+    # A small window, so that two frames overrunning it fit in one WebSocket message.
+    gateway = await start_gateway(GatewaySettings(mux=SessionConfig(accept_backlog=0)))
     rogue = await gateway.agent_socket(gateway.issuer.mint_agent("mallory", "dev"))
     await gateway.wait_agent("user-mallory-dev", lambda a: a["online"])
     user_task = asyncio.create_task(gateway.connect("dev", gateway.user("mallory")))
@@ -163,8 +170,9 @@ CHUNK = 64 * 1024
 #: pauses the socket at 2 x 256 KiB queued, plus the message and read chunk in progress.
 USER_CLIENT_BUFFERS = 1024 * 1024
 #: Traced Python memory (gateway, workspace peer and user client together) may not grow by
-#: more than this while the user is stalled; relaying the blast would need ~50 MiB.
-MEMORY_GROWTH_LIMIT = 8 * 1024 * 1024
+#: more than this while the user is stalled (two windows: granted and in flight, plus slack);
+#: relaying the blast would need ~50 MiB.
+MEMORY_GROWTH_LIMIT = 2 * GATEWAY_WINDOW + 8 * 1024 * 1024
 #: Kernel socket buffers on the slow user's connection (both ends); what they still hold is
 #: measured and allowed for, this only keeps it small next to the window.
 KERNEL_BUFFER = 64 * 1024

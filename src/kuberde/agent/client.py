@@ -38,12 +38,23 @@ from kuberde.agent.config import (
     load_credential,
 )
 from kuberde.auth.client_credentials import ClientCredentialsSource, TokenEndpointError
-from kuberde.mux import Session, SessionClosed, Stream, WebSocketLink
+from kuberde.mux import (
+    BULK_FRAME,
+    BULK_WINDOW,
+    Session,
+    SessionClosed,
+    SessionConfig,
+    Stream,
+    WebSocketLink,
+)
 from kuberde.tls import client_ssl_context
 
 __all__ = ["EXIT_CONFIG", "EXIT_OK", "Agent", "CredentialRejected", "main", "run_agent"]
 
 log = logging.getLogger("kuberde.agent")
+
+# Bulk window and frame sizes: the agent carries large transfers (scp, rsync) to users.
+_SESSION_CONFIG = SessionConfig(receive_window=BULK_WINDOW, max_frame_payload=BULK_FRAME)
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -207,7 +218,7 @@ class Agent:
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse, name: str) -> str:
         """Run one session until it ends or we are stopped; return why it ended."""
-        session = Session(WebSocketLink(ws), is_client=True, name=name)
+        session = Session(WebSocketLink(ws), is_client=True, name=name, config=_SESSION_CONFIG)
         streams: set[asyncio.Task[None]] = set()
         runner = asyncio.create_task(session.run(), name=f"agent-session-{name}")
         helpers = [

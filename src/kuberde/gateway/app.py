@@ -23,6 +23,8 @@ from kuberde.gateway.directory import AgentDirectory, WakeError
 from kuberde.gateway.metrics import GatewayMetrics
 from kuberde.gateway.registry import AgentConnection, AgentRegistry
 from kuberde.mux import (
+    BULK_FRAME,
+    BULK_WINDOW,
     Preamble,
     Session,
     SessionClosed,
@@ -54,7 +56,11 @@ class GatewaySettings:
     #: How long a replaced agent session may keep serving its open streams.
     replaced_session_grace: float = 30.0
     max_message_size: int = 4 * 1024 * 1024
-    mux: SessionConfig = field(default_factory=lambda: SessionConfig(accept_backlog=0))
+    mux: SessionConfig = field(
+        default_factory=lambda: SessionConfig(
+            accept_backlog=0, receive_window=BULK_WINDOW, max_frame_payload=BULK_FRAME
+        )
+    )
 
 
 def json_error(status: type[web.HTTPException], message: str, reason: str) -> web.HTTPException:
@@ -338,8 +344,10 @@ class Gateway:
     ) -> str | None:
         """Forward the workspace's bytes; return the reset reason if the stream was reset."""
         counter = self.metrics.bytes_from_agent
+        # One mux frame's worth per message keeps users' WebSocket messages small and bounded.
+        chunk = self.settings.mux.max_frame_payload
         try:
-            while data := await stream.read():
+            while data := await stream.read(chunk):
                 await ws.send_bytes(data)
                 counter.inc(len(data))
                 self.activity.bytes_moved(target)

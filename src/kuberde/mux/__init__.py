@@ -3,6 +3,8 @@
 from kuberde.mux.frame import Flag, Frame, FrameDecoder, FrameType, GoAwayCode, ProtocolError
 from kuberde.mux.preamble import Preamble, PreambleError, PreambleReader, encode_preamble
 from kuberde.mux.session import (
+    BULK_FRAME,
+    BULK_WINDOW,
     INITIAL_WINDOW,
     Link,
     Session,
@@ -15,6 +17,8 @@ from kuberde.mux.session import (
 from kuberde.mux.websocket import WebSocketLink
 
 __all__ = [
+    "BULK_FRAME",
+    "BULK_WINDOW",
     "INITIAL_WINDOW",
     "Flag",
     "Frame",

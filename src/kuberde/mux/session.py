@@ -35,6 +35,8 @@ from kuberde.mux.frame import (
 )
 
 __all__ = [
+    "BULK_FRAME",
+    "BULK_WINDOW",
     "INITIAL_WINDOW",
     "Link",
     "Session",
@@ -85,6 +87,13 @@ class StreamReset(ConnectionError):
 
 class SessionClosed(StreamReset):
     """The session is closed or going away; no new streams can be opened."""
+
+
+#: Window and frame size for bulk data paths (gateway and agent): measured with `make bench`,
+#: 4 MiB windows and 256 KiB frames move ~35 % more per CPU second than yamux's defaults.
+#: It is also what one stalled reader can make the gateway hold for its stream.
+BULK_WINDOW = 4 * 1024 * 1024
+BULK_FRAME = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
