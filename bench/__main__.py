@@ -9,6 +9,7 @@ ends, on success, on error, on Ctrl-C and on SIGTERM.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -28,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import peers, report
+from bench import operator_scale, peers, report
 from bench.latency import measure_round_trips, measure_setups
 from bench.memory import measure_gateway_memory
 from bench.procs import Processes
@@ -36,7 +37,7 @@ from bench.stats import percentile
 from bench.throughput import measure_throughput
 from bench.wake import measure_wake
 
-BENCHMARKS = ("throughput", "rtt", "setup", "memory", "wake")
+BENCHMARKS = ("throughput", "rtt", "setup", "memory", "wake", "operator")
 PATH_BENCHMARKS = frozenset({"throughput", "rtt", "setup"})
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 MB = 1_000_000
@@ -57,6 +58,7 @@ class Plan:
     agents: int
     wake_rounds: int
     workload_starts: int
+    operator: operator_scale.Plan
 
 
 FULL = Plan(
@@ -71,6 +73,7 @@ FULL = Plan(
     agents=1000,
     wake_rounds=5,
     workload_starts=5,
+    operator=operator_scale.FULL,
 )
 QUICK = Plan(
     single_bytes=64 * MB,
@@ -84,6 +87,7 @@ QUICK = Plan(
     agents=1000,
     wake_rounds=2,
     workload_starts=3,
+    operator=operator_scale.QUICK,
 )
 
 
@@ -194,6 +198,13 @@ def _run(work: Path, plan: Plan, selected: list[str]) -> dict[str, Any]:
                 procs, work, rounds=plan.wake_rounds, workload_starts=plan.workload_starts
             )
             results["wake"] = wake.summary()
+        if "operator" in selected:
+            _say(f"operator at scale ({plan.operator.agents} RDEAgents on the KMock emulator)")
+            operator_work = work / "operator"
+            operator_work.mkdir()
+            results["operator"] = asyncio.run(
+                operator_scale.measure(procs, operator_work, plan.operator)
+            )
     return results
 
 
@@ -225,7 +236,7 @@ def _work_dir(keep: bool) -> Iterator[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller runs (under 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller runs (a few minutes)")
     parser.add_argument(
         "--only",
         action="append",

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bench import operator_scale
+
 __all__ = ["Goal", "goals", "ratios", "render"]
 
 SSH = "ssh"
@@ -365,6 +367,8 @@ def render(results: Results) -> str:
         sections.append(("memory", _memory_table(results)))
     if "wake" in results:
         sections.append(("wake", _wake_table(results)))
+    if "operator" in results:
+        sections.append(("operator", operator_scale.render(results["operator"])))
     found = goals(results)
     verdict = {True: "met", False: "MISSED", None: "no pass/fail"}
     for metric, text in sections:
