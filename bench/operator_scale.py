@@ -351,6 +351,9 @@ class _Directory:
     def records(self) -> list[AgentRecord]:
         return list(self.known.values())
 
+    async def catch_up(self) -> None:
+        """Fixed: always current."""
+
     async def request_wake(self, agent_id: str, requested_by: str) -> None:
         raise WakeError("nothing is woken during the operator benchmark")
 

@@ -268,6 +268,22 @@ async def test_a_lookup_miss_refreshes_before_the_interval(kube: Kube) -> None:
         assert record.uid == created["metadata"]["uid"]
 
 
+async def test_catch_up_sees_an_rdeagent_created_a_moment_ago(kube: Kube) -> None:
+    async with (
+        directory_for(kube.kubeconfig, refresh_interval=30.0) as directory,
+        watching(directory),
+    ):
+        await asyncio.wait_for(directory.synced.wait(), WAIT)
+        created = await kube.create_agent("fresh", spec("5m"))
+        # No polling: once catch_up returns, the very next lookup has the agent.
+        await asyncio.wait_for(directory.catch_up(), WAIT)
+        record = directory.lookup("user-testuser-fresh")
+        assert record is not None
+        assert record.uid == created["metadata"]["uid"]
+        # Callers racing one list are all released by it.
+        await asyncio.wait_for(asyncio.gather(*(directory.catch_up() for _ in range(5))), WAIT)
+
+
 async def test_unreachable_api_is_retried_and_reported_once(
     kube: Kube, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -41,6 +41,9 @@ class StaticDirectory:
     def records(self) -> list[AgentRecord]:
         return list(self.by_id.values())
 
+    async def catch_up(self) -> None:
+        """Nothing changes behind a static directory's back."""
+
     async def request_wake(self, agent_id: str, requested_by: str) -> None:
         raise WakeError("workspaces are not woken in these tests")
 

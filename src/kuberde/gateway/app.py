@@ -55,6 +55,8 @@ class GatewaySettings:
     wake_timeout: float = 120.0
     #: How long a replaced agent session may keep serving its open streams.
     replaced_session_grace: float = 30.0
+    #: How long a connect to an unknown agent waits for the directory's next look.
+    directory_catch_up: float = 3.0
     max_message_size: int = 4 * 1024 * 1024
     mux: SessionConfig = field(
         default_factory=lambda: SessionConfig(
@@ -169,7 +171,17 @@ class Gateway:
         connection = self.registry.get(candidate)
         return connection.owner if connection is not None else None
 
-    def _resolve(self, reference: str, user: Principal) -> tuple[str, str] | None:
+    async def _resolve(self, reference: str, user: Principal) -> tuple[str, str] | None:
+        """Like `_find`, but a miss gets one more look after the directory has caught up."""
+        found = self._find(reference, user)
+        if found is None and self.directory is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.directory_catch_up):
+                    await self.directory.catch_up()
+            found = self._find(reference, user)
+        return found
+
+    def _find(self, reference: str, user: Principal) -> tuple[str, str] | None:
         """Map a full agent ID, or the short name of one of the user's agents, to (ID, owner)."""
         candidates: list[str] = []
         with contextlib.suppress(InvalidName):
@@ -186,7 +198,7 @@ class Gateway:
         started = asyncio.get_running_loop().time()
         user = await self.authenticate(request, "user")
         port, kind = self._connect_options(request)
-        resolved = self._resolve(request.match_info["agent"], user)
+        resolved = await self._resolve(request.match_info["agent"], user)
         if resolved is None:
             raise json_error(
                 web.HTTPNotFound, f"no agent named {request.match_info['agent']!r}", "not_found"

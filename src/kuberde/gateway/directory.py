@@ -32,6 +32,14 @@ class AgentDirectory(Protocol):
 
     def records(self) -> list[AgentRecord]: ...
 
+    async def catch_up(self) -> None:
+        """Return once lookups reflect the source as of this call (instant if always current).
+
+        The gateway calls it before telling a user an agent does not exist, so that a
+        workspace created a moment ago (`kubectl apply`, then `kuberde ssh`) is found.
+        """
+        ...
+
     async def request_wake(self, agent_id: str, requested_by: str) -> None:
         """Ask for the agent to be started; returns once the request is recorded."""
         ...

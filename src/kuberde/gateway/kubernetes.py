@@ -58,6 +58,7 @@ class KubernetesDirectory:
         self._records: dict[str, AgentRecord] = {}
         self._names: dict[str, str] = {}
         self._kick = asyncio.Event()
+        self._catching_up: list[asyncio.Future[None]] = []
         self.synced = asyncio.Event()
 
     def lookup(self, agent: str) -> AgentRecord | None:
@@ -68,6 +69,13 @@ class KubernetesDirectory:
 
     def records(self) -> list[AgentRecord]:
         return list(self._records.values())
+
+    async def catch_up(self) -> None:
+        """Wait for a list that starts after this call to finish (successfully or not)."""
+        listed = asyncio.get_running_loop().create_future()
+        self._catching_up.append(listed)
+        self._kick.set()
+        await listed
 
     async def request_wake(self, agent: str, requested_by: str) -> None:
         name = self._names.get(agent)
@@ -104,6 +112,7 @@ class KubernetesDirectory:
         failing = False
         while True:
             self._kick.clear()  # before listing, so a miss during the list is not lost
+            waiting, self._catching_up = self._catching_up, []
             try:
                 await self.refresh()
                 if failing:
@@ -113,6 +122,10 @@ class KubernetesDirectory:
                 if not failing:
                     log.warning("cannot list RDEAgents (will keep trying): %s", exc)
                 failing = True
+            finally:
+                for listed in waiting:
+                    if not listed.done():
+                        listed.set_result(None)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._refresh_interval):
                     await self._kick.wait()

@@ -142,6 +142,9 @@ class LocalRuntime:
     def records(self) -> list[AgentRecord]:
         return [self._record(state) for state in self.store.list()]
 
+    async def catch_up(self) -> None:
+        """The store is the source itself: lookups are always current."""
+
     def _record(self, state: WorkspaceState) -> AgentRecord:
         error = state.message if state.phase == policy.Phase.ERROR else None
         return AgentRecord(agent_id=state.agent_id, owner=state.owner, name=state.name, error=error)
