@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path
 from bench import ROOT
 from bench.procs import Child, Processes, descendants, free_port, wait_for_port
 from bench.stack import start_agent, start_gateway, start_port_forward
+from kuberde.local.sshd import find_sshd, prepare_sshd
 
 __all__ = [
     "BenchPath",
@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 START_TIMEOUT = 30.0
-_SSHD_LOCATIONS = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
 AGENT_NAME = "target"
 
 
@@ -72,59 +71,12 @@ def start_target(procs: Processes) -> tuple[Child, Ports]:
 
 def find_openssh() -> tuple[str, str] | None:
     """(ssh, sshd) as absolute paths (sshd refuses to run otherwise), or None."""
-    ssh = shutil.which("ssh")
-    sshd = shutil.which("sshd") or next(
-        (path for path in _SSHD_LOCATIONS if os.access(path, os.X_OK)), None
-    )
+    ssh, sshd = shutil.which("ssh"), find_sshd()
     return (ssh, sshd) if ssh and sshd else None
 
 
 def direct(target: Ports) -> BenchPath:
     return BenchPath("direct", "direct TCP", target)
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kuberde-bench", "-f", str(path)],
-        check=True,
-        timeout=30,
-    )
-
-
-def _sshd_config(directory: Path, port: int) -> Path:
-    host_key = directory / "host_ed25519"
-    client_key = directory / "id_ed25519"
-    _keygen(host_key)
-    _keygen(client_key)
-    authorized = directory / "authorized_keys"
-    authorized.write_text(client_key.with_suffix(".pub").read_text())
-    authorized.chmod(0o600)
-    (directory / "known_hosts").write_text(
-        f"[127.0.0.1]:{port} {host_key.with_suffix('.pub').read_text()}"
-    )
-    config = directory / "sshd_config"
-    config.write_text(
-        "\n".join(
-            [
-                f"Port {port}",
-                "ListenAddress 127.0.0.1",
-                f"HostKey {host_key}",
-                f"AuthorizedKeysFile {authorized}",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "UsePAM no",
-                "StrictModes no",
-                "AllowTcpForwarding yes",
-                f"AllowUsers {getpass.getuser()}",
-                f"PidFile {directory / 'sshd.pid'}",
-                "",
-            ]
-        )
-    )
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    return config
 
 
 def start_ssh(
@@ -141,9 +93,10 @@ def start_ssh(
     directory = work / key
     directory.mkdir()
     port = free_port()
-    config = _sshd_config(directory, port)
-    ssh_binary, sshd_binary = openssh
-    sshd = procs.start(f"sshd-{key}", [sshd_binary, "-D", "-e", "-f", str(config)])
+    files = prepare_sshd(directory, port, comment="kuberde-bench")
+    (directory / "known_hosts").write_text(files.known_hosts_line(f"[127.0.0.1]:{port}"))
+    ssh_binary, _ = openssh
+    sshd = procs.start(f"sshd-{key}", files.argv)
     sshd.wait_for_log(rf"Server listening on 127\.0\.0\.1 port {port}", START_TIMEOUT)
     local = Ports(free_port(), free_port(), free_port())
     forwards = [
@@ -162,7 +115,7 @@ def start_ssh(
         "-o",
         "IdentitiesOnly=yes",
         "-i",
-        str(directory / "id_ed25519"),
+        str(files.client_key),
         "-p",
         str(port),
     ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -40,6 +40,7 @@ __all__ = [
     "TokenIssuer",
     "TokenVerifier",
     "bearer_token",
+    "decode_signed",
 ]
 
 USER_AUDIENCE = "kuberde"
@@ -215,6 +216,46 @@ def _expiry(claims: Mapping[str, Any]) -> datetime:
     return datetime.fromtimestamp(exp, UTC)
 
 
+def decode_signed(
+    token: str,
+    key: Any,
+    *,
+    algorithm: str,
+    issuer: str,
+    leeway: float | timedelta,
+    required: Sequence[str],
+) -> dict[str, Any]:
+    """`jwt.decode`, its failures turned into AuthErrors that say what is wrong.
+
+    Shared by our own tokens and OIDC providers' so both refuse alike; the audience is left
+    to the caller, which knows which kinds of token it must tell apart.
+    """
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[algorithm],
+            issuer=issuer,
+            leeway=leeway,
+            options={"require": list(required), "verify_aud": False},
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError("expired", "the token has expired") from None
+    except jwt.InvalidSignatureError:
+        raise AuthError("bad_signature", "the token's signature does not verify") from None
+    except jwt.InvalidAlgorithmError:
+        raise AuthError("bad_signature", f"the token must be signed with {algorithm}") from None
+    except jwt.InvalidIssuerError:
+        raise AuthError("bad_issuer", f"the token was not issued by {issuer}") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise AuthError("bad_claims", f"the token lacks the {exc.claim!r} claim") from None
+    except jwt.DecodeError:
+        raise AuthError("malformed", "the token is not a well-formed JWT") from None
+    except jwt.InvalidTokenError:
+        raise AuthError("bad_claims", "the token's claims are invalid") from None
+    return claims
+
+
 def _decoded(
     token: str, keys: Mapping[str, ec.EllipticCurvePublicKey], kind: PrincipalKind
 ) -> dict[str, Any]:
@@ -230,29 +271,14 @@ def _decoded(
     public_key = keys.get(kid) if isinstance(kid, str) else None
     if public_key is None:
         raise AuthError("unknown_key", "the token was signed by a key this gateway does not know")
-    try:
-        claims = jwt.decode(
-            token,
-            public_key,
-            algorithms=[ALGORITHM],
-            issuer=LOCAL_ISSUER,
-            leeway=CLOCK_LEEWAY,
-            options={"require": _REQUIRED_CLAIMS, "verify_aud": False},
-        )
-    except jwt.ExpiredSignatureError:
-        raise AuthError("expired", "the token has expired") from None
-    except jwt.InvalidSignatureError:
-        raise AuthError("bad_signature", "the token's signature does not verify") from None
-    except jwt.InvalidAlgorithmError:
-        raise AuthError("bad_signature", f"the token must be signed with {ALGORITHM}") from None
-    except jwt.InvalidIssuerError:
-        raise AuthError("bad_issuer", f"the token was not issued by {LOCAL_ISSUER!r}") from None
-    except jwt.MissingRequiredClaimError as exc:
-        raise AuthError("bad_claims", f"the token lacks the {exc.claim!r} claim") from None
-    except jwt.DecodeError:
-        raise AuthError("malformed", "the token is not a well-formed JWT") from None
-    except jwt.InvalidTokenError:
-        raise AuthError("bad_claims", "the token's claims are invalid") from None
+    claims = decode_signed(
+        token,
+        public_key,
+        algorithm=ALGORITHM,
+        issuer=LOCAL_ISSUER,
+        leeway=CLOCK_LEEWAY,
+        required=_REQUIRED_CLAIMS,
+    )
     _audience_check(claims, kind)
     return claims
 
