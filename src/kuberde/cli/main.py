@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from kuberde import __version__, aio
 from kuberde.cli import auth_commands, commands, workspaces
 from kuberde.cli.operator_cmd import operator
 from kuberde.cli.token import app as token_app
+from kuberde.logs import configure_logging
 
 app = typer.Typer(
     name="kuberde",
@@ -26,13 +26,6 @@ auth_commands.register(app)
 app.command(name="operator")(operator)
 
 DEFAULT_STATE_DIR = Path.home() / ".local" / "state" / "kuberde"
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def _version(value: bool) -> None:
@@ -50,7 +43,7 @@ def main_options(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version")
     ] = False,
 ) -> None:
-    _configure_logging(log_level)
+    configure_logging(log_level)
 
 
 @app.command()

@@ -54,7 +54,7 @@ class RuntimeSettings:
     #: A workload that exits sooner than this after starting is failing, not running.
     min_uptime: float = 3.0
     stop_grace: float = 5.0
-    agent_command: tuple[str, ...] = (sys.executable, "-m", "kuberde", "agent")
+    agent_command: tuple[str, ...] = (sys.executable, "-m", "kuberde.agent")
 
     @property
     def logs_dir(self) -> Path:
