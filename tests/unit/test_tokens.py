@@ -4,6 +4,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from kuberde.auth import (
     bearer_token,
     load_or_create_signing_key,
 )
+from kuberde.auth.tokens import decode_signed
 from kuberde.cli.token import app
 from kuberde.naming import InvalidName
 
@@ -338,6 +340,43 @@ async def test_token_signed_by_another_key_under_our_kid(
     stranger = SigningKey.generate()
     token = _sign(stranger, _claims(), kid=key.kid)
     assert (await _refused(verifier.verify_user, token)).reason == "bad_signature"
+
+
+# A token seen again (every new stream brings the same one) skips the signature check only
+# while nothing that made it valid has changed.
+
+
+async def test_a_token_seen_again_needs_the_key_that_verified_it(
+    issuer: TokenIssuer, key: SigningKey, verifier: LocalTokenVerifier
+) -> None:
+    token = issuer.mint_user("alice")
+    first = await verifier.verify_user(token)
+    assert await verifier.verify_user(token) == first
+    # The kid now names another key, as after a rotation that reused it.
+    rotated = LocalTokenVerifier({key.kid: SigningKey.generate().public_key})
+    assert (await _refused(rotated.verify_user, token)).reason == "bad_signature"
+    assert await verifier.verify_user(token) == first
+
+
+def test_a_token_seen_again_is_checked_for_the_issuer_expected_now(key: SigningKey) -> None:
+    token = _sign(key, _claims())
+    options: dict[str, Any] = {"algorithm": "ES256", "leeway": 0, "required": ["exp"]}
+    decode_signed(token, key.public_key, issuer=LOCAL_ISSUER, **options)
+    with pytest.raises(AuthError) as caught:
+        decode_signed(token, key.public_key, issuer="https://elsewhere", **options)
+    assert caught.value.reason == "bad_issuer"
+
+
+def test_a_token_seen_again_still_expires(key: SigningKey) -> None:
+    token = _sign(key, _claims(exp=_now() + 1))
+    options: dict[str, Any] = {"algorithm": "ES256", "issuer": LOCAL_ISSUER, "required": ["exp"]}
+    assert decode_signed(token, key.public_key, leeway=0, **options)["sub"] == "alice"
+    time.sleep(max(0.0, _now() + 2 - time.time()))
+    with pytest.raises(AuthError) as caught:
+        decode_signed(token, key.public_key, leeway=0, **options)
+    assert caught.value.reason == "expired"
+    # The leeway the caller allows still applies to a token seen before.
+    assert decode_signed(token, key.public_key, leeway=30, **options)["sub"] == "alice"
 
 
 async def test_tampered_payload(issuer: TokenIssuer, verifier: LocalTokenVerifier) -> None:
