@@ -310,6 +310,7 @@ def test_connecting_to_a_failing_workspace_shows_its_error(rde: KubeRDE, tmp_pat
     result = rde.kuberde("connect", "flaky", input="hello\n")
 
     assert result.returncode == 1
+    assert "flaky is unavailable: " in result.stderr, result.stderr
     assert "boom-marker" in result.stderr, result.stderr
     assert result.stdout == ""
 

@@ -565,7 +565,7 @@ async def test_unknown_agent_and_agent_in_error(
             mark = kube.mark()
             code, out, err = await gateway.connect(user, "broken", b"hello")
             assert code == 1 and out == b""
-            assert message in err
+            assert f"broken is unavailable: {message}" in err
             assert "waking" not in err
             assert gateway_writes(kube, mark) == []
             assert WAKE_ANNOTATION not in agent_annotations(kube, "broken")

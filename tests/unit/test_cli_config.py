@@ -272,6 +272,8 @@ def test_refusal_messages():
         (4408, None, "agent dev did not come online in time"),
         (4500, "port 5432 is not allowed", "connection reset: port 5432 is not allowed"),
         (4500, None, "the workspace reset the connection"),
+        (4409, "workload exited: boom", "dev is unavailable: workload exited: boom"),
+        (4409, None, "dev is unavailable: it cannot run"),
         (4503, None, "the gateway is shutting down"),
         (1006, None, "lost the connection to the gateway"),
         (None, None, "lost the connection to the gateway"),

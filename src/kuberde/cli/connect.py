@@ -100,6 +100,8 @@ def close_message(code: int | None, reason: str | None, agent: str) -> str | Non
         return None
     if code == 4500:
         return f"connection reset: {reason}" if reason else "the workspace reset the connection"
+    if code == 4409:
+        return f"{agent} is unavailable: {reason or 'it cannot run'}"
     if reason:
         return reason
     defaults = {

@@ -46,6 +46,8 @@ class CloseCode:
     NORMAL = 1000
     AGENT_GONE = 4404
     WAKE_TIMEOUT = 4408
+    #: The workspace cannot run (phase Error) or cannot be woken; the reason says why.
+    UNAVAILABLE = 4409
     STREAM_RESET = 4500
     SHUTTING_DOWN = 4503
 
@@ -262,7 +264,7 @@ class Gateway:
         record = self.directory.lookup(target) if self.directory else None
         if record is not None and record.error:
             # A crash-looping workload may still have its agent online: say why it fails.
-            await self._close(ws, CloseCode.STREAM_RESET, f"{target}: {record.error}")
+            await self._close(ws, CloseCode.UNAVAILABLE, record.error)
             return None
         connection = self.registry.get(target)
         if connection is not None and not connection.session.is_closed:
@@ -277,7 +279,7 @@ class Gateway:
             await self.directory.request_wake(target, user)
             return await self._wait_with_progress(ws, target)
         except WakeError as exc:
-            await self._close(ws, CloseCode.STREAM_RESET, f"{target}: {exc}")
+            await self._close(ws, CloseCode.UNAVAILABLE, str(exc))
             return None
         finally:
             self.activity.waiting_ended(target)
@@ -301,7 +303,7 @@ class Gateway:
                     return None
                 record = self.directory.lookup(target) if self.directory else None
                 if record is not None and record.error:
-                    await self._close(ws, CloseCode.STREAM_RESET, f"{target}: {record.error}")
+                    await self._close(ws, CloseCode.UNAVAILABLE, record.error)
                     return None
                 await ws.send_str(json.dumps({"event": "waking", "elapsed_s": round(elapsed, 1)}))
                 remaining = self.settings.wake_timeout - elapsed

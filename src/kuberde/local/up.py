@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +29,7 @@ from kuberde.local.runtime import LocalRuntime, RuntimeSettings
 from kuberde.local.store import STATE_DB_NAME, StateStore
 from kuberde.resource import load_documents, parse_agent
 
-__all__ = ["run_up"]
+__all__ = ["cli_program", "next_steps", "run_up"]
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +79,32 @@ def _stored_config() -> CliConfig:
         return CliConfig()
 
 
-def _next_steps(url: str, demo: DemoWorkspace | None, config_file: Path) -> str:
+def cli_program(argv0: str, on_path: str | None) -> str:
+    """How the user's shell runs this CLI: `kuberde` when that is on PATH, else the path it
+    was started by (`make run` starts `.venv/bin/kuberde`, which may not be on PATH)."""
+    started = Path(argv0)
+    if started.name != "kuberde" or (on_path and Path(on_path).resolve() == started.resolve()):
+        return "kuberde"
+    return str(started)
+
+
+def next_steps(url: str, demo: DemoWorkspace | None, config_file: Path, program: str) -> str:
     lines = [f"KubeRDE is up: gateway {url}", f"CLI configuration written to {config_file}"]
     if demo is not None and demo.kind == "ssh":
         lines += [
             "",
             "The demo workspace runs OpenSSH. In another terminal:",
-            "  kuberde ls -o wide",
-            "  kuberde ssh demo",
-            "  kuberde port-forward demo 2022:22   # then: ssh -p 2022 $USER@127.0.0.1",
-            "  kuberde stop demo                   # scale to zero; the next connection wakes it",
+            f"  {program} ls -o wide",
+            f"  {program} ssh demo",
+            f"  {program} port-forward demo 2022:22   # then: ssh -p 2022 $USER@127.0.0.1",
+            f"  {program} stop demo                   # scale to zero; connecting wakes it",
         ]
     elif demo is not None:
         lines += [
             "",
             "The demo workspace serves HTTP (install openssh-server for an SSH demo):",
-            "  kuberde ls -o wide",
-            "  kuberde port-forward demo 8080:8080   # then open http://127.0.0.1:8080",
+            f"  {program} ls -o wide",
+            f"  {program} port-forward demo 8888:8080   # then open http://127.0.0.1:8888",
         ]
     lines.append("Press Ctrl-C to stop; workspace state is kept in the state directory.")
     return "\n".join(lines)
@@ -147,7 +157,8 @@ async def run_up(
     runner = await start_site(app, sock, None)
     token = oidc.mint_access_token(user, ttl=LOCAL_USER_TOKEN_TTL)
     config_file = _write_cli_config(url, token, demo)
-    print(_next_steps(url, demo, config_file), file=sys.stderr, flush=True)
+    program = cli_program(sys.argv[0], shutil.which("kuberde"))
+    print(next_steps(url, demo, config_file, program), file=sys.stderr, flush=True)
     loop_task = asyncio.create_task(runtime.run())
     try:
         signal_task = asyncio.create_task(wait_for_signal())
