@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -289,6 +290,34 @@ def test_leftover_children_are_killed_when_the_leader_exits(run: Runner, tmp_pat
         await process.stop()
 
     run(scenario())
+
+
+def test_processes_that_leave_the_group_are_stopped_with_it(run: Runner, tmp_path: Path) -> None:
+    child_file = tmp_path / "child.pid"
+    escaped: list[int] = []
+
+    async def scenario() -> None:
+        watcher = Watcher()
+        process = watcher.supervise(
+            spec(tmp_path, "sh", "-c", f"setsid sleep 100 & echo $! > {child_file}; wait")
+        )
+        process.start()
+        await watcher.until(lambda p: p.running)
+        await eventually(lambda: read_pid(child_file) is not None)
+        child = read_pid(child_file)
+        assert child is not None
+        escaped.append(child)
+        await eventually(lambda: os.getsid(child) == child)  # its own session: not our group
+        assert os.getpgid(child) != process.pid
+        await process.stop(grace=WAIT)
+        await eventually(lambda: gone(child))
+
+    try:
+        run(scenario())
+    finally:
+        for pid in escaped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_sigterm_ignored_means_sigkill_after_grace(run: Runner, tmp_path: Path) -> None:

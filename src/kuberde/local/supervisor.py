@@ -3,9 +3,11 @@
 Each process runs in its own session (`start_new_session=True`), so its process group is the
 unit we stop, like a container: stopping sends SIGTERM to the whole group and SIGKILL after a
 grace period, and when the group's leader exits, whatever it left behind in the group is
-killed before the restart. Exits are restarted with exponential backoff; a run shorter than
-`min_uptime` counts as a failure to start, and its output tail becomes `failure`, the text the
-controller puts into the workspace's Error message.
+killed before the restart. Processes that leave the group (`setsid`, daemons that double
+fork) still carry the run's `KUBERDE_RUN` environment variable and are signalled with it.
+Exits are restarted with exponential backoff; a run shorter than `min_uptime` counts as a
+failure to start, and its output tail becomes `failure`, the text the controller puts into
+the workspace's Error message.
 
 Output goes straight from the child to an append-only log file (0600), never through Python,
 so a chatty workload costs us nothing; header lines marked `LOG_MARK` record each start, exit
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -30,6 +33,7 @@ from pathlib import Path
 
 __all__ = [
     "LOG_MARK",
+    "RUN_MARKER",
     "ProcessSpec",
     "SupervisedProcess",
     "follow_log",
@@ -38,6 +42,8 @@ __all__ = [
 ]
 
 LOG_MARK = "--- kuberde"
+#: Set to a fresh value in each run's environment, inherited by everything the run starts.
+RUN_MARKER = "KUBERDE_RUN"
 _TAIL_LINES = 20
 _TAIL_BYTES = 2048
 _READ_CHUNK = 64 * 1024
@@ -47,8 +53,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ProcessSpec:
-    """What to run. `env` is the child's whole environment: nothing is inherited implicitly,
-    so the caller decides which of its own variables (and secrets) a workload sees."""
+    """What to run. `env` is the child's whole environment (plus `RUN_MARKER`): nothing is
+    inherited implicitly, so the caller decides which of its variables a workload sees."""
 
     name: str
     argv: list[str]
@@ -188,9 +194,30 @@ def _describe_start_error(spec: ProcessSpec, exc: OSError) -> str:
     return f"cannot start {spec.name}: {command!r}: {exc.strerror or exc}"
 
 
-def _kill_group(pgid: int, sig: signal.Signals) -> None:
+def _marked(marker: str) -> list[int]:
+    """Pids whose environment holds `RUN_MARKER=marker` (read from /proc: Linux only)."""
+    entry = f"{RUN_MARKER}={marker}".encode()
+    found = []
+    with contextlib.suppress(OSError):
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as environ:
+                    if entry in environ.read().split(b"\0"):
+                        found.append(int(pid))
+            except OSError:
+                continue
+    return found
+
+
+def _kill_run(pgid: int, marker: str, sig: signal.Signals) -> None:
+    """Signal the run's process group and every process that left it."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+    for pid in _marked(marker):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
 
 
 class SupervisedProcess:
@@ -227,6 +254,7 @@ class SupervisedProcess:
         self._stop_requested = asyncio.Event()
         self._grace = 0.0
         self._proc: asyncio.subprocess.Process | None = None
+        self._marker = ""
         self._started_at: datetime | None = None
         self._restarts = 0
         self._last_exit_code: int | None = None
@@ -336,7 +364,7 @@ class SupervisedProcess:
             # The event loop is shutting down without stop(): leave no process behind.
             proc = self._proc
             if proc is not None and proc.returncode is None:
-                _kill_group(proc.pid, signal.SIGKILL)
+                _kill_run(proc.pid, self._marker, signal.SIGKILL)
             raise
         self._note(f"stopped {self.spec.name}")
         self._changed()
@@ -371,12 +399,13 @@ class SupervisedProcess:
                 f"{shlex.join(spec.argv)}\n".encode(),
             )
             offset = os.lseek(fd, 0, os.SEEK_END)
+            self._marker = secrets.token_hex(8)
             proc = await asyncio.create_subprocess_exec(
                 *spec.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=fd,
                 stderr=subprocess.STDOUT,
-                env=spec.env,
+                env={**spec.env, RUN_MARKER: self._marker},
                 cwd=spec.cwd,
                 start_new_session=True,
             )
@@ -418,8 +447,8 @@ class SupervisedProcess:
         finally:
             stop_wait.cancel()
         ran_for = time.monotonic() - began
-        # Like a container: the group does not outlive its leader.
-        _kill_group(proc.pid, signal.SIGKILL)
+        # Like a container: nothing the run started outlives its leader.
+        _kill_run(proc.pid, self._marker, signal.SIGKILL)
         code = exited.result()
         self._proc = None
         self._started_at = None
@@ -434,9 +463,9 @@ class SupervisedProcess:
         return stable
 
     async def _terminate(self, pgid: int, exited: asyncio.Future[int]) -> None:
-        _kill_group(pgid, signal.SIGTERM)
+        _kill_run(pgid, self._marker, signal.SIGTERM)
         await asyncio.wait({exited}, timeout=self._grace)
         if not exited.done():
             self._note(f"{self.spec.name} ignored SIGTERM for {self._grace:g}s; sending SIGKILL")
-            _kill_group(pgid, signal.SIGKILL)
+            _kill_run(pgid, self._marker, signal.SIGKILL)
             await exited
