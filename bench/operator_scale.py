@@ -6,34 +6,30 @@ operator's memory (goal under 250 MiB; the runbook's limit is 512 Mi).
 
 The API server is KMock's emulator over HTTP, plus what a real one does and KMock does not:
 uids, resourceVersions, generations, watch bookmarks, and serving N objects in linear time
-(see `_ApiServer`); convergence is therefore bounded by a pure-Python API server. The gateway
-is the real app answering `GET /mgmt/agents` with an entry for every agent, all offline (as
-`--kubernetes` would list them). A stand-in kubelet gives every Deployment a Running pod, so
-the status updater lists and matches N pods each cycle. The agents exist before the operator
-starts, as after an operator restart; the operator is its own process, started like the
-Deployment starts it, so its RSS is its own.
+(`kuberde.testing.kube`); convergence is therefore bounded by a pure-Python API server. The
+gateway is the real app answering `GET /mgmt/agents` with an entry for every agent, all
+offline (as `--kubernetes` would list them). A stand-in kubelet gives every Deployment a
+Running pod, so the status updater lists and matches N pods each cycle. The agents exist
+before the operator starts, as after an operator restart; the operator is its own process,
+started like the Deployment starts it, so its RSS is its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
-import json
 import re
 import shutil
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import kmock
@@ -49,6 +45,7 @@ from kuberde.auth import LocalTokenVerifier, SigningKey, load_or_create_signing_
 from kuberde.gateway.app import create_app
 from kuberde.gateway.directory import AgentRecord, WakeError
 from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start_site
+from kuberde.testing.kube import RDEAGENTS, ApiServer, emulator, running_pod, write_kubeconfig
 
 __all__ = ["FULL", "QUICK", "Plan", "main", "render", "run"]
 
@@ -56,16 +53,13 @@ NAMESPACE = "kuberde"
 OWNER = "bench"
 TTL = "5m"
 TTL_SECONDS = 300.0
-AGENTS = "kuberde.io/v1/rdeagents"
+DEPLOYMENTS = "apps/v1/deployments"
 PODS = "v1/pods"
-WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CREATE_CONCURRENCY = 16
 #: Convergence is bounded by the emulator (pure Python), not by the operator.
 CONVERGE_TIMEOUT = 900.0
 SETTLE_TIMEOUT = 180.0
 POLL = 0.25
-#: Well inside Kopf's watch inactivity timeout (70 s), as a real API server's bookmarks are.
-BOOKMARK_INTERVAL = 30.0
 GOAL_TTL_MS = 200.0
 GOAL_RSS_MIB = 250.0
 LIMIT_RSS_MIB = 512.0
@@ -95,141 +89,6 @@ QUICK = Plan(agents=200, window=20.0)
 
 def _say(message: str) -> None:
     print(f"[operator-scale] {message}", file=sys.stderr, flush=True)
-
-
-def _now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# ---- the emulated API server ------------------------------------------------------------------
-
-
-class _ApiServer(kmock.KubernetesEmulator):
-    """KMock's emulator plus what a real API server assigns itself, made to scale.
-
-    The operator keys its bookkeeping on uids and reports observedGeneration, and a status
-    patch must change nothing but the status; KMock alone does none of that. KMock also
-    matches every new request against its whole request log (an identity search through
-    every request ever served), which makes a run quadratic in its request count; here the
-    log it searches holds only the requests being served, and `calls` keeps what was asked.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._version = 0
-        self._serving: dict[int, kmock.Request] = {}
-        #: `(METHOD, path)` of every request, in arrival order.
-        self.calls: list[tuple[str, str]] = []
-
-    def __iter__(self) -> Iterator[kmock.Request]:
-        return iter(list(self._serving.values()))
-
-    def _next_version(self) -> str:
-        self._version += 1
-        return str(self._version)
-
-    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
-        """KMock's watch plus a BOOKMARK now and then, as a real API server sends them.
-
-        Without them a quiet stream looks dead to Kopf after its inactivity timeout; it
-        reconnects, and KMock, which cannot resume from a resourceVersion, replays every
-        object: a reconcile of the whole fleet that a real cluster never causes.
-        """
-        events = cast(AsyncGenerator[kmock.Payload, None], super()._serve_watch(request))
-        pending: asyncio.Future[kmock.Payload] | None = None
-        try:
-            while True:
-                pending = pending or asyncio.ensure_future(anext(events))
-                done, _ = await asyncio.wait({pending}, timeout=BOOKMARK_INTERVAL)
-                if not done:
-                    version = str(self._version)
-                    yield {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": version}}}
-                    continue
-                event = pending.result()
-                pending = None
-                yield event
-        except StopAsyncIteration:
-            return
-        finally:
-            if pending is not None:
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await pending
-            await events.aclose()
-
-    def _assign(self, request: kmock.Request) -> None:
-        data = request.data
-        if request.action == kmock.action.CREATE and isinstance(data, dict):
-            metadata = data.setdefault("metadata", {})
-            metadata.setdefault("uid", str(uuid.uuid4()))
-            metadata.setdefault("creationTimestamp", _now_rfc3339())
-            metadata.setdefault("namespace", request.namespace)
-            metadata["resourceVersion"] = self._next_version()
-            metadata["generation"] = 1
-            return
-        if request.action != kmock.action.UPDATE or request.resource is None or not request.name:
-            return
-        key = (request.resource, request.namespace, request.name)
-        if key not in self.objects or self.objects[key].deleted:
-            return
-        stored = self.objects[key]
-        generation = int((stored.get("metadata") or {}).get("generation") or 1)
-        version = self._next_version()
-        if isinstance(data, dict):
-            if request.subresource == "status":
-                for field in [field for field in data if field != "status"]:
-                    del data[field]
-            elif getattr(request.resource, "plural", None) == "rdeagents":
-                data.pop("status", None)
-            if "spec" in data:
-                generation += 1
-            metadata = data.setdefault("metadata", {})
-            metadata["resourceVersion"] = version
-            metadata["generation"] = generation
-        elif isinstance(data, list):
-            if any(str(op.get("path", "")).startswith("/spec") for op in data):
-                generation += 1
-            data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
-            data.append({"op": "add", "path": "/metadata/generation", "value": generation})
-
-    async def _handle(self, request: kmock.Request) -> web.StreamResponse:
-        self.calls.append((str(request.method.value).upper(), request.url.path))
-        self._serving[id(request)] = request
-        try:
-            if request.resource is not None:
-                self._assign(request)
-            return await super()._handle(request)
-        finally:
-            del self._serving[id(request)]
-
-
-def _emulator() -> _ApiServer:
-    server = _ApiServer()
-    server.resources.load_bundled()
-    server.resources[AGENTS] = kmock.ResourceInfo(
-        kind="RDEAgent",
-        singular="rdeagent",
-        namespaced=True,
-        verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
-        shortnames={"rde"},
-        subresources={"status"},
-    )
-    return server
-
-
-def _write_kubeconfig(path: Path, url: str) -> None:
-    cluster = {"name": "emulator", "cluster": {"server": url}}
-    user = {"name": "operator", "user": {"token": "emulator-token"}}
-    context = {"cluster": "emulator", "user": "operator", "namespace": NAMESPACE}
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cluster],
-        "users": [user],
-        "contexts": [{"name": "emulator", "context": context}],
-        "current-context": "emulator",
-    }
-    path.write_text(json.dumps(config))
 
 
 def _agent_body(name: str) -> dict[str, Any]:
@@ -277,39 +136,24 @@ def _resource_of(path: str) -> str:
 class _Cluster:
     """Direct reads of the emulator's store, and the kubelet's part of the cluster."""
 
-    def __init__(self, server: _ApiServer) -> None:
+    def __init__(self, server: ApiServer) -> None:
         self.server = server
         self.pods: set[str] = set()
 
-    def _live(self, plural: str) -> Iterator[dict[str, Any]]:
-        for (resource, namespace, _), obj in list(self.server.objects.items()):
-            matches = getattr(resource, "plural", None) == plural and namespace == NAMESPACE
-            if matches and not obj.deleted:
-                yield obj.raw
+    def _live(self, resource: str) -> Iterator[dict[str, Any]]:
+        for stored in self.server.find_all(resource, NAMESPACE):
+            yield stored.raw
 
     def run_pods(self) -> int:
         """A Running pod for every Deployment (none ever scales here); the Deployment count."""
         count = 0
-        for deployment in self._live("deployments"):
+        for deployment in self._live(DEPLOYMENTS):
             count += 1
             name = deployment["metadata"]["name"]
             if name in self.pods or int(deployment["spec"].get("replicas", 1)) < 1:
                 continue
-            template = deployment["spec"]["template"]
             pod = f"{name}-bench"
-            self.server.objects[PODS, NAMESPACE, pod] = {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": pod,
-                    "namespace": NAMESPACE,
-                    "uid": str(uuid.uuid4()),
-                    "labels": dict(template["metadata"]["labels"]),
-                    "creationTimestamp": _now_rfc3339(),
-                },
-                "spec": template["spec"],
-                "status": {"phase": "Running", "startTime": _now_rfc3339()},
-            }
+            self.server.objects[PODS, NAMESPACE, pod] = running_pod(deployment, pod, NAMESPACE)
             self.pods.add(name)
         return count
 
@@ -317,7 +161,7 @@ class _Cluster:
         """Every RDEAgent's status names its pod and the generation the operator saw."""
         self.run_pods()
         settled = 0
-        for agent in self._live("rdeagents"):
+        for agent in self._live(RDEAGENTS):
             status = agent.get("status") or {}
             generation = agent["metadata"].get("generation")
             if status.get("pod") and status.get("observedGeneration") == generation:
@@ -330,9 +174,9 @@ class _Cluster:
     def writes_since(self, mark: int) -> list[str]:
         """`METHOD resource` of every write after `mark`; Lease renewals are not the fleet's."""
         return [
-            f"{method} {_resource_of(path)}"
-            for method, path in self.server.calls[mark:]
-            if method in WRITE_METHODS and "/leases" not in path
+            f"{call.method} {_resource_of(call.path)}"
+            for call in self.server.calls[mark:]
+            if call.is_write and "/leases" not in call.path
         ]
 
 
@@ -576,12 +420,12 @@ async def measure(procs: Processes, work: Path, plan: Plan) -> dict[str, float]:
     names = [f"ws-{index:04d}" for index in range(plan.agents)]
     ids = {name: naming.agent_id(OWNER, name) for name in names}
     directory = _Directory({ids[name]: AgentRecord(ids[name], OWNER, name) for name in names})
-    server = _emulator()
+    server = emulator()
     cluster = _Cluster(server)
     results: dict[str, float] = {"agents": float(plan.agents), "interval_s": plan.interval}
     async with server, kmock.Server(server) as http_server:
         url = str(http_server.url).rstrip("/")
-        _write_kubeconfig(work / "kubeconfig", url)
+        write_kubeconfig(work / "kubeconfig", url, NAMESPACE)
         _say(f"creating {plan.agents} RDEAgents in the emulator")
         began = time.monotonic()
         async with aiohttp.ClientSession(base_url=url) as http:

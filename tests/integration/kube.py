@@ -1,8 +1,8 @@
-"""An emulated Kubernetes API (KMock) that behaves enough like a real one, and test peers for it.
+"""The emulated Kubernetes API (KMock) as the tests use it, and test peers for it.
 
-- `ApiServer`: KMock's emulator plus what a real API server adds on its own: uids, creation
-  times, resource versions, generations, the status subresource, and the garbage collector
-  (deleting an object deletes the objects it owns). The operator talks to it over HTTP.
+- `Kube`: the emulated API server (`kuberde.testing.kube.ApiServer`: KMock plus what a real
+  API server does itself) as a test sees it: kubectl-like calls over HTTP, direct reads of
+  the store, and the log of who requested what. The operator talks to it over HTTP.
 - `Kubelet`: plays the kubelet for agent Deployments: a Running pod while replicas is 1, gone
   at 0, and optionally the real agent (`kuberde.agent`) dialling a real gateway with the
   credential from the operator's Secret.
@@ -16,7 +16,6 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import itertools
 import json
 import threading
 import uuid
@@ -35,10 +34,18 @@ from kuberde.agent.config import from_env
 from kuberde.auth import SIGNING_KEY_FILE
 from kuberde.operator.main import Operator
 from kuberde.operator.settings import OperatorSettings
+from kuberde.testing.kube import (
+    RDEAGENTS,
+    WRITE_METHODS,
+    ApiCall,
+    ApiServer,
+    emulator,
+    running_pod,
+    write_kubeconfig,
+)
 from tests.integration.conftest import RunningGateway
 
 NAMESPACE = "kuberde"
-AGENTS = "kuberde.io/v1/rdeagents"
 DEPLOYMENTS = "apps/v1/deployments"
 SECRETS = "v1/secrets"
 PVCS = "v1/persistentvolumeclaims"
@@ -47,112 +54,13 @@ EVENTS = "v1/events"
 LEASES = "coordination.k8s.io/v1/leases"
 #: Upper bound for any single wait; a healthy run needs a small fraction of it.
 WAIT = 20.0
-WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
 
 T = TypeVar("T")
 
 
-def _now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _key(resource: object) -> str:
-    group = getattr(resource, "group", "") or ""
-    version = getattr(resource, "version", "") or ""
-    plural = getattr(resource, "plural", "") or ""
-    return f"{group}/{version}/{plural}" if group else f"{version}/{plural}"
-
-
-class ApiServer(kmock.KubernetesEmulator):
-    """KMock's emulator with the fields and behaviours a real API server adds by itself."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._versions = itertools.count(1)
-
-    def _stored(self, resource: object, namespace: str | None, name: str | None) -> Any:
-        for (res, ns, stored_name), obj in self._objects.items():
-            if res == resource and ns == namespace and stored_name == name and not obj.deleted:
-                return obj
-        return None
-
-    def _decorate(self, request: kmock.Request) -> None:
-        data = request.data
-        if request.action == kmock.action.CREATE and isinstance(data, dict):
-            metadata = data.setdefault("metadata", {})
-            metadata.setdefault("uid", str(uuid.uuid4()))
-            metadata.setdefault("creationTimestamp", _now_rfc3339())
-            metadata["resourceVersion"] = str(next(self._versions))
-            metadata["generation"] = 1
-            if request.namespace and not metadata.get("namespace"):
-                metadata["namespace"] = request.namespace
-        elif request.action == kmock.action.UPDATE and request.name is not None:
-            stored = self._stored(request.resource, request.namespace, request.name)
-            if stored is None:
-                return
-            version = str(next(self._versions))
-            generation = int(stored.get("metadata", {}).get("generation") or 1)
-            if isinstance(data, dict):
-                if request.subresource == "status":
-                    # The status subresource changes nothing but the status.
-                    for key in [key for key in data if key != "status"]:
-                        del data[key]
-                elif "status" in data and _key(request.resource) == AGENTS:
-                    del data["status"]
-                if "spec" in data and request.subresource != "status":
-                    generation += 1
-                metadata = data.setdefault("metadata", {})
-                metadata["resourceVersion"] = version
-                metadata["generation"] = generation
-            elif isinstance(data, list):
-                if any(str(op.get("path", "")).startswith("/spec") for op in data):
-                    generation += 1
-                data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
-                data.append({"op": "add", "path": "/metadata/generation", "value": generation})
-
-    async def _collect_garbage(self, owner_uid: str) -> None:
-        """What the garbage collector does once an owner is gone: delete its dependents."""
-        async with self._lock:
-            doomed = []
-            for (resource, _, _), obj in self._objects.items():
-                if obj.deleted:
-                    continue
-                references = obj.get("metadata", {}).get("ownerReferences") or []
-                if any(reference.get("uid") == owner_uid for reference in references):
-                    doomed.append((resource, obj))
-            for resource, obj in doomed:
-                raw = obj.raw
-                obj.delete()
-                await self._buses[resource].put({"type": "DELETED", "object": raw})
-
-    def _exists(self, uid: str) -> bool:
-        return any(
-            not obj.deleted and obj.get("metadata", {}).get("uid") == uid
-            for obj in self._objects.values()
-        )
-
-    async def _handle(self, request: kmock.Request) -> Any:
-        gone: set[str] = set()
-        if request.resource is not None:
-            self._decorate(request)
-            if request.action == kmock.action.DELETE and request.name is not None:
-                stored = self._stored(request.resource, request.namespace, request.name)
-                if stored is not None and stored.get("metadata", {}).get("uid"):
-                    gone.add(stored["metadata"]["uid"])
-            elif request.action == kmock.action.CREATE and isinstance(request.data, dict):
-                # An object created for an owner that no longer exists is collected at once.
-                for reference in request.data.get("metadata", {}).get("ownerReferences") or []:
-                    if reference.get("uid") and not self._exists(reference["uid"]):
-                        gone.add(reference["uid"])
-        response = await super()._handle(request)
-        for uid in gone:
-            await self._collect_garbage(uid)
-        return response
-
-
 @dataclass
 class Kube:
-    """The emulated API server as a test sees it: kubectl-like calls and direct reads."""
+    """The emulated API server as a test sees it: kubectl-like calls, reads, the request log."""
 
     server: ApiServer
     url: str
@@ -208,25 +116,14 @@ class Kube:
     # ---- direct reads of the stored state ------------------------------------------------
 
     def get(self, resource: str, name: str) -> dict[str, Any] | None:
-        for (stored, namespace, stored_name), obj in self.server.objects.items():
-            if (
-                _key(stored) == resource
-                and namespace == NAMESPACE
-                and stored_name == name
-                and not obj.deleted
-            ):
-                return obj.raw
-        return None
+        stored = self.server.find(resource, NAMESPACE, name)
+        return None if stored is None else stored.raw
 
     def all(self, resource: str) -> list[dict[str, Any]]:
-        return [
-            obj.raw
-            for (stored, namespace, _), obj in self.server.objects.items()
-            if _key(stored) == resource and namespace == NAMESPACE and not obj.deleted
-        ]
+        return [stored.raw for stored in self.server.find_all(resource, NAMESPACE)]
 
     def agent(self, name: str) -> dict[str, Any] | None:
-        return self.get(AGENTS, name)
+        return self.get(RDEAGENTS, name)
 
     def status(self, name: str) -> dict[str, Any]:
         return dict((self.agent(name) or {}).get("status") or {})
@@ -250,85 +147,36 @@ class Kube:
         self, resource: str, name: str, change: Callable[[dict[str, Any]], None]
     ) -> None:
         """Edit a stored object in place, as the API server's own defaulting would."""
-        for (stored, namespace, stored_name), obj in self.server.objects.items():
-            if _key(stored) == resource and namespace == NAMESPACE and stored_name == name:
-                raw = obj.raw
-                change(raw)
-                obj.patch(raw)
-                return
-        raise AssertionError(f"no {resource} {name}")
+        stored = self.server.find(resource, NAMESPACE, name)
+        if stored is None:
+            raise AssertionError(f"no {resource} {name}")
+        raw = stored.raw
+        change(raw)
+        stored.patch(raw)
 
     # ---- the request log -------------------------------------------------------------------
 
-    def requests(self) -> list[kmock.Request]:
-        return list(self.server)
+    def requests(self) -> list[ApiCall]:
+        return list(self.server.calls)
 
     def mark(self) -> int:
-        return len(self.requests())
-
-    def writes(self, since: int = 0, *, leases: bool = False) -> list[str]:
-        """`METHOD path` of the write requests after `since`; Lease renewals only on request."""
-        found = []
-        for request in self.requests()[since:]:
-            method = str(request.method.value).upper()
-            if method not in WRITE_METHODS:
-                continue
-            path = request.url.path
-            if not leases and "/leases" in path:
-                continue
-            found.append(f"{method} {path}")
-        return found
-
-
-def _user_agent(request: kmock.Request) -> str:
-    return str(request.headers.get("User-Agent", ""))
+        return len(self.server.calls)
 
 
 def requests_by(kube: Kube, identity: str, since: int = 0) -> list[str]:
     """`METHOD path` of every request the operator replica `identity` sent after `since`."""
     return [
-        f"{str(request.method.value).upper()} {request.url.path}"
-        for request in kube.requests()[since:]
-        if _user_agent(request).endswith(f"({identity})")
+        call.line for call in kube.requests()[since:] if call.user_agent.endswith(f"({identity})")
     ]
 
 
 @contextlib.asynccontextmanager
 async def running_kube(tmp_path: Path) -> AsyncIterator[Kube]:
-    server = ApiServer()
-    server.resources.load_bundled()
-    server.resources[AGENTS] = kmock.ResourceInfo(
-        kind="RDEAgent",
-        singular="rdeagent",
-        namespaced=True,
-        verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
-        shortnames={"rde"},
-        subresources={"status"},
-    )
+    server = emulator()
     async with server, kmock.Server(server) as http_server:
         url = str(http_server.url).rstrip("/")
         kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(
-            json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-                    "users": [{"name": "operator", "user": {"token": "emulator-token"}}],
-                    "contexts": [
-                        {
-                            "name": "emulator",
-                            "context": {
-                                "cluster": "emulator",
-                                "user": "operator",
-                                "namespace": NAMESPACE,
-                            },
-                        }
-                    ],
-                    "current-context": "emulator",
-                }
-            )
-        )
+        write_kubeconfig(kubeconfig, url, NAMESPACE)
         async with aiohttp.ClientSession(base_url=url) as http:
             yield Kube(server, url, kubeconfig, http)
 
@@ -511,22 +359,6 @@ class Kubelet:
             if labels.get("app.kubernetes.io/managed-by") == "kuberde-operator":
                 yield deployment
 
-    def _pod_body(self, deployment: dict[str, Any], name: str) -> dict[str, Any]:
-        template = deployment["spec"]["template"]
-        return {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "namespace": NAMESPACE,
-                "uid": str(uuid.uuid4()),
-                "labels": dict(template["metadata"]["labels"]),
-                "creationTimestamp": _now_rfc3339(),
-            },
-            "spec": template["spec"],
-            "status": {"phase": "Running", "startTime": _now_rfc3339()},
-        }
-
     def _start_agent(self, deployment: dict[str, Any], pod: _Pod) -> None:
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         env = {item["name"]: item["value"] for item in container["env"]}
@@ -559,8 +391,8 @@ class Kubelet:
                     json.dumps(deployment["spec"]["template"], sort_keys=True).encode()
                 ).hexdigest()
                 pod = _Pod(f"{name}-{digest[:10]}-{uuid.uuid4().hex[:5]}")
-                self.kube.server.objects[PODS, NAMESPACE, pod.name] = self._pod_body(
-                    deployment, pod.name
+                self.kube.server.objects[PODS, NAMESPACE, pod.name] = running_pod(
+                    deployment, pod.name, NAMESPACE
                 )
                 self.pods[name] = pod
                 if self.run_agents:

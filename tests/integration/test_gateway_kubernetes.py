@@ -118,10 +118,9 @@ def agent_annotations(kube: Kube, name: str) -> dict[str, str]:
 def gateway_writes(kube: Kube, since: int) -> list[str]:
     """`METHOD path` of the writes the gateway process sent to the API after `since`."""
     return [
-        f"{str(request.method.value).upper()} {request.url.path}"
-        for request in kube.requests()[since:]
-        if str(request.headers.get("User-Agent", "")).startswith(GATEWAY_AGENT)
-        and str(request.method.value).upper() != "GET"
+        call.line
+        for call in kube.requests()[since:]
+        if call.user_agent.startswith(GATEWAY_AGENT) and call.method != "GET"
     ]
 
 

@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks (they need kmock, a dev dependency: not for the runtime)."""
