@@ -321,6 +321,9 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
+        # Loops without signal support raise NotImplementedError, and only the main thread
+        # may install handlers (RuntimeError): an agent embedded elsewhere is stopped by
+        # its owner through `stop` instead.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, _on_signal, stop, sig)
             installed.append(sig)
