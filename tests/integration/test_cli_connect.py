@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 from aiohttp import WSMsgType, web
 
+from kuberde.cli.bridge import Bridge, Outcome
 from kuberde.cli.config import ClientSettings
-from kuberde.cli.connect import Bridge, Outcome, gateway_session, open_connection
 from kuberde.cli.sshconfig import render_block
+from kuberde.cli.tunnel import gateway_session, open_connection
 
 TOKEN = "good-token"
 STEP = 10.0  # seconds any single step may take before the test gives up

@@ -23,8 +23,9 @@ from kuberde.cli.config import (
     save,
     write_private_file,
 )
-from kuberde.cli.connect import WakeProgress, close_message, refusal_message
 from kuberde.cli.portforward import PortMapping, format_address, parse_port_mapping
+from kuberde.cli.progress import WakeProgress
+from kuberde.cli.tunnel import close_message, refusal_message
 
 
 @pytest.fixture

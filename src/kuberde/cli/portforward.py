@@ -19,15 +19,11 @@ from typing import Any, TextIO, cast
 import aiohttp
 
 from kuberde.aio import wait_for_signal
+from kuberde.cli.bridge import Bridge
 from kuberde.cli.config import ClientSettings
-from kuberde.cli.connect import (
-    Bridge,
-    ConnectError,
-    WakeProgress,
-    gateway_session,
-    open_authorized,
-)
 from kuberde.cli.login import Credentials
+from kuberde.cli.progress import WakeProgress
+from kuberde.cli.tunnel import ConnectError, gateway_session, open_authorized
 
 __all__ = ["KIND", "PortMapping", "format_address", "parse_port_mapping", "serve_port_forward"]
 
