@@ -1,4 +1,4 @@
-"""Names, agent IDs and label sets shared by every component.
+"""Names, agent IDs, label sets and annotation keys shared by every component.
 
 An agent ID is `user-{owner}-{name}`. IDs can collide (owner `alice` + name `smith-dev` and
 owner `alice-smith` + name `dev`), so nothing may parse an owner back out of an ID: the owner
@@ -12,6 +12,8 @@ import re
 __all__ = [
     "AGENT_APP_LABEL",
     "MAX_ID_LENGTH",
+    "SCALED_DOWN_ANNOTATION",
+    "WAKE_ANNOTATION",
     "InvalidName",
     "agent_id",
     "agent_labels",
@@ -21,6 +23,10 @@ __all__ = [
 
 MAX_ID_LENGTH = 63
 AGENT_APP_LABEL = "frp-agent"
+#: Written by the gateway (or anyone allowed to wake an agent): RFC 3339 time of the request.
+WAKE_ANNOTATION = "kuberde.io/wake-requested-at"
+#: Written by the operator when the TTL scales an agent to zero; removed when it is woken.
+SCALED_DOWN_ANNOTATION = "kuberde.io/scaled-down-at"
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 

@@ -6,9 +6,10 @@ under-report use: a user waiting for a wake counts like an open stream.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+
+from kuberde.clock import Clock, utc_now
 
 __all__ = ["ActivitySource", "ActivityTracker", "AgentActivity"]
 
@@ -34,10 +35,6 @@ class AgentActivity:
         return self.open_streams + self.waiting_users
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class ActivityTracker:
     """Byte activity is recorded at most once per `bytes_interval` per agent (hot path)."""
 
@@ -45,7 +42,7 @@ class ActivityTracker:
         self,
         *,
         bytes_interval: timedelta = timedelta(seconds=5),
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._agents: dict[str, AgentActivity] = {}
         self._bytes_interval = bytes_interval

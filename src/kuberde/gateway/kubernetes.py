@@ -16,8 +16,7 @@ from typing import Any
 
 from kuberde.gateway.directory import AgentRecord, WakeError
 from kuberde.kube import ApiError, KubeApi, Paths
-from kuberde.naming import InvalidName, agent_id
-from kuberde.operator.annotations import WAKE_ANNOTATION
+from kuberde.naming import WAKE_ANNOTATION, InvalidName, agent_id
 
 __all__ = ["KubernetesDirectory", "record_of"]
 

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from kuberde.naming import SCALED_DOWN_ANNOTATION, WAKE_ANNOTATION
+
 __all__ = [
     "SCALED_DOWN_ANNOTATION",
     "WAKE_ANNOTATION",
@@ -17,11 +19,6 @@ __all__ = [
     "parse_time",
     "timestamp_of",
 ]
-
-#: Written by the gateway (or anyone allowed to wake an agent): RFC 3339 time of the request.
-WAKE_ANNOTATION = "kuberde.io/wake-requested-at"
-#: Written by the operator when the TTL scales an agent to zero; removed when it is woken.
-SCALED_DOWN_ANNOTATION = "kuberde.io/scaled-down-at"
 
 
 def annotations_of(body: Mapping[str, Any]) -> Mapping[str, str]:

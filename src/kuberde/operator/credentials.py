@@ -8,9 +8,9 @@ by an old key, or nearing expiry), so a steady state writes no Secrets.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from kuberde.auth import (
 from kuberde.auth import (
     load_signing_key as shared_signing_key,
 )
+from kuberde.clock import Clock, utc_now
 from kuberde.operator.annotations import parse_time
 from kuberde.operator.builder import CREDENTIAL_KEY
 from kuberde.operator.settings import SettingsError
@@ -45,12 +46,6 @@ CREDENTIAL_KID_ANNOTATION = "kuberde.io/credential-kid"
 CREDENTIAL_EXPIRES_ANNOTATION = "kuberde.io/credential-expires-at"
 _MANAGEMENT_TTL = timedelta(hours=1)
 _MANAGEMENT_SUBJECT = "kuberde-operator"
-
-Clock = Callable[[], datetime]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def load_signing_key(signing_key_file: Path | None, state_dir: Path | None) -> SigningKey:
@@ -89,7 +84,7 @@ class AgentCredentials:
         key: SigningKey,
         *,
         lifetime: timedelta = DEFAULT_AGENT_TTL,
-        clock: Clock = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._key = key
         self._issuer = TokenIssuer(key)
@@ -141,7 +136,7 @@ class ManagementToken:
         token: str | None = None,
         token_file: Path | None = None,
         key: SigningKey | None = None,
-        clock: Clock = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._token = token
         self._token_file = token_file

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import Any, Literal
 
+from kuberde.clock import Clock, utc_now
 from kuberde.kube import ApiError, KubeApi, Paths
 from kuberde.policy import format_timestamp
 from kuberde.resource import API_VERSION, KIND
@@ -26,10 +26,6 @@ EventType = Literal["Normal", "Warning"]
 _MAX_MESSAGE = 1024
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class EventRecorder:
     def __init__(
         self,
@@ -37,7 +33,7 @@ class EventRecorder:
         paths: Paths,
         *,
         instance: str,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._api = api
         self._paths = paths

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from kuberde.clock import Clock, utc_now
 from kuberde.kube import ApiError, KubeApi, Paths
 from kuberde.operator.metrics import OperatorMetrics
 
@@ -31,10 +32,6 @@ def _micro_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class LeaderElector:
     def __init__(
         self,
@@ -47,7 +44,7 @@ class LeaderElector:
         renew_deadline: float,
         retry_period: float,
         metrics: OperatorMetrics,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._api = api
         self._path = Paths.item(paths.leases, name)

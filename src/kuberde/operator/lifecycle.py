@@ -12,12 +12,13 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from kuberde import naming, policy
+from kuberde.clock import Clock, utc_now
 from kuberde.kube import ApiError, KubeApi, Paths
 from kuberde.operator.annotations import (
     SCALED_DOWN_ANNOTATION,
@@ -38,13 +39,8 @@ __all__ = ["ActivityView", "Assessment", "StatusUpdater", "TTLEnforcer"]
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 #: Pokes arriving together (e.g. many reconciles at start-up) share one status cycle.
 _POKE_BATCH = 0.05
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -116,7 +112,7 @@ class TTLEnforcer:
         activity: ActivityView,
         events: EventRecorder,
         metrics: OperatorMetrics,
-        clock: Clock = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._store = store
         self._reconciler = reconciler
@@ -198,7 +194,7 @@ class StatusUpdater:
         activity: ActivityView,
         metrics: OperatorMetrics,
         wake: asyncio.Event | None = None,
-        clock: Clock = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         """`wake` set by anyone (the reconciler, on a change) runs a cycle before the interval."""
         self._api = api

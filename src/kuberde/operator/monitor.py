@@ -11,13 +11,14 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import aiohttp
 
+from kuberde.clock import Clock, utc_now
 from kuberde.operator.annotations import parse_time
 from kuberde.operator.credentials import ManagementToken
 from kuberde.operator.metrics import OperatorMetrics
@@ -27,10 +28,6 @@ from kuberde.tls import client_ssl_context
 __all__ = ["GatewayAgent", "GatewayMonitor", "parse_agents"]
 
 log = logging.getLogger(__name__)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +67,7 @@ class GatewayMonitor:
         token: ManagementToken,
         timeout: float,
         metrics: OperatorMetrics,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._url = server_api.rstrip("/") + "/mgmt/agents"
         self._token = token

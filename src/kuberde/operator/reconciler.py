@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kuberde import naming, policy
+from kuberde.clock import Clock, utc_now
 from kuberde.kube import KubeApi, Paths
 from kuberde.operator.annotations import (
     SCALED_DOWN_ANNOTATION,
@@ -54,10 +55,6 @@ __all__ = ["Reconciler", "SyncResult"]
 log = logging.getLogger(__name__)
 
 Decide = Callable[[Mapping[str, Any], RDEAgent], policy.ScaleDecision]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -100,7 +97,7 @@ class Reconciler:
         builder: BuilderSettings,
         metrics: OperatorMetrics,
         on_change: Callable[[], None],
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._api = api
         self._paths = paths
