@@ -32,6 +32,7 @@ from kuberde.policy import parse_ttl
 __all__ = [
     "API_VERSION",
     "DEFAULT_LOCAL_TARGET",
+    "DEFAULT_STORAGE_SIZE",
     "GROUP",
     "KIND",
     "LOCAL_TARGET_PATTERN",
@@ -46,6 +47,7 @@ __all__ = [
     "ObjectMeta",
     "RDEAgent",
     "RDEAgentSpec",
+    "ReclaimPolicy",
     "ResourceRequirements",
     "Storage",
     "Toleration",
@@ -178,15 +180,35 @@ def _env_text(value: object) -> object:
     return value
 
 
+DEFAULT_STORAGE_SIZE = "10Gi"
+ReclaimPolicy = Literal["Retain", "Delete"]
+
+
 class Storage(_Spec):
-    size: str
-    storage_class_name: str | None = None
-    mount_path: str = Field(default="/workspace", min_length=1)
+    """The workspace's home volume (a PVC): on by default, because a workspace is someone's work.
+
+    `ephemeral: true` is the explicit opt-out. `reclaimPolicy: Retain` (the default) keeps the
+    volume when the RDEAgent is deleted; `Delete` lets it go with the RDEAgent. `mountPath`
+    defaults to the workload's home (see `RDEAgentSpec.home_mount_path`).
+    """
+
+    size: str = DEFAULT_STORAGE_SIZE
+    storage_class_name: str | None = Field(default=None, min_length=1)
+    mount_path: str | None = None
+    reclaim_policy: ReclaimPolicy = "Retain"
+    ephemeral: bool = False
 
     @field_validator("size")
     @classmethod
     def _size(cls, value: str) -> str:
         _check_quantity(value, "size")
+        return value
+
+    @field_validator("mount_path")
+    @classmethod
+    def _mount_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"mountPath {value!r} must be an absolute path (start with /)")
         return value
 
 
@@ -209,7 +231,7 @@ class RDEAgentSpec(_Spec):
     local_target: str = DEFAULT_LOCAL_TARGET
     allowed_ports: list[Port] = Field(default_factory=list)
     workload: Workload | None = None
-    storage: Storage | None = None
+    storage: Storage = Field(default_factory=Storage)
     agent: AgentOverrides | None = None
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
@@ -242,23 +264,44 @@ class RDEAgentSpec(_Spec):
     @model_validator(mode="after")
     def _volumes(self) -> RDEAgentSpec:
         """Reject mounts Kubernetes would refuse only after the Deployment was written."""
-        if self.storage is not None and self.workload is None:
-            raise ValueError("storage needs a workload: the volume is mounted into its container")
+        wants_volume = "storage" in self.model_fields_set and not self.storage.ephemeral
+        if wants_volume and self.workload is None:
+            raise ValueError(
+                "storage needs a workload: the volume is mounted into its container "
+                "(set storage.ephemeral: true, or add a workload)"
+            )
         if self.workload is None:
             return self
+        home = self.home_mount_path
         paths = [mount.mount_path for mount in self.workload.volume_mounts]
-        if self.storage is not None:
-            paths.append(self.storage.mount_path)
+        if home is not None:
+            paths.append(home)
         repeated = sorted({path for path in paths if paths.count(path) > 1})
         if repeated:
             raise ValueError(f"mount paths used more than once: {repeated}")
         for mount in self.workload.volume_mounts:
-            if mount.name != STORAGE_VOLUME or self.storage is None:
+            if mount.name != STORAGE_VOLUME or home is None:
                 raise ValueError(
                     f"volume mount {mount.name!r} names no volume; the only volume is "
-                    f"{STORAGE_VOLUME!r}, which exists when spec.storage is set"
+                    f"{STORAGE_VOLUME!r}, the home volume, which exists unless "
+                    "storage.ephemeral is true"
                 )
         return self
+
+    @property
+    def home_mount_path(self) -> str | None:
+        """Where the home volume is mounted, or None when there is none (ephemeral, no workload).
+
+        Unless `storage.mountPath` says otherwise: the workload's `HOME` (when set, absolute),
+        else `/home/{owner}`. An image's own home is unknowable from here, so the examples name
+        theirs.
+        """
+        if self.workload is None or self.storage.ephemeral:
+            return None
+        if self.storage.mount_path is not None:
+            return self.storage.mount_path
+        home = next((var.value for var in self.workload.env if var.name == "HOME"), "")
+        return home if home.startswith("/") else f"/home/{self.owner}"
 
     @property
     def ttl_duration(self) -> timedelta | None:

@@ -113,6 +113,11 @@ class Kube:
             "DELETE", f"/apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents/{name}"
         )
 
+    async def delete_pvc(self, name: str) -> None:
+        await self._request(
+            "DELETE", f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/{name}"
+        )
+
     # ---- direct reads of the stored state ------------------------------------------------
 
     def get(self, resource: str, name: str) -> dict[str, Any] | None:

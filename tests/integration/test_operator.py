@@ -101,9 +101,7 @@ async def test_create_builds_owned_objects(
         secret = await eventually(
             lambda: kube.get(SECRETS, "user-testuser-ssh-server-credential"), "the Secret"
         )
-        claim = await eventually(
-            lambda: kube.get(PVCS, "user-testuser-ssh-server-workspace"), "the PVC"
-        )
+        claim = await eventually(lambda: kube.get(PVCS, "user-testuser-ssh-server-home"), "the PVC")
         status = await eventually(
             partial(status_in, kube, "ssh-server", "Pending"), "status Pending (no pod yet)"
         )
@@ -201,7 +199,7 @@ async def test_delete_leaves_owned_objects_to_gc_and_keeps_the_pvc(
         mark = kube.mark()
         await loops_after(runner, "status", 3)
         await loops_after(runner, "ttl", 3)
-        assert kube.get(PVCS, "user-testuser-notebook-workspace") is not None
+        assert kube.get(PVCS, "user-testuser-notebook-home") is not None
         assert writes_of(requests_by(kube, runner.identity, mark)) == []
         deletes = [line for line in requests_by(kube, runner.identity) if line.startswith("DELETE")]
         assert deletes == [], "the operator deletes nothing itself"
@@ -259,6 +257,15 @@ async def test_steady_state_writes_nothing_across_resyncs_and_a_restart(
 
 INVALID = {
     "bad-ttl": (workspace(ttl="5 minutes"), "invalid TTL"),
+    "bad-size": (workspace(storage={"size": "lots"}), "size 'lots' is not a Kubernetes quantity"),
+    "bad-reclaim": (
+        workspace(storage={"reclaimPolicy": "Recycle"}),
+        "spec.storage.reclaimPolicy: Input should be 'Retain' or 'Delete'",
+    ),
+    "bad-mount": (
+        workspace(storage={"mountPath": "home"}),
+        "mountPath 'home' must be an absolute path",
+    ),
     "bad-owner": (workspace(owner="Alice_"), "owner"),
     "x" * 50: (workspace(), "the limit is 63"),
     "no-image": (workspace(workload={"command": ["sleep", "infinity"]}), "workload.image"),
@@ -290,6 +297,7 @@ async def test_invalid_agents_get_error_and_event_while_others_work(
         await eventually(partial(status_in, kube, "dev", "Pending"), "dev Pending")
         assert [d["metadata"]["name"] for d in kube.all(DEPLOYMENTS)] == ["user-testuser-dev"]
         assert len(kube.all(SECRETS)) == 1
+        assert [c["metadata"]["name"] for c in kube.all(PVCS)] == ["user-testuser-dev-home"]
         await reconciles_after(runner, 2 * len(INVALID))
         await loops_after(runner, "status", 3)
         for name in INVALID:
@@ -318,6 +326,22 @@ async def test_colliding_agent_ids_second_one_gets_error_naming_the_first(
         assert kube.status("smith-dev").get("phase") == "Pending"
 
         await kube.delete_agent("smith-dev")
+        claim = "user-alice-smith-dev-home"
+        retained = await eventually(
+            partial(kube.events, "smith-dev", "VolumeRetained"), "an Event: the volume is kept"
+        )
+        assert f"PersistentVolumeClaim {claim} is kept" in retained[0]["message"]
+        foreign = f"PersistentVolumeClaim {claim} belongs to owner 'alice' (RDEAgent 'smith-dev')"
+        await eventually(
+            lambda: foreign in kube.status("dev").get("message", ""),
+            "the second agent refused alice's volume",
+        )
+        assert kube.events("dev", "ForeignVolume")
+        await reconciles_after(runner, 4)
+        assert kube.deployment("user-alice-smith-dev") is None, "alice's volume is never mounted"
+        assert kube.get(PVCS, claim) is not None
+
+        await kube.delete_pvc(claim)
         await eventually(
             partial(status_in, kube, "dev", "Pending"), "the second agent takes the ID over"
         )
@@ -325,6 +349,8 @@ async def test_colliding_agent_ids_second_one_gets_error_naming_the_first(
             lambda: kube.deployment("user-alice-smith-dev"), "the Deployment of the second agent"
         )
         assert deployment["metadata"]["labels"]["kuberde.io/owner"] == "alice-smith"
+        fresh = await eventually(lambda: kube.get(PVCS, claim), "a new volume for alice-smith")
+        assert fresh["metadata"]["labels"]["kuberde.io/owner"] == "alice-smith"
 
 
 async def http_get(url: str) -> tuple[int, str]:

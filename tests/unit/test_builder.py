@@ -50,6 +50,7 @@ def make_agent(**spec: Any) -> RDEAgent:
         "localTarget": "127.0.0.1:2222",
     }
     body.update(spec)
+    body = {key: value for key, value in body.items() if value is not None}
     return parse_agent(
         {
             "apiVersion": "kuberde.io/v1",
@@ -191,9 +192,10 @@ def test_storage_volume_survives_scale_to_zero() -> None:
         deployment = deployment_of(agent, replicas=replicas)
         assert deployment["spec"]["replicas"] == replicas
         volumes = deployment["spec"]["template"]["spec"]["volumes"]
-        assert {"name": "workspace", "persistentVolumeClaim": {"claimName": pvc_name(agent)}} in (
-            volumes
-        )
+        assert {
+            "name": "workspace",
+            "persistentVolumeClaim": {"claimName": pvc_name(agent.agent_id)},
+        } in (volumes)
 
 
 def test_agent_overrides_and_settings() -> None:
@@ -217,12 +219,21 @@ def test_agent_overrides_and_settings() -> None:
     assert container(plain, AGENT_CONTAINER)["image"] == "x/y:1"
 
 
-def test_agent_without_workload_has_one_container_and_no_volume_claim() -> None:
-    agent = make_agent(workload=None, storage=None, localTarget="db.example.svc:5432")
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"workload": None, "storage": None, "localTarget": "db.example.svc:5432"},
+        {"storage": {"ephemeral": True}},
+    ],
+    ids=["no-workload", "ephemeral"],
+)
+def test_no_volume_claim_without_workload_or_when_ephemeral(spec: dict[str, Any]) -> None:
+    agent = make_agent(**spec)
     deployment = deployment_of(agent)
     pod = deployment["spec"]["template"]["spec"]
-    assert [c["name"] for c in pod["containers"]] == [AGENT_CONTAINER]
     assert [v["name"] for v in pod["volumes"]] == ["agent-credential"]
+    mounts = [m for c in pod["containers"][1:] for m in c.get("volumeMounts", [])]
+    assert mounts == []
     assert build_pvc(agent, namespace="kuberde") is None
 
 
@@ -297,13 +308,13 @@ def test_secret() -> None:
         build_secret(agent, namespace="kuberde", name="s", token="")
 
 
-def test_pvc_is_labelled_and_never_owned() -> None:
+def test_pvc_records_its_owner_and_is_not_owned_by_default() -> None:
     agent = make_agent()
     pvc = build_pvc(agent, namespace="kuberde")
     assert pvc is not None
     assert (pvc["apiVersion"], pvc["kind"]) == ("v1", "PersistentVolumeClaim")
-    assert "ownerReferences" not in pvc["metadata"]
-    assert pvc["metadata"]["name"] == "user-testuser-ssh-server-workspace"
+    assert "ownerReferences" not in pvc["metadata"], "Retain: the garbage collector must not see it"
+    assert pvc["metadata"]["name"] == "user-testuser-ssh-server-home"
     assert pvc["metadata"]["labels"] == {
         "app": "frp-agent",
         "instance": "user-testuser-ssh-server",
@@ -320,6 +331,35 @@ def test_pvc_is_labelled_and_never_owned() -> None:
     built = build_pvc(default_class, namespace="kuberde")
     assert built is not None
     assert "storageClassName" not in built["spec"]
+
+
+def test_pvc_with_reclaim_policy_delete_goes_with_its_rdeagent() -> None:
+    agent = make_agent(storage={"reclaimPolicy": "Delete"})
+    pvc = build_pvc(agent, namespace="kuberde")
+    assert pvc is not None
+    assert pvc["metadata"]["ownerReferences"] == [OWNER_REFERENCE]
+
+
+@pytest.mark.parametrize(
+    ("workload", "storage", "mounted_at"),
+    [
+        ({"image": "x"}, {}, "/home/testuser"),
+        ({"image": "x", "env": [{"name": "HOME", "value": "/home/jovyan"}]}, {}, "/home/jovyan"),
+        ({"image": "x", "env": [{"name": "HOME", "value": "relative"}]}, {}, "/home/testuser"),
+        ({"image": "x", "env": [{"name": "HOME", "value": "/h"}]}, {"mountPath": "/d"}, "/d"),
+    ],
+)
+def test_default_storage_is_a_home_volume(
+    workload: dict[str, Any], storage: dict[str, Any], mounted_at: str
+) -> None:
+    agent = make_agent(workload=workload, storage=storage or None)
+    pvc = build_pvc(agent, namespace="kuberde")
+    assert pvc is not None
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert "storageClassName" not in pvc["spec"]
+    assert container(deployment_of(agent), WORKLOAD_CONTAINER)["volumeMounts"] == [
+        {"name": "workspace", "mountPath": mounted_at}
+    ]
 
 
 # --- change detection -------------------------------------------------------------------------
@@ -625,3 +665,8 @@ def test_examples_build_deployments(path: Path) -> None:
     workload = container(deployment, WORKLOAD_CONTAINER)
     target_port = agent.spec.local_address[1]
     assert any(port["containerPort"] == target_port for port in workload["ports"])
+    claim = build_pvc(agent, namespace="kuberde")
+    assert claim is not None, "every example keeps its work"
+    assert "storage" in document["spec"], "each example names where its image keeps its home"
+    mount = {"name": "workspace", "mountPath": document["spec"]["storage"]["mountPath"]}
+    assert mount in workload["volumeMounts"]

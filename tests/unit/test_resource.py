@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from kuberde.policy import InvalidTTL, parse_ttl
 from kuberde.resource import (
+    DEFAULT_STORAGE_SIZE,
     LOCAL_TARGET_PATTERN,
     NAME_PATTERN,
     QUANTITY_PATTERN,
@@ -26,6 +27,8 @@ from kuberde.resource import (
     LoadResult,
     RDEAgent,
     RDEAgentSpec,
+    ReclaimPolicy,
+    Storage,
     load_documents,
     parse_agent,
     parse_host_port,
@@ -76,6 +79,8 @@ FULL = doc(
     [
         doc(),
         FULL,
+        doc(storage={"ephemeral": True}),
+        doc(workload={"image": "x"}, storage={}),
         doc(ttl=0),
         doc(ttl="0"),
         doc(ttl=""),
@@ -136,10 +141,32 @@ def test_valid_documents(body: dict[str, Any]) -> None:
         ),
         (doc(storage={"size": "1Gi"}), "spec: storage needs a workload"),
         (doc(workload={"image": "x"}, storage={"size": "big"}), "size 'big' is not a Kubernetes"),
-        (doc(workload={"image": "x"}, storage={}), "spec.storage.size: Field required"),
+        (
+            doc(workload={"image": "x"}, storage={"size": 10}),
+            "spec.storage.size: Input should be a valid string",
+        ),
+        (
+            doc(workload={"image": "x"}, storage={"reclaimPolicy": "Recycle"}),
+            "spec.storage.reclaimPolicy: Input should be 'Retain' or 'Delete'",
+        ),
+        (
+            doc(workload={"image": "x"}, storage={"mountPath": "home/me"}),
+            "mountPath 'home/me' must be an absolute path",
+        ),
+        (
+            doc(workload={"image": "x"}, storage={"ephemeral": "yes"}),
+            "spec.storage.ephemeral: Input should be a valid boolean",
+        ),
         (
             doc(workload={"image": "x", "volumeMounts": [{"name": "home", "mountPath": "/h"}]}),
             "volume mount 'home' names no volume",
+        ),
+        (
+            doc(
+                workload={"image": "x", "volumeMounts": [{"name": "workspace", "mountPath": "/h"}]},
+                storage={"ephemeral": True},
+            ),
+            "volume mount 'workspace' names no volume",
         ),
         (
             doc(
@@ -558,6 +585,10 @@ def test_crd_patterns_are_the_models(schema: dict[str, Any]) -> None:
     assert spec["localTarget"]["pattern"] == LOCAL_TARGET_PATTERN
     assert spec["localTarget"]["default"] == RDEAgentSpec.model_fields["local_target"].default
     assert spec["storage"]["properties"]["size"]["pattern"] == QUANTITY_PATTERN
+    storage = spec["storage"]["properties"]
+    assert storage["size"]["default"] == DEFAULT_STORAGE_SIZE
+    assert storage["reclaimPolicy"]["enum"] == list(typing.get_args(ReclaimPolicy))
+    assert storage["reclaimPolicy"]["default"] == Storage.model_fields["reclaim_policy"].default
     for holder in (spec["workload"], spec["agent"]):
         for kind in ("limits", "requests"):
             amounts = holder["properties"]["resources"]["properties"][kind]

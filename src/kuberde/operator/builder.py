@@ -96,8 +96,10 @@ def credential_secret_name(agent: RDEAgent) -> str:
     return f"{agent.agent_id}-credential"
 
 
-def pvc_name(agent: RDEAgent) -> str:
-    return f"{agent.agent_id}-{STORAGE_VOLUME}"
+def pvc_name(agent_id: str) -> str:
+    """`user-{owner}-{name}-home`: named by agent ID, so colliding IDs meet on one name and the
+    recorded owner (never the name) decides whose it is."""
+    return f"{agent_id}-home"
 
 
 def object_labels(agent: RDEAgent) -> dict[str, str]:
@@ -157,14 +159,15 @@ def build_secret(agent: RDEAgent, *, namespace: str, name: str, token: str) -> d
 
 
 def build_pvc(agent: RDEAgent, *, namespace: str) -> dict[str, Any] | None:
-    """The workspace volume, or None without `spec.storage`.
+    """The workspace's home volume, or None when it has none (ephemeral, or no workload).
 
-    No owner reference: deleting an RDEAgent must never delete a user's files silently. The
-    labels let an administrator find (and deliberately delete) claims left behind.
+    Its labels record the owner and RDEAgent name it belongs to: the operator mounts it for
+    that pair only. An owner reference (garbage collection with the RDEAgent) only with
+    `reclaimPolicy: Delete`; by default deleting an RDEAgent never deletes a user's files.
     """
     _check_namespace(agent, namespace)
     storage = agent.spec.storage
-    if storage is None:
+    if agent.spec.home_mount_path is None:
         return None
     spec: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
@@ -172,14 +175,17 @@ def build_pvc(agent: RDEAgent, *, namespace: str) -> dict[str, Any] | None:
     }
     if storage.storage_class_name is not None:
         spec["storageClassName"] = storage.storage_class_name
+    metadata: dict[str, Any] = {
+        "name": pvc_name(agent.agent_id),
+        "namespace": namespace,
+        "labels": object_labels(agent),
+    }
+    if storage.reclaim_policy == "Delete":
+        metadata["ownerReferences"] = [owner_reference(agent)]
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": {
-            "name": pvc_name(agent),
-            "namespace": namespace,
-            "labels": object_labels(agent),
-        },
+        "metadata": metadata,
         "spec": spec,
     }
 
@@ -247,8 +253,9 @@ def _workload_container(agent: RDEAgent) -> dict[str, Any] | None:
     if workload.security_context is not None:
         container["securityContext"] = copy.deepcopy(workload.security_context)
     mounts: list[dict[str, Any]] = []
-    if agent.spec.storage is not None:
-        mounts.append({"name": STORAGE_VOLUME, "mountPath": agent.spec.storage.mount_path})
+    home = agent.spec.home_mount_path
+    if home is not None:
+        mounts.append({"name": STORAGE_VOLUME, "mountPath": home})
     mounts.extend(
         mount.model_dump(by_alias=True, exclude_none=True) for mount in workload.volume_mounts
     )
@@ -285,9 +292,12 @@ def build_deployment(
             "secret": {"secretName": secret_name, "defaultMode": _CREDENTIAL_MODE},
         }
     ]
-    if agent.spec.storage is not None:
+    if agent.spec.home_mount_path is not None:
         volumes.append(
-            {"name": STORAGE_VOLUME, "persistentVolumeClaim": {"claimName": pvc_name(agent)}}
+            {
+                "name": STORAGE_VOLUME,
+                "persistentVolumeClaim": {"claimName": pvc_name(agent.agent_id)},
+            }
         )
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,

@@ -60,8 +60,7 @@ def build_registry(*, store: AgentStore, queue: WorkQueue, login: Login) -> kopf
         agent = claimed_id(body)
         store.discard(name, uid_of(body))
         log.info(
-            "RDEAgent %s deleted: its Deployment and Secret go with it (owner references); "
-            "its PersistentVolumeClaim, if any, is kept",
+            "RDEAgent %s deleted: its Deployment and Secret go with it (owner references)",
             name,
         )
         queue.add(name)

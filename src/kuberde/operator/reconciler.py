@@ -5,8 +5,9 @@ stale annotation would undo a scale-down) and writes only what differs:
 
 - the Deployment is compared by the spec-hash annotation, never field by field, so server
   defaults cannot look like changes; replicas alone are patched when only they differ;
-- the Secret is re-minted only when its credential must change; the PVC is created once and
-  never patched or deleted;
+- the Secret is re-minted only when its credential must change; the home PVC is created once,
+  mounted only for the owner and RDEAgent name it records, and patched only when its
+  reclaimPolicy changes (an owner reference for `Delete`); the operator never deletes it;
 - replicas come from `policy.desired_replicas` over the RDEAgent's own annotations, so a
   scaled-down agent stays at zero across resyncs and restarts, and a wake request scales it up.
 
@@ -31,7 +32,6 @@ from kuberde.operator.annotations import (
     SCALED_DOWN_ANNOTATION,
     WAKE_ANNOTATION,
     annotations_of,
-    parse_time,
     timestamp_of,
 )
 from kuberde.operator.builder import (
@@ -43,10 +43,13 @@ from kuberde.operator.builder import (
     build_secret,
     credential_secret_name,
     deployment_needs_update,
+    pvc_name,
 )
-from kuberde.operator.credentials import AgentCredentials, controller_uid
+from kuberde.operator.credentials import AgentCredentials
 from kuberde.operator.events import EventRecorder
 from kuberde.operator.metrics import OperatorMetrics
+from kuberde.operator.ownership import choose_holder, claimant_of, recorded_owner
+from kuberde.operator.storage import deletion_notice, foreign_volume, owner_references_patch
 from kuberde.operator.store import AgentStore, name_of, uid_of
 from kuberde.resource import InvalidResource, RDEAgent, parse_agent
 
@@ -77,12 +80,6 @@ class SyncResult:
     @property
     def agent_id(self) -> str | None:
         return self.agent.agent_id if self.agent is not None else None
-
-
-def _created(body: Mapping[str, Any]) -> tuple[datetime, str]:
-    """Sort key of "who was first": creation time, then name (times have 1 s resolution)."""
-    created = parse_time((body.get("metadata") or {}).get("creationTimestamp"))
-    return created or datetime.max.replace(tzinfo=UTC), name_of(body)
 
 
 class Reconciler:
@@ -174,8 +171,11 @@ class Reconciler:
     async def _reconcile(self, name: str) -> None:
         body = await self._api.get(self._paths.agent(name))
         if body is None:
+            previous = self._results.get(name)
             self._store.discard(name)
             self.forget(name)
+            if previous is not None:
+                await self._announce_deletion(name, previous)
             return
         self._store.put(body)
         if (body.get("metadata") or {}).get("deletionTimestamp"):
@@ -187,7 +187,8 @@ class Reconciler:
             return
         deployment_path = Paths.item(self._paths.deployments, agent.agent_id)
         live = await self._api.get(deployment_path)
-        conflict = self._conflict(body, agent, live)
+        live_claim = await self._api.get(Paths.item(self._paths.pvcs, pvc_name(agent.agent_id)))
+        conflict = self._conflict(body, agent, live, live_claim)
         if conflict is not None:
             await self._fail(body, "AgentIDConflict", conflict)
             return
@@ -209,13 +210,17 @@ class Reconciler:
         except (BuildError, naming.InvalidName) as exc:
             await self._fail(body, "InvalidSpec", str(exc))
             return
+        foreign = foreign_volume(agent, live_claim) if claim is not None else None
+        if foreign is not None:
+            await self._fail(body, "ForeignVolume", foreign)
+            return
         if scaled_down and replicas == 1:
             body = await self._wake(body, wake)
         elif replicas == 0 and ((live or {}).get("spec") or {}).get("replicas") == 0:
             log.info("Agent %s is scaled down by TTL, preserving replicas=0", name)
         await self._ensure_secret(agent)
         if claim is not None:
-            await self._ensure_pvc(claim)
+            await self._ensure_pvc(claim, live_claim)
         await self._ensure_deployment(name, desired, live, replicas)
         previous = self._results.get(name)
         result = SyncResult(
@@ -231,31 +236,33 @@ class Reconciler:
             self._on_change()
 
     def _conflict(
-        self, body: Mapping[str, Any], agent: RDEAgent, live: Mapping[str, Any] | None
+        self,
+        body: Mapping[str, Any],
+        agent: RDEAgent,
+        live: Mapping[str, Any] | None,
+        live_claim: Mapping[str, Any] | None,
     ) -> str | None:
         """Why this RDEAgent may not use its agent ID, if another one holds it.
 
-        The holder is the RDEAgent that controls the existing Deployment, else the oldest one;
-        so the decision does not flip when agents are reconciled in another order.
+        `ownership.choose_holder` decides from the owners recorded on the Deployment and the
+        PVC, then age and name, so the decision does not flip with the order agents are
+        applied or reconciled in, nor across a restore.
         """
-        uid = uid_of(body)
-        claimants = [
-            other
+        me = claimant_of(body)
+        others = [
+            claimant_of(other)
             for other in self._store.claiming(agent.agent_id)
-            if not (other.get("metadata") or {}).get("deletionTimestamp")
+            if name_of(other) != me.name
+            and not (other.get("metadata") or {}).get("deletionTimestamp")
         ]
-        if all(uid_of(other) == uid for other in claimants):
+        if not others:
             return None
-        holder_uid = controller_uid(live) if live is not None else None
-        holder = next((c for c in claimants if uid_of(c) == holder_uid), None)
-        if holder is None:
-            holder = min(claimants, key=_created)
-        if uid_of(holder) == uid:
+        holder = choose_holder([me, *others], [recorded_owner(live), recorded_owner(live_claim)])
+        if holder.name == me.name:
             return None
-        owner = (holder.get("spec") or {}).get("owner")
         return (
-            f"agent ID {agent.agent_id} is already used by RDEAgent {name_of(holder)!r} "
-            f"(owner {owner!r}); rename this one or its owner"
+            f"agent ID {agent.agent_id} is already used by RDEAgent {holder.name!r} "
+            f"(owner {holder.owner!r}); rename this one or its owner"
         )
 
     async def _fail(self, body: Mapping[str, Any], reason: str, message: str) -> None:
@@ -323,11 +330,33 @@ class Reconciler:
         )
         log.info("Renewed the credential in Secret %s: %s", name, reason)
 
-    async def _ensure_pvc(self, claim: Mapping[str, Any]) -> None:
+    async def _ensure_pvc(self, claim: Mapping[str, Any], live: Mapping[str, Any] | None) -> None:
+        """Create the home PVC, or make its owner references follow the reclaimPolicy."""
         name = str(claim["metadata"]["name"])
-        if await self._api.get(Paths.item(self._paths.pvcs, name)) is None:
+        if live is None:
             await self._api.create(self._paths.pvcs, claim)
             log.info("Created PersistentVolumeClaim %s", name)
+            return
+        patch = owner_references_patch(claim, live)
+        if patch is not None:
+            await self._api.merge_patch(Paths.item(self._paths.pvcs, name), patch)
+            goes = "goes with" if claim["metadata"].get("ownerReferences") else "outlives"
+            log.info("PersistentVolumeClaim %s now %s its RDEAgent", name, goes)
+
+    async def _announce_deletion(self, name: str, last: SyncResult) -> None:
+        """Say, in the log and an Event, what happens to a deleted RDEAgent's home PVC.
+
+        Only for an RDEAgent whose last reconcile mounted its own PVC: one refused a foreign
+        PVC must not speak for that PVC.
+        """
+        agent = last.agent
+        if agent is None or last.error or agent.spec.home_mount_path is None:
+            return
+        claim = pvc_name(agent.agent_id)
+        notice = deletion_notice(agent, self._paths.namespace, claim)
+        log.info("RDEAgent %s deleted: %s", name, notice.message)
+        involved = {"metadata": {"name": name, "uid": last.uid}}
+        await self._events.record(involved, "Normal", notice.reason, notice.message)
 
     async def _ensure_deployment(
         self,

@@ -4,7 +4,8 @@ KMock (`kmock.KubernetesEmulator`) stores objects and serves get, list, watch, c
 and delete over HTTP. `ApiServer` adds what a real API server does on its own and what the
 operator relies on:
 
-- uid, creationTimestamp, namespace, resourceVersion and generation on create and update;
+- uid, creationTimestamp, namespace, resourceVersion and generation on create and update
+  (a client's own uid or creationTimestamp is replaced, as a real API server does);
 - the status subresource changes nothing but `status`, and a normal update of an RDEAgent
   leaves its `status` alone;
 - the garbage collector: deleting an owner deletes its dependents, and an object created for
@@ -119,8 +120,10 @@ class ApiServer(kmock.KubernetesEmulator):
         data = request.data
         if request.action == kmock.action.CREATE and isinstance(data, dict):
             metadata = data.setdefault("metadata", {})
-            metadata.setdefault("uid", str(uuid.uuid4()))
-            metadata.setdefault("creationTimestamp", now_rfc3339())
+            # Always the server's own, as a real one does: a document restored from a backup
+            # (`kubectl get -o yaml`, then `apply`) is a new object with a new uid and age.
+            metadata["uid"] = str(uuid.uuid4())
+            metadata["creationTimestamp"] = now_rfc3339()
             metadata["resourceVersion"] = self._next_resource_version()
             metadata["generation"] = 1
             if request.namespace and not metadata.get("namespace"):
