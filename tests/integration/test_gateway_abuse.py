@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -286,3 +287,43 @@ async def test_a_user_who_stops_reading_holds_back_only_a_window(
     received = await exchange(slow, b"")
     assert received.close_code == 1000
     await slow_client.close()
+
+
+# ---- an agent that floods pings and never reads ----------------------------------------------
+
+#: Pings sent by the rogue agent: unbounded pong queueing would hold ~60 bytes per ping.
+FLOOD_BYTES = 16 * 1024 * 1024
+FLOOD_MESSAGE = 64 * 1024
+#: Traced memory the flood may add (its own send buffers and one decoded message included).
+FLOOD_MEMORY_LIMIT = 4 * 1024 * 1024
+
+
+async def test_a_ping_flood_is_a_protocol_error_and_leaves_memory_bounded(
+    gateway: RunningGateway,
+) -> None:
+    healthy = await gateway.peer("bob", "dev", echo())
+    rogue = await gateway.agent_socket(gateway.issuer.mint_agent("mallory", "dev"))
+    await gateway.wait_agent("user-mallory-dev", lambda a: a["online"])
+    pings = b"".join(
+        encode_header(FrameType.PING, Flag.SYN, 0, n) for n in range(FLOOD_MESSAGE // 12)
+    )
+
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        with contextlib.suppress(ConnectionError):
+            for _ in range(FLOOD_BYTES // len(pings)):
+                await asyncio.wait_for(rogue.send_bytes(pings), WAIT)
+        await gateway.wait_agent("user-mallory-dev", lambda a: not a["online"])
+        growth = tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+
+    frames = decode_frames(await _frames_until_closed(rogue))
+    assert [f.length for f in frames if f.type is FrameType.GO_AWAY] == [GoAwayCode.PROTOCOL_ERROR]
+    assert len([f for f in frames if f.type is FrameType.PING]) <= 1, "pongs were not coalesced"
+    assert growth < FLOOD_MEMORY_LIMIT, growth
+    bob = await gateway.connect("dev", gateway.user("bob"))
+    assert (await exchange(bob, b"still served")).data == b"still served"
+    assert healthy.session.is_closed is False

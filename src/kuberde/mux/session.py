@@ -3,7 +3,9 @@
 A single writer task owns the link. Streams never write to the link themselves: they queue
 bytes and the writer moves them into frames as each stream's send window allows, round
 robin, control frames first. Memory is therefore bounded per stream by its window and its
-send buffer, and a stream whose peer stops reading pauses only itself.
+send buffer, and a stream whose peer stops reading pauses only itself. Control replies are
+coalesced and capped (`kuberde.mux.control`), so a peer that floods pings or opens refused
+streams without reading gets a protocol error instead of an ever-growing queue.
 
 Two ways to consume a stream: `await stream.read()` (buffered), or a `StreamSink` that gets
 callbacks from the session's reader and acknowledges bytes with `stream.consumed(n)` once it
@@ -20,9 +22,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from kuberde.mux.control import ControlLimits, ControlQueue
 from kuberde.mux.frame import (
     HEADER_SIZE,
     Flag,
@@ -105,6 +108,7 @@ class SessionConfig:
     keepalive_interval: float = 15.0
     keepalive_timeout: float = 30.0
     accept_backlog: int = 256
+    control: ControlLimits = field(default_factory=ControlLimits)
 
     def __post_init__(self) -> None:
         if not INITIAL_WINDOW <= self.receive_window <= MAX_WINDOW:
@@ -395,7 +399,7 @@ class Session:
         self._streams: dict[int, Stream] = {}
         self._next_id = 1 if is_client else 2
         self._accepted: asyncio.Queue[Stream | None] = asyncio.Queue()
-        self._control: deque[bytes] = deque()
+        self._control = ControlQueue(self.config.control)
         self._ready: deque[Stream] = deque()
         self._wakeup = asyncio.Event()
         #: The writer task and a closing flush both send; the lock keeps frames in order.
@@ -456,10 +460,11 @@ class Session:
         if self._closed.is_set():
             raise SessionClosed(self.close_reason or "session closed")
         ping_id = next(self._ping_ids) & 0xFFFFFFFF
+        self._control.ping(ping_id)
+        self._wakeup.set()
         waiter = self.loop.create_future()
         self._pings[ping_id] = waiter
         started = time.perf_counter()
-        self._queue_control(encode_header(FrameType.PING, Flag.SYN, 0, ping_id))
         try:
             await waiter
         finally:
@@ -472,7 +477,8 @@ class Session:
         if self._local_go_away or self._closed.is_set():
             return
         self._local_go_away = True
-        self._queue_control(encode_header(FrameType.GO_AWAY, Flag.NONE, 0, code))
+        self._control.go_away(code)
+        self._wakeup.set()
 
     async def shutdown(self, grace: float | None) -> None:
         """Go away, let open streams finish (for up to `grace` seconds if given), then close."""
@@ -535,9 +541,7 @@ class Session:
                     self._handle(frame)
             except ProtocolError as exc:
                 log.warning("session %s: protocol error: %s", self.name, exc)
-                self._queue_control(
-                    encode_header(FrameType.GO_AWAY, Flag.NONE, 0, GoAwayCode.PROTOCOL_ERROR)
-                )
+                self._control.go_away(GoAwayCode.PROTOCOL_ERROR)
                 await self._flush_control()
                 self.close_reason = f"protocol error: {exc}"
                 return
@@ -557,9 +561,9 @@ class Session:
     async def _flush_control(self) -> None:
         with contextlib.suppress(Exception):
             while self._control:
-                frame = self._control.popleft()
+                message = b"".join(self._control.take(self.config.max_message_size))
                 async with asyncio.timeout(2.0), self._send_lock:
-                    await self._link.send(frame)
+                    await self._link.send(message)
 
     async def _keepalive_loop(self) -> None:
         while True:
@@ -576,12 +580,8 @@ class Session:
     def _next_message(self) -> bytes:
         """Coalesce queued control frames and ready data into one link message."""
         budget = self.config.max_message_size
-        parts: list[bytes] = []
-        size = 0
-        while self._control:
-            control = self._control.popleft()
-            parts.append(control)
-            size += len(control)
+        parts = self._control.take(budget)
+        size = sum(len(part) for part in parts)
         ready = self._ready
         while ready and size < budget:
             stream = ready.popleft()
@@ -633,23 +633,25 @@ class Session:
         if (stream_id % 2) == (self._next_id % 2):
             raise ProtocolError(f"peer opened stream {stream_id} with our parity")
         if self._local_go_away or self._closed.is_set():
-            self._queue_control(encode_header(FrameType.WINDOW_UPDATE, Flag.RST, stream_id, 0))
+            self._refuse(stream_id)
             return None
         if self._accepted.qsize() >= self.config.accept_backlog:
             log.warning("session %s: accept backlog full, refusing stream", self.name)
-            self._queue_control(encode_header(FrameType.WINDOW_UPDATE, Flag.RST, stream_id, 0))
+            self._refuse(stream_id)
             return None
         stream = Stream(self, stream_id, opened_locally=False)
         self._streams[stream_id] = stream
         extra = self.config.receive_window - INITIAL_WINDOW
-        self._queue_control(encode_header(FrameType.WINDOW_UPDATE, Flag.ACK, stream_id, extra))
+        self._control.window_update(stream_id, Flag.ACK, extra)
+        self._wakeup.set()
         stream._recv_credit += extra
         self._accepted.put_nowait(stream)
         return stream
 
     def _handle_ping(self, frame: Frame) -> None:
         if frame.flags & Flag.SYN:
-            self._queue_control(encode_header(FrameType.PING, Flag.ACK, 0, frame.length))
+            self._control.pong(frame.length)
+            self._wakeup.set()
         elif frame.flags & Flag.ACK:
             waiter = self._pings.get(frame.length)
             if waiter is not None and not waiter.done():
@@ -672,10 +674,11 @@ class Session:
         if extra:
             stream._recv_credit += extra
             stream._syn_pending = False
-            self._queue_control(encode_header(FrameType.WINDOW_UPDATE, Flag.SYN, stream.id, extra))
+            self._control.window_update(stream.id, Flag.SYN, extra)
+            self._wakeup.set()
 
-    def _queue_control(self, frame: bytes) -> None:
-        self._control.append(frame)
+    def _refuse(self, stream_id: int) -> None:
+        self._control.refuse(stream_id)
         self._wakeup.set()
 
     def _schedule(self, stream: Stream) -> None:
@@ -685,14 +688,15 @@ class Session:
         self._wakeup.set()
 
     def _send_window_update(self, stream: Stream, delta: int) -> None:
-        self._queue_control(encode_header(FrameType.WINDOW_UPDATE, Flag.NONE, stream.id, delta))
+        self._control.window_update(stream.id, Flag.NONE, delta)
+        self._wakeup.set()
 
     def _send_reset(self, stream: Stream, reason: str) -> None:
         payload = reason.encode()[:_MAX_RESET_REASON]
-        flags = Flag.RST | (Flag.SYN if stream._syn_pending else Flag.NONE)
+        flags = Flag.SYN if stream._syn_pending else Flag.NONE
         stream._syn_pending = False
-        header = encode_header(FrameType.DATA, flags, stream.id, len(payload))
-        self._queue_control(header + payload)
+        self._control.reset(stream.id, flags, payload)
+        self._wakeup.set()
 
     def _forget(self, stream: Stream) -> None:
         self._streams.pop(stream.id, None)
