@@ -480,8 +480,9 @@ def _yaml_problem(error: yaml.YAMLError, first_line: int) -> str:
 def load_documents(text: str, source: str) -> list[LoadResult]:
     """Every RDEAgent in a multi-document YAML text, each valid or with its own error.
 
-    Empty documents are skipped and not counted. A `kind: List` (what `kubectl get -o yaml`
-    writes) contributes its items.
+    Empty documents are skipped and not counted; a text with no document at all (an empty
+    or comment-only file) is one error, so it is never taken for success. A
+    `kind: List` (what `kubectl get -o yaml` writes) contributes its items.
     """
     results: list[LoadResult] = []
     index = 0
@@ -507,4 +508,7 @@ def load_documents(text: str, source: str) -> list[LoadResult]:
             )
             continue
         results.append(_result(source, index, None, obj))
+    if index == 0:
+        message = f"{source}: holds no RDEAgent document (it is empty)"
+        results.append(LoadResult(source, 0, None, None, error=message))
     return results

@@ -406,7 +406,7 @@ REJECTIONS = {
 
 def _assert_rejections(stderr: str, source: Path) -> None:
     for index, fragments in REJECTIONS.items():
-        prefix = f"error: {source}, document {index}"
+        prefix = f"kuberde: {source}, document {index}"
         line = next((line for line in stderr.splitlines() if line.startswith(prefix)), None)
         assert line is not None, f"no {prefix!r} in:\n{stderr}"
         for fragment in fragments:

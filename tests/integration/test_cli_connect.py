@@ -58,6 +58,7 @@ class FakeGateway:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/connect/{agent}", self.connect)
+        app.router.add_get("/api/agents/{agent}", self.find)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -69,6 +70,15 @@ class FakeGateway:
     async def stop(self) -> None:
         assert self._runner is not None
         await self._runner.cleanup()
+
+    async def find(self, request: web.Request) -> web.Response:
+        """The gateway's `GET /api/agents/NAME`: the check before ssh and port-forward."""
+        agent = request.match_info["agent"]
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return _refuse(401, "token expired")
+        if agent in ("missing", "forbidden"):
+            return _refuse(404, f"no workspace named {agent!r}")
+        return web.json_response({"id": f"user-alice-{agent}", "owner": "alice", "online": True})
 
     async def connect(self, request: web.Request) -> web.StreamResponse:
         agent = request.match_info["agent"]
@@ -84,7 +94,7 @@ class FakeGateway:
         if agent == "forbidden":
             return _refuse(403, "user 'alice' does not own agent user-bob-forbidden")
         if agent == "missing":
-            return _refuse(404, "no agent named 'missing'")
+            return _refuse(404, "no workspace named 'missing'")
         ws = web.WebSocketResponse(compress=False, max_msg_size=16 * 1024 * 1024)
         await ws.prepare(request)
         if agent == "gone":
@@ -251,7 +261,7 @@ async def test_ssh_host_name_and_flags_take_precedence(cli, env, gateway):
     [
         ("echo", "stale-token", "not authorized: token expired — run `kuberde login`"),
         ("forbidden", TOKEN, "forbidden: user 'alice' does not own agent user-bob-forbidden"),
-        ("missing", TOKEN, "not found: no agent named 'missing'"),
+        ("missing", TOKEN, "no workspace named 'missing'"),
         ("gone", TOKEN, "agent user-alice-gone is not connected"),
         ("reset", TOKEN, "connection reset: user-alice-reset: port 5432 is not allowed"),
     ],
@@ -387,11 +397,18 @@ async def test_port_forward_survives_a_gateway_restart(port_forward, gateway):
     assert await port_forward.stop() == 0
 
 
+async def test_port_forward_to_a_missing_workspace_fails_before_listening(cli, env):
+    code, out, err = await _run([*cli, "port-forward", "missing", "2022:22"], env)
+    assert (code, out) == (1, b"")
+    assert "kuberde: no workspace named 'missing'" in err
+    assert "Forwarding" not in err
+
+
 async def test_port_forward_refused_connection_keeps_the_listener(cli, env):
     proc = await asyncio.create_subprocess_exec(
         *cli,
         "port-forward",
-        "missing",
+        "gone",
         ":7",
         stdin=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -404,7 +421,7 @@ async def test_port_forward_refused_connection_keeps_the_listener(cli, env):
             reader, writer = await asyncio.open_connection("127.0.0.1", int(match.group(1)))
             assert await asyncio.wait_for(reader.read(), STEP) == b""
             writer.close()
-        await forward.wait_for(r"failed: not found: no agent named 'missing'")
+        await forward.wait_for(r"failed: agent user-alice-gone is not connected")
         assert proc.returncode is None
         assert await forward.stop() == 0
     finally:

@@ -559,7 +559,7 @@ async def test_unknown_agent_and_agent_in_error(
 
             code, out, err = await gateway.connect(user, "nosuch")
             assert code == 1 and out == b""
-            assert "not found: no agent named 'nosuch'" in err
+            assert "no workspace named 'nosuch'" in err
 
             mark = kube.mark()
             code, out, err = await gateway.connect(user, "broken", b"hello")

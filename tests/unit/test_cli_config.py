@@ -256,7 +256,7 @@ def test_refusal_messages():
     assert refusal_message(403, "user 'bob' does not own agent x", "x") == (
         "forbidden: user 'bob' does not own agent x"
     )
-    assert refusal_message(404, None, "dev") == "not found: no agent named 'dev'"
+    assert refusal_message(404, None, "dev") == "no workspace named 'dev'; `kuberde ls` lists yours"
     assert refusal_message(400, "port '0' is not a TCP port", "dev") == (
         "bad request: port '0' is not a TCP port"
     )
@@ -268,9 +268,9 @@ def test_refusal_messages():
     [
         (1000, None, None),
         (1000, "bye", None),
-        (4404, None, "agent dev went away"),
+        (4404, None, "workspace dev went away"),
         (4404, "agent user-a-dev is not connected", "agent user-a-dev is not connected"),
-        (4408, None, "agent dev did not come online in time"),
+        (4408, None, "workspace dev did not come online in time"),
         (4500, "port 5432 is not allowed", "connection reset: port 5432 is not allowed"),
         (4500, None, "the workspace reset the connection"),
         (4409, "workload exited: boom", "dev is unavailable: workload exited: boom"),

@@ -355,9 +355,10 @@ def test_one_bad_document_does_not_stop_the_others() -> None:
     ]
 
 
-def test_empty_and_comment_only_texts_have_no_documents() -> None:
-    assert load_documents("", "x.yaml") == []
-    assert load_documents("# nothing\n---\n---\n", "x.yaml") == []
+@pytest.mark.parametrize("text", ["", "# nothing\n---\n---\n"])
+def test_empty_and_comment_only_texts_are_one_error(text: str) -> None:
+    [result] = load_documents(text, "x.yaml")
+    assert result.error == "x.yaml: holds no RDEAgent document (it is empty)"
 
 
 def test_a_scalar_document_is_an_error_not_a_crash() -> None:

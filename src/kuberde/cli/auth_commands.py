@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from kuberde import aio
+from kuberde.cli.base import ServerOption, command
 from kuberde.cli.config import (
     CA_FILE_ENV,
     SERVER_ENV,
@@ -56,21 +57,12 @@ __all__ = ["login", "logout", "register", "whoami"]
 FAILED = 1
 USAGE_ERROR = 2
 
-ServerOption = Annotated[
-    str | None,
-    typer.Option(
-        "--server",
-        help="Gateway URL (default: $KUBERDE_SERVER, then the CLI config).",
-        show_default=False,
-    ),
-]
-
 
 def register(app: typer.Typer) -> None:
     """Mount the sign-in commands on the main `kuberde` app."""
-    app.command("login")(login)
-    app.command("logout")(logout)
-    app.command("whoami")(whoami)
+    command(app, "login")(login)
+    command(app, "logout")(logout)
+    command(app, "whoami")(whoami)
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -140,6 +132,7 @@ def login(
         str | None,
         typer.Option(
             "--issuer",
+            metavar="URL",
             help="OIDC issuer URL (default: the one the gateway names at /api/auth/config).",
             show_default=False,
         ),
@@ -147,7 +140,10 @@ def login(
     client_id: Annotated[
         str | None,
         typer.Option(
-            "--client-id", help="OAuth client ID (default: the gateway's).", show_default=False
+            "--client-id",
+            metavar="ID",
+            help="OAuth client ID (default: the gateway's).",
+            show_default=False,
         ),
     ] = None,
     browser: Annotated[
@@ -164,19 +160,30 @@ def login(
     scope: Annotated[
         str | None,
         typer.Option(
-            "--scope", help=f"Scopes to request (default: {DEFAULT_SCOPE!r}).", show_default=False
+            "--scope",
+            metavar="SCOPES",
+            help=f"Scopes to request (default: {DEFAULT_SCOPE!r}).",
+            show_default=False,
         ),
     ] = None,
     ca_file: Annotated[
         str | None,
         typer.Option(
             "--ca-file",
+            metavar="FILE",
             help="Extra CA certificate (PEM) for the gateway and issuer; saved with the login.",
             show_default=False,
         ),
     ] = None,
 ) -> None:
-    """Sign in with the organisation's OIDC provider; the token is kept in the CLI config."""
+    """Sign in with the organisation's OIDC provider; the token is kept in the CLI config.
+
+    Examples:
+
+    \b
+      kuberde login --server https://gateway.example
+      kuberde login --browser
+    """
     environ = os.environ
     path = config_path(environ)
     stored = _load(path)

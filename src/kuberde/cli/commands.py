@@ -17,16 +17,8 @@ from typing import Annotated, Any
 import typer
 
 from kuberde import aio
-from kuberde.cli.config import (
-    ClientSettings,
-    ConfigError,
-    config_path,
-    load,
-    resolve,
-    write_private_file,
-)
-from kuberde.cli.connect import connect_stdio
-from kuberde.cli.portforward import PortMapping, parse_port_mapping, serve_port_forward
+from kuberde.cli.base import Gateway, NameArgument, command, complete_names, fail, gateway_command
+from kuberde.cli.config import ClientSettings, ConfigError, config_path, load, write_private_file
 from kuberde.cli.sshconfig import (
     DEFAULT_SSH_PORT,
     HOST_SUFFIX,
@@ -42,9 +34,6 @@ from kuberde.naming import InvalidName, validate_name
 
 __all__ = ["config_ssh", "connect", "kuberde_command", "port_forward", "register", "ssh"]
 
-USAGE_ERROR = 2
-CONNECTION_ERROR = 1
-
 
 class Kind(StrEnum):
     SSH = "ssh"
@@ -53,36 +42,13 @@ class Kind(StrEnum):
     HTTP = "http"
 
 
-ServerOption = Annotated[
-    str | None,
+PortOption = Annotated[
+    int | None,
     typer.Option(
-        "--server",
-        help="Gateway URL such as http://127.0.0.1:8080 (default: $KUBERDE_SERVER, then the "
-        "CLI config written by `kuberde up`).",
-        show_default=False,
-    ),
-]
-TokenOption = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        help="User token (default: $KUBERDE_TOKEN, then the CLI config).",
-        show_default=False,
-    ),
-]
-CaFileOption = Annotated[
-    str | None,
-    typer.Option(
-        "--ca-file",
-        help="Extra CA certificate (PEM) to trust for the gateway (default: $KUBERDE_CA_FILE).",
-        show_default=False,
-    ),
-]
-AgentArgument = Annotated[
-    str,
-    typer.Argument(
-        metavar="AGENT",
-        help="Short name (`dev`), full agent ID (`user-alice-dev`) or `NAME.kuberde`.",
+        "--port",
+        "-p",
+        metavar="PORT",
+        help="Workspace port (default: the workspace's localTarget).",
         show_default=False,
     ),
 ]
@@ -90,10 +56,10 @@ AgentArgument = Annotated[
 
 def register(app: typer.Typer) -> None:
     """Mount the data-path commands on the main `kuberde` app."""
-    app.command("connect")(connect)
-    app.command("ssh", context_settings={"ignore_unknown_options": True})(ssh)
-    app.command("port-forward")(port_forward)
-    app.command("config-ssh")(config_ssh)
+    gateway_command(app, "connect")(connect)
+    gateway_command(app, "ssh", context_settings={"ignore_unknown_options": True})(ssh)
+    gateway_command(app, "port-forward")(port_forward)
+    command(app, "config-ssh")(config_ssh)
 
 
 def kuberde_command() -> list[str]:
@@ -104,23 +70,18 @@ def kuberde_command() -> list[str]:
     return [sys.executable, "-m", "kuberde"]
 
 
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"kuberde: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _settings(server: str | None, token: str | None, ca_file: str | None) -> ClientSettings:
+def _workspace(value: str) -> str:
     try:
-        return resolve(server, token, os.environ, ca_file_flag=ca_file)
-    except ConfigError as exc:
-        raise _fail(str(exc), USAGE_ERROR) from None
-
-
-def _agent(value: str) -> str:
-    try:
-        return validate_name(strip_host_suffix(value), "agent")
+        return validate_name(strip_host_suffix(value), "workspace")
     except InvalidName as exc:
-        raise typer.BadParameter(str(exc), param_hint="AGENT") from None
+        raise typer.BadParameter(str(exc), param_hint="NAME") from None
+
+
+def _check_exists(settings: ClientSettings, name: str) -> None:
+    """Fail now, with KubeRDE's message, if the gateway knows no such workspace of ours."""
+    from kuberde.cli.api import call
+
+    call(settings, "GET", f"/api/agents/{name}")
 
 
 def _run(main: Coroutine[Any, Any, int], *, interrupted: int) -> int:
@@ -131,49 +92,64 @@ def _run(main: Coroutine[Any, Any, int], *, interrupted: int) -> int:
 
 
 def connect(
-    agent: AgentArgument,
-    port: Annotated[
-        int | None,
-        typer.Option(
-            "--port",
-            "-p",
-            min=1,
-            max=65535,
-            help="Workspace port (default: the agent's LOCAL_TARGET).",
-            show_default=False,
-        ),
-    ] = None,
+    gateway: Gateway,
+    name: NameArgument,
+    port: PortOption = None,
     kind: Annotated[Kind, typer.Option("--kind", help="Connection kind.")] = Kind.TCP,
-    server: ServerOption = None,
-    token: TokenOption = None,
-    ca_file: CaFileOption = None,
 ) -> None:
-    """Bridge stdin/stdout to a workspace port (ssh's ProxyCommand)."""
-    name = _agent(agent)
-    settings = _settings(server, token, ca_file)
-    raise typer.Exit(_run(connect_stdio(settings, name, port, kind.value), interrupted=130))
+    """Bridge stdin/stdout to a workspace port (ssh's ProxyCommand).
+
+    Examples:
+
+    \b
+      ssh -o ProxyCommand='kuberde connect %n --port %p --kind ssh' demo.kuberde
+      echo hello | kuberde connect demo --port 7000
+    """
+    from kuberde.cli.connect import connect_stdio
+
+    workspace = _workspace(name)
+    _valid_port(port)
+    settings = gateway.settings()
+    raise typer.Exit(_run(connect_stdio(settings, workspace, port, kind.value), interrupted=130))
+
+
+def _valid_port(port: int | None) -> None:
+    if port is not None and not 1 <= port <= 65535:
+        raise typer.BadParameter(f"{port} is not a port (1-65535)", param_hint="--port")
 
 
 def ssh(
+    gateway: Gateway,
     destination: Annotated[
-        str, typer.Argument(metavar="[USER@]AGENT", help="Workspace to log in to.")
+        str,
+        typer.Argument(
+            metavar="[USER@]NAME", help="Workspace to log in to.", autocompletion=complete_names
+        ),
     ],
     ssh_args: Annotated[
         list[str] | None,
-        typer.Argument(help="Options and command for ssh (put them after `--`).", metavar="ARGS"),
+        typer.Argument(
+            help="Options and command for ssh (put them after `--`).", metavar="ARGS..."
+        ),
     ] = None,
     port: Annotated[
-        int,
-        typer.Option("--port", "-p", min=1, max=65535, help="Workspace port of sshd."),
+        int, typer.Option("--port", "-p", metavar="PORT", help="Workspace port of sshd.")
     ] = DEFAULT_SSH_PORT,
-    server: ServerOption = None,
-    token: TokenOption = None,
-    ca_file: CaFileOption = None,
 ) -> None:
-    """Run OpenSSH to a workspace through `kuberde connect`."""
+    """Run OpenSSH to a workspace through `kuberde connect`, host key checked.
+
+    Examples:
+
+    \b
+      kuberde ssh demo
+      kuberde ssh alice@dev -- -L 8888:127.0.0.1:8888
+      kuberde ssh demo -- uname -a
+    """
     user, _, agent = destination.rpartition("@")
-    name = _agent(agent)
-    settings = _settings(server, token, ca_file)
+    name = _workspace(agent)
+    _valid_port(port)
+    settings = gateway.settings()
+    _check_exists(settings, name)
     known_hosts, identity = _generated_ssh_files(name + HOST_SUFFIX)
     argv = ssh_argv(
         kuberde_command(),
@@ -187,9 +163,9 @@ def ssh(
     try:
         os.execvpe(argv[0], argv, ssh_environment(settings, os.environ))
     except FileNotFoundError:
-        raise _fail("ssh not found: install the OpenSSH client", CONNECTION_ERROR) from None
+        fail("ssh not found: install the OpenSSH client (apt-get install openssh-client)")
     except OSError as exc:
-        raise _fail(f"cannot run ssh: {exc.strerror or exc}", CONNECTION_ERROR) from None
+        fail(f"cannot run ssh: {exc.strerror or exc}")
 
 
 def _generated_ssh_files(host: str) -> tuple[str | None, str | None]:
@@ -213,7 +189,8 @@ def _generated_ssh_files(host: str) -> tuple[str | None, str | None]:
 
 
 def port_forward(
-    agent: AgentArgument,
+    gateway: Gateway,
+    name: NameArgument,
     ports: Annotated[
         list[str],
         typer.Argument(
@@ -223,22 +200,31 @@ def port_forward(
         ),
     ],
     address: Annotated[
-        str, typer.Option("--address", help="Local address to listen on.")
+        str, typer.Option("--address", metavar="ADDRESS", help="Local address to listen on.")
     ] = "127.0.0.1",
-    server: ServerOption = None,
-    token: TokenOption = None,
-    ca_file: CaFileOption = None,
 ) -> None:
-    """Forward local ports to a workspace, one tunnel per accepted connection."""
-    name = _agent(agent)
+    """Forward local ports to a workspace, like `kubectl port-forward`; runs until Ctrl-C.
+
+    Examples:
+
+    \b
+      kuberde port-forward demo 2022:22     # then, elsewhere: ssh -p 2022 ...@127.0.0.1
+      kuberde port-forward dev 8888 :5432
+    """
+    from kuberde.cli.portforward import PortMapping, parse_port_mapping, serve_port_forward
+
+    workspace = _workspace(name)
     mappings: list[PortMapping] = []
     for spec in ports:
         try:
             mappings.append(parse_port_mapping(spec))
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="[LOCAL:]REMOTE") from None
-    settings = _settings(server, token, ca_file)
-    raise typer.Exit(_run(serve_port_forward(settings, name, mappings, address), interrupted=0))
+    settings = gateway.settings()
+    _check_exists(settings, workspace)
+    raise typer.Exit(
+        _run(serve_port_forward(settings, workspace, mappings, address), interrupted=0)
+    )
 
 
 def config_ssh(
@@ -246,10 +232,18 @@ def config_ssh(
         bool, typer.Option("--write", help="Update the ssh config instead of printing the block.")
     ] = False,
     ssh_config: Annotated[
-        Path, typer.Option("--ssh-config", help="The ssh client configuration file.")
+        Path,
+        typer.Option("--ssh-config", metavar="FILE", help="The ssh client configuration file."),
     ] = Path("~/.ssh/config"),
 ) -> None:
-    """Let plain `ssh NAME.kuberde` work: a managed block in ~/.ssh/config."""
+    """Let plain `ssh NAME.kuberde` work: a managed block in ~/.ssh/config.
+
+    Examples:
+
+    \b
+      kuberde config-ssh            # print the block
+      kuberde config-ssh --write    # then: ssh demo.kuberde
+    """
     block = render_block(kuberde_command())
     if not write:
         typer.echo(block, nl=False)
@@ -258,9 +252,9 @@ def config_ssh(
     try:
         message = _update_ssh_config(path, block)
     except SshConfigError as exc:
-        raise _fail(f"{path}: {exc}", CONNECTION_ERROR) from None
+        fail(f"{path}: {exc}")
     except OSError as exc:
-        raise _fail(f"cannot update {path}: {exc.strerror or exc}", CONNECTION_ERROR) from None
+        fail(f"cannot update {path}: {exc.strerror or exc}")
     typer.echo(message, err=True)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -9,21 +12,34 @@ import typer
 
 from kuberde import __version__, aio
 from kuberde.cli import auth_commands, commands, workspaces
+from kuberde.cli.base import (
+    USAGE_ERROR,
+    Gateway,
+    Group,
+    command,
+    fail,
+    gateway_command,
+    stdin_is_terminal,
+)
 from kuberde.cli.operator_cmd import operator
 from kuberde.cli.token import app as token_app
 from kuberde.logs import configure_logging
 
 app = typer.Typer(
     name="kuberde",
-    help="Remote development environments that sleep when idle and wake on connect.",
+    cls=Group,
+    help="Remote development environments that sleep when idle and wake on connect.\n\n"
+    "Start with `kuberde up` (or `make run` in a clone), then `kuberde ls` and "
+    "`kuberde ssh demo`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
 )
 app.add_typer(token_app, name="token")
 workspaces.register(app)
 commands.register(app)
 auth_commands.register(app)
-app.command(name="operator")(operator)
+command(app, "operator")(operator)
 
 DEFAULT_STATE_DIR = Path.home() / ".local" / "state" / "kuberde"
 
@@ -37,16 +53,84 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     log_level: Annotated[
-        str, typer.Option(envvar="KUBERDE_LOG_LEVEL", help="debug, info, warning or error")
+        str,
+        typer.Option(
+            envvar="KUBERDE_LOG_LEVEL",
+            metavar="debug|info|warning|error",
+            help="Log detail on stderr (every command also takes --log-level).",
+        ),
     ] = "info",
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version")
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the client's version."
+        ),
     ] = False,
 ) -> None:
     configure_logging(log_level)
 
 
-@app.command()
+def version(gateway: Gateway) -> None:
+    """Show the client's version and the gateway's (`GET /api/version`).
+
+    Examples:
+
+    \b
+      kuberde version
+      kuberde version --server https://gateway.example
+    """
+    from kuberde.cli.api import ApiError, request
+    from kuberde.cli.config import ClientSettings, ConfigError, config_path, load, normalize_server
+
+    typer.echo(f"Client version: {__version__}")
+    try:
+        stored = load(config_path())
+        chosen = gateway.server or os.environ.get("KUBERDE_SERVER") or stored.server
+        server = normalize_server(chosen) if chosen else None
+    except ConfigError as exc:
+        fail(str(exc), USAGE_ERROR)
+    if server is None:
+        typer.echo("Gateway version: unknown (no gateway configured: run `kuberde up`)")
+        return
+    ca_file = gateway.ca_file or os.environ.get("KUBERDE_CA_FILE") or stored.ca_file
+    settings = ClientSettings(server=server, token="", ca_file=ca_file)
+    try:
+        answer = aio.run(request(settings, "GET", "/api/version", authenticate=False))
+    except ApiError as exc:
+        fail(str(exc))
+    typer.echo(f"Gateway version: {answer.get('version', 'unknown')} ({server})")
+
+
+gateway_command(app, "version")(version)
+
+
+class Shell(StrEnum):
+    BASH = "bash"
+    ZSH = "zsh"
+    FISH = "fish"
+
+
+@command(app, "completion")
+def completion(
+    shell: Annotated[Shell, typer.Argument(metavar="bash|zsh|fish", help="Your shell.")],
+) -> None:
+    """Print a shell completion script (commands, options and workspace names).
+
+    Examples:
+
+    \b
+      source <(kuberde completion bash)
+      kuberde completion zsh > "${fpath[1]}/_kuberde"
+      kuberde completion fish > ~/.config/fish/completions/kuberde.fish
+    """
+    from typer._completion_shared import get_completion_script
+
+    typer.echo(
+        get_completion_script(prog_name="kuberde", complete_var="_KUBERDE_COMPLETE", shell=shell)
+    )
+
+
+@command(app, "server")
 def server(
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on")] = "127.0.0.1:8080",
     state_dir: Annotated[
@@ -107,7 +191,14 @@ def server(
         typer.Option(help="NAMESPACE:NAME of a ServiceAccount allowed on /mgmt (TokenReview)"),
     ] = None,
 ) -> None:
-    """Run the gateway: agents dial in on /ws, users connect on /connect/AGENT."""
+    """Run the gateway alone: agents dial in on /ws, users connect on /connect/NAME.
+
+    Examples:
+
+    \b
+      kuberde server --listen 0.0.0.0:8080 --oidc-issuer https://sso.example/realms/dev
+      kuberde server --kubernetes --tls-cert cert.pem --tls-key key.pem
+    """
     from kuberde.auth.mgmt import service_account_username
     from kuberde.auth.oidc import AgentClaims, UserClaims
     from kuberde.gateway.app import GatewaySettings
@@ -160,7 +251,7 @@ def server(
     )
 
 
-@app.command()
+@command(app, "agent")
 def agent() -> None:
     """Run a workspace agent, configured by environment as in a pod (SERVER_URL, LOCAL_TARGET,
     ALLOWED_PORTS, AGENT_TOKEN or AGENT_TOKEN_FILE, AGENT_ID)."""
@@ -169,10 +260,11 @@ def agent() -> None:
     raise typer.Exit(agent_main())
 
 
-@app.command()
+@command(app, "up")
 def up(
     files: Annotated[
-        list[Path] | None, typer.Option("-f", "--filename", help="RDEAgent YAML file(s)")
+        list[Path] | None,
+        typer.Option("-f", "--filename", metavar="FILE", help="RDEAgent YAML file (repeatable)."),
     ] = None,
     state_dir: Annotated[
         Path, typer.Option(envvar="KUBERDE_STATE_DIR", help="Workspace state, keys and logs")
@@ -182,7 +274,14 @@ def up(
         float, typer.Option(help="Seconds between lifecycle sweeps (TTL checks)")
     ] = 1.0,
 ) -> None:
-    """Run the gateway and local workspaces (a demo one when no file is given)."""
+    """Run the gateway and local workspaces (a demo one when no file is given).
+
+    Examples:
+
+    \b
+      kuberde up
+      kuberde up -f dev.yaml --listen 127.0.0.1:9090
+    """
     from kuberde.gateway.server import parse_listen
     from kuberde.local.up import run_up
 
@@ -200,20 +299,43 @@ def up(
             )
         )
     except OSError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"kuberde: {exc}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
 
 
-@app.command(name="user-add")
+@command(app, "user-add")
 def user_add(
-    username: Annotated[str, typer.Argument(help="Lower-case user name (the owner in RDEAgents)")],
-    admin: Annotated[bool, typer.Option(help="May reach every workspace")] = False,
+    username: Annotated[
+        str,
+        typer.Argument(metavar="NAME", help="Lower-case user name (the owner in RDEAgents)."),
+    ],
+    admin: Annotated[bool, typer.Option(help="May reach every workspace.")] = False,
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin",
+            help="Read the password from standard input (also when stdin is not a terminal).",
+        ),
+    ] = False,
     state_dir: Annotated[
-        Path, typer.Option(envvar="KUBERDE_STATE_DIR", help="State directory of `kuberde up`")
+        Path,
+        typer.Option(
+            envvar="KUBERDE_STATE_DIR", metavar="DIR", help="State directory of `kuberde up`."
+        ),
     ] = DEFAULT_STATE_DIR,
 ) -> None:
-    """Add or update a user of the built-in sign-in (`kuberde login` under `kuberde up`)."""
+    """Add or update a user of the built-in sign-in (`kuberde login` under `kuberde up`).
+
+    On a terminal the password is asked for twice; otherwise it is the first line of
+    standard input, as with `docker login --password-stdin`.
+
+    Examples:
+
+    \b
+      kuberde user-add alice
+      printf '%s\\n' "$PASSWORD" | kuberde user-add alice --password-stdin
+    """
     from kuberde.auth.users import USERS_FILE, UsersFileError, set_user
     from kuberde.naming import InvalidName, validate_name
 
@@ -221,13 +343,29 @@ def user_add(
         validate_name(username, "user name")
     except InvalidName as exc:
         raise typer.BadParameter(str(exc), param_hint="USERNAME") from None
-    password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    password = _password(password_stdin)
     try:
         set_user(state_dir / USERS_FILE, username, password, admin=admin)
     except UsersFileError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"kuberde: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"user {username} saved in {state_dir / USERS_FILE}", err=True)
+
+
+def _password(from_stdin: bool) -> str:
+    """The first line of stdin when asked to or when it is no terminal; else a prompt on it.
+
+    (getpass, behind the prompt, would read /dev/tty even when stdin is piped.)
+    """
+    if from_stdin or not stdin_is_terminal():
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            fail("no password on standard input", USAGE_ERROR)
+        return password
+    password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        fail("the password must not be empty", USAGE_ERROR)
+    return str(password)
 
 
 def main() -> None:

@@ -128,7 +128,7 @@ def operator(
             lease_name=lease_name,
         )
     except SettingsError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"kuberde: {exc}", err=True)
         raise typer.Exit(EXIT_CONFIG) from None
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # Kopf logs every handler call at INFO; our own lines say what happened.
@@ -140,8 +140,8 @@ def operator(
     try:
         aio.run(_run(settings))
     except (SettingsError, ConfigException) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"kuberde: {exc}", err=True)
         raise typer.Exit(EXIT_CONFIG) from None
     except LeadershipLost as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"kuberde: {exc}", err=True)
         raise typer.Exit(EXIT_LEADERSHIP_LOST) from None

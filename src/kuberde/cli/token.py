@@ -19,12 +19,14 @@ from kuberde.auth.tokens import (
     DEFAULT_USER_TTL,
     TokenIssuer,
 )
+from kuberde.cli.base import Group, command
 from kuberde.naming import InvalidName
 from kuberde.policy import format_duration, parse_ttl
 
 __all__ = ["app"]
 
 app = typer.Typer(
+    cls=Group,
     help="Mint tokens signed with the gateway's key (kept in its state directory).",
     no_args_is_help=True,
 )
@@ -33,6 +35,7 @@ StateDir = Annotated[
     Path,
     typer.Option(
         "--state-dir",
+        metavar="DIR",
         help="Gateway state directory; the signing key is created there if missing.",
     ),
 ]
@@ -40,7 +43,9 @@ StateDir = Annotated[
 
 def _ttl_option(default: timedelta) -> object:
     return typer.Option(
-        "--ttl", help=f"Lifetime such as 90m, 1h or 30d (default {format_duration(default)})."
+        "--ttl",
+        metavar="DURATION",
+        help=f"Lifetime such as 90m, 1h or 30d (default {format_duration(default)}).",
     )
 
 
@@ -60,11 +65,11 @@ def _issuer(state_dir: Path) -> TokenIssuer:
     try:
         return TokenIssuer(load_or_create_signing_key(state_dir))
     except (SigningKeyError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"kuberde: {exc}", err=True)
         raise typer.Exit(1) from None
 
 
-@app.command()
+@command(app)
 def agent(
     state_dir: StateDir,
     owner: Annotated[str, typer.Option(help="The owning user's name.")],
@@ -84,7 +89,7 @@ def agent(
     typer.echo(token)
 
 
-@app.command()
+@command(app)
 def user(
     state_dir: StateDir,
     username: Annotated[str, typer.Option("--user", help="The user's name.")],
@@ -101,7 +106,7 @@ def user(
     typer.echo(token)
 
 
-@app.command()
+@command(app)
 def management(
     state_dir: StateDir,
     subject: Annotated[

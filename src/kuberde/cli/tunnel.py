@@ -18,6 +18,7 @@ from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType
 
 from kuberde.cli.config import ClientSettings, connect_url
 from kuberde.cli.login import Credentials, RefreshError, unauthorized_message
+from kuberde.messages import not_found, unreachable
 from kuberde.tls import client_ssl_context
 
 __all__ = [
@@ -76,7 +77,7 @@ def refusal_message(status: int, detail: str | None, agent: str) -> str:
     if status == 403:
         return f"forbidden: {detail or f'you may not connect to {agent}'}"
     if status == 404:
-        return f"not found: {detail or f'no agent named {agent!r}'}"
+        return detail or not_found(agent)
     if status == 400:
         return f"bad request: {detail or 'the gateway refused the port or kind'}"
     return f"the gateway answered HTTP {status}" + (f": {detail}" if detail else "")
@@ -93,8 +94,8 @@ def close_message(code: int | None, reason: str | None, agent: str) -> str | Non
     if reason:
         return reason
     defaults = {
-        4404: f"agent {agent} went away",
-        4408: f"agent {agent} did not come online in time",
+        4404: f"workspace {agent} went away",
+        4408: f"workspace {agent} did not come online in time",
         4503: "the gateway is shutting down",
     }
     if code in defaults:
@@ -181,9 +182,8 @@ async def open_connection(
             "pass --ca-file or set KUBERDE_CA_FILE"
         ) from None
     except aiohttp.ClientConnectorError as exc:
-        raise ConnectError(
-            f"cannot reach the gateway at {settings.server}: {exc.strerror or exc}"
-        ) from None
+        reason = exc.os_error.strerror if exc.os_error.strerror else str(exc)
+        raise ConnectError(unreachable(settings.server, reason.lower())) from None
     except aiohttp.WSServerHandshakeError as exc:
         raise ConnectError(
             f"{settings.server} did not accept the WebSocket upgrade (HTTP {exc.status})"

@@ -1,115 +1,35 @@
-"""`kuberde ls / apply / delete / wake / stop / logs`: manage workspaces through the gateway API."""
+"""`kuberde ls / apply / delete / wake / stop / logs`: manage workspaces through the gateway API.
+
+Rendering (`render_table`, `idle_status`, `changed_rows`) is pure; the commands are thin.
+"""
 
 from __future__ import annotations
 
 import json
-import ssl as ssl_module
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-import aiohttp
 import typer
 
-from kuberde import aio
-from kuberde.cli.config import ClientSettings, ConfigError, normalize_server, resolve
-from kuberde.cli.login import Credentials, RefreshError, unauthorized_message
+from kuberde.cli.base import Gateway, NameArgument, gateway_command
 from kuberde.policy import format_duration
-from kuberde.tls import client_ssl_context
 
-__all__ = ["register"]
+__all__ = ["Output", "idle_status", "register", "render_table", "watch_lines"]
 
-_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
-
-ServerOption = Annotated[
-    str | None, typer.Option("--server", envvar="KUBERDE_SERVER", help="Gateway URL")
-]
-TokenOption = Annotated[
-    str | None,
-    typer.Option("--token", envvar="KUBERDE_TOKEN", help="User token", show_default=False),
-]
+WATCH_INTERVAL = 1.0
 
 
-class ApiError(Exception):
-    pass
-
-
-class _Unauthorized(ApiError):
-    """HTTP 401: the token may be renewed and the request tried once more."""
-
-
-def _settings(server: str | None, token: str | None) -> ClientSettings:
-    try:
-        return resolve(server, token)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-
-
-async def _request(
-    settings: ClientSettings,
-    method: str,
-    path: str,
-    *,
-    body: str | None = None,
-    params: dict[str, str] | None = None,
-    stream_to: Any = None,
-) -> Any:
-    url = normalize_server(settings.server) + path
-    ssl: ssl_module.SSLContext | bool = (
-        client_ssl_context(settings.ca_file) if url.startswith("https") else True
-    )
-    headers = {"Authorization": f"Bearer {settings.token}"}
-    timeout = aiohttp.ClientTimeout(connect=10) if stream_to is not None else _TIMEOUT
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as http,
-            http.request(method, url, data=body, params=params, headers=headers, ssl=ssl) as reply,
-        ):
-            if stream_to is not None and reply.status == 200:
-                async for chunk in reply.content.iter_any():
-                    stream_to.write(chunk)
-                    stream_to.flush()
-                return None
-            try:
-                payload = await reply.json(content_type=None)
-            except (json.JSONDecodeError, aiohttp.ContentTypeError):
-                payload = {"error": (await reply.text())[:200]}
-            if reply.status >= 400 and not (reply.status == 422 and "applied" in payload):
-                message = str(payload.get("error") or reply.reason or reply.status)
-                if reply.status == 401:
-                    message += " — run `kuberde up` (or `kuberde login`) for a fresh token"
-                    raise _Unauthorized(message)
-                raise ApiError(message)
-            return payload
-    except aiohttp.ClientConnectionError as exc:
-        raise ApiError(f"cannot reach the gateway at {settings.server}: {exc}") from None
-
-
-async def _authorized(settings: ClientSettings, method: str, path: str, **kwargs: Any) -> Any:
-    """`_request` with the stored login renewed before expiry, and once more after a 401."""
-    credentials = Credentials(settings)
-    current = await credentials.fresh()
-    try:
-        return await _request(current, method, path, **kwargs)
-    except _Unauthorized:
-        try:
-            renewed = await credentials.renew(current)
-        except RefreshError as failure:
-            raise ApiError(unauthorized_message(failure)) from None
-        if renewed is None:
-            raise
-    return await _request(renewed, method, path, **kwargs)
-
-
-def _call(settings: ClientSettings, method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        return aio.run(_authorized(settings, method, path, **kwargs))
-    except ApiError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+class Output(StrEnum):
+    TABLE = ""
+    WIDE = "wide"
+    JSON = "json"
+    YAML = "yaml"
+    NAME = "name"
 
 
 def _age(created: str, now: datetime) -> str:
@@ -122,110 +42,222 @@ def _when(value: str | None) -> str:
     return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def render_table(workspaces: Sequence[dict[str, Any]], wide: bool, now: datetime) -> str:
-    """The columns of `kubectl get rdeagent [-o wide]`, plus IDLE-DEADLINE locally."""
-    header = ["NAME", "STATUS", "ONLINE", "POD", "AGE"]
+def idle_status(item: dict[str, Any]) -> str:
+    """Why a workspace is up, or when it will be scaled down."""
+    connections = int(item.get("connections") or 0)
+    if connections:
+        return f"held by {connections} connection{'s' if connections != 1 else ''}"
+    if item.get("idle_deadline"):
+        return _when(item["idle_deadline"])
+    if not item.get("ttl"):
+        return "never (no TTL)"
+    return "<none>"
+
+
+def _cells(item: dict[str, Any], wide: bool, now: datetime) -> list[str]:
+    row = [
+        item["name"],
+        item["phase"] or "Pending",
+        "true" if item["online"] else "false",
+        item["pod"] or "<none>",
+        _age(item["created_at"], now),
+    ]
     if wide:
-        header += ["TTL", "LAST-ACTIVITY", "IDLE-DEADLINE", "MESSAGE"]
-    rows = [header]
-    for item in workspaces:
-        row = [
-            item["name"],
-            item["phase"] or "Pending",
-            "true" if item["online"] else "false",
-            item["pod"] or "<none>",
-            _age(item["created_at"], now),
+        row += [
+            item["ttl"] or "0",
+            _when(item["last_activity"]),
+            idle_status(item),
+            item["message"] or "",
         ]
-        if wide:
-            row += [
-                item["ttl"] or "0",
-                _when(item["last_activity"]),
-                _when(item["idle_deadline"]),
-                item["message"] or "",
-            ]
-        rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
+    return row
+
+
+def _header(wide: bool) -> list[str]:
+    header = ["NAME", "STATUS", "ONLINE", "POD", "AGE"]
+    return [*header, "TTL", "LAST-ACTIVITY", "IDLE-DEADLINE", "MESSAGE"] if wide else header
+
+
+def _align(rows: Sequence[Sequence[str]], widths: Sequence[int]) -> list[str]:
+    return [
         "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
-    )
+    ]
+
+
+def render_table(workspaces: Sequence[dict[str, Any]], wide: bool, now: datetime) -> str:
+    """The columns of `kubectl get rdeagent [-o wide]`; wide's IDLE-DEADLINE says why a
+    workspace is up when open connections hold it."""
+    rows = [_header(wide), *(_cells(item, wide, now) for item in workspaces)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(_align(rows, widths))
+
+
+def _enriched(item: dict[str, Any]) -> dict[str, Any]:
+    return {**item, "idle": idle_status(item)}
+
+
+def render(workspaces: Sequence[dict[str, Any]], output: Output, now: datetime) -> str:
+    if output is Output.JSON:
+        return json.dumps([_enriched(item) for item in workspaces], indent=2)
+    if output is Output.YAML:
+        import yaml
+
+        return yaml.safe_dump([_enriched(item) for item in workspaces], sort_keys=False).rstrip()
+    if output is Output.NAME:
+        return "\n".join(f"rdeagent/{item['name']}" for item in workspaces)
+    return render_table(workspaces, output is Output.WIDE, now)
+
+
+def watch_lines(
+    snapshots: Iterator[list[dict[str, Any]]], output: Output, clock: Callable[[], datetime]
+) -> Iterator[str]:
+    """Like `kubectl get -w`: everything once, then a line (or document) per changed row."""
+    seen: dict[str, dict[str, Any]] = {}
+    widths: list[int] | None = None
+    wide = output is Output.WIDE
+    for snapshot in snapshots:
+        changed = [item for item in snapshot if seen.get(item["name"]) != item]
+        seen = {item["name"]: item for item in snapshot}
+        if output in (Output.TABLE, Output.WIDE):
+            rows = [_cells(item, wide, clock()) for item in changed]
+            if widths is None:
+                header = _header(wide)
+                widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+                rows = [header, *rows]
+            widths = [max(w, *(len(r[i]) for r in rows)) for i, w in enumerate(widths)]
+            yield from _align(rows, widths)
+        elif output is Output.JSON:
+            yield from (json.dumps(_enriched(item)) for item in changed)
+        elif changed:
+            yield render(changed, output, clock())
+
+
+def _snapshots(settings: Any, interval: float) -> Iterator[list[dict[str, Any]]]:
+    from kuberde.cli.api import call
+
+    while True:
+        yield call(settings, "GET", "/api/workspaces")["workspaces"]
+        time.sleep(interval)
 
 
 def ls(
-    output: Annotated[str, typer.Option("-o", "--output", help="wide or json")] = "",
-    server: ServerOption = None,
-    token: TokenOption = None,
+    gateway: Gateway,
+    output: Annotated[
+        Output, typer.Option("-o", "--output", metavar="wide|json|yaml|name", help="Format.")
+    ] = Output.TABLE,
+    watch: Annotated[
+        bool, typer.Option("-w", "--watch", help="After listing, print each change as it happens.")
+    ] = False,
 ) -> None:
-    """List workspaces: NAME STATUS ONLINE POD AGE (wide adds TTL, activity and messages)."""
-    if output not in ("", "wide", "json"):
-        raise typer.BadParameter("must be wide or json", param_hint="-o")
-    payload = _call(_settings(server, token), "GET", "/api/workspaces")
-    workspaces = payload["workspaces"]
-    if output == "json":
-        typer.echo(json.dumps(workspaces, indent=2))
-    elif not workspaces:
+    """List workspaces: NAME STATUS ONLINE POD AGE; wide adds TTL, LAST-ACTIVITY,
+    IDLE-DEADLINE (or what holds the workspace up) and MESSAGE.
+
+    Locally (`kuberde up`) POD is the process ID of the workspace's workload.
+
+    Examples:
+
+    \b
+      kuberde ls
+      kuberde ls -o wide -w
+      kuberde ls -o json
+    """
+    settings = gateway.settings()
+    if watch:
+        try:
+            for line in watch_lines(
+                _snapshots(settings, WATCH_INTERVAL), output, lambda: datetime.now(UTC)
+            ):
+                typer.echo(line)
+        except KeyboardInterrupt:
+            raise typer.Exit(0) from None
+        return
+    from kuberde.cli.api import call
+
+    workspaces = call(settings, "GET", "/api/workspaces")["workspaces"]
+    if not workspaces and output in (Output.TABLE, Output.WIDE):
         typer.echo("No workspaces.", err=True)
-    else:
-        typer.echo(render_table(workspaces, output == "wide", datetime.now(UTC)))
+        return
+    text = render(workspaces, output, datetime.now(UTC))
+    if text:
+        typer.echo(text)
 
 
 def apply(
-    files: Annotated[list[Path], typer.Option("-f", "--filename", help="RDEAgent YAML file")],
-    server: ServerOption = None,
-    token: TokenOption = None,
+    gateway: Gateway,
+    files: Annotated[
+        list[Path],
+        typer.Option("-f", "--filename", metavar="FILE", help="RDEAgent YAML file; - for stdin."),
+    ],
 ) -> None:
-    """Create or update workspaces from RDEAgent documents."""
-    settings = _settings(server, token)
+    """Create or update workspaces from RDEAgent documents.
+
+    Examples:
+
+    \b
+      kuberde apply -f dev.yaml
+      kubectl get rdeagent -o yaml | kuberde apply -f -
+    """
+    from kuberde.cli.api import call
+
+    settings = gateway.settings()
     failed = False
     for path in files:
         try:
             text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
         except OSError as exc:
-            typer.echo(f"error: cannot read {path}: {exc.strerror}", err=True)
+            typer.echo(f"kuberde: cannot read {path}: {exc.strerror}", err=True)
             failed = True
             continue
-        result = _call(settings, "POST", "/api/workspaces", body=text, params={"source": str(path)})
+        result = call(settings, "POST", "/api/workspaces", body=text, params={"source": str(path)})
         for item in result["applied"]:
             typer.echo(f"rdeagent/{item['name']} {'created' if item['created'] else 'configured'}")
         for error in result["errors"]:
-            typer.echo(f"error: {error}", err=True)
+            typer.echo(f"kuberde: {error}", err=True)
             failed = True
     if failed:
         raise typer.Exit(1)
 
 
-def _simple(verb: str, method: str, suffix: str, done: str) -> Any:
-    def command(
-        name: Annotated[str, typer.Argument(help="Workspace name")],
-        server: ServerOption = None,
-        token: TokenOption = None,
-    ) -> None:
-        _call(_settings(server, token), method, f"/api/workspaces/{name}{suffix}")
+def _simple(verb: str, method: str, suffix: str, done: str, summary: str) -> Any:
+    def command(gateway: Gateway, name: NameArgument) -> None:
+        from kuberde.cli.api import call
+
+        call(gateway.settings(), method, f"/api/workspaces/{name}{suffix}")
         typer.echo(f"rdeagent/{name} {done}")
 
     command.__name__ = verb
+    command.__doc__ = f"{summary}\n\nExamples:\n\n\b\n  kuberde {verb} demo\n"
     return command
 
 
 def logs(
-    name: Annotated[str, typer.Argument(help="Workspace name")],
+    gateway: Gateway,
+    name: NameArgument,
     follow: Annotated[
-        bool, typer.Option("-f", "--follow", help="Keep printing new output")
+        bool, typer.Option("-f", "--follow", help="Keep printing new output.")
     ] = False,
-    tail: Annotated[int, typer.Option(help="Lines of history to show")] = 200,
+    tail: Annotated[int, typer.Option(metavar="LINES", help="Lines of history to show.")] = 200,
     agent: Annotated[
-        bool, typer.Option("--agent", help="The agent's log, not the workload's")
+        bool, typer.Option("--agent", help="The agent's log, not the workload's.")
     ] = False,
-    server: ServerOption = None,
-    token: TokenOption = None,
 ) -> None:
-    """Print a workspace's workload output (stdout and stderr)."""
+    """Print a workspace's workload output (stdout and stderr).
+
+    Examples:
+
+    \b
+      kuberde logs demo
+      kuberde logs demo -f --tail 20
+      kuberde logs demo --agent
+    """
+    from kuberde.cli.api import call
+
     params = {"tail": str(tail), "follow": "1" if follow else "0"}
     if agent:
         params["container"] = "agent"
     try:
-        _call(
-            _settings(server, token),
+        call(
+            gateway.settings(),
             "GET",
             f"/api/workspaces/{name}/logs",
             params=params,
@@ -236,15 +268,24 @@ def logs(
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(ls)
-    app.command()(apply)
-    app.command(help="Delete a workspace (its processes stop; its logs are kept).")(
-        _simple("delete", "DELETE", "", "deleted")
-    )
-    app.command(help="Start a scaled-down workspace without connecting to it.")(
-        _simple("wake", "POST", "/wake", "waking")
-    )
-    app.command(help="Scale a workspace to zero now; connecting wakes it again.")(
-        _simple("stop", "POST", "/stop", "scaled down")
-    )
-    app.command()(logs)
+    gateway_command(app)(ls)
+    gateway_command(app)(apply)
+    for verb, method, suffix, done, summary in [
+        (
+            "delete",
+            "DELETE",
+            "",
+            "deleted",
+            "Delete a workspace (its processes stop; its logs are kept).",
+        ),
+        ("wake", "POST", "/wake", "waking", "Start a scaled-down workspace without connecting."),
+        (
+            "stop",
+            "POST",
+            "/stop",
+            "scaled down",
+            "Scale a workspace to zero now; connecting wakes it again.",
+        ),
+    ]:
+        gateway_command(app, verb)(_simple(verb, method, suffix, done, summary))
+    gateway_command(app)(logs)

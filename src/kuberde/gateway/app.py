@@ -17,11 +17,13 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from kuberde import __version__
 from kuberde.auth import AuthError, Principal, TokenVerifier, bearer_token
 from kuberde.gateway.activity import ActivitySource, ActivityTracker
 from kuberde.gateway.directory import AgentDirectory, WakeError
 from kuberde.gateway.metrics import GatewayMetrics
 from kuberde.gateway.registry import AgentConnection, AgentRegistry
+from kuberde.messages import not_found
 from kuberde.mux import (
     BULK_FRAME,
     BULK_WINDOW,
@@ -202,9 +204,7 @@ class Gateway:
         port, kind = self._connect_options(request)
         resolved = await self._resolve(request.match_info["agent"], user)
         if resolved is None:
-            raise json_error(
-                web.HTTPNotFound, f"no agent named {request.match_info['agent']!r}", "not_found"
-            )
+            raise json_error(web.HTTPNotFound, not_found(request.match_info["agent"]), "not_found")
         target, owner = resolved
         if owner != user.name and not user.admin:
             raise json_error(
@@ -427,6 +427,23 @@ class Gateway:
             raise json_error(web.HTTPNotFound, "no such agent", "not_found")
         return web.json_response(summary)
 
+    async def find_agent(self, request: web.Request) -> web.Response:
+        """`GET /api/agents/{agent}`: whether the user may connect to it, without connecting,
+        so `kuberde ssh` and `port-forward` fail before they start. Someone else's workspace
+        is missing, as everywhere on /api."""
+        user = await self.authenticate(request, "user")
+        reference = request.match_info["agent"]
+        resolved = await self._resolve(reference, user)
+        if resolved is None or (resolved[1] != user.name and not user.admin):
+            raise json_error(web.HTTPNotFound, not_found(reference), "not_found")
+        target, owner = resolved
+        online = self.registry.get(target) is not None
+        return web.json_response({"id": target, "owner": owner, "online": online})
+
+    async def version(self, request: web.Request) -> web.Response:
+        """`GET /api/version`, unauthenticated like Kubernetes' /version: `kuberde version`."""
+        return web.json_response({"version": __version__})
+
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -466,6 +483,8 @@ def create_app(
     app.router.add_get("/connect/{agent}", gateway.user_socket)
     app.router.add_get("/mgmt/agents", gateway.list_agents)
     app.router.add_get("/mgmt/agents/{agent}", gateway.get_agent)
+    app.router.add_get("/api/agents/{agent}", gateway.find_agent)
+    app.router.add_get("/api/version", gateway.version)
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_get("/readyz", gateway.readyz)
     app.router.add_get("/metrics", gateway.metrics_endpoint)

@@ -18,6 +18,7 @@ from kuberde.gateway.app import GATEWAY_KEY, Gateway, json_error
 from kuberde.local.runtime import LocalRuntime, WorkspaceView
 from kuberde.local.store import WorkspaceState
 from kuberde.local.supervisor import follow_log, tail_log
+from kuberde.messages import not_found
 from kuberde.resource import load_documents
 
 __all__ = ["add_workspace_routes"]
@@ -44,7 +45,7 @@ class WorkspaceApi:
         state = self.runtime.store.get(name)
         if state is None or (state.owner != user.name and not user.admin):
             # Someone else's workspace is reported as missing: names are not disclosed.
-            raise json_error(web.HTTPNotFound, f"no workspace named {name!r}", "not_found")
+            raise json_error(web.HTTPNotFound, not_found(name), "not_found")
         return state
 
     async def list(self, request: web.Request) -> web.Response:

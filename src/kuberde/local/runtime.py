@@ -81,6 +81,8 @@ class WorkspaceView:
     last_activity_source: str | None
     idle_deadline: datetime | None
     message: str
+    #: Open connections (streams); while there are any the workspace is held up, no deadline.
+    connections: int
 
 
 @dataclass
@@ -208,8 +210,15 @@ class LocalRuntime:
     def view(self, state: WorkspaceState) -> WorkspaceView:
         agent = parse_agent(state.document)
         ttl = agent.spec.ttl_duration
+        activity = self.gateway.activity.get(state.agent_id)
+        connections = activity.sessions if activity is not None else 0
         deadline = None
-        if ttl is not None and not state.scaled_down and state.last_activity is not None:
+        if (
+            ttl is not None
+            and not state.scaled_down
+            and state.last_activity is not None
+            and not connections
+        ):
             deadline = policy.idle_deadline(ttl, state.last_activity)
         processes = self._running.get(state.name)
         pid = processes.workload.pid if processes and processes.workload else None
@@ -228,6 +237,7 @@ class LocalRuntime:
             last_activity_source=state.last_activity_source,
             idle_deadline=deadline,
             message=state.message,
+            connections=connections,
         )
 
     # ---- the control loop ----------------------------------------------------------------

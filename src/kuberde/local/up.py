@@ -44,18 +44,18 @@ def _load_files(runtime: LocalRuntime, files: list[Path]) -> int:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            print(f"error: cannot read {path}: {exc.strerror}", file=sys.stderr)
+            print(f"kuberde: cannot read {path}: {exc.strerror}", file=sys.stderr)
             errors += 1
             continue
         for result in load_documents(text, str(path)):
             if result.agent is None:
-                print(f"error: {result.error}", file=sys.stderr)
+                print(f"kuberde: {result.error}", file=sys.stderr)
                 errors += 1
                 continue
             try:
                 runtime.apply(result.agent)
             except ValueError as exc:
-                print(f"error: {result.location}: {exc}", file=sys.stderr)
+                print(f"kuberde: {result.location}: {exc}", file=sys.stderr)
                 errors += 1
     return errors
 
@@ -149,7 +149,7 @@ async def run_up(
     demo = None
     if files:
         if _load_files(runtime, files):
-            print("some documents were rejected; the others are running", file=sys.stderr)
+            print("kuberde: some documents were rejected; the others are running", file=sys.stderr)
     else:
         demo = demo_workspace(state_dir, user)
         runtime.apply(parse_agent(demo.document))
