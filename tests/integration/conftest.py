@@ -389,7 +389,7 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
 
         app.on_response_prepare.append(on_prepare)
         sock = bind_socket(ListenAddress("127.0.0.1", 0))
-        runner = await start_site(app, sock, None)
+        runner = await start_site(app, sock, None, settings.connections)
         url = socket_url(sock, tls=False)
         stack.push_async_callback(runner.cleanup)
         http = await stack.enter_async_context(aiohttp.ClientSession())

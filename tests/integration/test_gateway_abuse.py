@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from kuberde.gateway.app import GatewaySettings
+from kuberde.gateway.connections import ConnectionLimits
 from kuberde.mux import INITIAL_WINDOW, Flag, FrameType, GoAwayCode, Preamble, SessionConfig, Stream
 from kuberde.mux.frame import encode_header
 from tests.integration.conftest import (
@@ -327,3 +328,98 @@ async def test_a_ping_flood_is_a_protocol_error_and_leaves_memory_bounded(
     bob = await gateway.connect("dev", gateway.user("bob"))
     assert (await exchange(bob, b"still served")).data == b"still served"
     assert healthy.session.is_closed is False
+
+
+# ---- slow and idle strangers -----------------------------------------------------------------
+
+SLOW_HEAD = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Slow: "
+
+
+async def _raw_connection(
+    gateway: RunningGateway, source: str = "127.0.0.1"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+    return await asyncio.wait_for(
+        asyncio.open_connection(host, int(port), local_addr=(source, 0)), WAIT
+    )
+
+
+async def _healthz(http: aiohttp.ClientSession, gateway: RunningGateway) -> int:
+    async with asyncio.timeout(WAIT), http.get(gateway.url + "/healthz") as resp:
+        return resp.status
+
+
+async def test_slow_header_clients_are_refused_after_the_timeout_while_others_are_served(
+    start_gateway: GatewayFactory,
+) -> None:
+    limits = ConnectionLimits(header_timeout=0.5)
+    gateway = await start_gateway(GatewaySettings(connections=limits))
+    slow = [await _raw_connection(gateway) for _ in range(5)]
+
+    async def dribble(writer: asyncio.StreamWriter) -> None:
+        """A byte at a time, as an attacker holding the connection would send."""
+        with contextlib.suppress(ConnectionError):
+            while not writer.is_closing():
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+
+    for _, writer in slow:
+        writer.write(SLOW_HEAD)
+    dribblers = [asyncio.create_task(dribble(writer)) for _, writer in slow]
+    try:
+        assert await _healthz(gateway.http, gateway) == 200
+        for reader, _ in slow:
+            answer = await asyncio.wait_for(reader.read(), WAIT)  # until the gateway closes
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+    finally:
+        for task in dribblers:
+            task.cancel()
+        for _, writer in slow:
+            writer.close()
+    assert await _healthz(gateway.http, gateway) == 200
+
+
+async def test_unauthenticated_connections_are_capped_per_address_and_in_total(
+    start_gateway: GatewayFactory,
+) -> None:
+    limits = ConnectionLimits(
+        header_timeout=WAIT * 6, max_unauthenticated_per_address=3, max_connections=8
+    )
+    gateway = await start_gateway(GatewaySettings(connections=limits))
+    other = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        # Authenticated connections from the same address do not count against its cap.
+        agents = [
+            await asyncio.wait_for(
+                other.ws_connect(
+                    f"{gateway.ws_url}/ws",
+                    headers={"Authorization": f"Bearer {gateway.issuer.mint_agent('eve', n)}"},
+                ),
+                WAIT,
+            )
+            for n in ("one", "two")
+        ]
+        await gateway.wait_agent("user-eve-two", lambda a: a["online"])
+        idle = [await _raw_connection(gateway, "127.0.0.2") for _ in range(3)]
+        reader, writer = await _raw_connection(gateway, "127.0.0.2")
+        idle.append((reader, writer))
+        refused = await asyncio.wait_for(reader.read(), WAIT)
+        assert refused.startswith(b"HTTP/1.1 429 "), refused
+        assert b"unauthenticated connections from your address" in refused
+
+        # Another address is still served, up to the total (2 agents + 3 idle + 2 here).
+        assert await _healthz(gateway.http, gateway) == 200
+        idle += [await _raw_connection(gateway) for _ in range(2)]
+        reader, writer = await _raw_connection(gateway)
+        idle.append((reader, writer))
+        full = await asyncio.wait_for(reader.read(), WAIT)
+        assert full.startswith(b"HTTP/1.1 503 "), full
+        for ws in agents:
+            assert not ws.closed
+            await ws.close()
+    finally:
+        for _, writer in idle:
+            writer.close()
+        await other.close()

@@ -20,6 +20,7 @@ from aiohttp import WSMsgType, web
 from kuberde import __version__
 from kuberde.auth import AuthError, Principal, TokenVerifier, bearer_token
 from kuberde.gateway.activity import ActivitySource, ActivityTracker
+from kuberde.gateway.connections import ConnectionLimits, mark_authenticated
 from kuberde.gateway.directory import AgentDirectory, WakeError
 from kuberde.gateway.metrics import GatewayMetrics
 from kuberde.gateway.registry import AgentConnection, AgentRegistry
@@ -62,6 +63,7 @@ class GatewaySettings:
     #: How long a connect to an unknown agent waits for the directory's next look.
     directory_catch_up: float = 3.0
     max_message_size: int = 4 * 1024 * 1024
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     mux: SessionConfig = field(
         default_factory=lambda: SessionConfig(
             accept_backlog=0, receive_window=BULK_WINDOW, max_frame_payload=BULK_FRAME
@@ -100,14 +102,17 @@ class Gateway:
         try:
             token = bearer_token(request.headers.get("Authorization"))
             if kind == "agent":
-                return await self.verifier.verify_agent(token)
-            if kind == "user":
-                return await self.verifier.verify_user(token)
-            return await self.verifier.verify_management(token)
+                principal = await self.verifier.verify_agent(token)
+            elif kind == "user":
+                principal = await self.verifier.verify_user(token)
+            else:
+                principal = await self.verifier.verify_management(token)
         except AuthError as exc:
             self.metrics.auth_failures.labels(endpoint=kind, reason=exc.reason).inc()
             log.info("refused %s credential from %s: %s", kind, request.remote, exc)
             raise json_error(web.HTTPUnauthorized, str(exc), exc.reason) from None
+        mark_authenticated(request)
+        return principal
 
     # ---- agents --------------------------------------------------------------------------
 

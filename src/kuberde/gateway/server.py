@@ -42,6 +42,7 @@ from kuberde.auth.oidc import (
     auth_config_route,
 )
 from kuberde.gateway.app import GatewaySettings, create_app
+from kuberde.gateway.connections import ConnectionLimits, GuardedSite, raise_fd_limit
 from kuberde.gateway.directory import AgentDirectory
 from kuberde.gateway.kubernetes import KubernetesDirectory
 from kuberde.kube import KubeApi, load_configuration
@@ -98,11 +99,23 @@ def socket_url(sock: socket.socket, tls: bool) -> str:
 
 
 async def start_site(
-    app: web.Application, sock: socket.socket, ssl_context: ssl.SSLContext | None
+    app: web.Application,
+    sock: socket.socket,
+    ssl_context: ssl.SSLContext | None,
+    limits: ConnectionLimits | None = None,
 ) -> web.AppRunner:
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+    """Serve `app` on `sock`, with the connection limits and timeouts of `limits`."""
+    limits = limits or ConnectionLimits()
+    log.debug("open-file limit: %d", raise_fd_limit())
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=5.0,
+        keepalive_timeout=limits.keepalive_timeout,
+    )
     await runner.setup()
-    await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+    await GuardedSite(runner, sock, limits=limits, ssl_context=ssl_context).start()
     return runner
 
 
@@ -166,6 +179,7 @@ async def run_gateway(
     if bool(tls_cert) != bool(tls_key):
         raise ValueError("--tls-cert and --tls-key must be given together")
     key = load_signing_key(signing_key_file, state_dir)
+    settings = settings or GatewaySettings()
     watcher: asyncio.Task[None] | None = None
     api: KubeApi | None = None
     if kubernetes is not None:
@@ -188,7 +202,7 @@ async def run_gateway(
         app.router.add_routes([auth_config_route(auth.oidc_issuer, auth.oidc_client_id, "openid")])
     ssl_context = server_ssl_context(tls_cert, tls_key) if tls_cert and tls_key else None
     sock = bind_socket(listen)
-    runner = await start_site(app, sock, ssl_context)
+    runner = await start_site(app, sock, ssl_context, settings.connections)
     url = socket_url(sock, tls=ssl_context is not None)
     print(f"KubeRDE gateway listening on {url}", file=sys.stderr, flush=True)
     try:
