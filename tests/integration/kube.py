@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import hashlib
 import json
 import threading
@@ -27,6 +28,7 @@ from typing import Any, Literal, TypeVar
 
 import aiohttp
 import kmock
+import yaml
 
 from kuberde.agent.backoff import Backoff
 from kuberde.agent.client import run_agent
@@ -111,6 +113,25 @@ class Kube:
     async def delete_agent(self, name: str) -> None:
         await self._request(
             "DELETE", f"/apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents/{name}"
+        )
+
+    async def backup(self) -> str:
+        """`kubectl get rdeagent -n kuberde -o yaml`: a v1 List of the objects as served."""
+        listed = await self._request("GET", f"/apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents")
+        items = [
+            {"apiVersion": "kuberde.io/v1", "kind": "RDEAgent", **item}
+            for item in listed.get("items") or []
+        ]
+        return yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items})
+
+    async def apply(self, document: dict[str, Any]) -> dict[str, Any]:
+        """`kubectl apply` of a document whose object does not exist: kubectl creates it as
+        written, less `metadata.resourceVersion` (its create helper clears that); the API
+        server then assigns uid and creationTimestamp and drops status."""
+        body = copy.deepcopy(document)
+        body.get("metadata", {}).pop("resourceVersion", None)
+        return await self._request(
+            "POST", f"/apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents", json=body
         )
 
     async def delete_pvc(self, name: str) -> None:
@@ -357,6 +378,40 @@ class Kubelet:
     port_map: dict[int, int] = field(default_factory=dict)
     pods: dict[str, _Pod] = field(default_factory=dict)
     agent_codes: list[int] = field(default_factory=list)
+    #: What the workloads wrote on their persistent volumes: PVC uid → {path in it: text}.
+    #: Keyed by the claim's uid, so a claim deleted and made again is empty, like a new volume.
+    disks: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def _volume_at(self, agent_id: str, path: str) -> tuple[dict[str, str], str]:
+        """The disk behind `path` in the workload container of the agent's running pod."""
+        pod = self.pods.get(agent_id)
+        stored = self.kube.get(PODS, pod.name) if pod is not None else None
+        if stored is None:
+            raise AssertionError(f"{agent_id} has no running pod")
+        spec = stored["spec"]
+        claims = {
+            volume["name"]: volume["persistentVolumeClaim"]["claimName"]
+            for volume in spec.get("volumes", [])
+            if "persistentVolumeClaim" in volume
+        }
+        workload = next(c for c in spec["containers"] if c["name"] == "workload")
+        for mount in workload.get("volumeMounts", []):
+            root = mount["mountPath"].rstrip("/") + "/"
+            if path.startswith(root) and mount["name"] in claims:
+                claim = self.kube.get(PVCS, claims[mount["name"]])
+                if claim is None:
+                    raise AssertionError(f"the pod of {agent_id} mounts a claim that is gone")
+                return self.disks.setdefault(claim["metadata"]["uid"], {}), path[len(root) :]
+        raise AssertionError(f"{path} is on no persistent volume of {agent_id}: it would be lost")
+
+    def write_file(self, agent_id: str, path: str, text: str) -> None:
+        """What the workload writes at `path` (absolute, in its container)."""
+        disk, relative = self._volume_at(agent_id, path)
+        disk[relative] = text
+
+    def read_file(self, agent_id: str, path: str) -> str | None:
+        disk, relative = self._volume_at(agent_id, path)
+        return disk.get(relative)
 
     def _deployments(self) -> Iterator[dict[str, Any]]:
         for deployment in self.kube.all(DEPLOYMENTS):
@@ -387,7 +442,11 @@ class Kubelet:
             self.agent_codes.append(await asyncio.wait_for(pod.task, WAIT))
 
     async def sync(self) -> None:
-        for deployment in self._deployments():
+        deployments = list(self._deployments())
+        present = {deployment["metadata"]["name"] for deployment in deployments}
+        for name in [name for name in self.pods if name not in present]:
+            await self._remove(name)
+        for deployment in deployments:
             name = deployment["metadata"]["name"]
             wanted = int(deployment["spec"].get("replicas", 1)) > 0
             pod = self.pods.get(name)
@@ -403,9 +462,13 @@ class Kubelet:
                 if self.run_agents:
                     self._start_agent(deployment, pod)
             elif not wanted and pod is not None:
-                del self.pods[name]
-                self.kube.server.objects[PODS, NAMESPACE, pod.name].delete()
-                await self._stop_agent(pod)
+                await self._remove(name)
+
+    async def _remove(self, name: str) -> None:
+        """Stop the pod of Deployment `name` (scaled to zero, or deleted)."""
+        pod = self.pods.pop(name)
+        self.kube.server.objects[PODS, NAMESPACE, pod.name].delete()
+        await self._stop_agent(pod)
 
     async def run(self) -> None:
         while True:

@@ -6,8 +6,8 @@ operator relies on:
 
 - uid, creationTimestamp, namespace, resourceVersion and generation on create and update
   (a client's own uid or creationTimestamp is replaced, as a real API server does);
-- the status subresource changes nothing but `status`, and a normal update of an RDEAgent
-  leaves its `status` alone;
+- the status subresource changes nothing but `status`, and a create or normal update of an
+  RDEAgent leaves its `status` alone (a restored backup's status is dropped);
 - the garbage collector: deleting an owner deletes its dependents, and an object created for
   an owner that no longer exists is collected at once;
 - BOOKMARK events on quiet watches, so a watch client does not take silence for a dead stream.
@@ -126,6 +126,8 @@ class ApiServer(kmock.KubernetesEmulator):
             metadata["creationTimestamp"] = now_rfc3339()
             metadata["resourceVersion"] = self._next_resource_version()
             metadata["generation"] = 1
+            if request.resource == RDEAGENTS:
+                data.pop("status", None)
             if request.namespace and not metadata.get("namespace"):
                 metadata["namespace"] = request.namespace
             return
