@@ -265,8 +265,10 @@ async def test_bad_storage_on_a_live_agent_is_an_error_that_touches_nothing(
     async with operator_running(fast_settings(kube, signing_key_file=key_file)) as runner:
         await kube.create_agent("dev", workspace())
         await kube.create_agent("other", workspace())
-        await eventually(partial(status_in, kube, "dev", "Pending"), "dev synced")
+        for name in ("dev", "other"):
+            await eventually(partial(status_in, kube, name, "Pending"), f"{name} synced")
         await eventually(lambda: kube.get(PVCS, f"{agent}-home"), "its volume")
+        await loops_after(runner, "status", 2)
         before = (kube.deployment(agent), kube.get(PVCS, f"{agent}-home"))
         mark = kube.mark()
         await kube.patch_agent("dev", {"spec": {"storage": storage}})
