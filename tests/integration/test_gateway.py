@@ -343,7 +343,7 @@ async def test_bad_credentials_are_refused_before_upgrade_and_counted(
 @pytest.mark.parametrize(
     ("path", "status", "reason"),
     [
-        ("/connect/user-alice-dev?port=22", 403, "forbidden"),
+        ("/connect/user-alice-dev?port=22", 404, "not_found"),
         ("/connect/nothing-here?port=22", 404, "not_found"),
         ("/connect/user-bob-nothing?port=22", 404, "not_found"),
         ("/connect/dev?port=0", 400, "bad_port"),
@@ -376,9 +376,29 @@ async def test_owner_is_never_matched_by_prefix(gateway: RunningGateway, referen
 
     status, body = await gateway.refused(f"/connect/{reference}?port=22", upgrade_headers(token))
 
-    assert status == 403
-    assert_error_body(body, "forbidden", token)
+    assert status == 404
+    assert_error_body(body, "not_found", token)
     assert other.streams == []
+
+
+@pytest.mark.parametrize("path", ["/connect/{}?port=22", "/api/agents/{}"])
+async def test_someone_elses_workspace_looks_the_same_as_a_missing_one(
+    gateway: RunningGateway, path: str
+) -> None:
+    """Status and body say nothing of whether `user-bob-dev` exists, nor who owns it."""
+    bob = await gateway.peer("bob", "dev")
+    headers = upgrade_headers(gateway.user("alice"))
+
+    answers = []
+    for agent in ("user-bob-dev", "user-bob-ved"):
+        status, body = await gateway.refused(path.format(agent), headers)
+        answers.append((status, json.loads(body.replace(agent, "NAME"))))
+
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 404
+    assert answers[0][1]["error"].startswith("no workspace named 'NAME'")
+    assert "bob" not in json.dumps(answers[0][1]).replace("user-bob", "")
+    assert bob.streams == []
 
 
 async def test_a_colliding_credential_of_another_owner_cannot_take_over_a_session(
