@@ -350,7 +350,12 @@ class KubeRDE:
         self.home = root / "home"
         self.home.mkdir(parents=True, exist_ok=True)
         self.sweep_interval = sweep_interval
-        self.env = _clean_environment() | {"KUBERDE_CONFIG": str(root / "cli-config.json")}
+        # HOME too: the demo must not authorise the keys of whoever runs the tests, and the
+        # CLI must see the same (empty) home as `kuberde up` to pick the same SSH identity.
+        self.env = _clean_environment() | {
+            "KUBERDE_CONFIG": str(root / "cli-config.json"),
+            "HOME": str(self.home),
+        }
         self.url: str | None = None
         self._up: subprocess.Popen[bytes] | None = None
         self._up_log: Path | None = None
@@ -382,10 +387,9 @@ class KubeRDE:
         for path in files:
             argv += ["-f", str(path)]
         with self._up_log.open("wb") as stderr:
-            # HOME only here: the demo must not authorise the keys of whoever runs the tests.
             self._up = subprocess.Popen(
                 argv,
-                env=self.env | {"HOME": str(self.home), _MARKER: str(self.root)},
+                env=self.env | {_MARKER: str(self.root)},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,

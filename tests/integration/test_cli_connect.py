@@ -562,10 +562,13 @@ def fake_ssh(env, tmp_path):
     )
     script.chmod(0o755)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env["HOME"] = str(tmp_path / "home")  # a user with no SSH key of their own
     return record
 
 
-async def test_kuberde_ssh_runs_openssh_with_the_token_in_the_environment(cli, env, fake_ssh):
+async def test_kuberde_ssh_runs_openssh_with_the_token_in_the_environment(
+    cli, env, fake_ssh, tmp_path
+):
     code, _, err = await _run([*cli, "ssh", "bob@dev", "--", "-v", "uname", "-a"], env)
     assert code == 0, err
     seen = json.loads(fake_ssh.read_text())
@@ -575,17 +578,38 @@ async def test_kuberde_ssh_runs_openssh_with_the_token_in_the_environment(cli, e
     assert seen["argv"][0] == "-o"
     assert seen["argv"][1].startswith("ProxyCommand=")
     assert seen["argv"][1].endswith(" connect dev --port 22 --kind ssh")
-    rest = ["-o", "HostKeyAlias=dev.kuberde", "bob@dev.kuberde", "-v", "uname", "-a"]
-    assert seen["argv"][2:] == rest
+    managed = tmp_path / "ssh" / "id_ed25519"  # next to $KUBERDE_CONFIG
+    rest = ["-o", "HostKeyAlias=dev.kuberde", "-o", f"IdentityFile={managed}", "bob@dev.kuberde"]
+    assert seen["argv"][2:] == [*rest, "-v", "uname", "-a"]
+    assert managed.is_file()
 
 
-async def test_kuberde_ssh_trusts_the_host_key_kuberde_up_generated(cli, env, fake_ssh, tmp_path):
-    known_hosts = tmp_path / "demo" / "known_hosts"
+async def test_kuberde_ssh_offers_the_users_own_key_by_default(cli, env, fake_ssh, tmp_path):
+    own = Path(env["HOME"]) / ".ssh" / "id_ed25519"
+    own.parent.mkdir(parents=True)
+    own.write_text("private")
+    own.with_suffix(".pub").write_text("ssh-ed25519 AAAA me")
+    code, _, err = await _run([*cli, "ssh", "dev"], env)
+    assert code == 0, err
+    assert json.loads(fake_ssh.read_text())["argv"][2:] == [
+        "-o",
+        "HostKeyAlias=dev.kuberde",
+        "dev.kuberde",
+    ]
+    assert not (tmp_path / "ssh" / "id_ed25519").exists()
+
+
+async def test_kuberde_ssh_to_a_missing_workspace_fails_before_ssh_runs(cli, env, fake_ssh):
+    code, out, err = await _run([*cli, "ssh", "missing"], env)
+    assert (code, out) == (1, b"")
+    assert err == "kuberde: no workspace named 'missing'\n"
+    assert not fake_ssh.exists()
+
+
+async def test_kuberde_ssh_trusts_the_host_key_kuberde_up_recorded(cli, env, fake_ssh, tmp_path):
+    known_hosts = tmp_path / "ssh" / "known_hosts"
     known_hosts.parent.mkdir()
     known_hosts.write_text("demo.kuberde ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake\n")
-    ssh = {"known_hosts": str(known_hosts), "identity_file": str(tmp_path / "demo" / "id")}
-    config = {"server": env["KUBERDE_SERVER"], "token": TOKEN, "ssh": ssh}
-    Path(env["KUBERDE_CONFIG"]).write_text(json.dumps(config))
 
     code, _, err = await _run([*cli, "ssh", "demo"], env)
     assert code == 0, err
@@ -594,10 +618,10 @@ async def test_kuberde_ssh_trusts_the_host_key_kuberde_up_generated(cli, env, fa
         "-o",
         f"UserKnownHostsFile=~/.ssh/known_hosts ~/.ssh/known_hosts2 {known_hosts}",
         "-o",
-        f"IdentityFile={tmp_path / 'demo' / 'id'}",
+        f"IdentityFile={tmp_path / 'ssh' / 'id_ed25519'}",
         "demo.kuberde",
     ]
 
     code, _, err = await _run([*cli, "ssh", "dev"], env)
     assert code == 0, err
-    assert json.loads(fake_ssh.read_text())["argv"][4:] == ["dev.kuberde"]
+    assert "UserKnownHostsFile" not in " ".join(json.loads(fake_ssh.read_text())["argv"])

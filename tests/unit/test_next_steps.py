@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
@@ -30,17 +31,46 @@ def test_the_program_name_is_one_the_shell_can_run(
 
 def _demo(kind: str) -> DemoWorkspace:
     port = 22 if kind == "ssh" else 8080
-    return DemoWorkspace({}, kind, port, 40000, None, None)
+    files = (
+        (Path("/h/my keys/known_hosts"), Path("/h/id_ed25519")) if kind == "ssh" else (None,) * 2
+    )
+    return DemoWorkspace({}, kind, port, 40000, *files)
+
+
+def _steps(kind: str, program: str) -> str:
+    return next_steps("http://127.0.0.1:8080", _demo(kind), Path("/c.json"), program, user="al")
 
 
 def test_ssh_demo_steps_use_the_program_and_the_runbook_check() -> None:
-    text = next_steps("http://127.0.0.1:8080", _demo("ssh"), Path("/c.json"), ".venv/bin/kuberde")
-    assert "  .venv/bin/kuberde ssh demo" in text
-    forward = ".venv/bin/kuberde port-forward demo 2022:22   # then: ssh -p 2022 $USER@127.0.0.1"
-    assert forward in text
+    text = _steps("ssh", ".venv/bin/kuberde")
+    assert "  .venv/bin/kuberde ssh demo\n" in text
+    assert "  .venv/bin/kuberde port-forward demo 2022:22\n" in text
+    assert "  .venv/bin/kuberde config-ssh --write " in text
+
+
+def test_plain_ssh_names_the_identity_and_checks_the_demo_host_key() -> None:
+    plain = _steps("ssh", "kuberde").splitlines()[-2].strip()
+    assert shlex.split(plain) == [
+        "ssh",
+        "-p",
+        "2022",
+        "-i",
+        "/h/id_ed25519",
+        "-o",
+        "UserKnownHostsFile=/h/my keys/known_hosts",
+        "-o",
+        "HostKeyAlias=demo.kuberde",
+        "al@127.0.0.1",
+    ]
+
+
+def test_the_plain_ssh_step_says_the_port_forward_must_be_running() -> None:
+    text = _steps("ssh", "kuberde")
+    assert "Keep this running:\n  kuberde port-forward demo 2022:22\n" in text
+    assert "while it runs:\n  ssh -p 2022 " in text
 
 
 def test_http_demo_is_forwarded_to_a_port_the_gateway_does_not_hold() -> None:
-    text = next_steps("http://127.0.0.1:8080", _demo("http"), Path("/c.json"), "kuberde")
+    text = _steps("http", "kuberde")
     assert "kuberde port-forward demo 8888:8080   # then open http://127.0.0.1:8888" in text
     assert "demo 8080:" not in text

@@ -17,7 +17,6 @@ from kuberde.cli.sshconfig import (
     BEGIN_MARKER,
     END_MARKER,
     SshConfigError,
-    lists_host,
     merge_config,
     proxy_command,
     render_block,
@@ -25,6 +24,7 @@ from kuberde.cli.sshconfig import (
     ssh_environment,
     strip_host_suffix,
 )
+from kuberde.cli.sshkeys import record_host_key
 
 KUBERDE = ["/usr/local/bin/kuberde"]
 BLOCK = render_block(KUBERDE)
@@ -44,6 +44,28 @@ def test_render_block():
 def test_render_block_never_disables_host_key_checking():
     assert "StrictHostKeyChecking" not in BLOCK
     assert "UserKnownHostsFile" not in BLOCK
+
+
+def test_render_block_names_identity_known_hosts_and_an_alias_per_workspace():
+    block = render_block(
+        KUBERDE,
+        identities=["/h/.ssh/id_rsa", "/h/my keys/id_ed25519"],
+        known_hosts="/h/.config/kuberde/ssh/known_hosts",
+        hosts=["demo.kuberde", "dev.kuberde", "[127.0.0.1]:2022", "bad host.kuberde"],
+    )
+    assert block.splitlines()[2:-1] == [
+        "Host demo.kuberde",
+        "    HostKeyAlias demo.kuberde",
+        "Host dev.kuberde",
+        "    HostKeyAlias dev.kuberde",
+        "Host *.kuberde",
+        "    ProxyCommand /usr/local/bin/kuberde connect %n --port %p --kind ssh",
+        "    UserKnownHostsFile ~/.ssh/known_hosts ~/.ssh/known_hosts2"
+        " /h/.config/kuberde/ssh/known_hosts",
+        "    IdentityFile /h/.ssh/id_rsa",
+        '    IdentityFile "/h/my keys/id_ed25519"',
+    ]
+    assert "StrictHostKeyChecking" not in block
 
 
 def test_render_block_quotes_paths_for_the_shell_and_escapes_ssh_tokens():
@@ -180,15 +202,6 @@ def test_ssh_argv_with_generated_host_key_and_identity():
     ]
 
 
-def test_lists_host():
-    text = "# comment demo.kuberde\nother,demo.kuberde ssh-ed25519 AAAA\n|1|hash= ssh-rsa B\n"
-    assert lists_host(text, "demo.kuberde")
-    assert lists_host(text, "other")
-    assert not lists_host(text, "dev.kuberde")
-    assert not lists_host("", "demo.kuberde")
-    assert not lists_host("#demo.kuberde ssh-ed25519 AAAA\n", "#demo.kuberde")
-
-
 def test_ssh_environment_carries_the_token_instead_of_the_command_line():
     settings = ClientSettings("http://gw:8080", "secret-token", "/ca.pem")
     env = ssh_environment(settings, {"PATH": "/bin", "KUBERDE_TOKEN": "old"})
@@ -205,7 +218,9 @@ def test_ssh_environment_carries_the_token_instead_of_the_command_line():
 
 
 @pytest.fixture
-def app():
+def app(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KUBERDE_CONFIG", str(tmp_path / "cli" / "config.json"))
     application = typer.Typer()
     register(application)
     return application
@@ -227,6 +242,30 @@ def test_config_ssh_write_creates_a_private_file(app, tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert not (path.parent / "config.bak").exists()
+
+
+def test_config_ssh_write_names_the_managed_key_and_the_known_workspaces(app, tmp_path):
+    record_host_key("demo.kuberde", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake")
+    path = tmp_path / "config"
+    result = CliRunner().invoke(app, ["config-ssh", "--write", "--ssh-config", str(path)])
+    assert result.exit_code == 0, result.output
+    text = path.read_text()
+    managed = tmp_path / "cli" / "ssh" / "id_ed25519"
+    assert f"    IdentityFile {managed}\n" in text
+    assert managed.is_file() and stat.S_IMODE(managed.stat().st_mode) == 0o600
+    assert f" {tmp_path / 'cli' / 'ssh' / 'known_hosts'}\n" in text
+    assert "Host demo.kuberde\n    HostKeyAlias demo.kuberde\n" in text
+
+
+def test_config_ssh_prefers_the_users_own_keys_and_creates_nothing_to_print(app, tmp_path):
+    own = tmp_path / "home" / ".ssh" / "id_ed25519"
+    own.parent.mkdir(parents=True)
+    own.write_text("private")
+    own.with_suffix(".pub").write_text("ssh-ed25519 AAAA me")
+    result = CliRunner().invoke(app, ["config-ssh"])
+    assert result.exit_code == 0, result.output
+    assert f"    IdentityFile {own}\n" in result.stdout
+    assert not (tmp_path / "cli").exists()
 
 
 def test_config_ssh_write_keeps_other_bytes_and_backs_up(app, tmp_path):

@@ -17,13 +17,13 @@ from typing import Annotated, Any
 import typer
 
 from kuberde import aio
+from kuberde.cli import sshkeys
 from kuberde.cli.base import Gateway, NameArgument, command, complete_names, fail, gateway_command
-from kuberde.cli.config import ClientSettings, ConfigError, config_path, load, write_private_file
+from kuberde.cli.config import ClientSettings, write_private_file
 from kuberde.cli.sshconfig import (
     DEFAULT_SSH_PORT,
     HOST_SUFFIX,
     SshConfigError,
-    lists_host,
     merge_config,
     render_block,
     ssh_argv,
@@ -150,15 +150,17 @@ def ssh(
     _valid_port(port)
     settings = gateway.settings()
     _check_exists(settings, name)
-    known_hosts, identity = _generated_ssh_files(name + HOST_SUFFIX)
+    known_hosts = sshkeys.known_hosts_file()
+    listed = name + HOST_SUFFIX in sshkeys.listed_aliases()
+    own_keys = sshkeys.user_keys()
     argv = ssh_argv(
         kuberde_command(),
         name,
         user=user or None,
         port=port,
         extra=ssh_args or [],
-        known_hosts=known_hosts,
-        identity_file=identity,
+        known_hosts=str(known_hosts) if listed else None,
+        identity_file=None if own_keys else str(sshkeys.managed_key()),
     )
     try:
         os.execvpe(argv[0], argv, ssh_environment(settings, os.environ))
@@ -166,26 +168,6 @@ def ssh(
         fail("ssh not found: install the OpenSSH client (apt-get install openssh-client)")
     except OSError as exc:
         fail(f"cannot run ssh: {exc.strerror or exc}")
-
-
-def _generated_ssh_files(host: str) -> tuple[str | None, str | None]:
-    """The known_hosts file and key `kuberde up` stored (config key `ssh`) for a workspace
-    whose host key it generated, if that known_hosts file vouches for `host`."""
-    try:
-        stored = load(config_path()).extra.get("ssh")
-    except ConfigError:
-        return None, None
-    if not isinstance(stored, dict) or not isinstance(stored.get("known_hosts"), str):
-        return None, None
-    known_hosts = stored["known_hosts"]
-    try:
-        listed = lists_host(Path(known_hosts).read_text(errors="replace"), host)
-    except OSError:
-        return None, None
-    if not listed:
-        return None, None
-    identity = stored.get("identity_file")
-    return known_hosts, identity if isinstance(identity, str) else None
 
 
 def port_forward(
@@ -244,7 +226,12 @@ def config_ssh(
       kuberde config-ssh            # print the block
       kuberde config-ssh --write    # then: ssh demo.kuberde
     """
-    block = render_block(kuberde_command())
+    block = render_block(
+        kuberde_command(),
+        identities=[str(key) for key in sshkeys.identities(create=write)],
+        known_hosts=str(sshkeys.known_hosts_file()),
+        hosts=sshkeys.listed_aliases(),
+    )
     if not write:
         typer.echo(block, nl=False)
         return

@@ -1,9 +1,11 @@
 """How KubeRDE plugs into OpenSSH: the managed `~/.ssh/config` block and `kuberde ssh`'s argv.
 
-Host keys stay checked: `ssh dev.kuberde` records the workspace's key in known_hosts under
-`dev.kuberde`, so every workspace has its own entry. (`HostKeyAlias` takes no `%` tokens,
-so the block does not set it; the host name already is a per-workspace alias.) The
-workspace port is ssh's own (`%p`, 22 unless `-p` says otherwise).
+Host keys stay checked: `ssh dev.kuberde` looks the workspace's key up under `dev.kuberde`,
+so every workspace has its own entry. Workspaces whose key KubeRDE knows are listed in the
+CLI's own known_hosts (`kuberde.cli.sshkeys`), which the block names after the user's files,
+and each gets `HostKeyAlias NAME.kuberde` (the option takes no `%` tokens) so that the
+entry holds whatever port is used. The block names the user's SSH identity (their own
+keys, else the managed one). The workspace port is ssh's own (`%p`, 22 unless `-p`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ __all__ = [
     "END_MARKER",
     "HOST_SUFFIX",
     "SshConfigError",
-    "lists_host",
+    "known_hosts_option",
     "merge_config",
     "proxy_command",
     "render_block",
@@ -62,18 +64,32 @@ def proxy_command(kuberde: Sequence[str], target: str, port: str, *, kind: str =
     return f"{_shell([*kuberde, 'connect'])} {target} --port {port} {_shell(['--kind', kind])}"
 
 
-def render_block(kuberde: Sequence[str]) -> str:
-    """The managed block: `ssh NAME.kuberde` goes through `kuberde connect`."""
-    return "\n".join(
-        [
-            BEGIN_MARKER,
-            "# Written by `kuberde config-ssh`; changes inside this block are replaced.",
-            f"Host *{HOST_SUFFIX}",
-            f"    ProxyCommand {proxy_command(kuberde, '%n', '%p')}",
-            END_MARKER,
-            "",
-        ]
-    )
+def known_hosts_option(known_hosts: str) -> str:
+    """UserKnownHostsFile: the user's own files first (new keys are saved there), then ours."""
+    return " ".join([*_USER_KNOWN_HOSTS, _option_value(known_hosts)])
+
+
+def render_block(
+    kuberde: Sequence[str],
+    *,
+    identities: Sequence[str] = (),
+    known_hosts: str | None = None,
+    hosts: Sequence[str] = (),
+) -> str:
+    """The managed block: `ssh NAME.kuberde` goes through `kuberde connect`, offering
+    `identities` and checking host keys against `known_hosts` too, where `hosts` are listed."""
+    lines = [
+        BEGIN_MARKER,
+        "# Written by `kuberde config-ssh`; changes inside this block are replaced.",
+    ]
+    for host in hosts:
+        if host.endswith(HOST_SUFFIX) and all(c.isalnum() or c in "-." for c in host):
+            lines += [f"Host {host}", f"    HostKeyAlias {host}"]
+    lines += [f"Host *{HOST_SUFFIX}", f"    ProxyCommand {proxy_command(kuberde, '%n', '%p')}"]
+    if known_hosts is not None:
+        lines.append(f"    UserKnownHostsFile {known_hosts_option(known_hosts)}")
+    lines += [f"    IdentityFile {_option_value(identity)}" for identity in identities]
+    return "\n".join([*lines, END_MARKER, ""])
 
 
 def merge_config(existing: str, block: str) -> str:
@@ -96,15 +112,6 @@ def merge_config(existing: str, block: str) -> str:
     return "".join(lines[: begins[0]]) + block + "".join(lines[ends[0] + 1 :])
 
 
-def lists_host(known_hosts: str, host: str) -> bool:
-    """Whether a known_hosts text has a plain (unhashed) entry for `host`."""
-    for line in known_hosts.splitlines():
-        fields = line.split()
-        if fields and not fields[0].startswith("#") and host in fields[0].split(","):
-            return True
-    return False
-
-
 def ssh_argv(
     kuberde: Sequence[str],
     agent: str,
@@ -119,16 +126,14 @@ def ssh_argv(
 
     No `-l`: ssh's own default (ssh_config `User`, else the local user) applies unless the
     user names one. `known_hosts` is consulted after the user's own files (for a workspace
-    whose host key KubeRDE generated, such as `kuberde up`'s demo); `identity_file` is
-    offered for that workspace only, because any IdentityFile stops ssh trying its default
-    key files.
+    whose host key KubeRDE knows, such as `kuberde up`'s demo); `identity_file` is for a
+    user with no key of their own (any IdentityFile stops ssh trying its default files).
     """
     host = f"{agent}{HOST_SUFFIX}"
     command = proxy_command(kuberde, _shell([agent]), str(port))
     options = ["-o", f"ProxyCommand={command}", "-o", f"HostKeyAlias={host}"]
     if known_hosts is not None:
-        files = " ".join([*_USER_KNOWN_HOSTS, _option_value(known_hosts)])
-        options += ["-o", f"UserKnownHostsFile={files}"]
+        options += ["-o", f"UserKnownHostsFile={known_hosts_option(known_hosts)}"]
     if identity_file is not None:
         options += ["-o", f"IdentityFile={_option_value(identity_file)}"]
     destination = f"{user}@{host}" if user else host

@@ -1,10 +1,11 @@
 """The demo workspace `kuberde up` creates when given no files.
 
 With OpenSSH installed it is a real `sshd` on a loopback port, with a generated host key
-(trusted through a KubeRDE known_hosts file, so host key checking stays on) and the user's
-public keys plus a generated demo key authorised. Without `sshd` it is a small HTTP server.
-Either way the workspace exposes a *workspace port* (22 or 8080) that the runtime maps to
-the real loopback port, as a pod's container port would be.
+(trusted through the CLI's known_hosts, so host key checking stays on) and the user's SSH
+identity authorised: their own keys, else the platform-managed key (`kuberde.cli.sshkeys`).
+Without `sshd` it is a small HTTP server. Either way the workspace exposes a *workspace
+port* (22 or 8080) that the runtime maps to the real loopback port, as a pod's container
+port would be.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kuberde.cli import sshkeys
 from kuberde.local.runtime import LOCAL_PORTS_ANNOTATION
 from kuberde.local.sshd import find_sshd, prepare_sshd
 from kuberde.resource import API_VERSION, KIND
 
 __all__ = [
+    "DEMO_NAME",
     "DemoWorkspace",
     "current_user",
     "demo_workspace",
@@ -60,11 +63,13 @@ def _stable_port(path: Path) -> int:
 
 
 def _sshd_demo(directory: Path, port: int) -> tuple[list[str], Path, Path]:
-    user_keys = sorted((Path.home() / ".ssh").glob("id_*.pub"))
-    files = prepare_sshd(directory, port, comment="kuberde-demo", extra_authorized_keys=user_keys)
-    known_hosts = directory / "known_hosts"
-    known_hosts.write_text(files.known_hosts_line(f"{DEMO_NAME}.kuberde"))
-    return files.argv, known_hosts, files.client_key
+    """sshd trusting the user's SSH identity (their own key, else the managed one); its host
+    key is recorded in the CLI's known_hosts as `demo.kuberde`, replacing an older one."""
+    files = prepare_sshd(
+        directory, port, comment="kuberde-demo", extra_authorized_keys=sshkeys.public_keys()
+    )
+    known_hosts = sshkeys.record_host_key(f"{DEMO_NAME}.kuberde", files.host_public_key())
+    return files.argv, known_hosts, sshkeys.identities()[0]
 
 
 def demo_workspace(state_dir: Path, owner: str) -> DemoWorkspace:

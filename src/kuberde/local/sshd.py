@@ -29,10 +29,13 @@ class SshdFiles:
     #: `sshd -D -e -f CONFIG`: foreground (so a supervisor can stop it), logging to stderr.
     argv: list[str]
 
+    def host_public_key(self) -> str:
+        """The server's host key as known_hosts wants it: `TYPE BASE64`."""
+        return " ".join(self.host_key.with_suffix(".pub").read_text().split()[:2])
+
     def known_hosts_line(self, *aliases: str) -> str:
         """A known_hosts entry trusting this server's host key under `aliases`."""
-        key = " ".join(self.host_key.with_suffix(".pub").read_text().split()[:2])
-        return f"{','.join(aliases)} {key}\n"
+        return f"{','.join(aliases)} {self.host_public_key()}\n"
 
 
 def find_sshd() -> str | None:

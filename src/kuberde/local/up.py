@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
+import shlex
 import shutil
 import sys
 from datetime import timedelta
@@ -24,7 +26,7 @@ from kuberde.cli.config import CliConfig, ConfigError, config_path, load, save
 from kuberde.gateway.app import GATEWAY_KEY, GatewaySettings, create_app
 from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start_site
 from kuberde.local.api import add_workspace_routes
-from kuberde.local.demo import DemoWorkspace, current_user, demo_workspace
+from kuberde.local.demo import DEMO_NAME, DemoWorkspace, current_user, demo_workspace
 from kuberde.local.runtime import LocalRuntime, RuntimeSettings
 from kuberde.local.store import STATE_DB_NAME, StateStore
 from kuberde.resource import load_documents, parse_agent
@@ -60,14 +62,10 @@ def _load_files(runtime: LocalRuntime, files: list[Path]) -> int:
     return errors
 
 
-def _write_cli_config(server: str, token: str, demo: DemoWorkspace | None) -> Path:
+def _write_cli_config(server: str, token: str) -> Path:
     existing = _stored_config()
-    extra = dict(existing.extra)
-    if demo is not None and demo.known_hosts is not None and demo.identity_file is not None:
-        extra["ssh"] = {
-            "known_hosts": str(demo.known_hosts),
-            "identity_file": str(demo.identity_file),
-        }
+    # `ssh` held the demo's key paths before they had fixed places (kuberde.cli.sshkeys).
+    extra = {key: value for key, value in existing.extra.items() if key != "ssh"}
     return save(CliConfig(server=server, token=token, extra=extra))
 
 
@@ -88,7 +86,21 @@ def cli_program(argv0: str, on_path: str | None) -> str:
     return str(started)
 
 
-def next_steps(url: str, demo: DemoWorkspace | None, config_file: Path, program: str) -> str:
+def plain_ssh_command(demo: DemoWorkspace, local_port: int, user: str) -> str:
+    """Plain OpenSSH to the demo through a `port-forward`, with its host key checked and the
+    user's SSH identity (their own key, else the managed one) offered explicitly."""
+    words = ["ssh", "-p", str(local_port)]
+    if demo.identity_file is not None:
+        words += ["-i", str(demo.identity_file)]
+    if demo.known_hosts is not None:
+        words += ["-o", f"UserKnownHostsFile={demo.known_hosts}"]
+    words += ["-o", f"HostKeyAlias={DEMO_NAME}.kuberde", f"{user}@127.0.0.1"]
+    return shlex.join(words)
+
+
+def next_steps(
+    url: str, demo: DemoWorkspace | None, config_file: Path, program: str, *, user: str
+) -> str:
     lines = [f"KubeRDE is up: gateway {url}", f"CLI configuration written to {config_file}"]
     if demo is not None and demo.kind == "ssh":
         lines += [
@@ -96,8 +108,13 @@ def next_steps(url: str, demo: DemoWorkspace | None, config_file: Path, program:
             "The demo workspace runs OpenSSH. In another terminal:",
             f"  {program} ls -o wide",
             f"  {program} ssh demo",
-            f"  {program} port-forward demo 2022:22   # then: ssh -p 2022 $USER@127.0.0.1",
-            f"  {program} stop demo                   # scale to zero; connecting wakes it",
+            f"  {program} config-ssh --write    # then plain `ssh demo.kuberde` works too",
+            f"  {program} stop demo             # scale to zero; connecting wakes it again",
+            "",
+            "Or through a local port, like kubectl port-forward. Keep this running:",
+            f"  {program} port-forward demo 2022:22",
+            "and, in a third terminal, while it runs:",
+            f"  {plain_ssh_command(demo, 2022, user)}",
         ]
     elif demo is not None:
         lines += [
@@ -156,9 +173,10 @@ async def run_up(
 
     runner = await start_site(app, sock, None)
     token = oidc.mint_access_token(user, ttl=LOCAL_USER_TOKEN_TTL)
-    config_file = _write_cli_config(url, token, demo)
+    config_file = _write_cli_config(url, token)
     program = cli_program(sys.argv[0], shutil.which("kuberde"))
-    print(next_steps(url, demo, config_file, program), file=sys.stderr, flush=True)
+    steps = next_steps(url, demo, config_file, program, user=getpass.getuser())
+    print(steps, file=sys.stderr, flush=True)
     loop_task = asyncio.create_task(runtime.run())
     try:
         signal_task = asyncio.create_task(wait_for_signal())
