@@ -12,6 +12,17 @@ operator relies on:
   an owner that no longer exists is collected at once;
 - BOOKMARK events on quiet watches, so a watch client does not take silence for a dead stream.
 
+And what `kubectl` needs to believe it (the runbook's commands run against it verbatim):
+
+- discovery with the core group's `groupVersion: v1`; lists that carry `kind`/`apiVersion`;
+- label and field selectors on lists and watches (`kuberde.testing.selectors`);
+- optimistic concurrency: a write carrying a stale `resourceVersion` gets 409 Conflict, a
+  JSON patch whose `test` fails gets 422, as on a real API server (KMock applies both);
+- server-side Table printing (`kuberde.testing.printing`) from the stored CRD's
+  `additionalPrinterColumns`, and for the built-in kinds the runbook lists;
+- strategic merge patches (`kubectl set image`, client-side apply) and server-side apply;
+- pod logs (`PodLogs`) that a kubelet fixture writes, with follow, tail, since and previous.
+
 It also keeps its own request log (`calls`). KMock matches every request against its whole
 request log, which makes a long run quadratic in its request count; here KMock sees only the
 requests being served.
@@ -22,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -31,13 +43,26 @@ from typing import Any, cast
 
 import aiohttp.web
 import kmock
+import yaml
+
+from kuberde.testing import printing
+from kuberde.testing.patching import merge_patch_between, strategic_merge
+from kuberde.testing.selectors import (
+    Selector,
+    SelectorError,
+    parse_field_selector,
+    parse_label_selector,
+)
 
 __all__ = [
     "BOOKMARK_INTERVAL",
+    "CRDS",
     "RDEAGENTS",
     "WRITE_METHODS",
     "ApiCall",
     "ApiServer",
+    "ContainerLog",
+    "PodLogs",
     "emulator",
     "now_rfc3339",
     "running_pod",
@@ -45,6 +70,7 @@ __all__ = [
 ]
 
 RDEAGENTS = "kuberde.io/v1/rdeagents"
+CRDS = "apiextensions.k8s.io/v1/customresourcedefinitions"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: Well inside Kopf's watch inactivity timeout (70 s), as a real API server's bookmarks are.
 BOOKMARK_INTERVAL = 30.0
@@ -73,6 +99,119 @@ class ApiCall:
         return self.method in WRITE_METHODS
 
 
+class ContainerLog:
+    """What one container instance wrote, line by line with the time the kubelet read it."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[datetime, bytes]] = []
+        self.closed = False
+        self._changed = asyncio.Event()
+
+    def write(self, line: bytes) -> None:
+        self.lines.append((datetime.now(UTC), line if line.endswith(b"\n") else line + b"\n"))
+        self._changed.set()
+
+    def close(self) -> None:
+        """The container exited: followers get the end of the stream."""
+        self.closed = True
+        self._changed.set()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+        self._changed.clear()
+
+    def select(self, *, since_seconds: float | None, tail: int | None) -> list[bytes]:
+        """The lines `kubectl logs --since/--tail` asks for."""
+        lines = self.lines
+        if since_seconds is not None:
+            cutoff = datetime.now(UTC).timestamp() - since_seconds
+            lines = [(when, line) for when, line in lines if when.timestamp() >= cutoff]
+        if tail is not None and tail >= 0:
+            lines = lines[len(lines) - tail :] if tail else []
+        return [line for _, line in lines]
+
+
+class PodLogs:
+    """The containers' logs a kubelet fixture records, by (namespace, pod name)."""
+
+    def __init__(self) -> None:
+        self._current: dict[tuple[str, str], ContainerLog] = {}
+        self._previous: dict[tuple[str, str], ContainerLog] = {}
+
+    def start(self, namespace: str, pod: str) -> ContainerLog:
+        """A new container instance in `pod`; the one before becomes `--previous`."""
+        key = (namespace, pod)
+        if key in self._current:
+            self._current[key].close()
+            self._previous[key] = self._current[key]
+        self._current[key] = ContainerLog()
+        return self._current[key]
+
+    def get(self, namespace: str, pod: str, *, previous: bool = False) -> ContainerLog | None:
+        return (self._previous if previous else self._current).get((namespace, pod))
+
+
+def _status_error(status: int, reason: str, message: str) -> kmock.KubernetesError:
+    return kmock.KubernetesError(
+        status=status, reason=reason, message=message, details={"causes": [{"message": message}]}
+    )
+
+
+#: Namespaces themselves, which KMock's path parser takes for a namespace prefix.
+_NAMESPACE_PATH = re.compile(r"/api/v1/namespaces(?:/([^/]+))?")
+
+
+async def _namespace_request(raw: aiohttp.web.BaseRequest, name: str | None) -> kmock.Request:
+    """The request for `/api/v1/namespaces[/NAME]`, parsed as KMock would parse any other."""
+    body = await raw.read()
+    text = body.decode(errors="replace")
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        data = None
+    method = raw.method.upper()
+    action: kmock.action | None
+    if method == "GET" and raw.query.get("watch") == "true":
+        action = kmock.action.WATCH
+    elif name is None:
+        action = {"GET": kmock.action.LIST, "POST": kmock.action.CREATE}.get(method)
+    else:
+        action = {
+            "GET": kmock.action.FETCH,
+            "PATCH": kmock.action.UPDATE,
+            "DELETE": kmock.action.DELETE,
+        }.get(method)
+    return kmock.Request(
+        raw_request=raw,
+        url=raw.url,
+        method=raw.method,
+        params=dict(raw.query),
+        headers=dict(raw.headers),
+        cookies=dict(raw.cookies),
+        body=body,
+        text=text,
+        data=data,
+        action=action,
+        resource=kmock.resource("", "v1", "namespaces"),
+        namespace=None,
+        name=name,
+    )
+
+
+def _wants_table(request: kmock.Request) -> bool:
+    return "as=Table" in str(request.headers.get("Accept", ""))
+
+
+def _selector(request: kmock.Request) -> Selector:
+    """The request's label and field selectors as one `Selector` (400 if malformed)."""
+    try:
+        labels = parse_label_selector(str(request.params.get("labelSelector", "")))
+        fields = parse_field_selector(str(request.params.get("fieldSelector", "")))
+    except SelectorError as exc:
+        raise _status_error(400, "BadRequest", str(exc)) from None
+    return Selector(labels.requirements + fields.requirements)
+
+
 class ApiServer(kmock.KubernetesEmulator):
     """KMock's emulator with the fields and behaviours a real API server adds by itself."""
 
@@ -81,8 +220,12 @@ class ApiServer(kmock.KubernetesEmulator):
         self.bookmark_interval = bookmark_interval
         #: Every request, in arrival order.
         self.calls: list[ApiCall] = []
+        #: Container logs, written by a kubelet fixture, served at `pods/NAME/log`.
+        self.logs = PodLogs()
         self._resource_version = 0
         self._serving: dict[int, kmock.Request] = {}
+        self.fallback["get /openapi/v3"] << self._serve_openapi_root
+        self.fallback["get", re.compile(r"/openapi/v3/apis?/.+")] << self._serve_openapi_group
 
     def __iter__(self) -> Iterator[kmock.Request]:
         """Only the requests being served: what KMock matches a new request against."""
@@ -155,6 +298,253 @@ class ApiServer(kmock.KubernetesEmulator):
             data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
             data.append({"op": "add", "path": "/metadata/generation", "value": generation})
 
+    # ---- what kubectl needs -------------------------------------------------------------------
+
+    def _api_version(self, resource: kmock.ResourceKey) -> str:
+        key = kmock.resource(resource)
+        return f"{key.group}/{key.version}" if key.group else str(key.version)
+
+    def _kind(self, resource: kmock.ResourceKey) -> str:
+        key = kmock.resource(resource)
+        kind = getattr(self.resources.get(key, None), "kind", None)
+        return str(kind) if kind else str(key.plural).capitalize()
+
+    def _columns(self, resource: kmock.ResourceKey) -> list[printing.Column]:
+        """The stored CRD's printer columns for a custom resource, else the built-in ones."""
+        key = kmock.resource(resource)
+        for crd in self.find_all(CRDS, None):
+            spec = crd.get("spec") or {}
+            if spec.get("group") != key.group or spec.get("names", {}).get("plural") != key.plural:
+                continue
+            for version in spec.get("versions") or []:
+                if version.get("name") == key.version:
+                    columns = version.get("additionalPrinterColumns")
+                    return (
+                        printing.crd_columns(columns) if columns else [printing.NAME, printing.AGE]
+                    )
+        return printing.BUILT_IN.get(self._kind(resource), printing.DEFAULT)
+
+    def _as_table(self, request: kmock.Request, objects: list[dict[str, Any]]) -> dict[str, Any]:
+        assert request.resource is not None
+        return printing.table(
+            objects,
+            self._columns(request.resource),
+            now=datetime.now(UTC),
+            resource_version=str(self._resource_version),
+            include_object=str(request.params.get("includeObject", "Metadata")),
+        )
+
+    def _selected(self, request: kmock.Request) -> list[dict[str, Any]]:
+        assert request.resource is not None
+        selector = _selector(request)
+        found = [
+            stored.raw
+            for (resource, namespace, _), stored in list(self.objects.items())
+            if resource == request.resource
+            and not stored.deleted
+            and (request.namespace is None or namespace == request.namespace)
+        ]
+        return sorted(
+            (obj for obj in found if selector.matches(obj)),
+            key=lambda obj: (obj["metadata"].get("namespace") or "", obj["metadata"]["name"]),
+        )
+
+    async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
+        if request.resource is None or request.resource not in self._get_resources():
+            raise kmock.KubernetesResourceNotFoundError()
+        objects = self._selected(request)
+        if _wants_table(request):
+            return self._as_table(request, objects)
+        return {
+            "apiVersion": self._api_version(request.resource),
+            "kind": f"{self._kind(request.resource)}List",
+            "metadata": {"resourceVersion": str(self._resource_version)},
+            "items": objects,
+        }
+
+    async def _serve_fetch(self, request: kmock.Request) -> kmock.Payload:
+        assert request.resource is not None
+        stored = self.find(request.resource, request.namespace, request.name or "")
+        if stored is None:
+            kind = kmock.resource(request.resource).plural
+            raise _status_error(404, "NotFound", f'{kind} "{request.name}" not found')
+        if _wants_table(request):
+            return self._as_table(request, [stored.raw])
+        return stored.raw
+
+    async def _serve_version(self, request: kmock.Request) -> kmock.Payload:
+        """KMock's resource list, with the core group's `groupVersion: v1` (not `/v1`)."""
+        served = await super()._serve_version(request)
+        assert isinstance(served, dict) and request.resource is not None
+        if request.resource.group == "":
+            served["groupVersion"] = str(request.resource.version)
+        for entry in served.get("resources", []):
+            if "/" in entry["name"]:
+                entry.update(shortNames=[], categories=[], verbs=["get", "patch", "update"])
+        return served
+
+    def _group_versions(self) -> dict[str, list[kmock.resource]]:
+        served: dict[str, list[kmock.resource]] = {}
+        for resource in self._get_resources():
+            key = (
+                f"api/{resource.version}"
+                if not resource.group
+                else (f"apis/{resource.group}/{resource.version}")
+            )
+            served.setdefault(key, []).append(resource)
+        return served
+
+    async def _serve_openapi_root(self, request: kmock.Request) -> kmock.Payload:
+        """The OpenAPI v3 index, so kubectl validates on the server (`fieldValidation`)."""
+        return {
+            "paths": {
+                path: {"serverRelativeURL": f"/openapi/v3/{path}"}
+                for path in self._group_versions()
+            }
+        }
+
+    async def _serve_openapi_group(self, request: kmock.Request) -> kmock.Payload:
+        """One group version's OpenAPI document: only what says PATCH takes
+        `fieldValidation` (schemas are the server's to check, as with `--validate=strict`)."""
+        path = request.url.path.removeprefix("/openapi/v3/")
+        resources = self._group_versions().get(path)
+        if resources is None:
+            raise kmock.KubernetesNotFoundError()
+        paths: dict[str, Any] = {}
+        for resource in resources:
+            info = self.resources.get(resource, None)
+            scope = "namespaces/{namespace}/" if getattr(info, "namespaced", True) else ""
+            gvk = {
+                "group": resource.group,
+                "version": resource.version,
+                "kind": self._kind(resource),
+            }
+            paths[f"/{path}/{scope}{resource.plural}/{{name}}"] = {
+                "patch": {
+                    "x-kubernetes-action": "patch",
+                    "x-kubernetes-group-version-kind": gvk,
+                    "parameters": [
+                        {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+                        {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+                    ],
+                }
+            }
+        return {
+            "openapi": "3.0.0",
+            "info": {"title": "Kubernetes", "version": "v1.32"},
+            "paths": paths,
+        }
+
+    def _check_preconditions(self, request: kmock.Request) -> None:
+        """409 for a stale resourceVersion, 422 for a failed JSON patch test, as served."""
+        if request.action != kmock.action.UPDATE or request.resource is None or not request.name:
+            return
+        stored = self.find(request.resource, request.namespace, request.name)
+        if stored is None:
+            return
+        current = str((stored.get("metadata") or {}).get("resourceVersion") or "")
+        data = request.data
+        if isinstance(data, dict):
+            sent = (data.get("metadata") or {}).get("resourceVersion")
+            if sent and str(sent) != current:
+                kind = kmock.resource(request.resource).plural
+                raise _status_error(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {kind} "{request.name}": the object has '
+                    "been modified; please apply your changes to the latest version and try again",
+                )
+        elif isinstance(data, list):
+            for op in data:
+                if op.get("op") != "test":
+                    continue
+                path = str(op.get("path", ""))
+                actual = printing.jsonpath_value(stored.raw, path.replace("/", "."))
+                if actual != op.get("value"):
+                    raise _status_error(
+                        422, "Invalid", f"the test of {path} failed: it is {actual!r}"
+                    )
+
+    def _rewrite_patch(self, request: kmock.Request) -> bool:
+        """Turn a strategic merge or apply patch into the merge patch KMock applies.
+
+        Returns True when the request is a server-side apply of an object not stored yet
+        (which creates it).
+        """
+        content_type = str(request.headers.get("Content-Type", ""))
+        if request.action != kmock.action.UPDATE or request.resource is None or not request.name:
+            return False
+        if "strategic-merge-patch" not in content_type and "apply-patch" not in content_type:
+            return False
+        patch = request.data
+        if "apply-patch" in content_type and not isinstance(patch, dict):
+            patch = yaml.safe_load(request.text)
+        if not isinstance(patch, dict):
+            raise _status_error(400, "BadRequest", "the patch is not an object")
+        stored = self.find(request.resource, request.namespace, request.name)
+        if stored is None:
+            if "apply-patch" in content_type:
+                return True
+            raise kmock.KubernetesObjectNotFoundError()
+        patch.get("metadata", {}).pop(
+            "resourceVersion", None
+        ) if "apply-patch" in content_type else None
+        change = merge_patch_between(stored.raw, strategic_merge(stored.raw, patch))
+        object.__setattr__(request, "data", change)
+        return False
+
+    async def _apply_create(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """Server-side apply of an object that does not exist yet: create it."""
+        assert request.resource is not None and request.name
+        body = yaml.safe_load(request.text)
+        metadata = body.setdefault("metadata", {})
+        metadata.update(
+            name=request.name,
+            uid=str(uuid.uuid4()),
+            creationTimestamp=now_rfc3339(),
+            resourceVersion=self._next_resource_version(),
+            generation=1,
+        )
+        if request.namespace:
+            metadata["namespace"] = request.namespace
+        async with self._lock:
+            self.objects[request.resource, request.namespace, request.name] = body
+            raw = self.objects[request.resource, request.namespace, request.name].raw
+            await self._buses[kmock.resource(request.resource)].put(
+                {"type": "ADDED", "object": raw}
+            )
+        return aiohttp.web.json_response(raw, status=201)
+
+    async def _serve_log(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """`GET pods/NAME/log`: what the kubelet fixture recorded for the pod's container."""
+        namespace, name = request.namespace or "", request.name or ""
+        if self.find("v1/pods", namespace, name) is None:
+            raise _status_error(404, "NotFound", f'pods "{name}" not found')
+        params = request.params
+        previous = params.get("previous") == "true"
+        log = self.logs.get(namespace, name, previous=previous)
+        if log is None and previous:
+            raise _status_error(
+                400, "BadRequest", f'previous terminated container in pod "{name}" not found'
+            )
+        since = float(params["sinceSeconds"]) if "sinceSeconds" in params else None
+        tail = int(params["tailLines"]) if "tailLines" in params else None
+        raw_request = request._raw_request
+        assert raw_request is not None
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(raw_request)
+        lines = [] if log is None else log.select(since_seconds=since, tail=tail)
+        for line in lines:
+            await response.write(line)
+        sent = 0 if log is None else len(log.lines)
+        while log is not None and params.get("follow") == "true" and not log.closed:
+            await log.changed()
+            for _, line in log.lines[sent:]:
+                await response.write(line)
+            sent = len(log.lines)
+        await response.write_eof()
+        return response
+
     # ---- the garbage collector -----------------------------------------------------------------
 
     def _owner_exists(self, reference: Mapping[str, Any], namespace: str | None) -> bool:
@@ -217,6 +607,8 @@ class ApiServer(kmock.KubernetesEmulator):
         reconnects, and KMock, which cannot resume from a resourceVersion, replays every
         object: a reconcile of everything watched that a real cluster never causes.
         """
+        selector = _selector(request)
+        table = _wants_table(request)
         events = cast(AsyncGenerator[kmock.Payload, None], super()._serve_watch(request))
         pending: asyncio.Future[kmock.Payload] | None = None
         try:
@@ -229,6 +621,11 @@ class ApiServer(kmock.KubernetesEmulator):
                     continue
                 event = pending.result()
                 pending = None
+                if isinstance(event, dict) and isinstance(event.get("object"), dict):
+                    if not selector.matches(event["object"]):
+                        continue
+                    if table:
+                        event = {**event, "object": self._as_table(request, [event["object"]])}
                 yield event
         except StopAsyncIteration:
             return
@@ -239,13 +636,28 @@ class ApiServer(kmock.KubernetesEmulator):
                     await pending
             await events.aclose()
 
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        namespace_path = _NAMESPACE_PATH.fullmatch(raw_request.path)
+        if namespace_path is None:
+            return await super().__call__(raw_request)
+        request = await _namespace_request(raw_request, namespace_path.group(1))
+        try:
+            return await self._handle(request)
+        except Exception as exc:
+            return await self._render_error(exc)
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         user_agent = str(request.headers.get("User-Agent", ""))
         self.calls.append(ApiCall(str(request.method.value).upper(), request.url.path, user_agent))
         self._serving[id(request)] = request
         owners_gone: set[str] = set()
         try:
+            if request.resource is not None and request.subresource == "log":
+                return await self._serve_log(request)
             if request.resource is not None:
+                self._check_preconditions(request)
+                if self._rewrite_patch(request):
+                    return await self._apply_create(request)
                 self._assign_fields(request)
                 owners_gone = self._owners_gone_after(request)
             response = await super()._handle(request)
