@@ -252,6 +252,48 @@ class ApiServer(kmock.KubernetesEmulator):
             if stored_resource == wanted and stored_namespace == namespace and not stored.deleted
         ]
 
+    # ---- writes by in-process controllers (a kubelet fixture) ---------------------------------
+
+    async def store(
+        self, resource: kmock.ResourceKey, namespace: str, body: dict[str, Any]
+    ) -> None:
+        """Create an object as a controller inside the server would, with a watch event."""
+        key = kmock.resource(resource)
+        metadata = body.setdefault("metadata", {})
+        metadata.setdefault("uid", str(uuid.uuid4()))
+        metadata.setdefault("creationTimestamp", now_rfc3339())
+        metadata["resourceVersion"] = self._next_resource_version()
+        async with self._lock:
+            self.objects[key, namespace, metadata["name"]] = body
+            raw = self.objects[key, namespace, metadata["name"]].raw
+            await self._buses[key].put({"type": "ADDED", "object": raw})
+
+    async def patch_stored(
+        self, resource: kmock.ResourceKey, namespace: str, name: str, patch: dict[str, Any]
+    ) -> None:
+        """Merge `patch` into a stored object (e.g. its status), with a watch event."""
+        key = kmock.resource(resource)
+        async with self._lock:
+            stored = self.find(key, namespace, name)
+            if stored is None:
+                return
+            version = self._next_resource_version()
+            stored.patch(
+                {**patch, "metadata": {**patch.get("metadata", {}), "resourceVersion": version}}
+            )
+            await self._buses[key].put({"type": "MODIFIED", "object": stored.raw})
+
+    async def remove(self, resource: kmock.ResourceKey, namespace: str, name: str) -> None:
+        """Delete a stored object if it is there, with a watch event."""
+        key = kmock.resource(resource)
+        async with self._lock:
+            stored = self.find(key, namespace, name)
+            if stored is None:
+                return
+            raw = stored.raw
+            stored.delete()
+            await self._buses[key].put({"type": "DELETED", "object": raw})
+
     # ---- what the API server assigns itself ----------------------------------------------------
 
     def _next_resource_version(self) -> str:
@@ -637,6 +679,10 @@ class ApiServer(kmock.KubernetesEmulator):
             await events.aclose()
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if "protobuf" in raw_request.headers.get("Content-Type", ""):
+            # kubectl's typed clients send protobuf; on 415 they send JSON instead.
+            error = _status_error(415, "UnsupportedMediaType", "send application/json")
+            return await self._render_error(error)
         namespace_path = _NAMESPACE_PATH.fullmatch(raw_request.path)
         if namespace_path is None:
             return await super().__call__(raw_request)
