@@ -132,23 +132,25 @@ class ContainerLog:
 
 
 class PodLogs:
-    """The containers' logs a kubelet fixture records, by (namespace, pod name)."""
+    """The containers' logs a kubelet fixture records, by namespace, pod and container."""
 
     def __init__(self) -> None:
-        self._current: dict[tuple[str, str], ContainerLog] = {}
-        self._previous: dict[tuple[str, str], ContainerLog] = {}
+        self._current: dict[tuple[str, str, str], ContainerLog] = {}
+        self._previous: dict[tuple[str, str, str], ContainerLog] = {}
 
-    def start(self, namespace: str, pod: str) -> ContainerLog:
-        """A new container instance in `pod`; the one before becomes `--previous`."""
-        key = (namespace, pod)
+    def start(self, namespace: str, pod: str, container: str) -> ContainerLog:
+        """A new instance of `container` in `pod`; the one before becomes `--previous`."""
+        key = (namespace, pod, container)
         if key in self._current:
             self._current[key].close()
             self._previous[key] = self._current[key]
         self._current[key] = ContainerLog()
         return self._current[key]
 
-    def get(self, namespace: str, pod: str, *, previous: bool = False) -> ContainerLog | None:
-        return (self._previous if previous else self._current).get((namespace, pod))
+    def get(
+        self, namespace: str, pod: str, container: str, *, previous: bool = False
+    ) -> ContainerLog | None:
+        return (self._previous if previous else self._current).get((namespace, pod, container))
 
 
 def _status_error(status: int, reason: str, message: str) -> kmock.KubernetesError:
@@ -304,14 +306,15 @@ class ApiServer(kmock.KubernetesEmulator):
         """Stamp the request's body with the fields the API server owns, before KMock stores it."""
         data = request.data
         if request.action == kmock.action.CREATE and isinstance(data, dict):
+            # The server's own fields, whatever the body says (a restored backup carries old
+            # ones); with a status subresource, the status is not the creator's to set.
             metadata = data.setdefault("metadata", {})
-            # Always the server's own, as a real one does: a document restored from a backup
-            # (`kubectl get -o yaml`, then `apply`) is a new object with a new uid and age.
             metadata["uid"] = str(uuid.uuid4())
             metadata["creationTimestamp"] = now_rfc3339()
             metadata["resourceVersion"] = self._next_resource_version()
             metadata["generation"] = 1
-            if request.resource == RDEAGENTS:
+            info = self.resources.get(request.resource, None) if request.resource else None
+            if "status" in getattr(info, "subresources", ()):
                 data.pop("status", None)
             if request.namespace and not metadata.get("namespace"):
                 metadata["namespace"] = request.namespace
@@ -560,11 +563,18 @@ class ApiServer(kmock.KubernetesEmulator):
     async def _serve_log(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         """`GET pods/NAME/log`: what the kubelet fixture recorded for the pod's container."""
         namespace, name = request.namespace or "", request.name or ""
-        if self.find("v1/pods", namespace, name) is None:
+        pod = self.find("v1/pods", namespace, name)
+        if pod is None:
             raise _status_error(404, "NotFound", f'pods "{name}" not found')
         params = request.params
+        containers = [str(item["name"]) for item in pod.raw["spec"].get("containers") or []]
+        container = str(params.get("container") or (containers[0] if containers else ""))
+        if container not in containers:
+            raise _status_error(
+                400, "BadRequest", f"container {container} is not valid for pod {name}"
+            )
         previous = params.get("previous") == "true"
-        log = self.logs.get(namespace, name, previous=previous)
+        log = self.logs.get(namespace, name, container, previous=previous)
         if log is None and previous:
             raise _status_error(
                 400, "BadRequest", f'previous terminated container in pod "{name}" not found'

@@ -42,6 +42,7 @@ DEPLOYMENTS = "apps/v1/deployments"
 PODS = "v1/pods"
 SECRETS = "v1/secrets"
 SERVICES = "v1/services"
+EVENTS = "v1/events"
 #: Kubernetes' alphabet for generated names (no vowels, no look-alike characters).
 _ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _STOP_GRACE = 10.0
@@ -182,6 +183,41 @@ class Kubelet:
                 return str(directory) + value[len(mount_path.rstrip("/")) :]
         return value
 
+    # ---- events ---------------------------------------------------------------------------
+
+    async def _event(
+        self, involved: Mapping[str, Any], reason: str, message: str, component: str
+    ) -> None:
+        """An Event as the kubelet, scheduler or Deployment controller records it."""
+        metadata = involved["metadata"]
+        now = now_rfc3339()
+        await self.server.store(
+            EVENTS,
+            self.namespace,
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {
+                    "name": f"{metadata['name']}.{uuid.uuid4().hex[:16]}",
+                    "namespace": self.namespace,
+                },
+                "involvedObject": {
+                    "apiVersion": involved.get("apiVersion", "v1"),
+                    "kind": involved.get("kind", ""),
+                    "name": metadata["name"],
+                    "namespace": self.namespace,
+                    "uid": metadata.get("uid", ""),
+                },
+                "type": "Normal",
+                "reason": reason,
+                "message": message,
+                "source": {"component": component},
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+            },
+        )
+
     # ---- pods ---------------------------------------------------------------------------
 
     def _deployments(self) -> list[dict[str, Any]]:
@@ -258,8 +294,17 @@ class Kubelet:
             "spec": {**template["spec"], "nodeName": "emulated-node"},
             "status": {"phase": "Pending"},
         }
+        replicas = deployment["spec"].get("replicas", 1)
+        await self._event(
+            {**deployment, "kind": "Deployment", "apiVersion": "apps/v1"},
+            "ScalingReplicaSet",
+            f"Scaled up replica set {name}-{template_hash} to {replicas}",
+            "deployment-controller",
+        )
         await self.server.store(PODS, self.namespace, body)
         self.pods[pod_name] = pod
+        assigned = f"Successfully assigned {self.namespace}/{pod_name} to emulated-node"
+        await self._event(body, "Scheduled", assigned, "default-scheduler")
         for container in pod.containers:
             if container.argv is None:
                 container.ready = True
@@ -279,7 +324,7 @@ class Kubelet:
             **container.env,
         }
         while not pod.stopping:
-            log: ContainerLog = self.server.logs.start(self.namespace, pod.name)
+            log: ContainerLog = self.server.logs.start(self.namespace, pod.name, container.name)
             container.process = await asyncio.create_subprocess_exec(
                 *container.argv,
                 env=env,
@@ -290,6 +335,10 @@ class Kubelet:
                 start_new_session=True,
             )
             await self._report(pod)
+            pod_object = self.server.find(PODS, self.namespace, pod.name)
+            if pod_object is not None:
+                started = f"Started container {container.name}"
+                await self._event(pod_object.raw, "Started", started, "kubelet")
             assert container.process.stdout is not None
             while line := await container.process.stdout.readline():
                 log.write(line)
@@ -304,6 +353,11 @@ class Kubelet:
 
     async def _stop_pod(self, pod: _Pod) -> None:
         pod.stopping = True
+        pod_object = self.server.find(PODS, self.namespace, pod.name)
+        if pod_object is not None:
+            for container in pod.containers:
+                stopping = f"Stopping container {container.name}"
+                await self._event(pod_object.raw, "Killing", stopping, "kubelet")
         for container in pod.containers:
             process = container.process
             if process is not None and process.returncode is None:
