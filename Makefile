@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench install system-deps clean
+.PHONY: run test lint bench install system-deps clean runbook image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+
+# The runbook's commands, verbatim, with the real kubectl against the emulated cluster; prints
+# a table: section, command, holds / why not.
+runbook: $(STAMP)
+	@scripts/system-deps.sh --tests
+	$(BIN)/python -m pytest -q tests/runbook
+
+# The one image of every component, under the tags the manifests use.
+image:
+	docker build -f deploy/Dockerfile -t soloking/kuberde-operator:v2.1 -t kuberde/kuberde:0.1.0 .
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench $(ARGS)

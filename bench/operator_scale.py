@@ -64,9 +64,9 @@ GOAL_TTL_MS = 200.0
 GOAL_RSS_MIB = 250.0
 LIMIT_RSS_MIB = 512.0
 
-_TTL_LINE = re.compile(r"TTL enforcer completed (\d+) agents in (\d+)ms")
-_STATUS_LINE = re.compile(r"Status updater processed (\d+) agents in (\d+)ms")
-_MONITOR_LINE = re.compile(r"Server monitor checked (\d+) agents in (\d+)ms")
+_TTL_LINE = re.compile(r"TTL enforcer completed (?P<agents>\d+) agents in (?P<ms>\d+)ms")
+_STATUS_LINE = re.compile(r"Status updater processed in (?P<ms>\d+)ms \((?P<agents>\d+) agents\)")
+_MONITOR_LINE = re.compile(r"Server monitor checked in (?P<ms>\d+)ms \((?P<agents>\d+) agents\)")
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ class _GatewayThread:
 
 def _cycle_times(log: str, pattern: re.Pattern[str]) -> list[tuple[int, float]]:
     """(agents, milliseconds) of every loop cycle the operator logged with `pattern`."""
-    return [(int(match[1]), float(match[2])) for match in pattern.finditer(log)]
+    return [(int(match["agents"]), float(match["ms"])) for match in pattern.finditer(log)]
 
 
 def _metric_total(text: str, sample: str) -> float:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what KubeRDE's demo and tests use beyond Python: OpenSSH (client and server) from
-# Debian, and, with --tests, the npm OIDC provider the authentication tests run against.
+# Debian, and, with --tests, kubectl and the npm OIDC provider the tests run against.
 # apt-get runs when root (or with passwordless sudo); otherwise it says what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,8 @@ tests=false
 if [ "${1:-}" = "--tests" ]; then
   tests=true
   command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+  # The runbook tests run the real kubectl (Debian's kubernetes-client where it is missing).
+  command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 fi
 
 if [ "$(id -u)" -eq 0 ]; then

@@ -272,7 +272,7 @@ def decide_scale_down(
     skew = f", reported {format_duration(raw.at - now)} in the future" if raw.at > now else ""
     summary = (
         f"idle for {format_duration(idle_for)} (ttl {format_duration(enabled_ttl)}), "
-        f"last activity {format_timestamp(latest.at)} ({latest.source}{skew})"
+        f"lastActivity: {format_timestamp(latest.at)} ({latest.source}{skew})"
     )
     if idle_for > enabled_ttl:
         return ScaleDecision(True, summary, deadline, latest.at, latest.source)

@@ -41,7 +41,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:kmock")
 
 OWNER = "testuser"
 BANNER = b"SSH-2.0-workspace\r\n"
-_LAST_ACTIVITY = re.compile(r"last activity (\S+) \(([^)]+)\)")
+_LAST_ACTIVITY = re.compile(r"lastActivity: (\S+) \(([^)]+)\)")
 
 
 @pytest.fixture

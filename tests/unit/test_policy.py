@@ -323,7 +323,7 @@ def test_idle_past_ttl_scales_down_with_reason() -> None:
     decision = decide(now=now)
     assert decision == ScaleDecision(
         scale_down=True,
-        reason=("idle for 6m12s (ttl 5m), last activity 2026-03-01T12:00:00Z (stream closed)"),
+        reason=("idle for 6m12s (ttl 5m), lastActivity: 2026-03-01T12:00:00Z (stream closed)"),
         idle_deadline=T0 + TTL,
         last_activity=T0,
         last_activity_source="stream closed",

@@ -129,7 +129,7 @@ class GatewayMonitor:
             self._failing = False
         self._metrics.gateway_up.set(1)
         elapsed = self._observe(started)
-        log.info("Server monitor checked %d agents in %.0fms", len(agents), elapsed)
+        log.info("Server monitor checked in %.0fms (%d agents)", elapsed, len(agents))
         return True
 
     def _observe(self, started: float) -> float:

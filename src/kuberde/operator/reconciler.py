@@ -367,13 +367,14 @@ class Reconciler:
     ) -> None:
         metadata = desired["metadata"]
         desired_hash = metadata["annotations"][SPEC_HASH_ANNOTATION]
-        changed = deployment_needs_update(live, desired_hash)
-        log.info("Agent %s: deploymentSpecChanged returned: %s", name, str(changed).lower())
         path = Paths.item(self._paths.deployments, str(metadata["name"]))
         if live is None:
             await self._api.create(self._paths.deployments, desired)
             log.info("Created Deployment %s with replicas=%d", metadata["name"], replicas)
             return
+        # Only about a Deployment that exists: the runbook reads `true` as a false alarm.
+        changed = deployment_needs_update(live, desired_hash)
+        log.info("Agent %s: deploymentSpecChanged returned: %s", name, str(changed).lower())
         live_metadata = live.get("metadata") or {}
         if changed:
             operations: list[dict[str, Any]] = []
