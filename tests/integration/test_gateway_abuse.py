@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import socket
 import struct
@@ -19,6 +20,7 @@ import pytest
 
 from kuberde.gateway.app import GatewaySettings
 from kuberde.gateway.connections import ConnectionLimits
+from kuberde.gateway.limits import StreamLimits, StreamQuotaSettings
 from kuberde.mux import INITIAL_WINDOW, Flag, FrameType, GoAwayCode, Preamble, SessionConfig, Stream
 from kuberde.mux.frame import encode_header
 from tests.integration.conftest import (
@@ -33,6 +35,7 @@ from tests.integration.conftest import (
     read_bytes,
     receive_all,
     send_payload,
+    upgrade_headers,
 )
 
 # ---- corrupt frames from a connected agent ---------------------------------------------------
@@ -423,3 +426,44 @@ async def test_unauthenticated_connections_are_capped_per_address_and_in_total(
         for _, writer in idle:
             writer.close()
         await other.close()
+
+
+# ---- a user past their stream limit ----------------------------------------------------------
+
+
+async def test_the_stream_cap_gives_429_with_a_reason_and_spares_other_users(
+    start_gateway: GatewayFactory,
+) -> None:
+    loose = StreamQuotaSettings().per_agent
+    settings = GatewaySettings(
+        streams=StreamQuotaSettings(
+            # A rate this test cannot reach: the bucket never refills while it runs.
+            per_user=StreamLimits(2, 2**40, streams_per_second=1e-6, burst=1000),
+            per_agent=loose,
+        )
+    )
+    gateway = await start_gateway(settings)
+    await gateway.peer("mallory", "dev", echo())
+    await gateway.peer("bob", "dev", echo())
+    mallory = gateway.user("mallory")
+    held = [await gateway.connect("dev", mallory) for _ in range(2)]
+
+    status, body = await gateway.refused("/connect/dev?port=22", upgrade_headers(mallory))
+    assert status == 429
+    assert json.loads(body) == {
+        "error": "user mallory has 2 open connections, the limit; close some first",
+        "reason": "limited",
+    }
+    bob = await gateway.connect("dev", gateway.user("bob"))
+    assert (await exchange(bob, b"unaffected")).data == b"unaffected"
+    for ws in held:
+        assert (await exchange(ws, b"still open")).data == b"still open"
+
+    async def admitted_again() -> aiohttp.ClientWebSocketResponse:
+        while True:
+            with contextlib.suppress(aiohttp.WSServerHandshakeError):
+                return await gateway.connect("dev", mallory)
+            await asyncio.sleep(0.02)
+
+    again = await asyncio.wait_for(admitted_again(), WAIT)
+    assert (await exchange(again, b"a slot came free")).data == b"a slot came free"

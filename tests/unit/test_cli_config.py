@@ -260,6 +260,9 @@ def test_refusal_messages():
     assert refusal_message(400, "port '0' is not a TCP port", "dev") == (
         "bad request: port '0' is not a TCP port"
     )
+    assert refusal_message(429, "user bob has 2 open connections", "dev") == (
+        "user bob has 2 open connections"
+    )
     assert refusal_message(502, None, "dev") == "the gateway answered HTTP 502"
 
 

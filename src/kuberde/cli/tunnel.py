@@ -80,6 +80,8 @@ def refusal_message(status: int, detail: str | None, agent: str) -> str:
         return detail or not_found(agent)
     if status == 400:
         return f"bad request: {detail or 'the gateway refused the port or kind'}"
+    if status == 429:
+        return detail or "too many connections at once; close some and try again"
     return f"the gateway answered HTTP {status}" + (f": {detail}" if detail else "")
 
 

@@ -22,6 +22,7 @@ from kuberde.auth import AuthError, Principal, TokenVerifier, bearer_token
 from kuberde.gateway.activity import ActivitySource, ActivityTracker
 from kuberde.gateway.connections import ConnectionLimits, mark_authenticated
 from kuberde.gateway.directory import AgentDirectory, WakeError
+from kuberde.gateway.limits import LimitExceeded, StreamQuota, StreamQuotaSettings
 from kuberde.gateway.metrics import GatewayMetrics
 from kuberde.gateway.registry import AgentConnection, AgentRegistry
 from kuberde.messages import not_found
@@ -51,6 +52,8 @@ class CloseCode:
     WAKE_TIMEOUT = 4408
     #: The workspace cannot run (phase Error) or cannot be woken; the reason says why.
     UNAVAILABLE = 4409
+    #: Over a per-user or per-agent stream limit (`kuberde.gateway.limits`); the reason says which.
+    LIMITED = 4429
     STREAM_RESET = 4500
     SHUTTING_DOWN = 4503
 
@@ -64,6 +67,7 @@ class GatewaySettings:
     directory_catch_up: float = 3.0
     max_message_size: int = 4 * 1024 * 1024
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    streams: StreamQuotaSettings = field(default_factory=StreamQuotaSettings)
     mux: SessionConfig = field(
         default_factory=lambda: SessionConfig(
             accept_backlog=0, receive_window=BULK_WINDOW, max_frame_payload=BULK_FRAME
@@ -74,6 +78,13 @@ class GatewaySettings:
 def json_error(status: type[web.HTTPException], message: str, reason: str) -> web.HTTPException:
     body = json.dumps({"error": message, "reason": reason})
     return status(text=body, content_type="application/json")
+
+
+def limit_error(exc: LimitExceeded) -> web.HTTPException:
+    """HTTP 429 for a stream refused by a limit, before any upgrade."""
+    error = json_error(web.HTTPTooManyRequests, exc.reason, "limited")
+    error.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return error
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -93,6 +104,9 @@ class Gateway:
         self.registry = AgentRegistry()
         self.activity = ActivityTracker()
         self.metrics = GatewayMetrics()
+        self.quota = StreamQuota(settings.streams)
+        #: What one stream may make the gateway buffer: its receive window and send buffer.
+        self.stream_reserve = settings.mux.receive_window + settings.mux.send_buffer_limit
         self._user_sockets: set[web.WebSocketResponse] = set()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -212,12 +226,17 @@ class Gateway:
         if resolved is None:
             raise json_error(web.HTTPNotFound, not_found(request.match_info["agent"]), "not_found")
         target, _ = resolved
+        try:
+            reservation = self.quota.acquire(user.name, target, self.stream_reserve)
+        except LimitExceeded as exc:
+            log.info("refused a connection of %s to %s: %s", user.name, target, exc.reason)
+            raise limit_error(exc) from None
         ws = web.WebSocketResponse(
             compress=False, max_msg_size=self.settings.max_message_size, autoping=True
         )
-        await ws.prepare(request)
         self._user_sockets.add(ws)
         try:
+            await ws.prepare(request)
             stream = await self._open_stream(ws, target, Preamble(port, kind, user.name))
             if stream is not None:
                 self.metrics.stream_open_seconds.observe(
@@ -227,6 +246,7 @@ class Gateway:
         except ConnectionResetError:
             log.debug("user %s went away while connecting to %s", user.name, target)
         finally:
+            reservation.release()
             self._user_sockets.discard(ws)
         return ws
 
