@@ -39,6 +39,7 @@ __all__ = [
     "compute_phase",
     "decide_scale_down",
     "desired_replicas",
+    "extension",
     "format_duration",
     "format_timestamp",
     "idle_deadline",
@@ -204,12 +205,38 @@ def last_activity(*candidates: tuple[datetime | None, str] | None) -> Activity |
     return latest
 
 
-def idle_deadline(ttl: timedelta | None, last_activity: datetime | None) -> datetime | None:
-    """The moment after which the agent is idle; None when the TTL is disabled or unknown."""
+def idle_deadline(
+    ttl: timedelta | None, last_activity: datetime | None, extended_until: datetime | None = None
+) -> datetime | None:
+    """The moment after which the agent is idle; None when the TTL is disabled or unknown.
+
+    An extension to a chosen time (`kuberde extend NAME 2h`) moves it later, never earlier.
+    """
     if ttl is None or last_activity is None:
         return None
     _require_aware(last_activity, "last_activity")
-    return last_activity + ttl
+    deadline = last_activity + ttl
+    if extended_until is not None:
+        _require_aware(extended_until, "extended_until")
+        deadline = max(deadline, extended_until)
+    return deadline
+
+
+def extension(
+    *, ttl: timedelta | None, now: datetime, duration: timedelta | None
+) -> tuple[datetime, datetime | None]:
+    """What `extend` records: activity now (source `extend`), and with a chosen duration a
+    time it stays up until. Returns (deadline, extended_until); raises ValueError without TTL.
+    """
+    _require_aware(now, "now")
+    if not ttl:
+        raise ValueError("it has no TTL, so it stays up until stopped; nothing to extend")
+    if duration is not None and duration <= timedelta(0):
+        raise ValueError("the duration must be positive")
+    until = now + duration if duration is not None else None
+    deadline = idle_deadline(ttl, now, until)
+    assert deadline is not None
+    return deadline, until
 
 
 def _plural(count: int, noun: str) -> str:
@@ -225,11 +252,13 @@ def decide_scale_down(
     created_at: datetime,
     now: datetime,
     max_staleness: timedelta,
+    extended_until: datetime | None = None,
 ) -> ScaleDecision:
     """Decide whether the TTL sweep scales this agent to zero now.
 
     Fails safe: without a snapshot, or with one older than `max_staleness`, the answer is no.
-    A zero `ttl` is treated like None (disabled).
+    A zero `ttl` is treated like None (disabled). `extended_until` (an explicit extend to a
+    chosen time) keeps it up until then whatever the activity.
     """
     _require_aware(now, "now")
     _require_aware(created_at, "created_at")
@@ -249,7 +278,7 @@ def decide_scale_down(
     raw = last_activity(reported, (woken_at, "woken"), created) or created
     latest = Activity(min(raw.at, now), raw.source)
     enabled_ttl = ttl if ttl else None
-    deadline = idle_deadline(enabled_ttl, latest.at)
+    deadline = idle_deadline(enabled_ttl, latest.at, extended_until)
 
     def keep(reason: str) -> ScaleDecision:
         return ScaleDecision(False, reason, deadline, latest.at, latest.source)
@@ -267,6 +296,8 @@ def decide_scale_down(
         )
     if snapshot.open_streams > 0:
         return keep(_plural(snapshot.open_streams, "open stream"))
+    if extended_until is not None and now <= extended_until:
+        return keep(f"extended until {format_timestamp(extended_until)}")
 
     idle_for = now - latest.at
     skew = f", reported {format_duration(raw.at - now)} in the future" if raw.at > now else ""

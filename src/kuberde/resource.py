@@ -31,6 +31,7 @@ from kuberde.policy import parse_ttl
 
 __all__ = [
     "API_VERSION",
+    "APP_PATH_PATTERN",
     "DEFAULT_LOCAL_TARGET",
     "DEFAULT_STORAGE_SIZE",
     "GROUP",
@@ -40,6 +41,7 @@ __all__ = [
     "QUANTITY_PATTERN",
     "STORAGE_VOLUME",
     "AgentOverrides",
+    "App",
     "ContainerPort",
     "EnvVar",
     "InvalidResource",
@@ -74,7 +76,10 @@ QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
+#: Where an app opens: an absolute path on its own host (not `//host`), no spaces.
+APP_PATH_PATTERN = r"^/([^/\s\\][^\s\\]*)?$"
 _LOCAL_TARGET = re.compile(LOCAL_TARGET_PATTERN)
+_APP_PATH = re.compile(APP_PATH_PATTERN)
 _QUANTITY = re.compile(QUANTITY_PATTERN)
 
 
@@ -225,11 +230,33 @@ class Toleration(_Spec):
     toleration_seconds: int | None = None
 
 
+class App(_Spec):
+    """A web app of the workspace, reached in a browser at `{name}--{owner}.{apps-domain}`
+    (the first app) or `{port}--{name}--{owner}.{apps-domain}`; `path` is where it opens."""
+
+    name: str
+    port: Port
+    path: str = "/"
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: object) -> object:
+        return naming.validate_name(value, "app name")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not _APP_PATH.fullmatch(value):
+            raise ValueError(f"app path {value!r} must be an absolute path such as /lab")
+        return value
+
+
 class RDEAgentSpec(_Spec):
     owner: str
     ttl: str | int | None = None
     local_target: str = DEFAULT_LOCAL_TARGET
     allowed_ports: list[Port] = Field(default_factory=list)
+    apps: list[App] = Field(default_factory=list)
     workload: Workload | None = None
     storage: Storage = Field(default_factory=Storage)
     agent: AgentOverrides | None = None
@@ -259,6 +286,15 @@ class RDEAgentSpec(_Spec):
         duplicates = sorted({port for port in value if value.count(port) > 1})
         if duplicates:
             raise ValueError(f"ports listed more than once: {duplicates}")
+        return value
+
+    @field_validator("apps")
+    @classmethod
+    def _apps(cls, value: list[App]) -> list[App]:
+        names = [app.name for app in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"app names used more than once: {duplicates}")
         return value
 
     @model_validator(mode="after")
@@ -314,8 +350,9 @@ class RDEAgentSpec(_Spec):
 
     @property
     def effective_allowed_ports(self) -> tuple[int, ...]:
-        """Ports users may reach: `allowedPorts` plus the local target's port, always."""
-        return tuple(sorted({*self.allowed_ports, self.local_address[1]}))
+        """Ports users may reach: `allowedPorts`, the apps' ports and the local target's port."""
+        apps = {app.port for app in self.apps}
+        return tuple(sorted({*self.allowed_ports, *apps, self.local_address[1]}))
 
 
 class ObjectMeta(BaseModel):

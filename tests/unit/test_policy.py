@@ -754,3 +754,39 @@ def test_phase_values_and_online() -> None:
     assert [p for p in Phase if is_online(p)] == [Phase.RUNNING]
     assert Phase("ScaledDown") is Phase.SCALED_DOWN
     assert f"{Phase.RUNNING}" == "Running"
+
+
+def test_extend_is_activity_now_and_optionally_a_later_deadline() -> None:
+    from kuberde.policy import extension
+
+    assert extension(ttl=TTL, now=T0, duration=None) == (T0 + TTL, None)
+    two_hours = timedelta(hours=2)
+    assert extension(ttl=TTL, now=T0, duration=two_hours) == (T0 + two_hours, T0 + two_hours)
+    # A duration shorter than the TTL never brings the deadline forward.
+    assert extension(ttl=TTL, now=T0, duration=timedelta(minutes=1))[0] == T0 + TTL
+    with pytest.raises(ValueError, match="no TTL"):
+        extension(ttl=None, now=T0, duration=two_hours)
+    with pytest.raises(ValueError, match="positive"):
+        extension(ttl=TTL, now=T0, duration=timedelta(0))
+
+
+def test_an_extension_holds_off_scale_down_until_it_ends() -> None:
+    until = T0 + timedelta(hours=1)
+
+    def decide(now: datetime) -> ScaleDecision:
+        return decide_scale_down(
+            ttl=TTL,
+            replicas=1,
+            snapshot=snap(observed_at=now),
+            woken_at=None,
+            created_at=T0 - timedelta(days=1),
+            now=now,
+            max_staleness=STALENESS,
+            extended_until=until,
+        )
+
+    held = decide(T0 + timedelta(minutes=30))
+    assert not held.scale_down and "extended until" in held.reason
+    assert held.idle_deadline == until
+    assert decide(until + timedelta(seconds=1)).scale_down
+    assert idle_deadline(TTL, T0, T0 + timedelta(seconds=1)) == T0 + TTL

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from kuberde.policy import InvalidTTL, parse_ttl
 from kuberde.resource import (
+    APP_PATH_PATTERN,
     DEFAULT_STORAGE_SIZE,
     LOCAL_TARGET_PATTERN,
     NAME_PATTERN,
@@ -584,6 +585,9 @@ def test_crd_patterns_are_the_models(schema: dict[str, Any]) -> None:
     assert spec["owner"]["pattern"] == NAME_PATTERN
     assert schema["properties"]["metadata"]["properties"]["name"]["pattern"] == NAME_PATTERN
     assert spec["localTarget"]["pattern"] == LOCAL_TARGET_PATTERN
+    app = spec["apps"]["items"]["properties"]
+    assert app["name"]["pattern"] == NAME_PATTERN
+    assert app["path"]["pattern"] == APP_PATH_PATTERN
     assert spec["localTarget"]["default"] == RDEAgentSpec.model_fields["local_target"].default
     assert spec["storage"]["properties"]["size"]["pattern"] == QUANTITY_PATTERN
     storage = spec["storage"]["properties"]
@@ -647,6 +651,11 @@ def test_crd_accepts_the_examples(schema: dict[str, Any], path: Path) -> None:
         (lambda d: d["metadata"].update(name="Ssh"), "metadata.name"),
         (lambda d: d["spec"]["workload"].update(image=""), "spec.workload.image: shorter"),
         (lambda d: d["spec"]["workload"]["resources"]["limits"].update(memory="lots"), "memory"),
+        (lambda d: d["spec"]["apps"].append({"name": "Web", "port": 80}), "spec.apps[1].name"),
+        (lambda d: d["spec"]["apps"].append({"name": "w", "port": 0}), "spec.apps[1].port"),
+        (lambda d: d["spec"]["apps"].append({"name": "w"}), "port is required"),
+        (lambda d: d["spec"]["apps"][0].update(path="//evil.example"), "spec.apps[0].path"),
+        (lambda d: d["spec"]["apps"][0].update(path="lab"), "spec.apps[0].path"),
     ],
 )
 def test_crd_rejects_what_the_model_rejects(
@@ -715,3 +724,29 @@ def test_every_example_agent_round_trips_through_the_model() -> None:
         agent = parse_agent(document)
         assert isinstance(agent, RDEAgent)
         assert agent.to_document() == document
+
+
+def test_apps_default_path_and_ports_are_reachable() -> None:
+    agent = parse_agent(
+        doc(apps=[{"name": "lab", "port": 8888, "path": "/lab"}, {"name": "docs", "port": 9000}])
+    )
+    assert [(a.name, a.port, a.path) for a in agent.spec.apps] == [
+        ("lab", 8888, "/lab"),
+        ("docs", 9000, "/"),
+    ]
+    assert agent.spec.effective_allowed_ports == (22, 8888, 9000)
+    assert agent.to_document()["spec"]["apps"][0] == {"name": "lab", "port": 8888, "path": "/lab"}
+
+
+@pytest.mark.parametrize(
+    ("apps", "problem"),
+    [
+        ([{"name": "a", "port": 1}, {"name": "a", "port": 2}], "app names used more than once"),
+        ([{"name": "a", "port": "80"}], "spec.apps[0].port"),
+        ([{"name": "a", "port": 80, "path": "/a b"}], "absolute path"),
+        ([{"name": "a", "port": 80, "extra": 1}], "spec.apps[0].extra: unknown field"),
+    ],
+)
+def test_bad_apps_are_refused(apps: list[dict[str, Any]], problem: str) -> None:
+    with pytest.raises(InvalidResource, match=re.escape(problem)):
+        parse_agent(doc(apps=apps))

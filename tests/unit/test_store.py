@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kuberde.local import store as store_module
 from kuberde.local.store import (
     LIFECYCLE_FIELDS,
     SCHEMA_VERSION,
@@ -80,6 +81,7 @@ def test_update_every_lifecycle_field_round_trips(store: StateStore) -> None:
         "pid": 4242,
         "started_at": T0 + timedelta(seconds=5),
         "restarts": 3,
+        "extended_until": T0 + timedelta(hours=2),
     }
     assert set(changes) == LIFECYCLE_FIELDS
     updated = store.update("dev", **changes)
@@ -223,7 +225,7 @@ def test_empty_file_is_migrated_to_current_schema(db_path: Path) -> None:
     with StateStore(db_path) as store:
         add(store)
     with sqlite3.connect(db_path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         columns = [row[1] for row in raw.execute("PRAGMA table_info(workspaces)")]
     assert set(LIFECYCLE_FIELDS) < set(columns)
 
@@ -279,3 +281,21 @@ def test_unusable_location_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(StateStoreError, match="cannot create state database"):
         StateStore(blocker / "state.db")
+
+
+def test_a_version_1_database_gains_extended_until(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as raw:
+        raw.execute(store_module._MIGRATIONS[0])
+        raw.execute(f"PRAGMA application_id = {store_module._APPLICATION_ID}")
+        raw.execute("PRAGMA user_version = 1")
+        raw.execute(
+            "INSERT INTO workspaces (name, owner, agent_id, spec, created_at) "
+            "VALUES ('dev', 'alice', 'user-alice-dev', '{}', ?)",
+            (T0.isoformat(),),
+        )
+    raw.close()
+    with StateStore(path) as migrated:
+        state = migrated.get("dev")
+        assert state is not None and state.extended_until is None
+        assert migrated.update("dev", extended_until=T0).extended_until == T0

@@ -273,6 +273,9 @@ def up(
     sweep_interval: Annotated[
         float, typer.Option(help="Seconds between lifecycle sweeps (TTL checks)")
     ] = 1.0,
+    apps_domain: Annotated[
+        str, typer.Option(help="Workspace apps are served at *.APPS_DOMAIN (no DNS for localhost)")
+    ] = "localhost",
 ) -> None:
     """Run the gateway and local workspaces (a demo one when no file is given).
 
@@ -296,6 +299,7 @@ def up(
                 state_dir=state_dir,
                 listen=address,
                 sweep_interval=sweep_interval,
+                apps_domain=apps_domain,
             )
         )
     except OSError as exc:

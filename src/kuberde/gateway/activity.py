@@ -20,6 +20,8 @@ class ActivitySource:
     STREAM_CLOSED = "stream closed"
     BYTES = "bytes"
     WAITING = "user waiting"
+    #: Requests and WebSocket messages through the app proxy.
+    HTTP = "http"
 
 
 @dataclass
@@ -76,14 +78,25 @@ class ActivityTracker:
         activity = self._agents[agent_id]
         activity.waiting_users = max(0, activity.waiting_users - 1)
 
-    def bytes_moved(self, agent_id: str) -> None:
+    def bytes_moved(self, agent_id: str, source: str = ActivitySource.BYTES) -> None:
+        """Traffic on an open connection (throttled): bytes of a stream, or `http` requests."""
         activity = self._agents.get(agent_id)
         now = self._clock()
         if activity is None or activity.last_activity is None:
-            self.record(agent_id, ActivitySource.BYTES)
+            self.record(agent_id, source)
         elif now - activity.last_activity >= self._bytes_interval:
             activity.last_activity = now
-            activity.last_activity_source = ActivitySource.BYTES
+            activity.last_activity_source = source
+
+    def http_started(self, agent_id: str) -> None:
+        """A proxied request or WebSocket began: it holds the agent up like an open stream."""
+        self.bytes_moved(agent_id, ActivitySource.HTTP)
+        self._agents[agent_id].open_streams += 1
+
+    def http_ended(self, agent_id: str) -> None:
+        self.bytes_moved(agent_id, ActivitySource.HTTP)
+        activity = self._agents[agent_id]
+        activity.open_streams = max(0, activity.open_streams - 1)
 
     def forget(self, agent_id: str) -> None:
         self._agents.pop(agent_id, None)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from kuberde.resource import App
+
 __all__ = ["AgentDirectory", "AgentRecord", "WakeError"]
 
 
@@ -21,6 +23,10 @@ class AgentRecord:
     uid: str | None = None
     #: Set when the workspace cannot run (phase Error); users connecting get this message.
     error: str | None = None
+    #: Its web apps (`spec.apps`); the first is the default app of its app host.
+    apps: tuple[App, ...] = ()
+    #: Ports users may reach (allowed ports, app ports and the local target's).
+    ports: tuple[int, ...] = ()
 
 
 class WakeError(Exception):

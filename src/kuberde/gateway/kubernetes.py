@@ -17,6 +17,7 @@ from typing import Any
 from kuberde.gateway.directory import AgentRecord, WakeError
 from kuberde.kube import ApiError, KubeApi, Paths
 from kuberde.naming import WAKE_ANNOTATION, InvalidName, agent_id
+from kuberde.resource import InvalidResource, parse_agent
 
 __all__ = ["KubernetesDirectory", "record_of"]
 
@@ -38,8 +39,19 @@ def record_of(body: Mapping[str, Any]) -> AgentRecord | None:
     error = None
     if status.get("phase") == "Error":
         error = str(status.get("message") or "the RDEAgent is in phase Error")
+    try:
+        spec_model = parse_agent(body).spec
+        apps, ports = tuple(spec_model.apps), spec_model.effective_allowed_ports
+    except InvalidResource:
+        apps, ports = (), ()
     return AgentRecord(
-        agent_id=identity, owner=owner, name=name, uid=metadata.get("uid"), error=error
+        agent_id=identity,
+        owner=owner,
+        name=name,
+        uid=metadata.get("uid"),
+        error=error,
+        apps=apps,
+        ports=ports,
     )
 
 

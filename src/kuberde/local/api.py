@@ -21,7 +21,7 @@ from kuberde.local.supervisor import follow_log, tail_log
 from kuberde.messages import not_found
 from kuberde.resource import load_documents
 
-__all__ = ["add_workspace_routes"]
+__all__ = ["add_workspace_routes", "apply_documents"]
 
 MAX_APPLY_BYTES = 1024 * 1024
 
@@ -31,6 +31,33 @@ def view_json(view: WorkspaceView) -> dict[str, Any]:
         key: value.isoformat() if isinstance(value, datetime) else value
         for key, value in asdict(view).items()
     }
+
+
+def apply_documents(
+    runtime: LocalRuntime, text: str, source: str, user: Principal
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Apply each RDEAgent of `text` the user may own; returns what was applied, and errors."""
+    applied: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for result in load_documents(text, source):
+        if result.agent is None:
+            errors.append(str(result.error))
+            continue
+        agent = result.agent
+        if agent.spec.owner != user.name and not user.admin:
+            errors.append(
+                f"{result.location} ({agent.metadata.name!r}): owner {agent.spec.owner!r} "
+                f"is not you ({user.name!r})"
+            )
+            continue
+        existed = runtime.store.get(agent.metadata.name) is not None
+        try:
+            state = runtime.apply(agent)
+        except ValueError as exc:
+            errors.append(f"{result.location} ({agent.metadata.name!r}): {exc}")
+            continue
+        applied.append({"name": state.name, "agent_id": state.agent_id, "created": not existed})
+    return applied, errors
 
 
 class WorkspaceApi:
@@ -67,27 +94,9 @@ class WorkspaceApi:
         if request.content_length is not None and request.content_length > MAX_APPLY_BYTES:
             raise json_error(web.HTTPRequestEntityTooLarge, "document too large", "too_large")
         text = await request.text()
-        source = request.query.get("source", "request")
-        applied: list[dict[str, Any]] = []
-        errors: list[str] = []
-        for result in load_documents(text, source):
-            if result.agent is None:
-                errors.append(str(result.error))
-                continue
-            agent = result.agent
-            if agent.spec.owner != user.name and not user.admin:
-                errors.append(
-                    f"{result.location} ({agent.metadata.name!r}): owner {agent.spec.owner!r} "
-                    f"is not you ({user.name!r})"
-                )
-                continue
-            existed = self.runtime.store.get(agent.metadata.name) is not None
-            try:
-                state = self.runtime.apply(agent)
-            except ValueError as exc:
-                errors.append(f"{result.location} ({agent.metadata.name!r}): {exc}")
-                continue
-            applied.append({"name": state.name, "agent_id": state.agent_id, "created": not existed})
+        applied, errors = apply_documents(
+            self.runtime, text, request.query.get("source", "request"), user
+        )
         status = 422 if errors and not applied else 200
         return web.json_response({"applied": applied, "errors": errors}, status=status)
 

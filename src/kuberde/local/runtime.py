@@ -149,7 +149,15 @@ class LocalRuntime:
 
     def _record(self, state: WorkspaceState) -> AgentRecord:
         error = state.message if state.phase == policy.Phase.ERROR else None
-        return AgentRecord(agent_id=state.agent_id, owner=state.owner, name=state.name, error=error)
+        spec = parse_agent(state.document).spec
+        return AgentRecord(
+            agent_id=state.agent_id,
+            owner=state.owner,
+            name=state.name,
+            error=error,
+            apps=tuple(spec.apps),
+            ports=spec.effective_allowed_ports,
+        )
 
     async def request_wake(self, agent_id: str, requested_by: str) -> None:
         state = next((s for s in self.store.list() if s.agent_id == agent_id), None)
@@ -207,6 +215,22 @@ class LocalRuntime:
         await self._stop_processes(name)
         self._kick.set()
 
+    def extend(self, name: str, duration: timedelta | None = None) -> datetime:
+        """Keep it up for another TTL from now, or until `duration` from now; an activity."""
+        state = self.store.get(name)
+        if state is None:
+            raise UnknownWorkspace(name)
+        now = self._clock()
+        deadline, until = policy.extension(
+            ttl=parse_agent(state.document).spec.ttl_duration, now=now, duration=duration
+        )
+        self.store.update(
+            name, last_activity=now, last_activity_source="extend", extended_until=until
+        )
+        log.info("%s extended until %s", name, policy.format_timestamp(deadline))
+        self._kick.set()
+        return deadline
+
     def view(self, state: WorkspaceState) -> WorkspaceView:
         agent = parse_agent(state.document)
         ttl = agent.spec.ttl_duration
@@ -219,7 +243,7 @@ class LocalRuntime:
             and state.last_activity is not None
             and not connections
         ):
-            deadline = policy.idle_deadline(ttl, state.last_activity)
+            deadline = policy.idle_deadline(ttl, state.last_activity, state.extended_until)
         processes = self._running.get(state.name)
         pid = processes.workload.pid if processes and processes.workload else None
         if pid is None and processes is not None:
@@ -312,6 +336,7 @@ class LocalRuntime:
             created_at=state.created_at,
             now=now,
             max_staleness=timedelta(seconds=max(5.0, 3 * self.settings.sweep_interval)),
+            extended_until=state.extended_until,
         )
         if decision.scale_down:
             log.info("%s is scaled down by TTL: %s", state.name, decision.reason)
@@ -381,7 +406,7 @@ class LocalRuntime:
             "AGENT_ID": agent.agent_id,
             "AGENT_TOKEN_FILE": str(self._credential_file(agent)),
             "LOCAL_TARGET": spec.local_target,
-            "ALLOWED_PORTS": ",".join(str(port) for port in spec.allowed_ports),
+            "ALLOWED_PORTS": ",".join(str(port) for port in spec.effective_allowed_ports),
             "PORT_MAP": agent.metadata.annotations.get(LOCAL_PORTS_ANNOTATION, ""),
         }
         agent_process = SupervisedProcess(

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 STATE_DB_NAME = "state.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # "KRDE": marks the file as ours, so a foreign SQLite database is refused rather than altered.
 _APPLICATION_ID = 0x4B524445
 
@@ -62,6 +62,8 @@ _MIGRATIONS: tuple[str, ...] = (
         restarts INTEGER NOT NULL DEFAULT 0
     )
     """,
+    # v1 -> v2: `kuberde extend NAME DURATION` keeps a workspace up until a chosen time.
+    "ALTER TABLE workspaces ADD COLUMN extended_until TEXT",
 )
 
 
@@ -89,6 +91,7 @@ class WorkspaceState:
     pid: int | None
     started_at: datetime | None
     restarts: int
+    extended_until: datetime | None = None
 
 
 def _to_text(value: datetime) -> str:
@@ -151,6 +154,7 @@ _CONVERTERS: dict[str, Callable[[object], object]] = {
     "pid": _typed("pid", int, optional=True),
     "started_at": _optional_time("started_at"),
     "restarts": _restarts,
+    "extended_until": _optional_time("extended_until"),
 }
 LIFECYCLE_FIELDS = frozenset(_CONVERTERS)
 
@@ -175,6 +179,7 @@ def _row_to_state(row: sqlite3.Row) -> WorkspaceState:
         pid=row["pid"],
         started_at=_from_text(row["started_at"]),
         restarts=row["restarts"],
+        extended_until=_from_text(row["extended_until"]),
     )
 
 

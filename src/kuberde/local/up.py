@@ -25,10 +25,12 @@ from kuberde.auth.users import USERS_FILE, UsersFile
 from kuberde.cli.config import CliConfig, ConfigError, config_path, load, save
 from kuberde.gateway.app import GATEWAY_KEY, GatewaySettings, create_app
 from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start_site
+from kuberde.gateway.web import BrowserSettings, add_browser
 from kuberde.local.api import add_workspace_routes
 from kuberde.local.demo import DEMO_NAME, DemoWorkspace, current_user, demo_workspace
 from kuberde.local.runtime import LocalRuntime, RuntimeSettings
 from kuberde.local.store import STATE_DB_NAME, StateStore
+from kuberde.local.web import LocalWorkspaces
 from kuberde.resource import load_documents, parse_agent
 
 __all__ = ["cli_program", "next_steps", "run_up"]
@@ -128,7 +130,12 @@ def next_steps(
 
 
 async def run_up(
-    *, files: list[Path], state_dir: Path, listen: ListenAddress, sweep_interval: float = 1.0
+    *,
+    files: list[Path],
+    state_dir: Path,
+    listen: ListenAddress,
+    sweep_interval: float = 1.0,
+    apps_domain: str = "localhost",
 ) -> int:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = load_or_create_signing_key(state_dir)
@@ -161,6 +168,13 @@ async def run_up(
     )
     gateway.directory = runtime
     add_workspace_routes(app, runtime)
+    add_browser(
+        app,
+        BrowserSettings(
+            issuer=url, client_id=BUILTIN_CLIENT_ID, apps_domain=apps_domain, public_url=url
+        ),
+        LocalWorkspaces(runtime),
+    )
 
     user = current_user()
     demo = None

@@ -1,0 +1,198 @@
+"""Browser sessions kept on the server: sign-ins in progress, sessions, and app credentials.
+
+A browser holds only random handles; what they mean lives here, stored under their SHA-256
+so a memory dump or a log of this table reveals no usable cookie. Three kinds:
+
+- a *login* in progress (OIDC `state`, PKCE verifier, where to go next), used once;
+- a *session* of the dashboard host (its cookie, the user, a CSRF token);
+- an *app ticket*: the host-only credential of one app host, minted through a one-time
+  *handshake code* the dashboard hands the browser in a redirect. A ticket is good for its
+  own host only, so JavaScript in one app can neither read the dashboard's session nor use
+  its own credential anywhere else. Signing out ends the session and its tickets.
+
+Pure bookkeeping with an injectable clock; everything is bounded (oldest entries go first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from kuberde.auth import Principal
+
+__all__ = ["AppTicket", "BrowserSession", "PendingLogin", "SessionLimits", "SessionStore"]
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    session_ttl: float = 12 * 3600.0
+    login_ttl: float = 600.0
+    code_ttl: float = 60.0
+    ticket_ttl: float = 3600.0
+    max_sessions: int = 10_000
+    max_logins: int = 1_000
+    max_tickets: int = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class PendingLogin:
+    state: str
+    code_verifier: str
+    next_url: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserSession:
+    key: str
+    user: Principal
+    csrf_token: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AppTicket:
+    session_key: str
+    host: str
+    user: Principal
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Code:
+    session_key: str
+    host: str
+    expires_at: float
+
+
+V = TypeVar("V")
+
+
+class _Bounded(Generic[V]):
+    """Entries by hashed handle, dropped at expiry or, oldest first, past `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: OrderedDict[str, V] = OrderedDict()
+        self._limit = limit
+
+    def put(self, key: str, value: V) -> None:
+        self._items[key] = value
+        while len(self._items) > self._limit:
+            self._items.popitem(last=False)
+
+    def get(self, key: str) -> V | None:
+        return self._items.get(key)
+
+    def pop(self, key: str) -> V | None:
+        return self._items.pop(key, None)
+
+    def drop_where(self, doomed: Callable[[V], bool]) -> None:
+        for key in [key for key, value in self._items.items() if doomed(value)]:
+            del self._items[key]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class SessionStore:
+    def __init__(
+        self, limits: SessionLimits | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.limits = limits or SessionLimits()
+        self._clock = clock
+        self._logins: _Bounded[PendingLogin] = _Bounded(self.limits.max_logins)
+        self._sessions: _Bounded[BrowserSession] = _Bounded(self.limits.max_sessions)
+        self._codes: _Bounded[_Code] = _Bounded(self.limits.max_logins)
+        self._tickets: _Bounded[AppTicket] = _Bounded(self.limits.max_tickets)
+
+    # ---- sign-in -------------------------------------------------------------------------
+
+    def begin_login(self, next_url: str) -> PendingLogin:
+        login = PendingLogin(
+            state=secrets.token_urlsafe(24),
+            code_verifier=secrets.token_urlsafe(48),
+            next_url=next_url,
+            expires_at=self._clock() + self.limits.login_ttl,
+        )
+        self._logins.put(_hash(login.state), login)
+        return login
+
+    def finish_login(self, state: str) -> PendingLogin | None:
+        """The login `state` names, once; None when unknown, used or expired."""
+        login = self._logins.pop(_hash(state))
+        if login is None or login.expires_at <= self._clock():
+            return None
+        return login
+
+    # ---- sessions ------------------------------------------------------------------------
+
+    def create(self, user: Principal) -> tuple[str, BrowserSession]:
+        """A new session for `user`; returns the cookie value and the session."""
+        cookie = secrets.token_urlsafe(32)
+        session = BrowserSession(
+            key=_hash(cookie),
+            user=user,
+            csrf_token=secrets.token_urlsafe(24),
+            expires_at=self._clock() + self.limits.session_ttl,
+        )
+        self._sessions.put(session.key, session)
+        return cookie, session
+
+    def get(self, cookie: str | None) -> BrowserSession | None:
+        if not cookie:
+            return None
+        session = self._sessions.get(_hash(cookie))
+        if session is None or session.expires_at <= self._clock():
+            return None
+        return session
+
+    def end(self, cookie: str | None) -> None:
+        """Sign out: the session and every app ticket minted from it stop working."""
+        if not cookie:
+            return
+        key = _hash(cookie)
+        self._sessions.pop(key)
+        self._tickets.drop_where(lambda ticket: ticket.session_key == key)
+        self._codes.drop_where(lambda code: code.session_key == key)
+
+    # ---- app hosts -----------------------------------------------------------------------
+
+    def handshake_code(self, session: BrowserSession, host: str) -> str:
+        """A one-time code the app host `host` trades for its own ticket (a redirect away)."""
+        code = secrets.token_urlsafe(32)
+        self._codes.put(_hash(code), _Code(session.key, host, self._clock() + self.limits.code_ttl))
+        return code
+
+    def redeem(self, code: str, host: str) -> str | None:
+        """Trade a handshake code for the host's ticket (cookie value); None if not valid here."""
+        entry = self._codes.pop(_hash(code))
+        now = self._clock()
+        if entry is None or entry.expires_at <= now or entry.host != host:
+            return None
+        session = self._sessions.get(entry.session_key)
+        if session is None or session.expires_at <= now:
+            return None
+        ticket = secrets.token_urlsafe(32)
+        expires = min(session.expires_at, now + self.limits.ticket_ttl)
+        self._tickets.put(_hash(ticket), AppTicket(session.key, host, session.user, expires))
+        return ticket
+
+    def ticket(self, value: str | None, host: str) -> AppTicket | None:
+        """The ticket a cookie holds, if it was minted for this very host and is current."""
+        if not value:
+            return None
+        ticket = self._tickets.get(_hash(value))
+        if ticket is None or ticket.host != host or ticket.expires_at <= self._clock():
+            return None
+        if self._sessions.get(ticket.session_key) is None:
+            return None
+        return ticket

@@ -1,0 +1,232 @@
+"""HTTP/1.1 and WebSocket clients that talk to a workspace app over one mux stream.
+
+The sans-I/O libraries h11 and wsproto do the protocol; these adapters only move bytes
+between them and the stream. Reading happens only when the caller asks for more, so a
+browser that stops reading stops the stream's window updates: the app is held back by the
+stream window and the gateway buffers at most a window and one read's worth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import h11
+from wsproto import ConnectionType, WSConnection
+from wsproto import events as ws
+from wsproto.utilities import LocalProtocolError as WsLocalError
+from wsproto.utilities import RemoteProtocolError as WsRemoteError
+
+from kuberde.mux import Stream, StreamReset
+
+__all__ = ["StreamHttp", "StreamWebSocket", "UpstreamError", "UpstreamRejected", "WsMessage"]
+
+READ_SIZE = 64 * 1024
+#: An app's response head must fit in this (h11 refuses larger ones: 502).
+MAX_RESPONSE_HEAD = 64 * 1024
+
+
+class UpstreamError(Exception):
+    """The app closed, reset or broke HTTP; the browser gets 502."""
+
+
+@dataclass(frozen=True)
+class UpstreamRejected(Exception):
+    """The app answered a WebSocket handshake with a plain HTTP response."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+def _decode(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+
+
+def _encode(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+class StreamHttp:
+    """One request and its response (`Connection: close`: one stream per request)."""
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+
+    async def _send(self, event: h11.Event) -> None:
+        try:
+            data = self._conn.send(event)
+        except h11.LocalProtocolError as exc:
+            raise UpstreamError(f"cannot send the request: {exc}") from None
+        if data:
+            try:
+                self._stream.write(data)
+                await self._stream.drain()
+            except StreamReset as exc:
+                raise UpstreamError(f"the app's stream closed: {exc.reason}") from None
+
+    async def send_head(self, method: str, target: str, headers: Sequence[tuple[str, str]]) -> None:
+        await self._send(
+            h11.Request(
+                method=method, target=target, headers=[*_encode(headers), (b"connection", b"close")]
+            )
+        )
+
+    async def send_body(self, data: bytes) -> None:
+        if data:
+            await self._send(h11.Data(data=data))
+
+    async def end_body(self) -> None:
+        await self._send(h11.EndOfMessage())
+
+    async def _next(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        while True:
+            try:
+                event = self._conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise UpstreamError(f"the app sent a malformed response: {exc}") from None
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = await self._stream.read(READ_SIZE)
+            except StreamReset as exc:
+                raise UpstreamError(f"the app's stream closed: {exc.reason}") from None
+            self._conn.receive_data(data)
+
+    async def response(self) -> tuple[int, str, list[tuple[str, str]]]:
+        """Status, reason and headers of the app's (final) response; 1xx are skipped."""
+        while True:
+            event = await self._next()
+            if isinstance(event, h11.InformationalResponse):
+                continue
+            if isinstance(event, h11.Response):
+                return event.status_code, event.reason.decode("latin-1"), _decode(event.headers)
+            raise UpstreamError("the app closed the connection without a response")
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The response body, one read at a time (the caller's pace is the app's)."""
+        while True:
+            event = await self._next()
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return
+            else:
+                raise UpstreamError("the app's response ended early")
+
+
+WsMessage = str | bytes
+
+
+class StreamWebSocket:
+    """The proxy's own WebSocket connection to the app (the browser's ends at the gateway)."""
+
+    def __init__(self, stream: Stream, *, max_message: int) -> None:
+        self._stream = stream
+        self._conn = WSConnection(ConnectionType.CLIENT)
+        self._max_message = max_message
+        self._eof = False
+
+    async def _flush(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            self._stream.write(data)
+            await self._stream.drain()
+        except StreamReset as exc:
+            raise UpstreamError(f"the app's stream closed: {exc.reason}") from None
+
+    async def _events(self) -> list[ws.Event]:
+        while True:
+            events = list(self._conn.events())
+            if events:
+                return events
+            if self._eof:
+                raise UpstreamError("the app closed the WebSocket connection")
+            try:
+                data = await self._stream.read(READ_SIZE)
+            except StreamReset as exc:
+                raise UpstreamError(f"the app's stream closed: {exc.reason}") from None
+            self._eof = not data
+            try:
+                self._conn.receive_data(data or None)
+            except WsRemoteError as exc:
+                raise UpstreamError(f"the app broke the WebSocket protocol: {exc}") from None
+
+    async def connect(
+        self,
+        host: str,
+        target: str,
+        subprotocols: Sequence[str],
+        headers: Sequence[tuple[str, str]],
+    ) -> str | None:
+        """Handshake with the app; returns its chosen subprotocol or raises `UpstreamRejected`."""
+        request = ws.Request(
+            host=host,
+            target=target,
+            subprotocols=list(subprotocols),
+            extra_headers=_encode(headers),
+        )
+        await self._flush(self._conn.send(request))
+        status = 0
+        rejected: list[tuple[str, str]] = []
+        body = b""
+        while True:
+            for event in await self._events():
+                if isinstance(event, ws.AcceptConnection):
+                    return event.subprotocol
+                if isinstance(event, ws.RejectConnection):
+                    status, rejected = event.status_code, _decode(event.headers)
+                    if not event.has_body:
+                        raise UpstreamRejected(status, rejected, b"")
+                elif isinstance(event, ws.RejectData):
+                    body = (body + bytes(event.data))[:MAX_RESPONSE_HEAD]
+                    if event.body_finished:
+                        raise UpstreamRejected(status, rejected, body)
+
+    async def send(self, message: WsMessage) -> None:
+        event: ws.Event = (
+            ws.TextMessage(data=message)
+            if isinstance(message, str)
+            else ws.BytesMessage(data=message)
+        )
+        try:
+            await self._flush(self._conn.send(event))
+        except WsLocalError as exc:
+            raise UpstreamError(f"the app's WebSocket is closed: {exc}") from None
+
+    async def close(self, code: int, reason: str = "") -> None:
+        try:
+            await self._flush(self._conn.send(ws.CloseConnection(code=code, reason=reason)))
+        except (WsLocalError, UpstreamError):
+            return
+
+    async def messages(self) -> AsyncIterator[WsMessage]:
+        """Whole messages from the app until it closes; pings are answered here."""
+        text: list[str] = []
+        binary: list[bytes] = []
+        size = 0
+        while True:
+            for event in await self._events():
+                if isinstance(event, ws.Ping):
+                    await self._flush(self._conn.send(event.response()))
+                elif isinstance(event, ws.CloseConnection):
+                    with contextlib.suppress(WsLocalError):
+                        await self._flush(self._conn.send(event.response()))
+                    return
+                elif isinstance(event, ws.TextMessage | ws.BytesMessage):
+                    size += len(event.data)
+                    if size > self._max_message:
+                        await self.close(1009, "message too big")
+                        raise UpstreamError("the app sent a message over the size limit")
+                    if isinstance(event, ws.TextMessage):
+                        text.append(event.data)
+                    else:
+                        binary.append(bytes(event.data))
+                    if event.message_finished:
+                        yield (
+                            "".join(text) if isinstance(event, ws.TextMessage) else b"".join(binary)
+                        )
+                        text, binary, size = [], [], 0

@@ -1,0 +1,28 @@
+"""The gateway's browser side: sign-in, the dashboard at `/` and the app proxy on app hosts."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from kuberde.gateway.app import GATEWAY_KEY
+from kuberde.gateway.apps import AppProxy
+from kuberde.gateway.sessions import SessionStore
+from kuberde.gateway.web.dashboard import Dashboard
+from kuberde.gateway.web.settings import BrowserSettings
+from kuberde.gateway.web.signin import SignIn
+from kuberde.gateway.web.workspaces import Workspaces
+
+__all__ = ["BrowserSettings", "add_browser"]
+
+SESSIONS_KEY = web.AppKey("browser_sessions", SessionStore)
+
+
+def add_browser(app: web.Application, settings: BrowserSettings, workspaces: Workspaces) -> None:
+    """Serve the dashboard and sign-in on the gateway's host, and apps on their own hosts."""
+    gateway = app[GATEWAY_KEY]
+    sessions = SessionStore(settings.limits)
+    signin = SignIn(gateway, sessions, settings)
+    app[SESSIONS_KEY] = sessions
+    app.router.add_routes([*signin.routes(), *Dashboard(signin, settings, workspaces).routes()])
+    if settings.apps_domain is not None:
+        app.middlewares.append(AppProxy(gateway, sessions, settings, workspaces).middleware)
