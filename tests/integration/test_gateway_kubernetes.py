@@ -176,6 +176,7 @@ async def test_refresh_builds_a_record_per_rdeagent(kube: Kube) -> None:
             name="ssh-server",
             uid=created["metadata"]["uid"],
             error=None,
+            ports=(2222,),
         )
         record = directory.lookup("user-testuser-broken")
         assert record is not None
@@ -210,10 +211,10 @@ async def test_an_agent_in_error_loses_its_agent_id_to_the_healthy_one(kube: Kub
     async with directory_for(kube.kubeconfig) as directory:
         await asyncio.wait_for(directory.refresh(), WAIT)
         assert directory.lookup("user-alice-smith-dev") == AgentRecord(
-            "user-alice-smith-dev", "alice", "smith-dev", first["metadata"]["uid"]
+            "user-alice-smith-dev", "alice", "smith-dev", first["metadata"]["uid"], ports=(2222,)
         )
         assert directory.lookup("user-bob-x-lab") == AgentRecord(
-            "user-bob-x-lab", "bob-x", "lab", second["metadata"]["uid"]
+            "user-bob-x-lab", "bob-x", "lab", second["metadata"]["uid"], ports=(2222,)
         )
         assert len(directory.records()) == 2
 
