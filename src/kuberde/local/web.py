@@ -28,10 +28,8 @@ class LocalWorkspaces:
 
     def rows(self) -> list[WorkspaceRow]:
         rows = []
-        activity = self.runtime.gateway.activity
         for state in self.runtime.store.list():
             view = self.runtime.view(state)
-            current = activity.get(state.agent_id)
             rows.append(
                 WorkspaceRow(
                     name=view.name,
@@ -43,7 +41,7 @@ class LocalWorkspaces:
                     last_activity=view.last_activity,
                     last_activity_source=view.last_activity_source,
                     idle_deadline=view.idle_deadline,
-                    open_connections=current.sessions if current is not None else 0,
+                    open_connections=view.connections,
                     apps=tuple(parse_agent(state.document).spec.apps),
                     message=view.message,
                 )
