@@ -8,7 +8,10 @@ else is real: the operator process against the emulated API server, the gateway 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -20,6 +23,7 @@ import yaml
 from tests.integration.conftest import RunningGateway
 from tests.integration.kube import (
     PVCS,
+    WAIT,
     Kube,
     eventually,
     fast_settings,
@@ -283,3 +287,91 @@ async def test_bad_storage_on_a_live_agent_is_an_error_that_touches_nothing(
         ]
         assert writes == [], "only the status and an Event of the broken agent change"
         assert kube.status("other").get("phase") == "Pending"
+
+
+async def kuberde(kube: Kube, *args: str) -> tuple[int, str, str]:
+    """The real `kuberde` CLI as a process, pointed at the emulated API server."""
+    command = [sys.executable, "-m", "kuberde", *args, "--kubeconfig", str(kube.kubeconfig)]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        command,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+async def test_kuberde_backup_and_restore_keep_volumes_winners_and_scale_down(
+    kube: Kube, key_file: Path, tmp_path: Path
+) -> None:
+    saved = tmp_path / "rdeagents.yaml"
+    stamp = "2026-01-01T00:00:00+00:00"
+    async with operator_running(fast_settings(kube, signing_key_file=key_file)) as runner:
+        await kube.create_agent("smith-dev", workspace("alice"))
+        await eventually(lambda: kube.get(PVCS, "user-alice-smith-dev-home"), "alice's volume")
+        await kube.create_agent("dev", workspace("alice-smith"))
+        await kube.create_agent(
+            "notebook", workspace(), annotations={"kuberde.io/scaled-down-at": stamp}
+        )
+        await eventually(partial(status_in, kube, "dev", "Error"), "the newcomer refused")
+        await eventually(partial(status_in, kube, "notebook", "ScaledDown"), "notebook scaled down")
+        volumes = {claim["metadata"]["name"]: claim["metadata"]["uid"] for claim in kube.all(PVCS)}
+        assert sorted(volumes) == ["user-alice-smith-dev-home", "user-testuser-notebook-home"]
+
+        code, out, err = await kuberde(kube, "backup", "-n", "kuberde", "-o", str(saved))
+        assert (code, out) == (0, ""), err
+        assert "saved 3 RDEAgents" in err
+        items = yaml.safe_load(saved.read_text())["items"]
+        live = kube.all("kuberde.io/v1/rdeagents")
+        oldest_first = sorted(
+            live, key=lambda a: (a["metadata"]["creationTimestamp"], a["metadata"]["name"])
+        )
+        assert [item["metadata"]["name"] for item in items] == [
+            agent["metadata"]["name"] for agent in oldest_first
+        ]
+        for item in items:
+            assert "status" not in item
+            assert set(item["metadata"]) <= {"name", "namespace", "annotations", "labels"}
+        notebook = next(item for item in items if item["metadata"]["name"] == "notebook")
+        assert notebook["metadata"]["annotations"] == {"kuberde.io/scaled-down-at": stamp}
+
+        await delete_all(kube, ["smith-dev", "dev", "notebook"])
+        await eventually(lambda: kube.deployment("user-alice-smith-dev") is None, "GC")
+
+        code, out, err = await kuberde(kube, "restore", str(saved), "--dry-run")
+        assert code == 1, err
+        assert kube.all("kuberde.io/v1/rdeagents") == [], "a dry run changes nothing"
+
+        code, out, err = await kuberde(kube, "restore", str(saved))
+        assert code == 1
+        assert "created rdeagent/smith-dev" in out and "created rdeagent/notebook" in out
+        assert (
+            "refused rdeagent/dev: its volume PersistentVolumeClaim user-alice-smith-dev-home "
+            "belongs to owner 'alice' (RDEAgent 'smith-dev'), not to owner 'alice-smith'"
+        ) in err
+        assert "1 RDEAgent not restored" in err
+        assert kube.agent("dev") is None
+        await eventually(partial(status_in, kube, "smith-dev", "Pending"), "smith-dev back")
+        await eventually(
+            partial(status_in, kube, "notebook", "ScaledDown"), "notebook back, scaled down"
+        )
+        await reconciles_after(runner, 2 * 2)
+        assert kube.replicas("user-testuser-notebook") == 0
+        assert {
+            claim["metadata"]["name"]: claim["metadata"]["uid"] for claim in kube.all(PVCS)
+        } == (volumes)
+
+        code, out, err = await kuberde(kube, "restore", str(saved))
+        assert code == 1
+        assert "unchanged rdeagent/smith-dev" in out
+
+        broken = tmp_path / "broken.yaml"
+        broken.write_text(saved.read_text().replace("owner: alice\n", "owner: Alice_\n"))
+        await delete_all(kube, ["notebook"])
+        code, _, err = await kuberde(kube, "restore", str(broken))
+        assert code == 2
+        assert "nothing restored" in err and "owner" in err
+        assert kube.agent("notebook") is None

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from kuberde import __version__, aio
-from kuberde.cli import auth_commands, commands, workspaces
+from kuberde.cli import auth_commands, backup, commands, workspaces
 from kuberde.cli.base import (
     USAGE_ERROR,
     Gateway,
@@ -39,6 +39,7 @@ app.add_typer(token_app, name="token")
 workspaces.register(app)
 commands.register(app)
 auth_commands.register(app)
+backup.register(app)
 command(app, "operator")(operator)
 
 DEFAULT_STATE_DIR = Path.home() / ".local" / "state" / "kuberde"
