@@ -603,7 +603,9 @@ def test_operator_rbac() -> None:
     assert role[("kuberde.io", "rdeagents/finalizers")] == {"update"}
     assert role[("apps", "deployments")] >= {"get", "list", "watch", "create", "patch"}
     assert role[("", "secrets")] >= {"get", "create", "patch"}
-    assert role[("", "persistentvolumeclaims")] >= {"get", "create"}
+    assert role[("", "persistentvolumeclaims")] >= {"get", "create", "patch"}, (
+        "patch: owner references follow reclaimPolicy"
+    )
     assert "delete" not in role[("", "persistentvolumeclaims")]
     assert role[("", "pods")] == {"get", "list", "watch"}
     assert "create" in role[("", "events")]
