@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import secrets
 import time
@@ -34,6 +35,7 @@ from kuberde.auth.issuer import (
     BuiltinIssuer,
     IssuerSettings,
 )
+from kuberde.auth.issuer.lockout import SignInLimits
 from kuberde.auth.oidc import CompositeVerifier, OidcProvider, OidcUserVerifier, auth_config_route
 from kuberde.auth.users import UsersFile, set_user
 from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start_site
@@ -110,9 +112,14 @@ class Setup:
         )
 
     async def approve_with_password(
-        self, started: dict[str, Any], username: str, password: str, action: str = "approve"
+        self,
+        started: dict[str, Any],
+        username: str,
+        password: str,
+        action: str = "approve",
+        source: str | None = None,
     ) -> Page:
-        browser = Browser()
+        browser = Browser(source=source)
         try:
             page = await browser.get(started["verification_uri_complete"])
             assert page.status == 200
@@ -142,6 +149,14 @@ def users_yaml(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture
 async def setup(tmp_path: Path, users_yaml: str) -> AsyncIterator[Setup]:
+    async with issuer_setup(tmp_path, users_yaml, IssuerSettings(poll_interval=5)) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def issuer_setup(
+    tmp_path: Path, users_yaml: str, settings: IssuerSettings
+) -> AsyncIterator[Setup]:
     state_dir = tmp_path / "state"
     state_dir.mkdir(mode=0o700)
     users_file = state_dir / "users.yaml"
@@ -162,7 +177,7 @@ async def setup(tmp_path: Path, users_yaml: str) -> AsyncIterator[Setup]:
             state_dir,
             users=UsersFile(users_file),
             user_verifier=made["users"],
-            settings=IssuerSettings(poll_interval=5),
+            settings=settings,
             clock=clock,
         )
         return [*made["issuer"].routes(), auth_config_route(url, BUILTIN_CLIENT_ID, DEFAULT_SCOPE)]
@@ -284,7 +299,7 @@ async def test_a_wrong_password_approves_nothing_and_repeated_failures_lock_out(
         page = await setup.approve_with_password(started, "alice", "wrong-password")
         assert page.status == 401 and "Wrong username or password" in page.text
     page = await setup.approve_with_password(started, "alice", ALICE_PASSWORD)
-    assert page.status == 401
+    assert page.status == 429 and "too many failed attempts for this name" in page.text
     page = await setup.approve_with_password(started, "nobody", "whatever")
     assert page.status == 401
     _, body = await setup.poll(started["device_code"])
@@ -413,7 +428,8 @@ async def test_revocation_ends_the_sign_in(setup: Setup) -> None:
 
 async def test_refresh_follows_the_users_file(setup: Setup) -> None:
     tokens = await setup.device_login("alice", ALICE_PASSWORD)
-    set_user(setup.users_file, "alice", ALICE_PASSWORD, admin=True)
+    text = setup.users_file.read_text()
+    setup.users_file.write_text(text.replace("admin: false", "admin: true", 1))
     status, promoted = await setup.refresh(tokens["refresh_token"])
     assert status == 200
     claims = jwt.decode(promoted["access_token"], options={"verify_signature": False})
@@ -421,6 +437,78 @@ async def test_refresh_follows_the_users_file(setup: Setup) -> None:
     setup.users_file.write_text("users: {}\n")
     status, body = await setup.refresh(promoted["refresh_token"])
     assert (status, body["error"]) == (400, "invalid_grant")
+
+
+@pytest.mark.parametrize("change", ["password", "removal"])
+async def test_a_token_approved_sign_in_ends_with_a_new_password_or_removal(
+    setup: Setup, change: str
+) -> None:
+    started = await setup.start_device()
+    status, _ = await setup.post(
+        "/oauth/device/approve",
+        {"user_code": started["user_code"]},
+        headers={"Authorization": f"Bearer {setup.issuer.mint_access_token('alice')}"},
+    )
+    assert status == 200
+    status, tokens = await setup.poll(started["device_code"])
+    assert status == 200
+    status, tokens = await setup.refresh(tokens["refresh_token"])
+    assert status == 200
+    if change == "password":
+        set_user(setup.users_file, "alice", "a-new-password")
+    else:
+        setup.users_file.write_text(setup.users_file.read_text().split("  alice:")[0])
+    status, body = await setup.refresh(tokens["refresh_token"])
+    assert (status, body["error"]) == (400, "invalid_grant")
+
+
+async def test_device_approval_with_a_bare_old_access_token_is_refused(setup: Setup) -> None:
+    """A token is proof of a session, not of the person: only a fresh one, or the password."""
+    token = setup.issuer.mint_access_token("alice")
+    setup.clock.offset += setup.issuer.settings.approval_token_max_age + 1
+    started = await setup.start_device()
+    bearer = {"Authorization": f"Bearer {token}"}
+    status, body = await setup.post(
+        "/oauth/device/approve", {"user_code": started["user_code"]}, headers=bearer
+    )
+    assert (status, body["error"]) == (401, "login_required")
+    assert "password" in body["error_description"]
+    _, pending = await setup.poll(started["device_code"])
+    assert pending["error"] == "authorization_pending"
+    status, body = await setup.post(
+        "/oauth/device/approve",
+        {"user_code": started["user_code"], "password": "wrong"},
+        headers=bearer,
+    )
+    assert status == 401
+    status, body = await setup.post(
+        "/oauth/device/approve",
+        {"user_code": started["user_code"], "password": ALICE_PASSWORD},
+        headers=bearer,
+    )
+    assert (status, body) == (200, {"approved": True, "user": "alice"})
+
+
+async def test_password_spraying_is_slowed_globally_while_a_known_user_still_signs_in(
+    tmp_path: Path, users_yaml: str
+) -> None:
+    """Names sprayed from many addresses run into the global limit, even guesses at alice
+    herself; alice, who signed in from her address before, still signs in."""
+    limits = SignInLimits(global_per_second=1e-6, global_burst=6, per_address_burst=3)
+    async with issuer_setup(tmp_path, users_yaml, IssuerSettings(sign_in=limits)) as setup:
+        await setup.device_login("alice", ALICE_PASSWORD)  # 127.0.0.1 is now alice's
+        statuses = []
+        for n in range(2, 12):
+            started = await setup.start_device()
+            for name in ("alice", f"user{n}"):
+                page = await setup.approve_with_password(
+                    started, name, "guess", source=f"127.0.0.{n}"
+                )
+                statuses.append(page.status)
+        assert statuses[:5] == [401] * 5
+        assert set(statuses[6:]) == {429}, statuses
+        tokens = await setup.device_login("alice", ALICE_PASSWORD)
+        assert tokens["access_token"]
 
 
 async def test_a_refresh_token_is_bound_to_its_client(setup: Setup) -> None:

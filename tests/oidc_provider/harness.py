@@ -153,9 +153,11 @@ class Page:
 class Browser:
     """Follows redirects and submits each page's first POST form, filling named fields."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: str | None = None) -> None:
+        """`source`: the local address to connect from (127.0.0.0/8 has many on Linux)."""
         # unsafe=True: keep cookies for IP-address hosts such as 127.0.0.1.
         self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(local_addr=(source, 0) if source else None),
             cookie_jar=aiohttp.CookieJar(unsafe=True),
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
         )

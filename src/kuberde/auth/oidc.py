@@ -347,6 +347,13 @@ def _expiry(claims: Mapping[str, Any]) -> datetime:
     return datetime.fromtimestamp(exp, UTC)
 
 
+def _issued(claims: Mapping[str, Any]) -> datetime | None:
+    iat = claims.get("iat")
+    if isinstance(iat, bool) or not isinstance(iat, int | float):
+        return None
+    return datetime.fromtimestamp(iat, UTC)
+
+
 def _strings(value: Any, what: str) -> list[str]:
     if value is None:
         return []
@@ -444,7 +451,13 @@ class OidcUserVerifier:
         if settings.groups_claim is not None:
             groups = _strings(claim_at(claims, settings.groups_claim), "groups")
             admin = admin or any(g.lstrip("/") == settings.admin_role for g in groups)
-        return Principal(kind="user", name=username, admin=admin, expires_at=_expiry(claims))
+        return Principal(
+            kind="user",
+            name=username,
+            admin=admin,
+            expires_at=_expiry(claims),
+            issued_at=_issued(claims),
+        )
 
 
 class OidcAgentVerifier:

@@ -111,6 +111,8 @@ class Principal:
     admin: bool = False
     agent_uid: str | None = None
     expires_at: datetime | None = None
+    #: When the credential was issued (`iat`), if it says: how fresh a sign-in is.
+    issued_at: datetime | None = None
 
 
 def bearer_token(authorization_header: str | None) -> str:

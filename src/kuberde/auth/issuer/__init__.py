@@ -14,15 +14,18 @@ refresh token store), `lockout` (failed sign-ins), and `service` (the HTTP endpo
 Who may approve a sign-in:
 - anyone named in `users.yaml` (see `kuberde.auth.users`), with their password, on the
   verification page (`/oauth/device`) or the authorization page (`/oauth/authorize`). The
-  form carries the password, so a forged cross-site post gains nothing; repeated failures
-  lock the name out for a while.
+  form carries the password, so a forged cross-site post gains nothing. Attempts are
+  limited per source address and globally, and repeated failures lock a name out at that
+  address only (`lockout`), so guessing never locks the real user out.
 - a holder of a valid user token, for themselves: `POST /oauth/device/approve` with the
-  token as a bearer credential. That is how the OS user who ran `kuberde up` (whose token
-  `kuberde up` writes into their CLI config) signs in elsewhere, and how tests script it.
+  token as a bearer credential, issued in the last five minutes or sent with the user's
+  `password` field, so a stolen token cannot become a 30-day sign-in. That is how the OS
+  user who ran `kuberde up` signs in elsewhere, and how tests script it.
 
 Refresh tokens are stored only as SHA-256 hashes in the state directory. Each use returns a
 new one; presenting a spent one revokes its whole family (theft detection, OAuth 2.0
-Security BCP §4.14). Removing a user from `users.yaml` stops their refresh tokens working.
+Security BCP §4.14). Removing a user from `users.yaml`, or setting a new password, stops
+their refresh tokens working, however the sign-in was approved.
 """
 
 from kuberde.auth.issuer.protocol import (

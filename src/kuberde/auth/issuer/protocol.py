@@ -34,6 +34,9 @@ class Identity:
     admin: bool
     #: Signed in with a password from the users file (which must still list them on refresh).
     by_password: bool
+    #: Fingerprint of the user's password hash when the sign-in began, if the users file
+    #: lists them: a refresh after the password changed, or the user was removed, fails.
+    credential: str | None = None
 
 
 def sha256(value: str) -> str:

@@ -67,6 +67,7 @@ class RefreshTokens:
             "username": identity.username,
             "admin": identity.admin,
             "by_password": identity.by_password,
+            "credential": identity.credential,
             "client_id": client_id,
             "scope": scope,
             "expires_at": self._clock() + ttl,
@@ -91,7 +92,9 @@ class RefreshTokens:
             raise OAuthError("invalid_grant", "the refresh token was already used")
         entry["spent"] = True
         self._save()
-        identity = Identity(entry["username"], entry["admin"], entry["by_password"])
+        identity = Identity(
+            entry["username"], entry["admin"], entry["by_password"], entry.get("credential")
+        )
         return identity, entry["scope"], entry["family"]
 
     def family_of(self, token: str) -> str | None:

@@ -6,7 +6,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from aiohttp import web
 from kuberde.auth.issuer.authcode import AuthorizationCodes, AuthorizationRequest
 from kuberde.auth.issuer.device import DeviceGrants, shown_user_code
 from kuberde.auth.issuer.discovery import discovery_document
-from kuberde.auth.issuer.lockout import FailedLogins
+from kuberde.auth.issuer.lockout import SignInLimiter, SignInLimits
 from kuberde.auth.issuer.pages import (
     SIGN_IN_TITLE,
     authorize_form,
@@ -36,6 +36,7 @@ from kuberde.auth.issuer.protocol import (
     granted_scope,
     oauth_error,
     read_form,
+    sha256,
 )
 from kuberde.auth.issuer.refresh import REFRESH_TOKENS_FILE, RefreshTokens
 from kuberde.auth.keys import SigningKey
@@ -46,14 +47,20 @@ from kuberde.auth.tokens import (
     DEFAULT_USER_TTL,
     USER_AUDIENCE,
     AuthError,
+    Principal,
     bearer_token,
 )
-from kuberde.auth.users import UsersFile, UsersFileError
+from kuberde.auth.users import LocalUser, UsersFile, UsersFileError
 from kuberde.naming import InvalidName, validate_name
 
 log = logging.getLogger("kuberde.auth.issuer")
 
 _WRONG_PASSWORD = "Wrong username or password."
+
+
+def _fingerprint(user: LocalUser) -> str:
+    """Changes whenever the password does; says nothing about it."""
+    return sha256(user.password_hash)[:32]
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,10 @@ class IssuerSettings:
     poll_interval: int = 5
     authorization_code_ttl: float = 120.0
     client_ids: frozenset[str] = frozenset({BUILTIN_CLIENT_ID})
-    max_failed_logins: int = 5
-    lockout_seconds: float = 300.0
+    sign_in: SignInLimits = field(default_factory=SignInLimits)
+    #: A bearer token approves a device code only this soon after it was issued; older
+    #: ones need the password too (a stolen token must not become a 30-day sign-in).
+    approval_token_max_age: float = 300.0
 
 
 class BuiltinIssuer:
@@ -93,7 +102,7 @@ class BuiltinIssuer:
             self.settings.device_code_ttl, self.settings.poll_interval, clock
         )
         self._codes = AuthorizationCodes(self.settings.authorization_code_ttl, self._refresh, clock)
-        self._failed = FailedLogins(self.settings.max_failed_logins, self.settings.lockout_seconds)
+        self._limiter = SignInLimiter(self.settings.sign_in)
 
     # ---- wiring ----------------------------------------------------------------------------
 
@@ -194,20 +203,26 @@ class BuiltinIssuer:
             body["id_token"] = self._id_token(identity, client_id, nonce)
         return body, self._refresh.family_of(refresh)
 
-    def _current_identity(self, identity: Identity) -> Identity:
-        """Re-read a password user from the users file, so removal or demotion takes effect.
-
-        A sign-in approved with a token keeps the identity the gateway verified then.
-        """
-        if not identity.by_password:
-            return identity
+    def _listed_user(self, username: str) -> LocalUser | None:
         try:
-            user = self._users.get(identity.username)
+            return self._users.get(username)
         except UsersFileError as exc:
             raise OAuthError("server_error", f"the users file is unusable: {exc}", 500) from None
+
+    def _current_identity(self, identity: Identity) -> Identity:
+        """Re-read the user from the users file, so removal, demotion or a new password ends
+        or changes the sign-in. A sign-in approved with the token of someone the users file
+        never listed keeps the identity the gateway verified then.
+        """
+        if not identity.by_password and identity.credential is None:
+            return identity
+        user = self._listed_user(identity.username)
         if user is None:
             raise OAuthError("invalid_grant", "the user no longer exists")
-        return Identity(user.username, user.admin, by_password=True)
+        if _fingerprint(user) != identity.credential:
+            raise OAuthError("invalid_grant", "the password changed; sign in again")
+        admin = user.admin if identity.by_password else identity.admin
+        return Identity(user.username, admin, identity.by_password, identity.credential)
 
     def _client(self, form: Mapping[str, str], request: web.Request) -> str:
         if "Authorization" in request.headers:
@@ -219,21 +234,28 @@ class BuiltinIssuer:
             raise OAuthError("invalid_client", "unknown client_id", 401)
         return client_id
 
-    async def _authenticate(self, username: str, password: str) -> Identity | None:
+    async def _authenticate(
+        self, form: Mapping[str, str], request: web.Request
+    ) -> Identity | tuple[int, str]:
+        """The identity the form's username and password prove, or (status, why not)."""
+        address = request.remote or ""
+        username, password = form.get("username", ""), form.get("password", "")
         now = self._clock()
         try:
             validate_name(username, "username")
         except InvalidName:
-            return None  # no such user can exist: not worth a hash, nor a lockout entry
-        if self._failed.locked(username, now):
-            log.warning("sign-in for %r refused: too many failed attempts", username[:64])
-            return None
+            return 401, _WRONG_PASSWORD  # no such user can exist: not worth a hash, nor a limit
+        refusal = self._limiter.refusal(username, address, now)
+        if refusal is not None:
+            log.warning("sign-in for %r from %s refused: %s", username[:64], address, refusal)
+            return 429, refusal
         user = await self._users.authenticate(username, password)
         if user is None:
-            self._failed.failed(username, now)
-            log.info("failed password sign-in for %r", username[:64])
-            return None
-        return Identity(user.username, user.admin, by_password=True)
+            self._limiter.failed(username, address, now)
+            log.info("failed password sign-in for %r from %s", username[:64], address)
+            return 401, _WRONG_PASSWORD
+        self._limiter.succeeded(username, address, now)
+        return Identity(user.username, user.admin, by_password=True, credential=_fingerprint(user))
 
     # ---- discovery and keys -----------------------------------------------------------------
 
@@ -284,9 +306,10 @@ class BuiltinIssuer:
         if grant is None:
             message = "That code is unknown, expired or already used."
             return page(SIGN_IN_TITLE, verification_form(action, "", message), 400)
-        identity = await self._authenticate(form.get("username", ""), form.get("password", ""))
-        if identity is None:
-            return page(SIGN_IN_TITLE, verification_form(action, user_code, _WRONG_PASSWORD), 401)
+        identity = await self._authenticate(form, request)
+        if isinstance(identity, tuple):
+            status, why = identity
+            return page(SIGN_IN_TITLE, verification_form(action, user_code, why), status)
         if form.get("action") == "deny":
             grant.denied = True
             return message_page("Sign-in denied", "The device was not signed in.")
@@ -318,9 +341,36 @@ class BuiltinIssuer:
             return oauth_error(
                 OAuthError("invalid_grant", "the user code is unknown, expired or already used")
             )
-        grant.approved = Identity(principal.name, principal.admin, by_password=False)
+        identity = await self._approver(principal, form, request)
+        if isinstance(identity, OAuthError):
+            return oauth_error(identity)
+        grant.approved = identity
         log.info("device sign-in approved for %s with their token", principal.name)
         return web.json_response({"approved": True, "user": principal.name}, headers=NO_STORE)
+
+    async def _approver(
+        self, principal: Principal, form: Mapping[str, str], request: web.Request
+    ) -> Identity | OAuthError:
+        """Who approves: the token holder with their password, or with a fresh token."""
+        if "password" in form:
+            proved = await self._authenticate(
+                {"username": principal.name, "password": form["password"]}, request
+            )
+            if isinstance(proved, tuple):
+                return OAuthError("access_denied", proved[1], proved[0])
+            return proved
+        issued = principal.issued_at
+        max_age = self.settings.approval_token_max_age
+        if issued is None or self._clock() - issued.timestamp() > max_age:
+            return OAuthError(
+                "login_required",
+                f"approving a sign-in needs a token issued in the last {max_age:g} seconds, "
+                "or your password (form field `password`)",
+                401,
+            )
+        user = self._listed_user(principal.name)
+        credential = _fingerprint(user) if user is not None else None
+        return Identity(principal.name, principal.admin, by_password=False, credential=credential)
 
     # ---- authorization code with PKCE ------------------------------------------------------
 
@@ -357,9 +407,10 @@ class BuiltinIssuer:
         auth, params = validated
         if params.get("action") == "deny":
             raise auth.redirect(self.issuer, error="access_denied")
-        identity = await self._authenticate(params.get("username", ""), params.get("password", ""))
-        if identity is None:
-            return page(SIGN_IN_TITLE, self._authorize_page(auth, _WRONG_PASSWORD), 401)
+        identity = await self._authenticate(params, request)
+        if isinstance(identity, tuple):
+            status, why = identity
+            return page(SIGN_IN_TITLE, self._authorize_page(auth, why), status)
         code = self._codes.issue(auth, identity)
         log.info("browser sign-in approved for %s", identity.username)
         raise auth.redirect(self.issuer, code=code)
