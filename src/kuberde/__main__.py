@@ -1,3 +1,3 @@
-from kuberde.cli.main import main
+from kuberde.cli.entry import main
 
 main()

@@ -23,9 +23,9 @@ from kuberde.cli.config import (
     save,
     write_private_file,
 )
+from kuberde.cli.messages import close_message, refusal_message
 from kuberde.cli.portforward import PortMapping, format_address, parse_port_mapping
 from kuberde.cli.progress import WakeProgress
-from kuberde.cli.tunnel import close_message, refusal_message
 
 
 @pytest.fixture

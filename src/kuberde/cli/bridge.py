@@ -13,15 +13,8 @@ from dataclasses import dataclass
 
 from aiohttp import WSMsgType
 
-from kuberde.cli.tunnel import (
-    CLOSE_TYPES,
-    EOF_EVENT,
-    NORMAL_CLOSE,
-    EventHandler,
-    Tunnel,
-    close_message,
-    parse_event,
-)
+from kuberde.cli.messages import EOF_EVENT, NORMAL_CLOSE, EventHandler, close_message, parse_event
+from kuberde.cli.tunnel import CLOSE_TYPES, Tunnel
 
 __all__ = ["READ_SIZE", "Bridge", "Outcome"]
 

@@ -105,12 +105,11 @@ def connect(
       ssh -o ProxyCommand='kuberde connect %n --port %p --kind ssh' demo.kuberde
       echo hello | kuberde connect demo --port 7000
     """
-    from kuberde.cli.connect import connect_stdio
+    from kuberde.cli.connect import run_connect
 
     workspace = _workspace(name)
     _valid_port(port)
-    settings = gateway.settings()
-    raise typer.Exit(_run(connect_stdio(settings, workspace, port, kind.value), interrupted=130))
+    raise typer.Exit(run_connect(gateway.settings(), workspace, port, kind.value))
 
 
 def _valid_port(port: int | None) -> None:

@@ -22,8 +22,9 @@ from kuberde.aio import wait_for_signal
 from kuberde.cli.bridge import Bridge
 from kuberde.cli.config import ClientSettings
 from kuberde.cli.login import Credentials
+from kuberde.cli.messages import ConnectError
 from kuberde.cli.progress import WakeProgress
-from kuberde.cli.tunnel import ConnectError, gateway_session, open_authorized
+from kuberde.cli.tunnel import gateway_session, open_authorized
 
 __all__ = ["KIND", "PortMapping", "format_address", "parse_port_mapping", "serve_port_forward"]
 

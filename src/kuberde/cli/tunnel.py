@@ -9,34 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from aiohttp import ClientWebSocketResponse, WSMessage, WSMsgType
 
 from kuberde.cli.config import ClientSettings, connect_url
 from kuberde.cli.login import Credentials, RefreshError, unauthorized_message
-from kuberde.messages import not_found, unreachable
+from kuberde.cli.messages import (
+    ConnectError,
+    EventHandler,
+    close_message,
+    parse_event,
+    refusal_message,
+)
+from kuberde.messages import unreachable
 from kuberde.tls import client_ssl_context
 
-__all__ = [
-    "CLOSE_TYPES",
-    "EOF_EVENT",
-    "NORMAL_CLOSE",
-    "ConnectError",
-    "EventHandler",
-    "Tunnel",
-    "close_message",
-    "gateway_session",
-    "open_authorized",
-    "open_connection",
-    "parse_event",
-    "refusal_message",
-]
-
-EventHandler = Callable[[Mapping[str, Any]], None]
+__all__ = ["CLOSE_TYPES", "Tunnel", "gateway_session", "open_authorized", "open_connection"]
 
 _MAX_MESSAGE = 16 * 1024 * 1024
 _HANDSHAKE_TIMEOUT = 30.0
@@ -46,21 +36,7 @@ _HANDSHAKE_TIMEOUT = 30.0
 _SILENCE_TIMEOUT = 30.0
 _CLOSE_TIMEOUT = 5.0
 _MAX_ERROR_BODY = 64 * 1024
-EOF_EVENT = '{"event":"eof"}'
-NORMAL_CLOSE = 1000
-_ABNORMAL_CLOSE = 1006
 CLOSE_TYPES = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR})
-
-
-class ConnectError(Exception):
-    """A connection that could not be opened; the message is meant for the user.
-
-    `status` is the HTTP status the gateway answered instead of the upgrade, if it did.
-    """
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _Refused(Exception):
@@ -68,43 +44,6 @@ class _Refused(Exception):
         super().__init__(status, detail)
         self.status = status
         self.detail = detail
-
-
-def refusal_message(status: int, detail: str | None, agent: str) -> str:
-    """A human message for an HTTP error the gateway answered instead of the upgrade."""
-    if status == 401:
-        return f"not authorized: {detail or 'token rejected'} — run `kuberde login`"
-    if status == 403:
-        return f"forbidden: {detail or f'you may not connect to {agent}'}"
-    if status == 404:
-        return detail or not_found(agent)
-    if status == 400:
-        return f"bad request: {detail or 'the gateway refused the port or kind'}"
-    if status == 429:
-        return detail or "too many connections at once; close some and try again"
-    return f"the gateway answered HTTP {status}" + (f": {detail}" if detail else "")
-
-
-def close_message(code: int | None, reason: str | None, agent: str) -> str | None:
-    """What a close code means for the user; None when the connection ended normally."""
-    if code == NORMAL_CLOSE:
-        return None
-    if code == 4500:
-        return f"connection reset: {reason}" if reason else "the workspace reset the connection"
-    if code == 4409:
-        return f"{agent} is unavailable: {reason or 'it cannot run'}"
-    if reason:
-        return reason
-    defaults = {
-        4404: f"workspace {agent} went away",
-        4408: f"workspace {agent} did not come online in time",
-        4503: "the gateway is shutting down",
-    }
-    if code in defaults:
-        return defaults[code]
-    if code is None or code == _ABNORMAL_CLOSE:
-        return "lost the connection to the gateway"
-    return f"the gateway closed the connection (code {code})"
 
 
 @dataclass
@@ -267,14 +206,3 @@ async def _await_stream(
                 close_message(code, reason, agent)
                 or f"the gateway closed the connection to {agent} before it opened"
             )
-
-
-def parse_event(text: object) -> dict[str, Any] | None:
-    """A text message as a JSON object; None for anything else (ignored, never fatal)."""
-    if not isinstance(text, str):
-        return None
-    try:
-        event = json.loads(text)
-    except ValueError:
-        return None
-    return event if isinstance(event, dict) else None

@@ -1,0 +1,59 @@
+"""The fast `kuberde connect` argument parser, and that it hands everything else to Typer."""
+
+from __future__ import annotations
+
+import pytest
+
+from kuberde.cli.commands import Kind
+from kuberde.cli.entry import CONNECTION_KINDS, ConnectArgs, parse_connect
+from kuberde.mux.preamble import KINDS
+
+
+def test_kinds_match_the_typer_command_and_the_preamble() -> None:
+    assert CONNECTION_KINDS == {kind.value for kind in Kind} == KINDS
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["connect", "dev"], ConnectArgs("dev")),
+        (
+            ["connect", "dev.kuberde", "--port", "22", "--kind", "ssh"],
+            ConnectArgs("dev", 22, "ssh"),
+        ),
+        (["connect", "--port=2222", "user-alice-dev"], ConnectArgs("user-alice-dev", 2222)),
+        (["connect", "dev", "-p", "80", "-p8080"], ConnectArgs("dev", 8080)),
+        (
+            ["connect", "dev", "--server", "http://h:1", "--token=t", "--ca-file", "/ca"],
+            ConnectArgs("dev", server="http://h:1", token="t", ca_file="/ca"),
+        ),
+    ],
+)
+def test_connect_lines_it_takes(argv: list[str], expected: ConnectArgs) -> None:
+    assert parse_connect(argv) == expected
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["ssh", "dev"],
+        ["--log-level", "debug", "connect", "dev"],
+        ["connect"],
+        ["connect", "--help"],
+        ["connect", "dev", "--help"],
+        ["connect", "a", "b"],
+        ["connect", "dev", "--port"],
+        ["connect", "dev", "--port", "0"],
+        ["connect", "dev", "--port", "65536"],
+        ["connect", "dev", "--port", "x"],
+        ["connect", "dev", "-p=22"],
+        ["connect", "dev", "--kind", "udp"],
+        ["connect", "Bad_Name"],
+        ["connect", "dev", "--unknown", "1"],
+        ["connect", "dev", "-x"],
+        ["connect", "dev", "--"],
+    ],
+)
+def test_anything_else_goes_to_typer(argv: list[str]) -> None:
+    assert parse_connect(argv) is None
