@@ -33,11 +33,12 @@ from bench import operator_scale, peers, report
 from bench.latency import measure_round_trips, measure_setups
 from bench.memory import measure_gateway_memory
 from bench.procs import Processes
+from bench.startup import measure_startup
 from bench.stats import percentile
 from bench.throughput import measure_throughput
 from bench.wake import measure_wake
 
-BENCHMARKS = ("throughput", "rtt", "setup", "memory", "wake", "operator")
+BENCHMARKS = ("throughput", "rtt", "setup", "startup", "memory", "wake", "operator")
 PATH_BENCHMARKS = frozenset({"throughput", "rtt", "setup"})
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 MB = 1_000_000
@@ -58,6 +59,7 @@ class Plan:
     agents: int
     wake_rounds: int
     workload_starts: int
+    startup_rounds: int
     operator: operator_scale.Plan
 
 
@@ -73,6 +75,7 @@ FULL = Plan(
     agents=1000,
     wake_rounds=5,
     workload_starts=5,
+    startup_rounds=10,
     operator=operator_scale.FULL,
 )
 QUICK = Plan(
@@ -87,6 +90,7 @@ QUICK = Plan(
     agents=1000,
     wake_rounds=2,
     workload_starts=3,
+    startup_rounds=5,
     operator=operator_scale.QUICK,
 )
 
@@ -184,6 +188,10 @@ def _run(work: Path, plan: Plan, selected: list[str]) -> dict[str, Any]:
     with Processes(work) as procs:
         if PATH_BENCHMARKS.intersection(selected):
             results.update(_run_paths(procs, work, plan, selected))
+            procs.stop_all()
+        if "startup" in selected:
+            _say(f"start-up: CLI, connect's first byte, ssh logins ({plan.startup_rounds} rounds)")
+            results["startup"] = measure_startup(procs, work, rounds=plan.startup_rounds).summary()
             procs.stop_all()
         if "memory" in selected:
             results["memory"] = {}

@@ -205,6 +205,7 @@ def goals(results: Results) -> list[Goal]:
                 memory["kib_per_agent"] < 100.0,
             )
         )
+    found += _startup_goals(results.get("startup"))
     wake = results.get("wake")
     if wake is not None:
         found.append(
@@ -217,6 +218,66 @@ def goals(results: Results) -> list[Goal]:
             )
         )
     return found
+
+
+def _startup_goals(startup: dict[str, Any] | None) -> list[Goal]:
+    """Issue 15: ssh through KubeRDE vs plain ssh, connect's first byte, CLI start-up."""
+    if startup is None:
+        return []
+    ssh = startup["ssh"]
+    ratio = _ratio(ssh["kuberde"]["p50_ms"], ssh["direct"]["p50_ms"])
+    slowest = max(startup["cli"].items(), key=lambda item: item[1]["p50_ms"])
+    first = startup["connect_first_byte"]["p50_ms"]
+    return [
+        Goal(
+            "startup",
+            "`ssh NAME.kuberde true` wall time",
+            "≤ 1.3x plain ssh",
+            f"{_fmt(ratio)}x plain ssh",
+            ratio <= 1.3 if ratio is not None else None,
+        ),
+        Goal(
+            "startup",
+            "`kuberde connect` first byte from process start",
+            "< 150 ms",
+            f"{first:.0f} ms",
+            first < 150.0,
+        ),
+        Goal(
+            "startup",
+            "slowest other `kuberde` command's start-up",
+            "< 300 ms",
+            f"{slowest[1]['p50_ms']:.0f} ms (`kuberde {slowest[0]}`)",
+            slowest[1]["p50_ms"] < 300.0,
+        ),
+    ]
+
+
+def _startup_table(results: Results) -> str:
+    startup = results["startup"]
+    direct = startup["ssh"]["direct"]["p50_ms"]
+    labels = {
+        "direct": "ssh -p PORT 127.0.0.1 true",
+        "ssh_l": "ssh through ssh -L",
+        "kuberde": "ssh NAME.kuberde true",
+    }
+    rows = [
+        [labels[way], _fmt(v["p50_ms"], 1), _fmt(v["max_ms"], 1), _fmt(_ratio(v["p50_ms"], direct))]
+        for way, v in startup["ssh"].items()
+    ]
+    first = startup["connect_first_byte"]
+    rows.append(
+        ["kuberde connect → first byte", _fmt(first["p50_ms"], 1), _fmt(first["max_ms"], 1), ""]
+    )
+    rows += [
+        [f"kuberde {name}", _fmt(v["p50_ms"], 1), _fmt(v["max_ms"], 1), ""]
+        for name, v in startup["cli"].items()
+    ]
+    return _table(
+        "Start-up: wall time from process start (lower is better; x = to plain ssh)",
+        ["", "p50 ms", "max ms", "x ssh"],
+        rows,
+    )
 
 
 def _number(field: str, digits: int) -> Callable[[dict[str, Any]], str]:
@@ -340,7 +401,7 @@ def _goal_table(found: Sequence[Goal]) -> str:
     verdict = {True: "met", False: "MISSED", None: "—"}
     rows = [[goal.name, goal.target, goal.measured, verdict[goal.met]] for goal in found]
     return _table(
-        "Goals (issues 5 and 2)", ["goal", "target", "measured", ""], rows, text_columns=4
+        "Goals (issues 5, 2 and 15)", ["goal", "target", "measured", ""], rows, text_columns=4
     )
 
 
@@ -365,6 +426,8 @@ def render(results: Results) -> str:
     sections += _latency_tables(results)
     if "memory" in results:
         sections.append(("memory", _memory_table(results)))
+    if "startup" in results:
+        sections.append(("startup", _startup_table(results)))
     if "wake" in results:
         sections.append(("wake", _wake_table(results)))
     if "operator" in results:

@@ -1,0 +1,162 @@
+"""What a user waits for before anything happens: CLI start-up and whole `ssh` logins.
+
+- CLI start-up: wall time of `kuberde` commands that do no network work (`--version`,
+  `--help`, a command's `--help`), from process start to exit;
+- `kuberde connect` to its first byte: from process start until sshd's banner, relayed by
+  gateway and agent, is on its stdout (the ProxyCommand's share of every `ssh`);
+- `ssh true` wall time to one private sshd three ways: directly (`ssh -p PORT 127.0.0.1`),
+  through `ssh -L` (a forward held open by a separate `ssh -N -L`), and as
+  `ssh NAME.kuberde` does it (ProxyCommand `kuberde connect`). Rounds alternate the ways.
+"""
+
+from __future__ import annotations
+
+import getpass
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.procs import Processes, free_port, wait_for_port
+from bench.stack import KUBERDE, start_agent, start_gateway
+from bench.stats import percentile
+from kuberde.local.sshd import prepare_sshd
+
+__all__ = ["CLI_COMMANDS", "Startup", "measure_startup"]
+
+START_TIMEOUT = 30.0
+RUN_TIMEOUT = 60.0
+AGENT_NAME = "sshd"
+CLI_COMMANDS: dict[str, list[str]] = {
+    "--version": ["--version"],
+    "--help": ["--help"],
+    "ls --help": ["ls", "--help"],
+    "port-forward --help": ["port-forward", "--help"],
+}
+SSH_WAYS = ("direct", "ssh_l", "kuberde")
+
+
+@dataclass
+class Startup:
+    cli: dict[str, list[float]]
+    connect_first_byte: list[float]
+    ssh: dict[str, list[float]]
+
+    def summary(self) -> dict[str, object]:
+        def p50_ms(values: list[float]) -> dict[str, float | int]:
+            return {
+                "p50_ms": percentile(values, 0.5) * 1e3,
+                "max_ms": max(values) * 1e3,
+                "samples": len(values),
+            }
+
+        return {
+            "cli": {name: p50_ms(values) for name, values in self.cli.items()},
+            "connect_first_byte": p50_ms(self.connect_first_byte),
+            "ssh": {way: p50_ms(values) for way, values in self.ssh.items()},
+        }
+
+
+def _wall(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(
+        list(argv), env=env, capture_output=True, timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-400:]!r}")
+    return elapsed
+
+
+def _first_byte(argv: Sequence[str], env: dict[str, str]) -> float:
+    """Seconds from process start to the first byte on its stdout."""
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        list(argv), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert child.stdout is not None
+        first = child.stdout.read(1)
+        elapsed = time.perf_counter() - started
+        if first != b"S":
+            raise RuntimeError(f"expected sshd's banner, got {first!r}")
+    finally:
+        child.kill()
+        child.communicate(timeout=RUN_TIMEOUT)
+    return elapsed
+
+
+def measure_startup(procs: Processes, work: Path, *, rounds: int) -> Startup:
+    directory = work / "startup-sshd"
+    directory.mkdir()
+    port = free_port()
+    files = prepare_sshd(directory, port, comment="kuberde-bench-startup")
+    known_hosts = directory / "known_hosts"
+    ssh_l_port = free_port()
+    known_hosts.write_text(
+        files.known_hosts_line(
+            f"[127.0.0.1]:{port}", f"[127.0.0.1]:{ssh_l_port}", f"{AGENT_NAME}.kuberde"
+        )
+    )
+    sshd = procs.start("sshd-startup", files.argv)
+    sshd.wait_for_log(rf"Server listening on 127\.0\.0\.1 port {port}", START_TIMEOUT)
+    gateway = start_gateway(procs, work, "gateway-startup", tls=False)
+    start_agent(procs, work, gateway, AGENT_NAME, local_port=port, allowed_ports=[])
+    env = gateway.user_env(work)
+    options = [
+        "-F",
+        "/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-i",
+        str(files.client_key),
+    ]
+    user = getpass.getuser()
+    procs.start(
+        "ssh-l-startup",
+        [
+            "ssh",
+            "-N",
+            *options,
+            "-p",
+            str(port),
+            "-o",
+            "ExitOnForwardFailure=yes",
+            f"-L127.0.0.1:{ssh_l_port}:127.0.0.1:{port}",
+            f"{user}@127.0.0.1",
+        ],
+    )
+    wait_for_port(ssh_l_port, START_TIMEOUT, "ssh -L for the start-up benchmark")
+    proxy = " ".join([*KUBERDE, "connect", "%n", "--port", "%p", "--kind", "ssh"])
+    ssh_argv = {
+        "direct": ["ssh", *options, "-p", str(port), f"{user}@127.0.0.1", "true"],
+        "ssh_l": ["ssh", *options, "-p", str(ssh_l_port), f"{user}@127.0.0.1", "true"],
+        "kuberde": [
+            "ssh",
+            *options,
+            "-o",
+            f"ProxyCommand={proxy}",
+            "-p",
+            str(port),
+            f"{user}@{AGENT_NAME}.kuberde",
+            "true",
+        ],
+    }
+    connect_argv = [*KUBERDE, "connect", AGENT_NAME, "--port", str(port), "--kind", "ssh"]
+    result = Startup({name: [] for name in CLI_COMMANDS}, [], {way: [] for way in SSH_WAYS})
+    for argv in ssh_argv.values():  # warm the page cache and sshd
+        _wall(argv, env)
+    for _ in range(rounds):
+        for name, words in CLI_COMMANDS.items():
+            result.cli[name].append(_wall([*KUBERDE, *words], env))
+        result.connect_first_byte.append(_first_byte(connect_argv, env))
+        for way, argv in ssh_argv.items():
+            result.ssh[way].append(_wall(argv, env))
+    return result
