@@ -202,6 +202,9 @@ class Storage(_Spec):
     mount_path: str | None = None
     reclaim_policy: ReclaimPolicy = "Retain"
     ephemeral: bool = False
+    #: Group the volume's files are made writable for (the pod's fsGroup): a fresh volume is
+    #: root's, and a non-root image (jupyter: 100, code-server: 1000) could not write its home.
+    fs_group: int | None = Field(default=None, ge=0)
 
     @field_validator("size")
     @classmethod

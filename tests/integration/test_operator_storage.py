@@ -157,6 +157,10 @@ async def test_home_volume_keeps_work_across_scale_down_restart_deletion_and_res
             await reconciles_after(restarted, 2 * 3)
             await loops_after(restarted, "ttl", 3)
             assert kube.replicas(notebook) == 0, "a scaled-down workspace stays scaled down"
+            assert (
+                f"RDEAgent notebook (owner testuser) mounts its existing PersistentVolumeClaim "
+                f"{notebook}-home again"
+            ) in caplog.text
             assert {agent: claim_uid(kube, f"{agent}-home") for agent in claims} == claims
             assert kubelet.read_file(shell, "/home/testuser/.bashrc") == "alias ll='ls -l'"
 

@@ -333,6 +333,14 @@ def test_pvc_records_its_owner_and_is_not_owned_by_default() -> None:
     assert "storageClassName" not in built["spec"]
 
 
+def test_fs_group_makes_the_home_volume_writable_for_the_image_group() -> None:
+    pod = deployment_of(make_agent(storage={"fsGroup": 100}))["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"fsGroup": 100}
+    assert "securityContext" not in deployment_of()["spec"]["template"]["spec"]
+    ephemeral = make_agent(storage={"fsGroup": 100, "ephemeral": True})
+    assert "securityContext" not in deployment_of(ephemeral)["spec"]["template"]["spec"]
+
+
 def test_pvc_with_reclaim_policy_delete_goes_with_its_rdeagent() -> None:
     agent = make_agent(storage={"reclaimPolicy": "Delete"})
     pvc = build_pvc(agent, namespace="kuberde")
@@ -404,6 +412,8 @@ def test_hash_ignores_replicas() -> None:
         {"agent": {"image": "example/agent:2"}},
         {"nodeSelector": {"disk": "ssd"}},
         {"storage": {"size": "5Gi", "mountPath": "/data"}},
+        {"storage": {"size": "5Gi", "mountPath": "/config", "fsGroup": 1000}},
+        {"storage": {"ephemeral": True}},
     ],
 )
 def test_hash_changes_with_the_spec(change: dict[str, Any]) -> None:

@@ -155,6 +155,10 @@ def test_valid_documents(body: dict[str, Any]) -> None:
             "mountPath 'home/me' must be an absolute path",
         ),
         (
+            doc(workload={"image": "x"}, storage={"fsGroup": -1}),
+            "spec.storage.fsGroup: Input should be greater than or equal to 0",
+        ),
+        (
             doc(workload={"image": "x"}, storage={"ephemeral": "yes"}),
             "spec.storage.ephemeral: Input should be a valid boolean",
         ),

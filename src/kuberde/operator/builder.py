@@ -304,6 +304,9 @@ def build_deployment(
         "containers": containers,
         "volumes": volumes,
     }
+    fs_group = agent.spec.storage.fs_group
+    if fs_group is not None and agent.spec.home_mount_path is not None:
+        pod_spec["securityContext"] = {"fsGroup": fs_group}
     if agent.spec.node_selector:
         pod_spec["nodeSelector"] = dict(agent.spec.node_selector)
     if agent.spec.tolerations:

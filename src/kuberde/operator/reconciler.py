@@ -214,6 +214,13 @@ class Reconciler:
         if foreign is not None:
             await self._fail(body, "ForeignVolume", foreign)
             return
+        if claim is not None and live_claim is not None and live is None:
+            log.info(
+                "RDEAgent %s (owner %s) mounts its existing PersistentVolumeClaim %s again",
+                name,
+                agent.spec.owner,
+                claim["metadata"]["name"],
+            )
         if scaled_down and replicas == 1:
             body = await self._wake(body, wake)
         elif replicas == 0 and ((live or {}).get("spec") or {}).get("replicas") == 0:
