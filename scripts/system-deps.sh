@@ -1,20 +1,45 @@
 #!/usr/bin/env bash
 # Install what KubeRDE's demo and tests use beyond Python: OpenSSH (client and server) from
-# Debian, and, with --tests, kubectl and the npm OIDC provider the tests run against.
-# apt-get runs when root (or with passwordless sudo); otherwise it says what to install.
+# Debian, and, with --tests, kubectl (for the runbook tests), Node.js and the npm OIDC
+# provider the authentication tests run against.
+#
+# It says what it will install before installing it, installs only what is missing, never
+# upgrades a package that is already installed (openssh-server is pinned to the installed
+# client's version), and never starts or enables a system service: KubeRDE runs its own
+# sshd, so the one the Debian package would start is held back (policy-rc.d) and the boot
+# enablement its first install performs is undone. apt-get runs when root (or with
+# passwordless sudo); otherwise the script prints the command to run and carries on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-missing=()
-[ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1 || missing+=(openssh-server)
-command -v ssh >/dev/null 2>&1 && command -v scp >/dev/null 2>&1 \
-  && command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
+say() { echo "system-deps: $*" >&2; }
+
+installed() {
+  if command -v dpkg-query >/dev/null 2>&1; then
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
+  else
+    command -v "$2" >/dev/null 2>&1
+  fi
+}
+
 tests=false
-if [ "${1:-}" = "--tests" ]; then
-  tests=true
-  command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+[ "${1:-}" = "--tests" ] && tests=true
+
+packages=()
+installed openssh-client ssh || packages+=(openssh-client)
+if ! installed openssh-server sshd; then
+  if installed openssh-client ssh && command -v dpkg-query >/dev/null 2>&1; then
+    # The server must match the client exactly; without the pin apt would upgrade the client.
+    packages+=("openssh-server=$(dpkg-query -W -f='${Version}' openssh-client)")
+  else
+    packages+=(openssh-server)
+  fi
+fi
+if $tests; then
+  command -v node >/dev/null 2>&1 || packages+=(nodejs)
+  command -v npm >/dev/null 2>&1 || packages+=(npm)
   # The runbook tests run the real kubectl (Debian's kubernetes-client where it is missing).
-  command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+  command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 fi
 
 if [ "$(id -u)" -eq 0 ]; then
@@ -24,16 +49,44 @@ elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
 else
   sudo=(false)
 fi
-if [ ${#missing[@]} -gt 0 ]; then
+
+if [ ${#packages[@]} -gt 0 ]; then
+  say "missing Debian packages: ${packages[*]} (for the SSH demo$($tests && echo ' and the tests'))"
   if [ "${sudo[*]}" = "false" ]; then
-    echo "note: apt-get install ${missing[*]} (needed by the SSH demo and the tests)" >&2
+    say "not root and no passwordless sudo; install them with:"
+    say "  sudo apt-get install --no-install-recommends --no-upgrade ${packages[*]}"
   else
+    say "installing them with apt-get: nothing installed is upgraded, no service is started or enabled"
+    policy="${KUBERDE_POLICY_RC_D:-/usr/sbin/policy-rc.d}"
+    held=false
+    if [ ! -e "$policy" ]; then
+      # invoke-rc.d and deb-systemd-invoke ask this before starting a service: 101 = never.
+      printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+      "${sudo[@]}" chmod 755 "$policy"
+      held=true
+    fi
+    cleanup() { if $held; then "${sudo[@]}" rm -f "$policy"; fi; }
+    trap cleanup EXIT
     export DEBIAN_FRONTEND=noninteractive
     "${sudo[@]}" apt-get update -qq
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends --no-upgrade "${packages[@]}"
+    if [[ " ${packages[*]}" == *" openssh-server"* ]]; then
+      if command -v deb-systemd-helper >/dev/null 2>&1; then
+        "${sudo[@]}" deb-systemd-helper disable ssh.service ssh.socket >/dev/null 2>&1 || true
+      fi
+      if command -v update-rc.d >/dev/null 2>&1; then
+        "${sudo[@]}" update-rc.d ssh disable >/dev/null 2>&1 || true
+      fi
+      say "the system's ssh service is installed but not running or enabled (KubeRDE runs its own sshd)"
+    fi
   fi
 fi
 
-if $tests && [ ! -d tests/oidc_provider/node_modules ] && command -v npm >/dev/null 2>&1; then
-  npm ci --prefix tests/oidc_provider --no-audit --no-fund --loglevel=error
+if $tests && [ ! -d tests/oidc_provider/node_modules ]; then
+  if command -v npm >/dev/null 2>&1; then
+    say "installing the test OIDC provider from npm into tests/oidc_provider/node_modules"
+    npm ci --prefix tests/oidc_provider --no-audit --no-fund --loglevel=error
+  else
+    say "npm is missing: the authentication tests against the npm OIDC provider will fail"
+  fi
 fi
