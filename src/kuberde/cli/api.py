@@ -16,7 +16,7 @@ from kuberde import aio
 from kuberde.cli.base import fail
 from kuberde.cli.config import ClientSettings, normalize_server
 from kuberde.cli.login import Credentials, RefreshError, unauthorized_message
-from kuberde.messages import unreachable
+from kuberde.messages import os_reason, unreachable
 from kuberde.tls import client_ssl_context
 
 __all__ = ["ApiError", "call", "request"]
@@ -31,13 +31,6 @@ class ApiError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
-
-
-def _reason(exc: aiohttp.ClientConnectionError) -> str:
-    os_error = getattr(exc, "os_error", None)
-    if isinstance(os_error, OSError) and os_error.strerror:
-        return os_error.strerror.lower()
-    return str(exc) or type(exc).__name__
 
 
 async def request(
@@ -88,8 +81,10 @@ async def request(
             f"the certificate of {settings.server} is not trusted ({exc.certificate_error}); "
             "pass --ca-file or set KUBERDE_CA_FILE"
         ) from None
+    except aiohttp.ClientConnectorError as exc:
+        raise ApiError(unreachable(settings.server, os_reason(exc.os_error))) from None
     except aiohttp.ClientConnectionError as exc:
-        raise ApiError(unreachable(settings.server, _reason(exc))) from None
+        raise ApiError(unreachable(settings.server, os_reason(exc))) from None
     except TimeoutError:
         raise ApiError(f"the gateway at {settings.server} did not answer in time") from None
 

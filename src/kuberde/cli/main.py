@@ -374,4 +374,10 @@ def _password(from_stdin: bool) -> str:
 
 
 def main() -> None:
+    if "_KUBERDE_COMPLETE" in os.environ:
+        # A shell asks for completions (`kuberde completion SHELL`'s script): Typer's shell
+        # classes are registered by its --install-completion machinery, which we leave out.
+        from typer._completion_classes import completion_init
+
+        completion_init()
     app()

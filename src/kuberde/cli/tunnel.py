@@ -23,7 +23,7 @@ from kuberde.cli.messages import (
     parse_event,
     refusal_message,
 )
-from kuberde.messages import unreachable
+from kuberde.messages import os_reason, unreachable
 from kuberde.tls import client_ssl_context
 
 __all__ = ["CLOSE_TYPES", "Tunnel", "gateway_session", "open_authorized", "open_connection"]
@@ -123,8 +123,7 @@ async def open_connection(
             "pass --ca-file or set KUBERDE_CA_FILE"
         ) from None
     except aiohttp.ClientConnectorError as exc:
-        reason = exc.os_error.strerror if exc.os_error.strerror else str(exc)
-        raise ConnectError(unreachable(settings.server, reason.lower())) from None
+        raise ConnectError(unreachable(settings.server, os_reason(exc.os_error))) from None
     except aiohttp.WSServerHandshakeError as exc:
         raise ConnectError(
             f"{settings.server} did not accept the WebSocket upgrade (HTTP {exc.status})"

@@ -124,7 +124,7 @@ def watch_lines(
                 header = _header(wide)
                 widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
                 rows = [header, *rows]
-            widths = [max(w, *(len(r[i]) for r in rows)) for i, w in enumerate(widths)]
+            widths = [max([w, *(len(r[i]) for r in rows)]) for i, w in enumerate(widths)]
             yield from _align(rows, widths)
         elif output is Output.JSON:
             yield from (json.dumps(_enriched(item)) for item in changed)

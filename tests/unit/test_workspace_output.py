@@ -1,0 +1,104 @@
+"""`kuberde ls` rendering: why a workspace is up, every output format, and `-w`'s lines."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import yaml
+
+from kuberde.cli.base import suggestion
+from kuberde.cli.workspaces import Output, idle_status, render, render_table, watch_lines
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def _item(name: str = "demo", **changes: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "name": name,
+        "phase": "Running",
+        "online": True,
+        "pod": "4242",
+        "created_at": "2026-01-02T03:00:00+00:00",
+        "ttl": "5m",
+        "last_activity": "2026-01-02T03:01:00+00:00",
+        "idle_deadline": "2026-01-02T03:06:00+00:00",
+        "message": "",
+        "connections": 0,
+    }
+    return item | changes
+
+
+@pytest.mark.parametrize(
+    ("changes", "status"),
+    [
+        ({}, "2026-01-02T03:06:00Z"),
+        ({"connections": 1, "idle_deadline": None}, "held by 1 connection"),
+        ({"connections": 2, "idle_deadline": None}, "held by 2 connections"),
+        ({"ttl": None, "idle_deadline": None}, "never (no TTL)"),
+        ({"phase": "ScaledDown", "idle_deadline": None}, "<none>"),
+    ],
+)
+def test_idle_status(changes: dict[str, Any], status: str) -> None:
+    assert idle_status(_item(**changes)) == status
+
+
+def test_wide_table_says_what_holds_a_workspace_up() -> None:
+    table = render_table([_item(connections=2, idle_deadline=None)], True, NOW)
+    header, row = table.splitlines()
+    assert header.split() == [
+        "NAME", "STATUS", "ONLINE", "POD", "AGE", "TTL", "LAST-ACTIVITY", "IDLE-DEADLINE",
+        "MESSAGE",
+    ]  # fmt: skip
+    assert row.split()[:5] == ["demo", "Running", "true", "4242", "4m5s"]
+    assert "held by 2 connections" in row
+
+
+@pytest.mark.parametrize("output", [Output.JSON, Output.YAML])
+def test_json_and_yaml_carry_the_same_reason(output: Output) -> None:
+    text = render([_item(connections=2, idle_deadline=None)], output, NOW)
+    [item] = json.loads(text) if output is Output.JSON else yaml.safe_load(text)
+    assert (item["connections"], item["idle"]) == (2, "held by 2 connections")
+
+
+def test_name_output() -> None:
+    assert render([_item(), _item("dev")], Output.NAME, NOW) == "rdeagent/demo\nrdeagent/dev"
+
+
+def test_watch_prints_everything_once_then_only_changed_rows() -> None:
+    first = [_item(), _item("dev")]
+    second = [_item(), _item("dev", phase="ScaledDown", online=False, pod=None)]
+    lines = list(watch_lines(iter([first, first, second, second]), Output.TABLE, lambda: NOW))
+    assert [line.split()[:4] for line in lines] == [
+        ["NAME", "STATUS", "ONLINE", "POD"],
+        ["demo", "Running", "true", "4242"],
+        ["dev", "Running", "true", "4242"],
+        ["dev", "ScaledDown", "false", "<none>"],
+    ]
+
+
+def test_watch_starts_with_a_header_even_when_there_is_nothing() -> None:
+    lines = list(watch_lines(iter([[], [_item()]]), Output.WIDE, lambda: NOW))
+    assert lines[0].split()[0] == "NAME" and lines[1].split()[0] == "demo"
+
+
+def test_watch_as_json_is_one_document_per_change() -> None:
+    lines = list(watch_lines(iter([[_item()], [_item(connections=1)]]), Output.JSON, lambda: NOW))
+    assert [json.loads(line)["connections"] for line in lines] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("typo", "hint"),
+    [
+        ("bogus", ""),
+        ("lgs", "; did you mean 'ls' or 'logs'?"),
+        ("stpo", "; did you mean 'stop'?"),
+        ("port", "; did you mean 'port-forward'?"),
+        ("x", ""),
+    ],
+)
+def test_did_you_mean_only_for_a_near_miss(typo: str, hint: str) -> None:
+    commands = ["ls", "logs", "stop", "ssh", "port-forward", "up", "wake", "delete"]
+    assert suggestion(typo, commands) == hint
