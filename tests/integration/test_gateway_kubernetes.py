@@ -224,6 +224,23 @@ async def test_an_agent_in_error_loses_its_agent_id_to_the_healthy_one(kube: Kub
         assert WAKE_ANNOTATION not in agent_annotations(kube, "dev")
 
 
+async def test_an_agent_id_two_healthy_rdeagents_claim_is_nobody_s_yet(kube: Kube) -> None:
+    """Before the operator has put the loser in Error, neither owner may use the ID."""
+    await kube.create_agent("smith-dev", {**spec("5m"), "owner": "alice"})
+    await kube.create_agent("dev", {**spec("5m"), "owner": "alice-smith"})
+    async with directory_for(kube.kubeconfig) as directory:
+        await asyncio.wait_for(directory.refresh(), WAIT)
+        record = directory.lookup("user-alice-smith-dev")
+        assert record is not None and record.error is not None
+        assert "claimed by RDEAgents 'dev' (owner 'alice-smith') and 'smith-dev'" in record.error
+
+        await set_status(kube, "dev", {"phase": "Error", "message": "agent ID taken"})
+        await asyncio.wait_for(directory.refresh(), WAIT)
+        record = directory.lookup("user-alice-smith-dev")
+        assert record is not None
+        assert (record.owner, record.error) == ("alice", None)
+
+
 async def test_request_wake_writes_a_subsecond_timestamp(
     kube: Kube, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -115,3 +115,19 @@ def test_claimant_and_record_from_objects() -> None:
     assert recorded_owner(None) is None
     assert recorded_owner({"metadata": {"labels": {"kuberde.io/owner": "alice"}}}) is None
     assert recorded_owner({"metadata": {"labels": {**labels, "kuberde.io/owner": ""}}}) is None
+
+
+def test_the_gateway_lets_nobody_use_an_id_the_operator_has_not_settled() -> None:
+    from kuberde.gateway.directory import AgentRecord
+    from kuberde.gateway.kubernetes import holder_of
+
+    alice = AgentRecord("user-alice-smith-dev", "alice", "smith-dev")
+    smith = AgentRecord("user-alice-smith-dev", "alice-smith", "dev")
+    lost = AgentRecord("user-alice-smith-dev", "alice-smith", "dev", error="agent ID taken")
+    assert holder_of([alice]) == alice
+    assert holder_of([lost, alice]) == holder_of([alice, lost]) == alice
+    contested = holder_of([alice, smith])
+    assert contested == holder_of([smith, alice])
+    assert contested.error is not None and "waiting for the operator" in contested.error
+    both_lost = AgentRecord("user-alice-smith-dev", "alice", "smith-dev", error="foreign volume")
+    assert holder_of([both_lost, lost]).error is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from kuberde.kube import ApiError, KubeApi, Paths
 from kuberde.naming import WAKE_ANNOTATION, InvalidName, agent_id
 from kuberde.resource import InvalidResource, parse_agent
 
-__all__ = ["KubernetesDirectory", "record_of"]
+__all__ = ["KubernetesDirectory", "holder_of", "record_of"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,28 @@ def record_of(body: Mapping[str, Any]) -> AgentRecord | None:
         error=error,
         apps=apps,
         ports=ports,
+    )
+
+
+def holder_of(claimants: list[AgentRecord]) -> AgentRecord:
+    """The record users of an agent ID get, when one or more RDEAgents claim it.
+
+    The operator decides which RDEAgent holds a colliding ID and puts the others in Error.
+    Until it has, more than one claimant looks healthy: then nobody may use the ID (the
+    record carries an error), because authorizing by the wrong one's owner would hand that
+    owner the other one's running workspace.
+    """
+    ordered = sorted(claimants, key=lambda record: record.name)
+    healthy = [record for record in ordered if record.error is None]
+    if len(healthy) == 1:
+        return healthy[0]
+    if not healthy:
+        return ordered[0]
+    names = " and ".join(f"{record.name!r} (owner {record.owner!r})" for record in healthy)
+    return dataclasses.replace(
+        healthy[0],
+        error=f"agent ID {healthy[0].agent_id} is claimed by RDEAgents {names}; "
+        "waiting for the operator to decide which one holds it",
     )
 
 
@@ -104,19 +127,14 @@ class KubernetesDirectory:
 
     async def refresh(self) -> None:
         items = await self._api.list(self._paths.agents)
-        records: dict[str, AgentRecord] = {}
-        names: dict[str, str] = {}
+        claims: dict[str, list[AgentRecord]] = {}
         for item in items:
             record = record_of(item)
-            if record is None:
-                continue
-            # Of two RDEAgents with one agent ID the operator puts the second in Error;
-            # the healthy one is the agent.
-            if record.agent_id in records and record.error is not None:
-                continue
-            records[record.agent_id] = record
-            names[record.agent_id] = record.name
-        self._records, self._names = records, names
+            if record is not None:
+                claims.setdefault(record.agent_id, []).append(record)
+        records = {agent: holder_of(claimants) for agent, claimants in claims.items()}
+        self._records = records
+        self._names = {agent: record.name for agent, record in records.items()}
         self.synced.set()
 
     async def run(self) -> None:
