@@ -239,6 +239,14 @@ async def test_reclaim_policy_delete_lets_the_volume_go_with_its_agent(
         )
         assert [ref["uid"] for ref in owned] == [created["metadata"]["uid"]]
         await reconciles_after(runner, 3)
+        mark = kube.mark()
+        await reconciles_after(runner, 3)
+        claim_writes = [
+            line
+            for line in writes_of(requests_by(kube, runner.identity, mark))
+            if "/persistent" in line
+        ]
+        assert claim_writes == [], "an owner reference in place is not written again"
         await kube.delete_agent("scratch")
         await eventually(lambda: kube.get(PVCS, claim) is None, "the volume deleted by GC")
         events = await eventually(partial(kube.events, "scratch", "VolumeDeleted"), "an Event")
