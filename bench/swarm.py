@@ -23,7 +23,8 @@ from pathlib import Path
 import aiohttp
 
 from kuberde import aio
-from kuberde.mux import Session, WebSocketLink
+from kuberde.mux import Session
+from kuberde.wslink import WebSocketLink
 
 __all__ = ["main"]
 

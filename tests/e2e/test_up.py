@@ -471,6 +471,41 @@ def test_logs_show_the_workload_output_and_delete_stops_it(rde: KubeRDE, tmp_pat
     assert listed.returncode == 0 and "No workspaces." in listed.stderr
 
 
+@pytest.mark.timeout(90)
+def test_a_workspace_deleted_during_a_slow_stop_of_another_is_not_started_again(
+    rde: KubeRDE, tmp_path: Path
+) -> None:
+    """The race of issue 9: a sweep busy stopping `slow` (its workload ignores SIGTERM, so
+    the stop takes the whole grace period) must not start `trailing`, which a sweep reaches
+    after `slow`, again after its delete."""
+    slow_port, trailing_port = free_port(), free_port()
+    stubborn = ["sh", "-c", f"trap '' TERM; exec {shlex.join(echo_command(slow_port, 'slow'))}"]
+    slow = workspace("slow", stubborn, local_port=slow_port)
+    trailing = workspace(
+        "trailing", echo_command(trailing_port, "trailing-marker"), local_port=trailing_port
+    )
+    file = write_documents(tmp_path / "both.yaml", [slow, trailing])
+    rde.start_up(file)
+    rde.wait_phase("slow", "Running")
+    trailing_row = rde.wait_phase("trailing", "Running")
+    slow["spec"]["workload"]["env"] = [{"name": "CHANGED", "value": "1"}]
+    write_documents(file, [slow])
+    rde.ok("apply", "-f", str(file))
+    wait_until(lambda: "slow: stopping" in rde.up_stderr(), "the slow workspace's stop")
+
+    assert rde.ok("delete", "trailing").strip() == "rdeagent/trailing deleted"
+
+    rde.wait_for(
+        "slow",
+        "restarted",
+        lambda row: row is not None and row["phase"] == "Running" and len(rde.starts("slow")) == 2,
+    )
+    assert "trailing" not in rde.ls()
+    assert not rde.agents(trailing_row["agent_id"])
+    assert len(rde.starts("trailing")) == 1
+    assert not (rde.state_dir / "credentials" / "trailing.token").exists()
+
+
 # ---- the demo ------------------------------------------------------------------------------
 
 

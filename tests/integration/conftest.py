@@ -24,8 +24,9 @@ from aiohttp import WSMsgType, web
 from kuberde.auth import LocalTokenVerifier, SigningKey, TokenIssuer, load_or_create_signing_key
 from kuberde.gateway.app import GatewaySettings, create_app
 from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start_site
-from kuberde.mux import Preamble, PreambleReader, Session, SessionConfig, Stream, WebSocketLink
+from kuberde.mux import Preamble, PreambleReader, Session, SessionConfig, Stream
 from kuberde.mux.frame import HEADER_SIZE, Frame, FrameDecoder
+from kuberde.wslink import WebSocketLink
 
 #: Upper bound for any single wait in these tests; a healthy run needs a small fraction.
 WAIT = 10.0

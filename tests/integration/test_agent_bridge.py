@@ -29,7 +29,8 @@ from kuberde.agent.backoff import Backoff
 from kuberde.agent.bridge import serve_stream
 from kuberde.agent.client import EXIT_CONFIG, EXIT_OK, main, run_agent
 from kuberde.agent.config import AgentConfig, from_env
-from kuberde.mux import Preamble, Session, Stream, StreamReset, WebSocketLink, encode_preamble
+from kuberde.mux import Preamble, Session, Stream, StreamReset, encode_preamble
+from kuberde.wslink import WebSocketLink
 from tests.integration.conftest import RunningGateway, exchange, receive_all
 from tests.unit.memory_link import link_pair
 

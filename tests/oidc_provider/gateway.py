@@ -22,7 +22,8 @@ from kuberde.auth import SigningKey, TokenIssuer, TokenVerifier, load_or_create_
 from kuberde.gateway.app import create_app
 from kuberde.gateway.directory import AgentRecord, WakeError
 from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start_site
-from kuberde.mux import Session, WebSocketLink
+from kuberde.mux import Session
+from kuberde.wslink import WebSocketLink
 from tests.integration.conftest import WAIT, WorkspacePeer, bearer, echo, next_message
 
 VerifierFactory = Callable[[str, SigningKey], TokenVerifier]

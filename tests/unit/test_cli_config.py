@@ -21,11 +21,11 @@ from kuberde.cli.config import (
     normalize_server,
     resolve,
     save,
-    write_private_file,
 )
 from kuberde.cli.messages import close_message, refusal_message
 from kuberde.cli.portforward import PortMapping, format_address, parse_port_mapping
 from kuberde.cli.progress import WakeProgress
+from kuberde.files import write_private
 
 
 @pytest.fixture
@@ -202,7 +202,7 @@ def test_write_is_atomic_when_it_fails(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        write_private_file(path, b"new")
+        write_private(path, b"new")
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["config.json"]  # no temporary file left behind
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kuberde.cli.up_cmd import cli_program, next_steps
 from kuberde.local.demo import DemoWorkspace
-from kuberde.local.up import cli_program, next_steps
 
 
 @pytest.mark.parametrize(

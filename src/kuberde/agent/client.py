@@ -45,9 +45,9 @@ from kuberde.mux import (
     SessionClosed,
     SessionConfig,
     Stream,
-    WebSocketLink,
 )
 from kuberde.tls import client_ssl_context
+from kuberde.wslink import WebSocketLink
 
 __all__ = ["EXIT_CONFIG", "EXIT_OK", "Agent", "CredentialRejected", "main", "run_agent"]
 

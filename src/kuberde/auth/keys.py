@@ -14,12 +14,13 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from kuberde.files import write_private
 
 __all__ = [
     "SIGNING_KEY_FILE",
@@ -140,33 +141,6 @@ def _read_key(path: Path) -> SigningKey:
         raise SigningKeyError(f"signing key {path}: {exc}") from None
 
 
-def _publish(path: Path, data: bytes) -> bool:
-    """Write `data` to `path` only if it does not exist yet; False if another process won.
-
-    A hard link from a fully written temporary file is atomic and, unlike `os.replace`,
-    never overwrites: two gateways starting together cannot each keep a different key.
-    """
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        try:
-            os.link(temp_name, path)
-        except FileExistsError:
-            return False
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return True
-
-
 def load_or_create_signing_key(state_dir: Path) -> SigningKey:
     """Load the key from `state_dir`, creating the directory (0700) and key (0600) once."""
     _ensure_private_dir(state_dir)
@@ -174,7 +148,8 @@ def load_or_create_signing_key(state_dir: Path) -> SigningKey:
     with contextlib.suppress(FileNotFoundError):
         return _read_key(path)
     key = SigningKey.generate()
-    if _publish(path, key.to_pem()):
+    # Exclusive: two gateways starting together cannot each keep a different key.
+    if write_private(path, key.to_pem(), exclusive=True):
         return key
     return _read_key(path)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -25,7 +24,6 @@ import logging
 import os
 import secrets
 import stat
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from kuberde.files import write_private
 from kuberde.naming import InvalidName, validate_name
 
 __all__ = [
@@ -195,14 +194,4 @@ def set_user(path: Path, username: str, password: str, *, admin: bool = False) -
             for name, user in sorted(users.items())
         }
     }
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            yaml.safe_dump(document, file, sort_keys=False)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
+    write_private(path, yaml.safe_dump(document, sort_keys=False))

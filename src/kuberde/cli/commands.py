@@ -19,7 +19,7 @@ import typer
 from kuberde import aio
 from kuberde.cli import sshkeys
 from kuberde.cli.base import Gateway, NameArgument, command, complete_names, fail, gateway_command
-from kuberde.cli.config import ClientSettings, write_private_file
+from kuberde.cli.config import ClientSettings
 from kuberde.cli.sshconfig import (
     DEFAULT_SSH_PORT,
     HOST_SUFFIX,
@@ -30,6 +30,7 @@ from kuberde.cli.sshconfig import (
     ssh_environment,
     strip_host_suffix,
 )
+from kuberde.files import write_private
 from kuberde.naming import InvalidName, validate_name
 
 __all__ = ["config_ssh", "connect", "kuberde_command", "port_forward", "register", "ssh"]
@@ -257,8 +258,8 @@ def _update_ssh_config(path: Path, block: str) -> str:
         return f"{path} is up to date"
     backup = target.with_name(target.name + ".bak")
     if original is not None:
-        write_private_file(backup, original)
-    write_private_file(target, merged.encode("utf-8", errors="surrogateescape"))
+        write_private(backup, original)
+    write_private(target, merged.encode("utf-8", errors="surrogateescape"))
     if original is None:
         return f"wrote {path}"
     return f"updated {path} (the previous version is in {backup})"

@@ -8,16 +8,15 @@ never sent to a different server given with `--server` or `$KUBERDE_SERVER`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
+from kuberde.files import write_private
 from kuberde.tls import CA_FILE_ENV
 
 __all__ = [
@@ -34,7 +33,6 @@ __all__ = [
     "normalize_server",
     "resolve",
     "save",
-    "write_private_file",
 ]
 
 CONFIG_ENV = "KUBERDE_CONFIG"
@@ -143,28 +141,8 @@ def save(config: CliConfig, path: Path | None = None) -> Path:
         data["token"] = config.token
     if config.ca_file is not None:
         data["ca_file"] = config.ca_file
-    write_private_file(target, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    write_private(target, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
     return target
-
-
-def write_private_file(path: Path, content: bytes) -> None:
-    """Replace `path` atomically with a 0600 file, creating missing parents with mode 0700.
-
-    Existing directories keep their mode: `$KUBERDE_CONFIG` may point into a shared one.
-    """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 def resolve(

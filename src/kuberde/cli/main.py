@@ -286,6 +286,7 @@ def up(
       kuberde up
       kuberde up -f dev.yaml --listen 127.0.0.1:9090
     """
+    from kuberde.cli.up_cmd import announce
     from kuberde.gateway.server import parse_listen
     from kuberde.local.up import run_up
 
@@ -299,6 +300,7 @@ def up(
                 files=list(files or []),
                 state_dir=state_dir,
                 listen=address,
+                on_ready=announce,
                 sweep_interval=sweep_interval,
                 apps_domain=apps_domain,
             )

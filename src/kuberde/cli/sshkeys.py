@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from kuberde.cli.config import config_path, write_private_file
+from kuberde.cli.config import config_path
+from kuberde.files import write_private
 
 __all__ = [
     "USER_KEY_NAMES",
@@ -103,7 +104,7 @@ def record_host_key(alias: str, key: str, config_file: Path | None = None) -> Pa
         existing = path.read_text(errors="replace")
     except FileNotFoundError:
         existing = ""
-    write_private_file(path, with_host_key(existing, alias, key).encode())
+    write_private(path, with_host_key(existing, alias, key).encode())
     return path
 
 

@@ -9,22 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from kuberde import __version__
+from kuberde.activity import (
+    ActivityReport,
+    AgentListener,
+    AgentStatus,
+    encode_report,
+    encode_status,
+)
 from kuberde.auth import AuthError, Principal, TokenVerifier, bearer_token
-from kuberde.gateway.activity import ActivitySource, ActivityTracker
+from kuberde.clock import utc_now
+from kuberde.gateway.activity import ActivitySource
 from kuberde.gateway.connections import ConnectionLimits, mark_authenticated
 from kuberde.gateway.directory import AgentDirectory, WakeError
 from kuberde.gateway.limits import LimitExceeded, StreamQuota, StreamQuotaSettings
 from kuberde.gateway.metrics import GatewayMetrics
-from kuberde.gateway.registry import AgentConnection, AgentRegistry
+from kuberde.gateway.presence import Presence
+from kuberde.gateway.registry import AgentConnection
 from kuberde.messages import not_found
 from kuberde.mux import (
     BULK_FRAME,
@@ -35,11 +43,11 @@ from kuberde.mux import (
     SessionConfig,
     Stream,
     StreamReset,
-    WebSocketLink,
     encode_preamble,
 )
 from kuberde.mux.preamble import KINDS, ConnectionKind
 from kuberde.naming import InvalidName, agent_id, validate_agent_id
+from kuberde.wslink import WebSocketLink
 
 __all__ = ["CloseCode", "GatewaySettings", "create_app"]
 
@@ -87,22 +95,23 @@ def limit_error(exc: LimitExceeded) -> web.HTTPException:
     return error
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 class Gateway:
+    """`directory` knows the agents that are not connected; `presence` the ones that are
+    (shared with the local runtime, which reads it as its activity feed)."""
+
     def __init__(
         self,
         verifier: TokenVerifier,
         settings: GatewaySettings,
         directory: AgentDirectory | None,
+        presence: Presence,
     ) -> None:
         self.verifier = verifier
         self.settings = settings
         self.directory = directory
-        self.registry = AgentRegistry()
-        self.activity = ActivityTracker()
+        self.presence = presence
+        self.registry = presence.registry
+        self.activity = presence.activity
         self.metrics = GatewayMetrics()
         self.quota = StreamQuota(settings.streams)
         #: What one stream may make the gateway buffer: its receive window and send buffer.
@@ -159,7 +168,7 @@ class Gateway:
             owner=principal.owner,
             uid=principal.agent_uid,
             session=session,
-            connected_since=datetime.now(UTC),
+            connected_since=utc_now(),
         )
         previous = self.registry.register(connection)
         if previous is not None:
@@ -406,48 +415,33 @@ class Gateway:
 
     # ---- management and health -----------------------------------------------------------
 
-    def agent_summaries(self) -> dict[str, dict[str, Any]]:
-        summaries: dict[str, dict[str, Any]] = {}
-
-        def entry(agent: str) -> dict[str, Any]:
-            return summaries.setdefault(
-                agent,
-                {
-                    "id": agent,
-                    "owner": None,
-                    "online": False,
-                    "sessions": 0,
-                    "last_activity": None,
-                    "last_activity_source": None,
-                    "connected_since": None,
-                },
-            )
-
+    def report(self) -> ActivityReport:
+        """The activity feed's report plus the directory's offline agents (with their owner)."""
+        live = self.presence.report()
+        agents = dict(live.agents)
         for record in self.directory.records() if self.directory else []:
-            entry(record.agent_id)["owner"] = record.owner
-        for connection in self.registry.connections():
-            summary = entry(connection.agent_id)
-            summary["owner"] = connection.owner
-            summary["online"] = True
-            summary["connected_since"] = _iso(connection.connected_since)
-        for agent, activity in self.activity.items():
-            summary = entry(agent)
-            summary["sessions"] = activity.sessions
-            summary["last_activity"] = _iso(activity.last_activity)
-            summary["last_activity_source"] = activity.last_activity_source
-        return summaries
+            status = agents.get(record.agent_id)
+            if status is None:
+                agents[record.agent_id] = AgentStatus(
+                    record.agent_id, record.owner, False, 0, None, None, None
+                )
+            elif status.owner is None:
+                agents[record.agent_id] = dataclasses.replace(status, owner=record.owner)
+        return ActivityReport(agents, live.observed_at)
+
+    def subscribe(self, listener: AgentListener) -> None:
+        self.presence.subscribe(listener)
 
     async def list_agents(self, request: web.Request) -> web.Response:
         await self.authenticate(request, "management")
-        agents = sorted(self.agent_summaries().values(), key=lambda item: item["id"])
-        return web.json_response({"agents": agents, "generated_at": datetime.now(UTC).isoformat()})
+        return web.json_response(encode_report(self.report()))
 
     async def get_agent(self, request: web.Request) -> web.Response:
         await self.authenticate(request, "management")
-        summary = self.agent_summaries().get(request.match_info["agent"])
-        if summary is None:
+        status = self.report().agents.get(request.match_info["agent"])
+        if status is None:
             raise json_error(web.HTTPNotFound, "no such agent", "not_found")
-        return web.json_response(summary)
+        return web.json_response(encode_status(status))
 
     async def find_agent(self, request: web.Request) -> web.Response:
         """`GET /api/agents/{agent}`: whether the user may connect to it, without connecting,
@@ -497,8 +491,10 @@ def create_app(
     verifier: TokenVerifier,
     settings: GatewaySettings | None = None,
     directory: AgentDirectory | None = None,
+    presence: Presence | None = None,
 ) -> web.Application:
-    gateway = Gateway(verifier, settings or GatewaySettings(), directory)
+    """`presence` is passed when something else reads it too (the local runtime)."""
+    gateway = Gateway(verifier, settings or GatewaySettings(), directory, presence or Presence())
     app = web.Application()
     app[GATEWAY_KEY] = gateway
     app.router.add_get("/ws", gateway.agent_socket)

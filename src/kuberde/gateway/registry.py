@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -22,7 +23,10 @@ class AgentConnection:
 
 
 class AgentRegistry:
-    def __init__(self) -> None:
+    """`on_change` is called with the agent's ID whenever it connects or disconnects."""
+
+    def __init__(self, on_change: Callable[[str], None] | None = None) -> None:
+        self._on_change = on_change
         self._online: dict[str, AgentConnection] = {}
         self._waiters: dict[str, list[asyncio.Future[AgentConnection]]] = {}
 
@@ -42,12 +46,16 @@ class AgentRegistry:
         for waiter in self._waiters.pop(connection.agent_id, []):
             if not waiter.done():
                 waiter.set_result(connection)
+        if self._on_change is not None:
+            self._on_change(connection.agent_id)
         return previous
 
     def unregister(self, connection: AgentConnection) -> bool:
         """Remove `connection` if it is still current (a replaced one is already gone)."""
         if self._online.get(connection.agent_id) is connection:
             del self._online[connection.agent_id]
+            if self._on_change is not None:
+                self._on_change(connection.agent_id)
             return True
         return False
 

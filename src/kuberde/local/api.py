@@ -33,7 +33,7 @@ def view_json(view: WorkspaceView) -> dict[str, Any]:
     }
 
 
-def apply_documents(
+async def apply_documents(
     runtime: LocalRuntime, text: str, source: str, user: Principal
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Apply each RDEAgent of `text` the user may own; returns what was applied, and errors."""
@@ -50,9 +50,9 @@ def apply_documents(
                 f"is not you ({user.name!r})"
             )
             continue
-        existed = runtime.store.get(agent.metadata.name) is not None
+        existed = runtime.get(agent.metadata.name) is not None
         try:
-            state = runtime.apply(agent)
+            state = await runtime.apply(agent)
         except ValueError as exc:
             errors.append(f"{result.location} ({agent.metadata.name!r}): {exc}")
             continue
@@ -69,7 +69,7 @@ class WorkspaceApi:
         return await self.gateway.authenticate(request, "user")
 
     def _owned(self, user: Principal, name: str) -> WorkspaceState:
-        state = self.runtime.store.get(name)
+        state = self.runtime.get(name)
         if state is None or (state.owner != user.name and not user.admin):
             # Someone else's workspace is reported as missing: names are not disclosed.
             raise json_error(web.HTTPNotFound, not_found(name), "not_found")
@@ -79,7 +79,7 @@ class WorkspaceApi:
         user = await self._user(request)
         views = [
             view_json(self.runtime.view(state))
-            for state in self.runtime.store.list()
+            for state in self.runtime.list()
             if state.owner == user.name or user.admin
         ]
         return web.json_response({"workspaces": views})
@@ -94,7 +94,7 @@ class WorkspaceApi:
         if request.content_length is not None and request.content_length > MAX_APPLY_BYTES:
             raise json_error(web.HTTPRequestEntityTooLarge, "document too large", "too_large")
         text = await request.text()
-        applied, errors = apply_documents(
+        applied, errors = await apply_documents(
             self.runtime, text, request.query.get("source", "request"), user
         )
         status = 422 if errors and not applied else 200
@@ -109,7 +109,7 @@ class WorkspaceApi:
     async def wake(self, request: web.Request) -> web.Response:
         user = await self._user(request)
         state = self._owned(user, request.match_info["name"])
-        self.runtime.wake(state.name)
+        await self.runtime.wake(state.name)
         return web.json_response({"waking": state.name})
 
     async def stop(self, request: web.Request) -> web.Response:

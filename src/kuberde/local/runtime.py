@@ -1,29 +1,41 @@
 """The embedded runtime: each RDEAgent runs as local processes (its workload and its agent).
 
-It is the local counterpart of the Kubernetes operator and makes the same decisions with the
-same pure functions (`kuberde.policy`): "replicas 1" means the processes run, "replicas 0"
-means they are stopped. It is also the gateway's directory, so users can reach (and wake)
-workspaces that are scaled down.
+It is the local counterpart of the Kubernetes operator and runs the same lifecycle engine:
+observe (the workspace's record, its processes, the gateway's activity feed) → decide
+(`kuberde.plan`, pure) → act (`LocalActuator`: "replicas 1" means the processes run,
+"replicas 0" means they are stopped). `kuberde.engine` serialises that per workspace, so
+apply, delete, stop and the sweep never interleave on one workspace, and different
+workspaces proceed concurrently. It is also the gateway's directory, so users can reach (and
+wake) workspaces that are scaled down.
+
+The records live in SQLite (`StateStore`) and are mirrored in memory: lookups by agent ID
+(every connection) are one dict access, and SQLite runs on one worker thread, never on the
+event loop that carries every tunnel.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import builtins
+import functools
 import logging
-import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from kuberde import policy
+from kuberde.activity import ActivityFeed
 from kuberde.auth import TokenIssuer
-from kuberde.gateway.app import Gateway
+from kuberde.clock import Clock, utc_now
+from kuberde.engine import Engine
 from kuberde.gateway.directory import AgentRecord, WakeError
+from kuberde.local.processes import LOCAL_PORTS_ANNOTATION, LocalActuator, Processes
 from kuberde.local.store import StateStore, WorkspaceState
-from kuberde.local.supervisor import ProcessSpec, SupervisedProcess
+from kuberde.plan import Action, Desired, Observation, Plan, Running, decide
 from kuberde.resource import RDEAgent, parse_agent
 
 __all__ = [
@@ -36,9 +48,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Maps workspace ports to real loopback ports (`22=41234`), as a pod's container ports would
-#: be; passed to the agent as PORT_MAP.
-LOCAL_PORTS_ANNOTATION = "kuberde.io/local-ports"
+T = TypeVar("T")
 
 
 class UnknownWorkspace(KeyError):
@@ -64,6 +74,10 @@ class RuntimeSettings:
     def credentials_dir(self) -> Path:
         return self.state_dir / "credentials"
 
+    @property
+    def max_staleness(self) -> timedelta:
+        return timedelta(seconds=max(5.0, 3 * self.sweep_interval))
+
 
 @dataclass(frozen=True)
 class WorkspaceView:
@@ -85,32 +99,30 @@ class WorkspaceView:
     connections: int
 
 
-@dataclass
-class _Processes:
-    """The live half of a workspace: what runs now, for which spec."""
+def _desired(state: WorkspaceState, agent: RDEAgent) -> Desired:
+    recorded = (
+        policy.Activity(state.last_activity, state.last_activity_source or "recorded")
+        if state.last_activity is not None
+        else None
+    )
+    return Desired(
+        ttl=agent.spec.ttl_duration,
+        created_at=state.created_at,
+        scaled_down=state.scaled_down,
+        scaled_down_at=state.scaled_down_at,
+        wake_requested_at=state.wake_requested_at,
+        woken_at=state.woken_at,
+        recorded_activity=recorded,
+        extended_until=state.extended_until,
+    )
 
-    document: RDEAgent
-    workload: SupervisedProcess | None
-    agent: SupervisedProcess
-    started_at: datetime
-    agent_seen: bool = False
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    @property
-    def all(self) -> list[SupervisedProcess]:
-        return [self.agent] if self.workload is None else [self.workload, self.agent]
-
-    @property
-    def failure(self) -> str | None:
-        if self.workload is not None and self.workload.failure:
-            return f"workload failed: {self.workload.failure}"
-        if self.agent.failure:
-            return f"agent failed: {self.agent.failure}"
+def _running(processes: Processes | None, agent: RDEAgent | None, online: bool) -> Running | None:
+    if processes is None:
         return None
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
+    if agent is None:  # deleted: whatever runs is not what anyone wants
+        return Running(current=False, workload_running=False, agent_seen=False, failure=None)
+    return processes.observe(agent, online)
 
 
 class LocalRuntime:
@@ -119,37 +131,93 @@ class LocalRuntime:
         settings: RuntimeSettings,
         store: StateStore,
         issuer: TokenIssuer,
-        gateway: Gateway,
-        clock: Callable[[], datetime] = _utc_now,
+        activity: ActivityFeed,
+        clock: Clock = utc_now,
     ) -> None:
         self.settings = settings
-        self.store = store
-        self.issuer = issuer
-        self.gateway = gateway
+        self._store = store
+        self._activity = activity
         self._clock = clock
-        self._running: dict[str, _Processes] = {}
-        self._kick = asyncio.Event()
-        self._stopping = False
-        settings.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        settings.credentials_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._actuator = LocalActuator(
+            logs_dir=settings.logs_dir,
+            credentials_dir=settings.credentials_dir,
+            gateway_ws_url=settings.gateway_ws_url,
+            agent_command=settings.agent_command,
+            issuer=issuer,
+            min_uptime=settings.min_uptime,
+            stop_grace=settings.stop_grace,
+        )
+        self._engine = Engine(
+            self._reconcile, lambda: list(self._states), interval=settings.sweep_interval
+        )
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kuberde-state")
+        self._states: dict[str, WorkspaceState] = {}
+        self._agents: dict[str, RDEAgent] = {}
+        self._records: dict[str, AgentRecord] = {}
+        self._by_agent: dict[str, str] = {}
+        #: Held while checking that an agent ID is free and claiming it.
+        self._claims = asyncio.Lock()
+        for state in store.list():
+            self._remember(state)
+        activity.subscribe(self._agent_changed)
+
+    # ---- records -------------------------------------------------------------------------
+
+    def _remember(self, state: WorkspaceState) -> WorkspaceState:
+        """Mirror a row just read or written: its parsed spec and directory record too, so
+        neither a connection nor a reconcile parses JSON."""
+        previous = self._states.get(state.name)
+        if previous is not None and previous.agent_id != state.agent_id:
+            self._by_agent.pop(previous.agent_id, None)
+        if previous is None or previous.document != state.document:
+            self._agents[state.name] = parse_agent(state.document)
+        self._states[state.name] = state
+        self._by_agent[state.agent_id] = state.name
+        self._records[state.name] = self._record(state, self._agents[state.name])
+        return state
+
+    def _forget(self, state: WorkspaceState) -> None:
+        for index in (self._states, self._agents, self._records):
+            del index[state.name]
+        if self._by_agent.get(state.agent_id) == state.name:
+            del self._by_agent[state.agent_id]
+
+    async def _call(self, function: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """Run a store call on the store's own thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db, functools.partial(function, *args, **kwargs))
+
+    async def _update(self, name: str, **changes: object) -> WorkspaceState:
+        return self._remember(await self._call(self._store.update, name, **changes))
+
+    def get(self, name: str) -> WorkspaceState | None:
+        return self._states.get(name)
+
+    def list(self) -> list[WorkspaceState]:
+        return [self._states[name] for name in sorted(self._states)]
+
+    def _existing(self, name: str) -> WorkspaceState:
+        state = self._states.get(name)
+        if state is None:
+            raise UnknownWorkspace(name)
+        return state
 
     # ---- the gateway's directory ---------------------------------------------------------
 
     def lookup(self, agent_id: str) -> AgentRecord | None:
-        for state in self.store.list():
-            if state.agent_id == agent_id:
-                return self._record(state)
-        return None
+        name = self._by_agent.get(agent_id)
+        return self._records[name] if name is not None else None
 
-    def records(self) -> list[AgentRecord]:
-        return [self._record(state) for state in self.store.list()]
+    def records(self) -> builtins.list[AgentRecord]:
+        return [self._records[name] for name in sorted(self._records)]
 
     async def catch_up(self) -> None:
-        """The store is the source itself: lookups are always current."""
+        """The mirror is updated with every write: lookups are always current."""
 
-    def _record(self, state: WorkspaceState) -> AgentRecord:
+    @staticmethod
+    def _record(state: WorkspaceState, agent: RDEAgent) -> AgentRecord:
         error = state.message if state.phase == policy.Phase.ERROR else None
-        spec = parse_agent(state.document).spec
+        spec = agent.spec
         return AgentRecord(
             agent_id=state.agent_id,
             owner=state.owner,
@@ -160,82 +228,96 @@ class LocalRuntime:
         )
 
     async def request_wake(self, agent_id: str, requested_by: str) -> None:
-        state = next((s for s in self.store.list() if s.agent_id == agent_id), None)
-        if state is None:
+        name = self._by_agent.get(agent_id)
+        if name is None:
             raise WakeError(f"agent {agent_id} no longer exists")
-        if state.scaled_down:
-            log.info("waking %s: %s connected", state.name, requested_by)
-        self.store.update(state.name, wake_requested_at=self._clock())
-        self._kick.set()
+        if self._states[name].scaled_down:
+            log.info("waking %s: %s connected", name, requested_by)
+        await self.wake(name)
+
+    def _agent_changed(self, agent_id: str) -> None:
+        """An agent connected or went: its workspace's status follows at once."""
+        name = self._by_agent.get(agent_id)
+        if name is not None:
+            self._engine.kick(name)
 
     # ---- commands ------------------------------------------------------------------------
 
-    def apply(self, agent: RDEAgent) -> WorkspaceState:
+    async def apply(self, agent: RDEAgent) -> WorkspaceState:
         """Create or update a workspace; a changed spec restarts its processes."""
         name = agent.metadata.name
-        existing = self.store.get(name)
-        if existing is not None and existing.owner != agent.spec.owner:
-            raise ValueError(
-                f"workspace {name!r} belongs to {existing.owner!r}; delete it before "
-                f"applying it for {agent.spec.owner!r}"
+        async with self._engine.exclusive(name), self._claims:
+            existing = self._states.get(name)
+            if existing is not None and existing.owner != agent.spec.owner:
+                raise ValueError(
+                    f"workspace {name!r} belongs to {existing.owner!r}; delete it before "
+                    f"applying it for {agent.spec.owner!r}"
+                )
+            holder = self._by_agent.get(agent.agent_id)
+            if holder is not None and holder != name:
+                raise ValueError(f"agent ID {agent.agent_id} is already used by workspace {holder}")
+            state = self._remember(
+                await self._call(
+                    self._store.upsert_spec,
+                    name,
+                    agent.spec.owner,
+                    agent.agent_id,
+                    agent.to_document(),
+                    self._clock(),
+                )
             )
-        clash = next(
-            (s for s in self.store.list() if s.agent_id == agent.agent_id and s.name != name),
-            None,
-        )
-        if clash is not None:
-            raise ValueError(f"agent ID {agent.agent_id} is already used by workspace {clash.name}")
-        state = self.store.upsert_spec(
-            name, agent.spec.owner, agent.agent_id, agent.to_document(), self._clock()
-        )
-        if existing is not None and existing.phase == policy.Phase.ERROR:
-            state = self.store.update(name, phase=policy.Phase.PENDING, message="")
-        self._kick.set()
+            if existing is not None and existing.phase == policy.Phase.ERROR:
+                state = await self._update(name, phase=policy.Phase.PENDING, message="")
+        self._engine.kick(name)
         return state
 
     async def delete(self, name: str) -> None:
-        if self.store.get(name) is None:
-            raise UnknownWorkspace(name)
-        await self._stop_processes(name)
-        self.store.delete(name)
-        (self.settings.credentials_dir / f"{name}.token").unlink(missing_ok=True)
-        self._kick.set()
+        async with self._engine.exclusive(name):
+            state = self._existing(name)
+            await self._actuator.stop(name)
+            await self._call(self._store.delete, name)
+            self._forget(state)
+            self._actuator.forget(name)
 
-    def wake(self, name: str) -> None:
-        if self.store.get(name) is None:
-            raise UnknownWorkspace(name)
-        self.store.update(name, wake_requested_at=self._clock())
-        self._kick.set()
+    async def wake(self, name: str) -> None:
+        """Record a wake request; the workspace's next reconcile starts it.
+
+        Only the request is recorded here (one field, one write), so a wake is never queued
+        behind a slow stop of the same workspace: the stop finishes, then the wake wins.
+        """
+        self._existing(name)
+        await self._update(name, wake_requested_at=self._clock())
+        self._engine.kick(name)
 
     async def stop(self, name: str) -> None:
         """Scale to zero now, whatever the TTL says (a later connection wakes it again)."""
-        if self.store.get(name) is None:
-            raise UnknownWorkspace(name)
-        self.store.update(name, scaled_down=True, scaled_down_at=self._clock())
-        await self._stop_processes(name)
-        self._kick.set()
+        async with self._engine.exclusive(name):
+            self._existing(name)
+            await self._update(name, scaled_down=True, scaled_down_at=self._clock())
+            await self._reconcile(name)
 
-    def extend(self, name: str, duration: timedelta | None = None) -> datetime:
+    async def extend(self, name: str, duration: timedelta | None = None) -> datetime:
         """Keep it up for another TTL from now, or until `duration` from now; an activity."""
-        state = self.store.get(name)
-        if state is None:
-            raise UnknownWorkspace(name)
-        now = self._clock()
-        deadline, until = policy.extension(
-            ttl=parse_agent(state.document).spec.ttl_duration, now=now, duration=duration
-        )
-        self.store.update(
-            name, last_activity=now, last_activity_source="extend", extended_until=until
-        )
+        async with self._engine.exclusive(name):
+            self._existing(name)
+            now = self._clock()
+            deadline, until = policy.extension(
+                ttl=self._agents[name].spec.ttl_duration, now=now, duration=duration
+            )
+            await self._update(
+                name, last_activity=now, last_activity_source="extend", extended_until=until
+            )
         log.info("%s extended until %s", name, policy.format_timestamp(deadline))
-        self._kick.set()
+        self._engine.kick(name)
         return deadline
 
     def view(self, state: WorkspaceState) -> WorkspaceView:
-        agent = parse_agent(state.document)
+        """The row as of now: the phase follows the agent's connection without a sweep."""
+        agent = self._agents[state.name]
         ttl = agent.spec.ttl_duration
-        activity = self.gateway.activity.get(state.agent_id)
-        connections = activity.sessions if activity is not None else 0
+        observation = self._observe(state.name, state, agent, self._clock())
+        plan = decide(observation, max_staleness=self._staleness)
+        connections = observation.activity.open_streams if observation.activity else 0
         deadline = None
         if (
             ttl is not None
@@ -244,200 +326,97 @@ class LocalRuntime:
             and not connections
         ):
             deadline = policy.idle_deadline(ttl, state.last_activity, state.extended_until)
-        processes = self._running.get(state.name)
-        pid = processes.workload.pid if processes and processes.workload else None
-        if pid is None and processes is not None:
-            pid = processes.agent.pid
+        processes = self._actuator.get(state.name)
+        live = plan.action is Action.NONE and plan.phase is not None
+        phase = plan.phase if live and plan.phase is not None else state.phase
+        pid = processes.pid if processes is not None else None
         return WorkspaceView(
             name=state.name,
             agent_id=state.agent_id,
             owner=state.owner,
-            phase=state.phase,
-            online=policy.is_online(policy.Phase(state.phase)),
+            phase=phase,
+            online=policy.is_online(policy.Phase(phase)),
             pod=str(pid) if pid else None,
             created_at=state.created_at,
             ttl=policy.format_duration(ttl) if ttl else None,
             last_activity=state.last_activity,
             last_activity_source=state.last_activity_source,
             idle_deadline=deadline,
-            message=state.message,
+            message=plan.message if live else state.message,
             connections=connections,
         )
 
-    # ---- the control loop ----------------------------------------------------------------
+    # ---- the engine ----------------------------------------------------------------------
+
+    @property
+    def _staleness(self) -> timedelta:
+        return self.settings.max_staleness
 
     async def run(self) -> None:
-        """Reconcile every workspace each sweep, and at once after any command or wake."""
-        while not self._stopping:
-            started = asyncio.get_running_loop().time()
-            for state in self.store.list():
-                try:
-                    await self._reconcile(state)
-                except Exception:
-                    log.exception("reconciling %s failed", state.name)
-            elapsed = asyncio.get_running_loop().time() - started
-            self._kick.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._kick.wait(), timeout=max(0.05, self.settings.sweep_interval - elapsed)
-                )
+        """Reconcile every workspace each sweep, and at once after any command, wake or
+        agent (dis)connection."""
+        await self._engine.run()
 
     async def shutdown(self) -> None:
         """Stop every process; state (including scale-down markers) stays for the next start."""
-        self._stopping = True
-        self._kick.set()
-        await asyncio.gather(*(self._stop_processes(name) for name in list(self._running)))
+        await self._engine.close()
+        await asyncio.gather(*(self._actuator.stop(name) for name in self._actuator.names()))
+        self._db.shutdown(wait=True)
 
-    async def _reconcile(self, state: WorkspaceState) -> None:
-        now = self._clock()
-        agent = parse_agent(state.document)
-        desired = policy.desired_replicas(
-            scaled_down=state.scaled_down,
-            wake_requested_at=state.wake_requested_at,
-            scaled_down_at=state.scaled_down_at,
-        )
-        if state.scaled_down and desired == 1:
-            state = self.store.update(state.name, scaled_down=False, woken_at=now)
-        processes = self._running.get(state.name)
-        if processes is not None and processes.document != agent:
-            log.info("%s: spec changed; restarting its processes", state.name)
-            await self._stop_processes(state.name)
-            processes = None
-        if desired == 1 and processes is None:
-            processes = self._start_processes(state, agent)
-        elif desired == 0 and processes is not None:
-            await self._stop_processes(state.name)
-            processes = None
-
-        connection = self.gateway.registry.get(state.agent_id)
-        if processes is not None and connection is not None:
-            processes.agent_seen = True
-        activity = self.gateway.activity.get(state.agent_id)
-        recorded = policy.last_activity(
-            (state.last_activity, state.last_activity_source or "recorded"),
-            (
-                (activity.last_activity, activity.last_activity_source or "gateway")
-                if activity is not None
-                else None
-            ),
-        )
-        snapshot = policy.ActivitySnapshot(
-            online=connection is not None,
-            open_streams=activity.sessions if activity is not None else 0,
-            last_activity=recorded.at if recorded else None,
-            last_activity_source=recorded.source if recorded else None,
-            observed_at=now,
-        )
-        decision = policy.decide_scale_down(
-            ttl=agent.spec.ttl_duration,
-            replicas=desired,
-            snapshot=snapshot,
-            woken_at=state.woken_at,
-            created_at=state.created_at,
+    def _observe(
+        self, name: str, state: WorkspaceState | None, agent: RDEAgent | None, now: datetime
+    ) -> Observation:
+        report = self._activity.report()
+        snapshot = report.snapshot(state.agent_id) if report is not None and state else None
+        online = snapshot is not None and snapshot.online
+        return Observation(
+            desired=_desired(state, agent) if state is not None and agent is not None else None,
+            running=_running(self._actuator.get(name), agent, online),
+            activity=snapshot,
             now=now,
-            max_staleness=timedelta(seconds=max(5.0, 3 * self.settings.sweep_interval)),
-            extended_until=state.extended_until,
         )
-        if decision.scale_down:
-            log.info("%s is scaled down by TTL: %s", state.name, decision.reason)
-            state = self.store.update(state.name, scaled_down=True, scaled_down_at=now)
-            await self._stop_processes(state.name)
-            desired, processes = 0, None
 
-        failure = processes.failure if processes is not None else None
-        phase = policy.compute_phase(
-            error=failure,
-            desired_replicas=desired,
-            workload_running=processes is not None and all(p.running for p in processes.all),
-            agent_online=connection is not None,
-            agent_seen_since_start=processes is not None and processes.agent_seen,
-        )
-        message = failure or ""
-        if phase == policy.Phase.SCALED_DOWN:
-            message = "scaled down; connecting wakes it"
+    async def _reconcile(self, name: str) -> None:
+        """Observe, decide and act for one workspace; the engine holds its lock."""
+        now = self._clock()
+        state = self._states.get(name)  # re-read inside the lock
+        agent = self._agents.get(name)
+        plan = decide(self._observe(name, state, agent, now), max_staleness=self._staleness)
+        await self._act(name, agent, plan, now)
+
+    async def _act(self, name: str, agent: RDEAgent | None, plan: Plan, now: datetime) -> None:
+        if plan.woken:
+            await self._update(name, scaled_down=False, woken_at=now)
+        if plan.scaled_down:
+            log.info("%s is scaled down by TTL: %s", name, plan.reason)
+            await self._update(name, scaled_down=True, scaled_down_at=now)
+        if plan.action is Action.RESTART:
+            log.info("%s: spec changed; restarting its processes", name)
+        if plan.action in (Action.STOP, Action.RESTART, Action.SCALE_DOWN):
+            await self._actuator.stop(name)
+        if plan.action in (Action.START, Action.RESTART) and agent is not None:
+            processes = self._actuator.start(agent, now, functools.partial(self._engine.kick, name))
+            await self._update(name, started_at=processes.started_at)
+        state = self._states.get(name)
+        if state is None or plan.phase is None:
+            return
+        await self._record_status(state, plan)
+
+    async def _record_status(self, state: WorkspaceState, plan: Plan) -> None:
+        assert plan.phase is not None
         changes: dict[str, object] = {}
-        if phase != state.phase:
-            log.info("%s: %s -> %s", state.name, state.phase or "new", phase)
-            changes["phase"] = str(phase)
-        if message != state.message:
-            changes["message"] = message
-        pid = processes.workload.pid if processes and processes.workload else None
+        if plan.phase != state.phase:
+            log.info("%s: %s -> %s", state.name, state.phase or "new", plan.phase)
+            changes["phase"] = str(plan.phase)
+        if plan.message != state.message:
+            changes["message"] = plan.message
+        processes = self._actuator.get(state.name)
+        pid = processes.workload.pid if processes is not None and processes.workload else None
         if pid != state.pid:
             changes["pid"] = pid
-        if decision.last_activity and decision.last_activity != state.last_activity:
-            changes["last_activity"] = decision.last_activity
-            changes["last_activity_source"] = decision.last_activity_source
+        activity = plan.last_activity
+        if activity is not None and activity.at != state.last_activity:
+            changes["last_activity"] = activity.at
+            changes["last_activity_source"] = activity.source
         if changes:
-            self.store.update(state.name, **changes)
-
-    # ---- processes -----------------------------------------------------------------------
-
-    def _credential_file(self, agent: RDEAgent) -> Path:
-        path = self.settings.credentials_dir / f"{agent.metadata.name}.token"
-        token = self.issuer.mint_agent(agent.spec.owner, agent.metadata.name)
-        temporary = path.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token)
-        temporary.replace(path)
-        return path
-
-    def _start_processes(self, state: WorkspaceState, agent: RDEAgent) -> _Processes:
-        log.info("%s: starting", state.name)
-        logs = self.settings.logs_dir
-        spec = agent.spec
-        workload = None
-        if spec.workload is not None:
-            env = {**os.environ, **{var.name: var.value for var in spec.workload.env}}
-            workload = SupervisedProcess(
-                ProcessSpec(
-                    name=f"{state.name}/workload",
-                    argv=[*spec.workload.command, *spec.workload.args],
-                    env=env,
-                    cwd=spec.workload.working_dir,
-                    log_path=logs / f"{state.name}.log",
-                ),
-                min_uptime=self.settings.min_uptime,
-                on_change=self._kick.set,
-            )
-        agent_env = {
-            **{key: value for key, value in os.environ.items() if not key.startswith("AGENT_")},
-            "SERVER_URL": self.settings.gateway_ws_url,
-            "AGENT_ID": agent.agent_id,
-            "AGENT_TOKEN_FILE": str(self._credential_file(agent)),
-            "LOCAL_TARGET": spec.local_target,
-            "ALLOWED_PORTS": ",".join(str(port) for port in spec.effective_allowed_ports),
-            "PORT_MAP": agent.metadata.annotations.get(LOCAL_PORTS_ANNOTATION, ""),
-        }
-        agent_process = SupervisedProcess(
-            ProcessSpec(
-                name=f"{state.name}/agent",
-                argv=list(self.settings.agent_command),
-                env=agent_env,
-                cwd=None,
-                log_path=logs / f"{state.name}.agent.log",
-            ),
-            min_uptime=self.settings.min_uptime,
-            on_change=self._kick.set,
-        )
-        processes = _Processes(
-            document=agent, workload=workload, agent=agent_process, started_at=self._clock()
-        )
-        for process in processes.all:
-            process.start()
-        self._running[state.name] = processes
-        self.store.update(state.name, started_at=processes.started_at)
-        return processes
-
-    async def _stop_processes(self, name: str) -> None:
-        # Still listed while it terminates (like a Terminating pod), so `ls` never shows a
-        # phase that disagrees with the processes.
-        processes = self._running.get(name)
-        if processes is None:
-            return
-        log.info("%s: stopping", name)
-        await asyncio.gather(
-            *(process.stop(grace=self.settings.stop_grace) for process in processes.all)
-        )
-        if self._running.get(name) is processes:
-            del self._running[name]
+            await self._update(state.name, **changes)

@@ -6,8 +6,8 @@ activity) lives here rather than in memory. SQLite in WAL mode gives atomic writ
 server; the file is created 0600 because the spec documents may carry environment secrets.
 
 Datetimes are stored as ISO-8601 UTC text and returned timezone-aware; naive datetimes are
-refused, as in `kuberde.policy`. The API is synchronous on purpose: single-row statements on
-a local file take microseconds, which is cheaper than a thread hop from the event loop.
+refused, as in `kuberde.policy`. The API is synchronous; the local runtime calls it from one
+worker thread of its own, so a slow disk or a lock wait never stalls the event loop.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ class StateStore:
     """The workspaces table in one SQLite file (normally `<state dir>/state.db`).
 
     Opening migrates an empty or older database to `SCHEMA_VERSION`. Every write runs in its
-    own transaction. Not thread-safe: use it from the event loop's thread.
+    own transaction. Not thread-safe: use it from one thread at a time (any one thread).
     """
 
     def __init__(self, path: Path) -> None:
@@ -203,7 +203,9 @@ class StateStore:
         except OSError as exc:
             raise StateStoreError(f"cannot create state database {path}: {exc}") from exc
         try:
-            self._conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+            self._conn = sqlite3.connect(
+                path, isolation_level=None, timeout=5.0, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             raise StateStoreError(f"cannot open state database {path}: {exc}") from exc
         self._conn.row_factory = sqlite3.Row

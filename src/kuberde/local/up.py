@@ -1,14 +1,17 @@
-"""`kuberde up`: the gateway and the local runtime in one process — the embedded default."""
+"""`kuberde up`: the gateway and the local runtime in one process — the embedded default.
+
+What the user is told, and the CLI configuration written for them, belong to the CLI layer
+(`kuberde.cli.up_cmd`); this module hands it a `Ready` once the gateway listens.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import logging
-import shlex
-import shutil
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,26 +25,35 @@ from kuberde.auth.issuer import (
 )
 from kuberde.auth.oidc import CompositeVerifier, OidcProvider, OidcUserVerifier, auth_config_route
 from kuberde.auth.users import USERS_FILE, UsersFile
-from kuberde.cli.config import CliConfig, ConfigError, config_path, load, save
-from kuberde.gateway.app import GATEWAY_KEY, GatewaySettings, create_app
+from kuberde.gateway.app import GatewaySettings, create_app
+from kuberde.gateway.presence import Presence
 from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start_site
 from kuberde.gateway.web import BrowserSettings, add_browser
 from kuberde.local.api import add_workspace_routes
-from kuberde.local.demo import DEMO_NAME, DemoWorkspace, current_user, demo_workspace
+from kuberde.local.demo import DemoWorkspace, current_user, demo_workspace
 from kuberde.local.runtime import LocalRuntime, RuntimeSettings
 from kuberde.local.store import STATE_DB_NAME, StateStore
 from kuberde.local.web import LocalWorkspaces
 from kuberde.resource import load_documents, parse_agent
 
-__all__ = ["cli_program", "next_steps", "run_up"]
+__all__ = ["Ready", "run_up"]
 
 log = logging.getLogger(__name__)
 
-#: The local user's token lives in their 0600 CLI config; `kuberde up` renews it each start.
+#: The local user's token (kept in their 0600 CLI config); `kuberde up` renews it each start.
 LOCAL_USER_TOKEN_TTL = timedelta(days=30)
 
 
-def _load_files(runtime: LocalRuntime, files: list[Path]) -> int:
+@dataclass(frozen=True)
+class Ready:
+    """`kuberde up` listens: its URL, the local user's token, and the demo (if it runs one)."""
+
+    url: str
+    token: str
+    demo: DemoWorkspace | None
+
+
+async def _load_files(runtime: LocalRuntime, files: list[Path]) -> int:
     """Apply every valid document; report the others by name. Returns the error count."""
     errors = 0
     for path in files:
@@ -57,76 +69,11 @@ def _load_files(runtime: LocalRuntime, files: list[Path]) -> int:
                 errors += 1
                 continue
             try:
-                runtime.apply(result.agent)
+                await runtime.apply(result.agent)
             except ValueError as exc:
                 print(f"kuberde: {result.location}: {exc}", file=sys.stderr)
                 errors += 1
     return errors
-
-
-def _write_cli_config(server: str, token: str) -> Path:
-    existing = _stored_config()
-    # `ssh` held the demo's key paths before they had fixed places (kuberde.cli.sshkeys).
-    extra = {key: value for key, value in existing.extra.items() if key != "ssh"}
-    return save(CliConfig(server=server, token=token, extra=extra))
-
-
-def _stored_config() -> CliConfig:
-    """The user's existing CLI config, so keys we do not manage survive; empty if unreadable."""
-    try:
-        return load(config_path())
-    except ConfigError:
-        return CliConfig()
-
-
-def cli_program(argv0: str, on_path: str | None) -> str:
-    """How the user's shell runs this CLI: `kuberde` when that is on PATH, else the path it
-    was started by (`make run` starts `.venv/bin/kuberde`, which may not be on PATH)."""
-    started = Path(argv0)
-    if started.name != "kuberde" or (on_path and Path(on_path).resolve() == started.resolve()):
-        return "kuberde"
-    return str(started)
-
-
-def plain_ssh_command(demo: DemoWorkspace, local_port: int, user: str) -> str:
-    """Plain OpenSSH to the demo through a `port-forward`, with its host key checked and the
-    user's SSH identity (their own key, else the managed one) offered explicitly."""
-    words = ["ssh", "-p", str(local_port)]
-    if demo.identity_file is not None:
-        words += ["-i", str(demo.identity_file)]
-    if demo.known_hosts is not None:
-        words += ["-o", f"UserKnownHostsFile={demo.known_hosts}"]
-    words += ["-o", f"HostKeyAlias={DEMO_NAME}.kuberde", f"{user}@127.0.0.1"]
-    return shlex.join(words)
-
-
-def next_steps(
-    url: str, demo: DemoWorkspace | None, config_file: Path, program: str, *, user: str
-) -> str:
-    lines = [f"KubeRDE is up: gateway {url}", f"CLI configuration written to {config_file}"]
-    if demo is not None and demo.kind == "ssh":
-        lines += [
-            "",
-            "The demo workspace runs OpenSSH. In another terminal:",
-            f"  {program} ls -o wide",
-            f"  {program} ssh demo",
-            f"  {program} config-ssh --write    # then plain `ssh demo.kuberde` works too",
-            f"  {program} stop demo             # scale to zero; connecting wakes it again",
-            "",
-            "Or through a local port, like kubectl port-forward. Keep this running:",
-            f"  {program} port-forward demo 2022:22",
-            "and, in a third terminal, while it runs:",
-            f"  {plain_ssh_command(demo, 2022, user)}",
-        ]
-    elif demo is not None:
-        lines += [
-            "",
-            "The demo workspace serves HTTP (install openssh-server for an SSH demo):",
-            f"  {program} ls -o wide",
-            f"  {program} port-forward demo 8888:8080   # then open http://127.0.0.1:8888",
-        ]
-    lines.append("Press Ctrl-C to stop; workspace state is kept in the state directory.")
-    return "\n".join(lines)
 
 
 async def run_up(
@@ -134,6 +81,7 @@ async def run_up(
     files: list[Path],
     state_dir: Path,
     listen: ListenAddress,
+    on_ready: Callable[[Ready], None],
     sweep_interval: float = 1.0,
     apps_domain: str = "localhost",
 ) -> int:
@@ -147,14 +95,7 @@ async def run_up(
     users = OidcUserVerifier(OidcProvider(url), BUILTIN_USER_CLAIMS)
     local = LocalTokenVerifier.from_signing_key(key)
     verifier = CompositeVerifier(users=[users], agents=[local], management=[local])
-    app = create_app(verifier, GatewaySettings())
-    oidc = BuiltinIssuer(
-        url, key, state_dir, users=UsersFile(state_dir / USERS_FILE), user_verifier=users
-    )
-    app.router.add_routes(
-        [*oidc.routes(), auth_config_route(url, BUILTIN_CLIENT_ID, DEFAULT_SCOPE)]
-    )
-    gateway = app[GATEWAY_KEY]
+    presence = Presence()
     store = StateStore(state_dir / STATE_DB_NAME)
     runtime = LocalRuntime(
         RuntimeSettings(
@@ -164,9 +105,15 @@ async def run_up(
         ),
         store,
         issuer,
-        gateway,
+        presence,
     )
-    gateway.directory = runtime
+    app = create_app(verifier, GatewaySettings(), directory=runtime, presence=presence)
+    oidc = BuiltinIssuer(
+        url, key, state_dir, users=UsersFile(state_dir / USERS_FILE), user_verifier=users
+    )
+    app.router.add_routes(
+        [*oidc.routes(), auth_config_route(url, BUILTIN_CLIENT_ID, DEFAULT_SCOPE)]
+    )
     add_workspace_routes(app, runtime)
     add_browser(
         app,
@@ -179,18 +126,14 @@ async def run_up(
     user = current_user()
     demo = None
     if files:
-        if _load_files(runtime, files):
+        if await _load_files(runtime, files):
             print("kuberde: some documents were rejected; the others are running", file=sys.stderr)
     else:
         demo = demo_workspace(state_dir, user)
-        runtime.apply(parse_agent(demo.document))
+        await runtime.apply(parse_agent(demo.document))
 
     runner = await start_site(app, sock, None)
-    token = oidc.mint_access_token(user, ttl=LOCAL_USER_TOKEN_TTL)
-    config_file = _write_cli_config(url, token)
-    program = cli_program(sys.argv[0], shutil.which("kuberde"))
-    steps = next_steps(url, demo, config_file, program, user=getpass.getuser())
-    print(steps, file=sys.stderr, flush=True)
+    on_ready(Ready(url, oidc.mint_access_token(user, ttl=LOCAL_USER_TOKEN_TTL), demo))
     loop_task = asyncio.create_task(runtime.run())
     try:
         signal_task = asyncio.create_task(wait_for_signal())

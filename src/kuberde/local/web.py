@@ -28,7 +28,7 @@ class LocalWorkspaces:
 
     def rows(self) -> list[WorkspaceRow]:
         rows = []
-        for state in self.runtime.store.list():
+        for state in self.runtime.list():
             view = self.runtime.view(state)
             rows.append(
                 WorkspaceRow(
@@ -54,7 +54,7 @@ class LocalWorkspaces:
 
     async def wake(self, name: str, user: Principal) -> None:
         try:
-            self.runtime.wake(name)
+            await self.runtime.wake(name)
         except UnknownWorkspace as exc:
             raise ActionError(str(exc)) from None
 
@@ -66,12 +66,12 @@ class LocalWorkspaces:
 
     async def extend(self, name: str, user: Principal, duration: timedelta | None) -> datetime:
         try:
-            return self.runtime.extend(name, duration)
+            return await self.runtime.extend(name, duration)
         except (UnknownWorkspace, ValueError) as exc:
             raise ActionError(str(exc)) from None
 
     async def create(self, text: str, user: Principal) -> list[str]:
-        applied, errors = apply_documents(self.runtime, text, "dashboard", user)
+        applied, errors = await apply_documents(self.runtime, text, "dashboard", user)
         if not applied and not errors:
             return ["the document holds no RDEAgent"]
         return errors

@@ -1,4 +1,7 @@
-"""Stream multiplexing (yamux v0) over one WebSocket: sans-I/O codec plus asyncio session."""
+"""Stream multiplexing (yamux v0) over one WebSocket: sans-I/O codec plus asyncio session.
+
+No aiohttp here: the WebSocket adapter is `kuberde.wslink`.
+"""
 
 from kuberde.mux.frame import Flag, Frame, FrameDecoder, FrameType, GoAwayCode, ProtocolError
 from kuberde.mux.preamble import Preamble, PreambleError, PreambleReader, encode_preamble
@@ -14,7 +17,6 @@ from kuberde.mux.session import (
     StreamReset,
     StreamSink,
 )
-from kuberde.mux.websocket import WebSocketLink
 
 __all__ = [
     "BULK_FRAME",
@@ -36,6 +38,5 @@ __all__ = [
     "Stream",
     "StreamReset",
     "StreamSink",
-    "WebSocketLink",
     "encode_preamble",
 ]

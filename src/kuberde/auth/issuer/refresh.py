@@ -6,17 +6,15 @@ detection, OAuth 2.0 Security BCP §4.14).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import secrets
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kuberde.auth.issuer.protocol import Identity, OAuthError, sha256
+from kuberde.files import write_private
 
 REFRESH_TOKENS_FILE = "refresh-tokens.json"
 
@@ -45,18 +43,7 @@ class RefreshTokens:
     def _save(self) -> None:
         now = self._clock()
         self._entries = {h: e for h, e in self._entries.items() if e["expires_at"] > now}
-        fd, temp_name = tempfile.mkstemp(
-            dir=self._path.parent, prefix=f".{self._path.name}.", suffix=".tmp"
-        )
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                json.dump({"tokens": self._entries}, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp_name, self._path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp_name)
+        write_private(self._path, json.dumps({"tokens": self._entries}))
 
     def issue(
         self, identity: Identity, client_id: str, scope: str, ttl: float, family: str | None

@@ -1,5 +1,7 @@
 """Adapter that lets a yamux session run over an aiohttp WebSocket (server or client side).
 
+It lives outside `kuberde.mux` so the codec and the session import without aiohttp.
+
 Only binary messages carry session bytes. The WebSocket is a byte stream to the session:
 message boundaries mean nothing to the frame decoder.
 """

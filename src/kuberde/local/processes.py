@@ -1,0 +1,174 @@
+"""The local runtime's actuator: start and stop the processes of a workspace.
+
+This is the only place that spawns a workspace's processes (its workload and its agent) and
+writes the agent's credential; the engine decides when (`kuberde.plan`), this does it. It is
+the local counterpart of the operator writing a Deployment's replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from kuberde.auth import TokenIssuer
+from kuberde.files import write_private
+from kuberde.local.supervisor import ProcessSpec, SupervisedProcess
+from kuberde.plan import Running
+from kuberde.resource import RDEAgent
+
+__all__ = ["LOCAL_PORTS_ANNOTATION", "LocalActuator", "Processes"]
+
+log = logging.getLogger(__name__)
+
+#: Maps workspace ports to real loopback ports (`22=41234`), as a pod's container ports would
+#: be; passed to the agent as PORT_MAP.
+LOCAL_PORTS_ANNOTATION = "kuberde.io/local-ports"
+
+
+@dataclass
+class Processes:
+    """The live half of a workspace: what runs now, for which spec."""
+
+    document: RDEAgent
+    workload: SupervisedProcess | None
+    agent: SupervisedProcess
+    started_at: datetime
+    #: The agent has been online since these processes started (Disconnected, not Starting).
+    agent_seen: bool = False
+
+    @property
+    def all(self) -> list[SupervisedProcess]:
+        return [self.agent] if self.workload is None else [self.workload, self.agent]
+
+    @property
+    def pid(self) -> int | None:
+        """The POD column: the workload's pid, else the agent's."""
+        if self.workload is not None:
+            return self.workload.pid
+        return self.agent.pid
+
+    @property
+    def failure(self) -> str | None:
+        if self.workload is not None and self.workload.failure:
+            return f"workload failed: {self.workload.failure}"
+        if self.agent.failure:
+            return f"agent failed: {self.agent.failure}"
+        return None
+
+    def observe(self, desired: RDEAgent, online: bool) -> Running:
+        """What the decide step sees; an online agent is remembered as seen."""
+        self.agent_seen = self.agent_seen or online
+        return Running(
+            current=self.document == desired,
+            workload_running=all(process.running for process in self.all),
+            agent_seen=self.agent_seen,
+            failure=self.failure,
+        )
+
+
+class LocalActuator:
+    """`on_change` is called on every process transition (it kicks the workspace)."""
+
+    def __init__(
+        self,
+        *,
+        logs_dir: Path,
+        credentials_dir: Path,
+        gateway_ws_url: str,
+        agent_command: tuple[str, ...],
+        issuer: TokenIssuer,
+        min_uptime: float,
+        stop_grace: float,
+    ) -> None:
+        self._logs_dir = logs_dir
+        self._credentials_dir = credentials_dir
+        self._gateway_ws_url = gateway_ws_url
+        self._agent_command = agent_command
+        self._issuer = issuer
+        self._min_uptime = min_uptime
+        self._stop_grace = stop_grace
+        self._running: dict[str, Processes] = {}
+        logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        credentials_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def get(self, name: str) -> Processes | None:
+        return self._running.get(name)
+
+    def names(self) -> list[str]:
+        return list(self._running)
+
+    def _credential_path(self, name: str) -> Path:
+        return self._credentials_dir / f"{name}.token"
+
+    def _credential_file(self, agent: RDEAgent) -> Path:
+        path = self._credential_path(agent.metadata.name)
+        token = self._issuer.mint_agent(agent.spec.owner, agent.metadata.name)
+        # Not durable: a fresh one is written at every start.
+        write_private(path, token, durable=False)
+        return path
+
+    def forget(self, name: str) -> None:
+        """Remove what a deleted workspace left behind (its credential)."""
+        self._credential_path(name).unlink(missing_ok=True)
+
+    def start(self, agent: RDEAgent, now: datetime, on_change: Callable[[], None]) -> Processes:
+        name = agent.metadata.name
+        log.info("%s: starting", name)
+        spec = agent.spec
+        workload = None
+        if spec.workload is not None:
+            env = {**os.environ, **{var.name: var.value for var in spec.workload.env}}
+            workload = SupervisedProcess(
+                ProcessSpec(
+                    name=f"{name}/workload",
+                    argv=[*spec.workload.command, *spec.workload.args],
+                    env=env,
+                    cwd=spec.workload.working_dir,
+                    log_path=self._logs_dir / f"{name}.log",
+                ),
+                min_uptime=self._min_uptime,
+                on_change=on_change,
+            )
+        agent_env = {
+            **{key: value for key, value in os.environ.items() if not key.startswith("AGENT_")},
+            "SERVER_URL": self._gateway_ws_url,
+            "AGENT_ID": agent.agent_id,
+            "AGENT_TOKEN_FILE": str(self._credential_file(agent)),
+            "LOCAL_TARGET": spec.local_target,
+            "ALLOWED_PORTS": ",".join(str(port) for port in spec.effective_allowed_ports),
+            "PORT_MAP": agent.metadata.annotations.get(LOCAL_PORTS_ANNOTATION, ""),
+        }
+        agent_process = SupervisedProcess(
+            ProcessSpec(
+                name=f"{name}/agent",
+                argv=list(self._agent_command),
+                env=agent_env,
+                cwd=None,
+                log_path=self._logs_dir / f"{name}.agent.log",
+            ),
+            min_uptime=self._min_uptime,
+            on_change=on_change,
+        )
+        processes = Processes(
+            document=agent, workload=workload, agent=agent_process, started_at=now
+        )
+        for process in processes.all:
+            process.start()
+        self._running[name] = processes
+        return processes
+
+    async def stop(self, name: str) -> None:
+        # Still listed while it terminates (like a Terminating pod), so `ls` never shows a
+        # phase that disagrees with the processes.
+        processes = self._running.get(name)
+        if processes is None:
+            return
+        log.info("%s: stopping", name)
+        await asyncio.gather(*(process.stop(grace=self._stop_grace) for process in processes.all))
+        if self._running.get(name) is processes:
+            del self._running[name]

@@ -1,0 +1,192 @@
+"""The decide step of the lifecycle engine: one workspace's observation in, one plan out.
+
+Both runtimes run the same engine: observe (what is desired, what runs, what the gateway
+reports, and when that was looked at) → decide (here: pure, no I/O, no clock) → act (an
+actuator per runtime: local processes or a Deployment's replicas). The rules themselves (TTL,
+wake, phase) are `kuberde.policy`'s; this module composes them into one answer per workspace,
+so "start, stop, restart, scale down or Error, and why" is decided in exactly one place.
+
+A workspace that no longer exists (`desired` None) is only ever stopped: whatever a slow
+sweep observed before a delete, deciding on the re-read observation cannot start it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from kuberde import policy
+
+__all__ = [
+    "SCALED_DOWN_MESSAGE",
+    "Action",
+    "Desired",
+    "Observation",
+    "Plan",
+    "Running",
+    "decide",
+]
+
+SCALED_DOWN_MESSAGE = "scaled down; connecting wakes it"
+
+
+class Action(StrEnum):
+    NONE = "none"
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+    SCALE_DOWN = "scale down"
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    """What the workspace's record asks for, with its lifecycle markers."""
+
+    ttl: timedelta | None
+    created_at: datetime
+    scaled_down: bool
+    scaled_down_at: datetime | None
+    wake_requested_at: datetime | None
+    woken_at: datetime | None
+    #: The last activity recorded with the workspace (survives restarts of the gateway).
+    recorded_activity: policy.Activity | None
+    #: An explicit extend keeps it up until then, whatever the TTL says.
+    extended_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What runs for the workspace now."""
+
+    #: False when it runs an older spec than the desired one.
+    current: bool
+    workload_running: bool
+    #: The agent has been online at least once since these processes started.
+    agent_seen: bool
+    failure: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One workspace as observed at `now`; `desired` None means it was deleted."""
+
+    desired: Desired | None
+    running: Running | None
+    activity: policy.ActivitySnapshot | None
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to do and why, and what the workspace's record says once it is done."""
+
+    action: Action
+    reason: str
+    replicas: int
+    #: None for a deleted workspace: there is no record to write.
+    phase: policy.Phase | None
+    message: str
+    #: Clear the scaled-down marker and restart the idle clock (a wake won).
+    woken: bool = False
+    #: Set the scaled-down marker (the TTL expired).
+    scaled_down: bool = False
+    last_activity: policy.Activity | None = None
+
+
+def _replicas(desired: Desired) -> int:
+    return policy.desired_replicas(
+        scaled_down=desired.scaled_down,
+        wake_requested_at=desired.wake_requested_at,
+        scaled_down_at=desired.scaled_down_at,
+    )
+
+
+def _snapshot(observation: Observation, desired: Desired) -> policy.ActivitySnapshot | None:
+    """The gateway's report merged with the recorded activity (the later of the two counts)."""
+    reported = observation.activity
+    if reported is None:
+        return None
+    latest = policy.last_activity(
+        (reported.last_activity, reported.last_activity_source or "gateway"),
+        desired.recorded_activity,
+    )
+    return policy.ActivitySnapshot(
+        online=reported.online,
+        open_streams=reported.open_streams,
+        last_activity=latest.at if latest else None,
+        last_activity_source=latest.source if latest else None,
+        observed_at=reported.observed_at,
+    )
+
+
+def _phase(
+    *, failure: str | None, replicas: int, running: Running | None, online: bool
+) -> tuple[policy.Phase, str]:
+    phase = policy.compute_phase(
+        error=failure,
+        desired_replicas=replicas,
+        workload_running=running is not None and running.workload_running,
+        agent_online=online,
+        agent_seen_since_start=running is not None and (running.agent_seen or online),
+    )
+    if phase is policy.Phase.SCALED_DOWN:
+        return phase, SCALED_DOWN_MESSAGE
+    return phase, failure or ""
+
+
+def decide(observation: Observation, *, max_staleness: timedelta) -> Plan:
+    """The plan for one workspace; the phase is the one it has once the action is done."""
+    desired, running, now = observation.desired, observation.running, observation.now
+    if desired is None:
+        if running is None:
+            return Plan(Action.NONE, "deleted", 0, None, "")
+        return Plan(Action.STOP, "deleted", 0, None, "")
+
+    replicas = _replicas(desired)
+    woken = desired.scaled_down and replicas == 1
+    online = observation.activity is not None and observation.activity.online
+    if replicas == 0:
+        phase, message = _phase(failure=None, replicas=0, running=None, online=False)
+        if running is not None:
+            return Plan(Action.STOP, "scaled down", 0, phase, message)
+        return Plan(Action.NONE, "scaled down", 0, phase, message)
+    if running is None:
+        phase, message = _phase(failure=None, replicas=1, running=None, online=online)
+        reason = "woken by a wake request" if woken else "not running"
+        return Plan(Action.START, reason, 1, phase, message, woken=woken)
+    if not running.current:
+        phase, message = _phase(failure=None, replicas=1, running=None, online=online)
+        return Plan(Action.RESTART, "spec changed", 1, phase, message, woken=woken)
+
+    woken_at = now if woken else desired.woken_at
+    ttl = policy.decide_scale_down(
+        ttl=desired.ttl,
+        replicas=1,
+        snapshot=_snapshot(observation, desired),
+        woken_at=woken_at,
+        created_at=desired.created_at,
+        now=now,
+        max_staleness=max_staleness,
+        extended_until=desired.extended_until,
+    )
+    activity = (
+        policy.Activity(ttl.last_activity, ttl.last_activity_source or "recorded")
+        if ttl.last_activity is not None
+        else None
+    )
+    starting = not (running.agent_seen or online)
+    if ttl.scale_down and not starting:
+        phase, message = _phase(failure=None, replicas=0, running=None, online=False)
+        return Plan(
+            Action.SCALE_DOWN,
+            ttl.reason,
+            0,
+            phase,
+            message,
+            scaled_down=True,
+            last_activity=activity,
+        )
+    reason = "its agent has not connected since it started" if starting else ttl.reason
+    phase, message = _phase(failure=running.failure, replicas=1, running=running, online=online)
+    return Plan(Action.NONE, reason, 1, phase, message, woken=woken, last_activity=activity)
