@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from kuberde.cli.commands import Kind
@@ -57,3 +60,27 @@ def test_connect_lines_it_takes(argv: list[str], expected: ConnectArgs) -> None:
 )
 def test_anything_else_goes_to_typer(argv: list[str]) -> None:
     assert parse_connect(argv) is None
+
+
+TYPER_PATH_HEAVY = (
+    "aiohttp",
+    "asyncio",
+    "uvloop",
+    "kopf",
+    "kubernetes_asyncio",
+    "pydantic",
+    "yaml",
+)
+
+
+def test_the_typer_app_loads_without_the_heavy_libraries() -> None:
+    """Every `kuberde` command pays for what `kuberde.cli.main` imports before it runs;
+    each command loads what it needs itself."""
+    script = (
+        "import sys, kuberde.cli.main\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({TYPER_PATH_HEAVY!r})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout

@@ -13,14 +13,14 @@ import webbrowser
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from kuberde import aio
 from kuberde.cli.base import ServerOption, command
 from kuberde.cli.config import (
     CA_FILE_ENV,
+    DEFAULT_SCOPE,
     SERVER_ENV,
     CliConfig,
     ConfigError,
@@ -30,27 +30,10 @@ from kuberde.cli.config import (
     resolve,
     save,
 )
-from kuberde.cli.login import (
-    DEFAULT_SCOPE,
-    DeviceAuthorization,
-    LoginError,
-    LoginSession,
-    TokenGrant,
-    browser_login,
-    config_lock,
-    device_login,
-    discover,
-    fetch_auth_config,
-    http_session,
-    identity,
-    revoke,
-    session_for,
-    stored_session,
-    unverified_claims,
-    with_login,
-    without_login,
-)
 from kuberde.policy import format_duration, format_timestamp
+
+if TYPE_CHECKING:
+    from kuberde.cli.login import DeviceAuthorization, TokenGrant
 
 __all__ = ["login", "logout", "register", "whoami"]
 
@@ -71,6 +54,9 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
+    from kuberde import aio
+    from kuberde.cli.login import LoginError
+
     try:
         aio.run(main)
     except LoginError as exc:
@@ -217,6 +203,20 @@ async def _login(
     browser: bool,
     open_browser: bool,
 ) -> None:
+    from kuberde.cli.login import (
+        LoginError,
+        LoginSession,
+        browser_login,
+        config_lock,
+        device_login,
+        discover,
+        fetch_auth_config,
+        http_session,
+        identity,
+        unverified_claims,
+        with_login,
+    )
+
     async with http_session(ca_file) as http:
         if issuer is None or client_id is None:
             advertised = await fetch_auth_config(http, server)
@@ -271,6 +271,16 @@ def logout(server: ServerOption = None) -> None:
 
 
 async def _logout(path: Path, server: str) -> None:
+    from kuberde.cli.login import (
+        LoginError,
+        config_lock,
+        discover,
+        http_session,
+        revoke,
+        stored_session,
+        without_login,
+    )
+
     async with config_lock(path):
         config = _load(path)
         session = stored_session(config)
@@ -311,6 +321,8 @@ def _expiry(expires_at: datetime | None, renewable: bool, now: datetime) -> str:
 
 def whoami(server: ServerOption = None) -> None:
     """Show who the stored token speaks for, as the token says (the gateway verifies it)."""
+    from kuberde.cli.login import identity, session_for, unverified_claims
+
     path = config_path(os.environ)
     try:
         settings = resolve(server, None, os.environ, path=path)

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
 
-from kuberde import __version__, aio
-from kuberde.backup import Step, backup_list, plan_restore
+from kuberde import __version__
 from kuberde.cli.base import USAGE_ERROR, command, fail
-from kuberde.kube import ApiError, KubeApi, Paths, load_configuration
-from kuberde.resource import load_documents
+
+if TYPE_CHECKING:
+    from kuberde.backup import Step
+    from kuberde.kube import KubeApi, Paths
 
 __all__ = ["register"]
 
@@ -40,6 +40,8 @@ KubeconfigOption = Annotated[
 async def _connect(kubeconfig: Path | None) -> KubeApi:
     from kubernetes_asyncio.config import ConfigException
 
+    from kuberde.kube import KubeApi, load_configuration
+
     try:
         configuration = await load_configuration(kubeconfig)
     except ConfigException as exc:
@@ -48,6 +50,9 @@ async def _connect(kubeconfig: Path | None) -> KubeApi:
 
 
 async def _backup(namespace: str, kubeconfig: Path | None) -> dict[str, Any]:
+    from kuberde.backup import backup_list
+    from kuberde.kube import Paths
+
     api = await _connect(kubeconfig)
     try:
         return backup_list(await api.list(Paths(namespace).agents))
@@ -74,6 +79,11 @@ def backup(
     \b
       kuberde backup -o rdeagents.yaml
     """
+    import yaml
+
+    from kuberde import aio
+    from kuberde.kube import ApiError
+
     try:
         document = aio.run(_backup(namespace, kubeconfig))
     except ApiError as exc:
@@ -89,6 +99,10 @@ def backup(
 
 async def _restore(path: Path, namespace: str, kubeconfig: Path | None, dry_run: bool) -> int:
     """Restore what may be restored; the number of refused RDEAgents."""
+    from kuberde.backup import plan_restore
+    from kuberde.kube import Paths
+    from kuberde.resource import load_documents
+
     loaded = load_documents(path.read_text(), str(path))
     errors = [result.error for result in loaded if result.error is not None]
     if errors:
@@ -139,6 +153,9 @@ def restore(
       kuberde restore rdeagents.yaml
       kuberde restore --dry-run frpagent_backup_20260101.yaml
     """
+    from kuberde import aio
+    from kuberde.kube import ApiError
+
     if not file.is_file():
         fail(f"no such file: {file}", USAGE_ERROR)
     try:

@@ -16,7 +16,6 @@ from typing import Annotated, Any
 
 import typer
 
-from kuberde import aio
 from kuberde.cli import sshkeys
 from kuberde.cli.base import Gateway, NameArgument, command, complete_names, fail, gateway_command
 from kuberde.cli.config import ClientSettings
@@ -86,6 +85,8 @@ def _check_exists(settings: ClientSettings, name: str) -> None:
 
 
 def _run(main: Coroutine[Any, Any, int], *, interrupted: int) -> int:
+    from kuberde import aio
+
     try:
         return aio.run(main)
     except KeyboardInterrupt:

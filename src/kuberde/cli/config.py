@@ -22,6 +22,7 @@ from kuberde.tls import CA_FILE_ENV
 __all__ = [
     "CA_FILE_ENV",
     "CONFIG_ENV",
+    "DEFAULT_SCOPE",
     "SERVER_ENV",
     "TOKEN_ENV",
     "CliConfig",
@@ -38,6 +39,9 @@ __all__ = [
 CONFIG_ENV = "KUBERDE_CONFIG"
 SERVER_ENV = "KUBERDE_SERVER"
 TOKEN_ENV = "KUBERDE_TOKEN"
+#: What `kuberde login` asks the issuer for (here, not in login.py, so that the command's
+#: help can show it without loading the login code).
+DEFAULT_SCOPE = "openid profile offline_access"
 
 _KNOWN_KEYS = frozenset({"server", "token", "ca_file"})
 _WS_SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}

@@ -37,6 +37,7 @@ import jwt
 from aiohttp import web
 
 from kuberde.cli.config import (
+    DEFAULT_SCOPE,
     CliConfig,
     ClientSettings,
     ConfigError,
@@ -89,7 +90,6 @@ logger = logging.getLogger(__name__)
 #: Renew when less than this many seconds are left, so a connection never starts with a
 #: token that expires during the handshake.
 REFRESH_MARGIN = 60.0
-DEFAULT_SCOPE = "openid profile offline_access"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 #: RFC 8628 §3.5: `slow_down` adds 5 seconds to the polling interval, for good.
 SLOW_DOWN_STEP = 5.0

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from kuberde import __version__, aio
+from kuberde import __version__
 from kuberde.cli import auth_commands, backup, commands, workspaces
 from kuberde.cli.base import (
     USAGE_ERROR,
@@ -80,6 +80,7 @@ def version(gateway: Gateway) -> None:
       kuberde version
       kuberde version --server https://gateway.example
     """
+    from kuberde import aio
     from kuberde.cli.api import ApiError, request
     from kuberde.cli.config import ClientSettings, ConfigError, config_path, load, normalize_server
 
@@ -200,6 +201,7 @@ def server(
       kuberde server --listen 0.0.0.0:8080 --oidc-issuer https://sso.example/realms/dev
       kuberde server --kubernetes --tls-cert cert.pem --tls-key key.pem
     """
+    from kuberde import aio
     from kuberde.auth.mgmt import service_account_username
     from kuberde.auth.oidc import AgentClaims, UserClaims
     from kuberde.gateway.app import GatewaySettings
@@ -286,6 +288,7 @@ def up(
       kuberde up
       kuberde up -f dev.yaml --listen 127.0.0.1:9090
     """
+    from kuberde import aio
     from kuberde.cli.up_cmd import announce
     from kuberde.gateway.server import parse_listen
     from kuberde.local.up import run_up

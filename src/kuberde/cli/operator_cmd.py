@@ -8,7 +8,6 @@ token is read from `KUBERDE_MGMT_TOKEN` (or a file), never from the command line
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from pathlib import Path
@@ -16,8 +15,7 @@ from typing import Annotated
 
 import typer
 
-from kuberde import aio
-from kuberde.operator.builder import DEFAULT_AGENT_IMAGE, DEFAULT_GATEWAY_URL
+from kuberde.operator.defaults import DEFAULT_AGENT_IMAGE, DEFAULT_GATEWAY_URL
 from kuberde.operator.settings import (
     DEFAULT_HEALTH_LISTEN,
     DEFAULT_LEASE_NAME,
@@ -33,6 +31,9 @@ EXIT_LEADERSHIP_LOST = 1
 
 
 async def _run(settings: OperatorSettings) -> None:
+    import asyncio
+
+    from kuberde import aio
     from kuberde.operator.main import run_operator
 
     stop = asyncio.Event()
@@ -135,6 +136,7 @@ def operator(
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     from kubernetes_asyncio.config import ConfigException
 
+    from kuberde import aio
     from kuberde.operator.leader import LeadershipLost
 
     try:

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from kuberde import naming
+from kuberde.operator.defaults import DEFAULT_AGENT_IMAGE, DEFAULT_GATEWAY_URL
 from kuberde.resource import API_VERSION, KIND, STORAGE_VOLUME, RDEAgent, ResourceRequirements
 
 __all__ = [
@@ -50,8 +51,6 @@ __all__ = [
 ]
 
 SPEC_HASH_ANNOTATION = "kuberde.io/spec-hash"
-DEFAULT_GATEWAY_URL = "http://frp-server.kuberde.svc:8080"
-DEFAULT_AGENT_IMAGE = "kuberde/kuberde:0.1.0"
 DEFAULT_AGENT_RESOURCES: Mapping[str, Mapping[str, str]] = {
     "requests": {"cpu": "50m", "memory": "64Mi"},
     "limits": {"memory": "256Mi"},

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from kuberde.operator.builder import DEFAULT_AGENT_IMAGE, DEFAULT_GATEWAY_URL
+from kuberde.operator.defaults import DEFAULT_AGENT_IMAGE, DEFAULT_GATEWAY_URL
 
 __all__ = [
     "DEFAULT_HEALTH_LISTEN",
