@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import copy
 import hashlib
 import json
+import os
+import subprocess
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -28,7 +29,6 @@ from typing import Any, Literal, TypeVar
 
 import aiohttp
 import kmock
-import yaml
 
 from kuberde.agent.backoff import Backoff
 from kuberde.agent.client import run_agent
@@ -36,6 +36,7 @@ from kuberde.agent.config import from_env
 from kuberde.auth import SIGNING_KEY_FILE
 from kuberde.operator.main import Operator
 from kuberde.operator.settings import OperatorSettings
+from kuberde.testing.cluster import kubectl_path
 from kuberde.testing.kube import (
     RDEAGENTS,
     WRITE_METHODS,
@@ -115,25 +116,6 @@ class Kube:
             "DELETE", f"/apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents/{name}"
         )
 
-    async def backup(self) -> str:
-        """`kubectl get rdeagent -n kuberde -o yaml`: a v1 List of the objects as served."""
-        listed = await self._request("GET", f"/apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents")
-        items = [
-            {"apiVersion": "kuberde.io/v1", "kind": "RDEAgent", **item}
-            for item in listed.get("items") or []
-        ]
-        return yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items})
-
-    async def apply(self, document: dict[str, Any]) -> dict[str, Any]:
-        """`kubectl apply` of a document whose object does not exist: kubectl creates it as
-        written, less `metadata.resourceVersion` (its create helper clears that); the API
-        server then assigns uid and creationTimestamp and drops status."""
-        body = copy.deepcopy(document)
-        body.get("metadata", {}).pop("resourceVersion", None)
-        return await self._request(
-            "POST", f"/apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents", json=body
-        )
-
     async def delete_pvc(self, name: str) -> None:
         await self._request(
             "DELETE", f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/{name}"
@@ -187,6 +169,29 @@ class Kube:
 
     def mark(self) -> int:
         return len(self.server.calls)
+
+
+async def kubectl(kube: Kube, *args: str) -> str:
+    """The real `kubectl ARGS…` against the emulated API server: its stdout, or fail loudly."""
+    path = kubectl_path()
+    assert path is not None, "kubectl is missing: scripts/system-deps.sh --tests installs it"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(kube.kubeconfig.parent),
+        "KUBECONFIG": str(kube.kubeconfig),
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [path, *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert done.returncode == 0, f"kubectl {' '.join(args)} failed: {done.stderr}"
+    return done.stdout
 
 
 def requests_by(kube: Kube, identity: str, since: int = 0) -> list[str]:

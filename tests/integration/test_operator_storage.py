@@ -3,7 +3,8 @@
 The emulated kubelet (`tests.integration.kube.Kubelet`) stands in for the volume: a file a
 workload writes is recorded against the uid of the PVC its pod mounts at that path, so it
 survives exactly as long as that PVC object does, and a PVC made anew is empty. Everything
-else is real: the operator process against the emulated API server, the gateway and agents.
+else is real: the operator against the emulated API server, the gateway, the agents, the
+real `kubectl` for the runbook's backup and restore, and the `kuberde` CLI as a process.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tests.integration.kube import (
     eventually,
     fast_settings,
     key_file_of,
+    kubectl,
     kubelet_running,
     loops_after,
     operator_running,
@@ -133,8 +135,11 @@ async def test_home_volume_keeps_work_across_scale_down_restart_deletion_and_res
         async with operator_running(settings()) as restarted:
             await reconciles_after(restarted, 2 * 2)
             assert (kube.replicas(notebook), kube.replicas(shell)) == (0, 1)
-            saved = await kube.backup()
-            await delete_all(kube, ["notebook", "shell"])
+            # Runbook §5 verbatim, but for --validate=false: kubectl's client-side schema
+            # check needs an OpenAPI v2 document, which the emulated API server does not serve.
+            backup = tmp_path / "frpagent_backup.yaml"
+            backup.write_text(await kubectl(kube, "get", "rdeagent", "-n", "kuberde", "-o", "yaml"))
+            await kubectl(kube, "delete", "rdeagent", "-n", "kuberde", "--all")
             await eventually(
                 lambda: kube.deployment(notebook) is None and kube.deployment(shell) is None,
                 "the garbage collector to remove the Deployments",
@@ -148,8 +153,7 @@ async def test_home_volume_keeps_work_across_scale_down_restart_deletion_and_res
                     caplog.text
                 )
 
-            for document in yaml.safe_load(saved)["items"]:
-                await kube.apply(document)
+            await kubectl(kube, "apply", "--validate=false", "-f", str(backup))
             await eventually(partial(status_in, kube, "shell", "Running"), "shell Running again")
             await eventually(
                 partial(status_in, kube, "notebook", "ScaledDown"), "notebook restored scaled down"
@@ -173,7 +177,7 @@ async def test_home_volume_keeps_work_across_scale_down_restart_deletion_and_res
 
 @pytest.mark.parametrize("order", [("smith-dev", "dev"), ("dev", "smith-dev")])
 async def test_colliding_agents_keep_their_winner_across_a_restore(
-    kube: Kube, key_file: Path, order: tuple[str, str]
+    kube: Kube, key_file: Path, tmp_path: Path, order: tuple[str, str]
 ) -> None:
     claim = "user-alice-smith-dev-home"
     async with operator_running(fast_settings(kube, signing_key_file=key_file)) as runner:
@@ -182,14 +186,14 @@ async def test_colliding_agents_keep_their_winner_across_a_restore(
         await kube.create_agent("dev", workspace("alice-smith"))
         await eventually(partial(status_in, kube, "dev", "Error"), "the newcomer refused")
         volume = claim_uid(kube, claim)
-        documents = {
-            item["metadata"]["name"]: item for item in yaml.safe_load(await kube.backup())["items"]
-        }
+        saved = await kubectl(kube, "get", "rdeagent", "-n", "kuberde", "-o", "yaml")
+        for item in yaml.safe_load(saved)["items"]:
+            (tmp_path / f"{item['metadata']['name']}.yaml").write_text(yaml.safe_dump(item))
 
         await delete_all(kube, list(order))
         await eventually(lambda: kube.deployment("user-alice-smith-dev") is None, "GC")
         for name in order:
-            await kube.apply(documents[name])
+            await kubectl(kube, "apply", "--validate=false", "-f", str(tmp_path / f"{name}.yaml"))
         lost = "agent ID user-alice-smith-dev is already used by RDEAgent 'smith-dev'"
         await eventually(
             lambda: lost in kube.status("dev").get("message", ""), "dev loses to smith-dev again"
@@ -207,8 +211,7 @@ async def test_every_example_gets_its_home_volume(kube: Kube, key_file: Path) ->
     examples = [yaml.safe_load(path.read_text()) for path in sorted(DEPLOY.glob("examples/*"))]
     assert len(examples) == 3
     async with operator_running(fast_settings(kube, signing_key_file=key_file)):
-        for example in examples:
-            await kube.apply(example)
+        await kubectl(kube, "apply", "--validate=false", "-f", str(DEPLOY / "examples"))
         for example in examples:
             name = example["metadata"]["name"]
             agent = f"user-testuser-{name}"
