@@ -467,3 +467,26 @@ async def test_the_stream_cap_gives_429_with_a_reason_and_spares_other_users(
 
     again = await asyncio.wait_for(admitted_again(), WAIT)
     assert (await exchange(again, b"a slot came free")).data == b"a slot came free"
+
+
+# ---- shutdown --------------------------------------------------------------------------------
+
+
+async def test_shutdown_ends_replaced_sessions_too_instead_of_leaving_them_running(
+    gateway: RunningGateway,
+) -> None:
+    """A replaced session keeps serving its streams for a grace period, in a background
+    task; shutdown cancels that task and closes every session together."""
+    old = await gateway.peer("alice", "dev", echo())
+    held = await gateway.connect("dev", gateway.user("alice"))
+    await old.next_stream()
+    new = await gateway.peer("alice", "dev", echo())
+    assert gateway.settings.replaced_session_grace > WAIT
+    assert not old.session.is_closed
+
+    await asyncio.wait_for(gateway.app.shutdown(), WAIT)
+
+    await asyncio.wait_for(old.session.wait_closed(), WAIT)
+    await asyncio.wait_for(new.session.wait_closed(), WAIT)
+    received = await receive_all(held)
+    assert received.close_code is not None

@@ -74,6 +74,8 @@ class GatewaySettings:
     #: How long a connect to an unknown agent waits for the directory's next look.
     directory_catch_up: float = 3.0
     max_message_size: int = 4 * 1024 * 1024
+    #: All user sockets and agent sessions are closed together within this on shutdown.
+    shutdown_deadline: float = 3.0
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     streams: StreamQuotaSettings = field(default_factory=StreamQuotaSettings)
     mux: SessionConfig = field(
@@ -470,11 +472,27 @@ class Gateway:
         return web.Response(body=self.metrics.render(), content_type="text/plain")
 
     async def on_shutdown(self, app: web.Application) -> None:
-        for ws in list(self._user_sockets):
-            await self._close(ws, CloseCode.SHUTTING_DOWN, "gateway is shutting down")
-        for connection in self.registry.connections():
-            connection.session.go_away()
-            await connection.session.close("gateway is shutting down", code=1001)
+        """Close every user socket and agent session at once, under one deadline, then
+        cancel background work: a thousand sessions must not take a thousand timeouts."""
+        closing = [
+            *(
+                self._close(ws, CloseCode.SHUTTING_DOWN, "gateway is shutting down")
+                for ws in list(self._user_sockets)
+            ),
+            *(self._end_session(connection) for connection in self.registry.connections()),
+        ]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.shutdown_deadline):
+                await asyncio.gather(*closing, return_exceptions=True)
+        background = list(self._background)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+
+    @staticmethod
+    async def _end_session(connection: AgentConnection) -> None:
+        connection.session.go_away()
+        await connection.session.close("gateway is shutting down", code=1001)
 
 
 def _is_eof(text: str) -> bool:
