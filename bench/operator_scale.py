@@ -195,7 +195,7 @@ class _Directory:
     def records(self) -> list[AgentRecord]:
         return list(self.known.values())
 
-    async def catch_up(self) -> None:
+    async def catch_up(self, *agent_ids: str) -> None:
         """Fixed: always current."""
 
     async def request_wake(self, agent_id: str, requested_by: str) -> None:

@@ -147,6 +147,10 @@ def _error_message(body: object, fallback: str) -> str:
     return fallback
 
 
+#: Items per LIST request; longer collections are read page by page with `continue`.
+LIST_PAGE_SIZE = 500
+
+
 class KubeApi:
     """JSON in, JSON out; every call has a deadline and raises `ApiError` on failure."""
 
@@ -224,26 +228,41 @@ class KubeApi:
         return result
 
     async def list(
-        self, path: str, *, labels: Mapping[str, str] | None = None, limit: int | None = None
+        self,
+        path: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        limit: int | None = None,
+        page_size: int = LIST_PAGE_SIZE,
     ) -> list[Any]:
-        """Items of a collection; `labels` are matched here too, for servers that ignore them."""
-        query: list[tuple[str, str]] = []
+        """Items of a collection, following `continue` across pages (at most `limit`).
+
+        `labels` are matched here too, for servers that ignore the selector.
+        """
+        base: list[tuple[str, str]] = []
         if labels:
-            query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in labels.items())))
-        if limit is not None:
-            query.append(("limit", str(limit)))
-        result = await self._call("GET", path, query=query)
-        items = result.get("items") or []
-        if not labels:
-            return list(items)
-        return [
-            item
-            for item in items
-            if all(
-                ((item.get("metadata") or {}).get("labels") or {}).get(key) == value
-                for key, value in labels.items()
+            base.append(("labelSelector", ",".join(f"{k}={v}" for k, v in labels.items())))
+        items: list[Any] = []
+        token: str | None = None
+        while True:
+            wanted = page_size if limit is None else min(page_size, limit - len(items))
+            query = [*base, ("limit", str(wanted))]
+            if token:
+                query.append(("continue", token))
+            result = await self._call("GET", path, query=query)
+            page = result.get("items") or []
+            items.extend(
+                item
+                for item in page
+                if not labels
+                or all(
+                    ((item.get("metadata") or {}).get("labels") or {}).get(key) == value
+                    for key, value in labels.items()
+                )
             )
-        ]
+            token = (result.get("metadata") or {}).get("continue") or None
+            if token is None or not page or (limit is not None and len(items) >= limit):
+                return items if limit is None else items[:limit]
 
     async def create(self, collection: str, body: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("POST", collection, body=dict(body))

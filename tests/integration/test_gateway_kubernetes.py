@@ -285,6 +285,53 @@ async def test_a_lookup_miss_refreshes_before_the_interval(kube: Kube) -> None:
         assert record.uid == created["metadata"]["uid"]
 
 
+async def test_a_repeated_miss_is_cached_until_the_next_refresh(kube: Kube) -> None:
+    """A user probing a missing name does not make the gateway list RDEAgents each time."""
+    async with (
+        directory_for(kube.kubeconfig, refresh_interval=30.0) as directory,
+        watching(directory),
+    ):
+        await asyncio.wait_for(directory.synced.wait(), WAIT)
+
+        def lists() -> int:
+            return sum(
+                call.method == "GET" and call.path.endswith("/rdeagents")
+                for call in kube.server.calls
+            )
+
+        assert directory.lookup("user-testuser-nothing") is None
+        await asyncio.wait_for(directory.catch_up("user-testuser-nothing"), WAIT)
+        before = lists()
+        for _ in range(20):
+            assert directory.lookup("user-testuser-nothing") is None
+            await asyncio.wait_for(directory.catch_up("user-testuser-nothing"), WAIT)
+        assert lists() == before
+        # A name not missed yet still gets its early look.
+        await kube.create_agent("fresh", spec("5m"))
+        assert directory.lookup("user-testuser-fresh") is None
+        await asyncio.wait_for(directory.catch_up("user-testuser-fresh"), WAIT)
+        assert directory.lookup("user-testuser-fresh") is not None
+
+
+async def test_lists_follow_continue_across_pages(kube: Kube) -> None:
+    for n in range(7):
+        await kube.create_agent(f"paged-{n}", spec("5m"))
+    api = KubeApi.connect(
+        await load_configuration(kube.kubeconfig), timeout=WAIT, user_agent="paging-test"
+    )
+    try:
+        path = f"/apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents"
+        calls = len(kube.server.calls)
+        items = await api.list(path, page_size=3)
+        assert len(kube.server.calls) - calls == 3
+        assert sorted(item["metadata"]["name"] for item in items) == [
+            f"paged-{n}" for n in range(7)
+        ]
+        assert len(await api.list(path, limit=2, page_size=3)) == 2
+    finally:
+        await api.close()
+
+
 async def test_catch_up_sees_an_rdeagent_created_a_moment_ago(kube: Kube) -> None:
     async with (
         directory_for(kube.kubeconfig, refresh_interval=30.0) as directory,

@@ -42,7 +42,7 @@ class StaticDirectory:
     def records(self) -> list[AgentRecord]:
         return list(self.by_id.values())
 
-    async def catch_up(self) -> None:
+    async def catch_up(self, *agent_ids: str) -> None:
         """Nothing changes behind a static directory's back."""
 
     async def request_wake(self, agent_id: str, requested_by: str) -> None:

@@ -211,18 +211,23 @@ class Gateway:
         if found is None and self.directory is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.directory_catch_up):
-                    await self.directory.catch_up()
+                    await self.directory.catch_up(*self._candidates(reference, user))
             found = self._find(reference, user)
         return found
 
-    def _find(self, reference: str, user: Principal) -> tuple[str, str] | None:
-        """Map a full agent ID, or the short name of one of the user's agents, to (ID, owner)."""
+    @staticmethod
+    def _candidates(reference: str, user: Principal) -> list[str]:
+        """The agent IDs `reference` may mean: a full ID, or the short name of the user's."""
         candidates: list[str] = []
         with contextlib.suppress(InvalidName):
             candidates.append(validate_agent_id(reference))
         with contextlib.suppress(InvalidName):
             candidates.append(agent_id(user.name, reference))
-        for candidate in candidates:
+        return candidates
+
+    def _find(self, reference: str, user: Principal) -> tuple[str, str] | None:
+        """Map a full agent ID, or the short name of one of the user's agents, to (ID, owner)."""
+        for candidate in self._candidates(reference, user):
             owner = self._owner_of(candidate)
             # Someone else's workspace is missing, not forbidden: nothing tells it exists.
             if owner is not None and (owner == user.name or user.admin):

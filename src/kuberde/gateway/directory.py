@@ -38,11 +38,13 @@ class AgentDirectory(Protocol):
 
     def records(self) -> list[AgentRecord]: ...
 
-    async def catch_up(self) -> None:
+    async def catch_up(self, *agent_ids: str) -> None:
         """Return once lookups reflect the source as of this call (instant if always current).
 
-        The gateway calls it before telling a user an agent does not exist, so that a
-        workspace created a moment ago (`kubectl apply`, then `kuberde ssh`) is found.
+        The gateway calls it, with the IDs that missed, before telling a user an agent does
+        not exist, so that a workspace created a moment ago (`kubectl apply`, then
+        `kuberde ssh`) is found. A directory may return at once for IDs it already knows to
+        be missing since its last look (misses cached until the next refresh).
         """
         ...
 

@@ -24,6 +24,9 @@ __all__ = ["KubernetesDirectory", "holder_of", "record_of"]
 
 log = logging.getLogger(__name__)
 
+#: Names that missed, waiting for the next list; past this, misses wait for the periodic one.
+_MAX_PENDING_MISSES = 10_000
+
 
 def record_of(body: Mapping[str, Any]) -> AgentRecord | None:
     """The directory entry of one RDEAgent, or None if it names no valid agent."""
@@ -82,30 +85,53 @@ class KubernetesDirectory:
     """Keeps the RDEAgents of one namespace, re-listed every `refresh_interval` seconds.
 
     One list per interval (not one request per user connection) keeps the API server's load
-    independent of traffic; a lookup that misses triggers an early refresh.
+    independent of traffic. A lookup that misses triggers an early refresh, once per name:
+    a name still missing after that list is a cached miss until the next refresh, so a user
+    probing names (or retrying one) does not make the gateway list again and again.
     """
 
-    def __init__(self, api: KubeApi, namespace: str, *, refresh_interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        api: KubeApi,
+        namespace: str,
+        *,
+        refresh_interval: float = 5.0,
+        min_interval: float = 0.5,
+    ) -> None:
         self._api = api
+        self._min_interval = min_interval
         self._paths = Paths(namespace)
         self._refresh_interval = refresh_interval
         self._records: dict[str, AgentRecord] = {}
         self._names: dict[str, str] = {}
         self._kick = asyncio.Event()
+        #: Missed since the current list began / missed in the last completed list.
+        self._pending_misses: set[str] = set()
+        self._cached_misses: frozenset[str] = frozenset()
         self._catching_up: list[asyncio.Future[None]] = []
         self.synced = asyncio.Event()
 
     def lookup(self, agent: str) -> AgentRecord | None:
         record = self._records.get(agent)
-        if record is None:
+        if (
+            record is None
+            and agent not in self._cached_misses
+            and len(self._pending_misses) < _MAX_PENDING_MISSES
+        ):
+            self._pending_misses.add(agent)
             self._kick.set()
         return record
 
     def records(self) -> list[AgentRecord]:
         return list(self._records.values())
 
-    async def catch_up(self) -> None:
-        """Wait for a list that starts after this call to finish (successfully or not)."""
+    async def catch_up(self, *agent_ids: str) -> None:
+        """Wait for a list that starts after this call to finish (successfully or not);
+        at once if every ID is known, or was missing in the last list."""
+        if agent_ids and all(
+            agent in self._records or agent in self._cached_misses for agent in agent_ids
+        ):
+            return
         listed = asyncio.get_running_loop().create_future()
         self._catching_up.append(listed)
         self._kick.set()
@@ -142,8 +168,10 @@ class KubernetesDirectory:
         while True:
             self._kick.clear()  # before listing, so a miss during the list is not lost
             waiting, self._catching_up = self._catching_up, []
+            asked, self._pending_misses = self._pending_misses, set()
             try:
                 await self.refresh()
+                self._cached_misses = frozenset(a for a in asked if a not in self._records)
                 if failing:
                     log.info("listing RDEAgents works again")
                 failing = False
@@ -158,4 +186,4 @@ class KubernetesDirectory:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._refresh_interval):
                     await self._kick.wait()
-            await asyncio.sleep(0.2)  # a burst of misses costs one list, not many
+            await asyncio.sleep(self._min_interval)  # a burst of misses costs one list

@@ -211,7 +211,7 @@ class LocalRuntime:
     def records(self) -> builtins.list[AgentRecord]:
         return [self._records[name] for name in sorted(self._records)]
 
-    async def catch_up(self) -> None:
+    async def catch_up(self, *agent_ids: str) -> None:
         """The mirror is updated with every write: lookups are always current."""
 
     @staticmethod

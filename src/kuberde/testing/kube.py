@@ -400,10 +400,18 @@ class ApiServer(kmock.KubernetesEmulator):
         objects = self._selected(request)
         if _wants_table(request):
             return self._as_table(request, objects)
+        metadata: dict[str, Any] = {"resourceVersion": str(self._resource_version)}
+        # Chunking as a real server does it: `limit` items a page, `continue` for the rest.
+        start = int(str(request.params.get("continue") or "0"))
+        limit = int(str(request.params.get("limit") or "0"))
+        if limit > 0:
+            if start + limit < len(objects):
+                metadata["continue"] = str(start + limit)
+            objects = objects[start : start + limit]
         return {
             "apiVersion": self._api_version(request.resource),
             "kind": f"{self._kind(request.resource)}List",
-            "metadata": {"resourceVersion": str(self._resource_version)},
+            "metadata": metadata,
             "items": objects,
         }
 
