@@ -235,7 +235,7 @@ async def test_owners_reach_only_their_agents_and_admins_reach_any(world: World)
     # `user-alice-smith-dev` starts with `user-alice-` but belongs to alice-smith.
     for reference in ("user-alice-smith-dev", "smith-dev"):
         status, body = await world.gateway.refusal(f"/connect/{reference}?port=22", alice)
-        assert (status, body["reason"]) == (403, "forbidden")
+        assert (status, body["reason"]) == (404, "not_found")
     assert await world.gateway.echo_through("dev", smith) == b"ping"
     assert await world.gateway.echo_through("user-alice-smith-dev", root) == b"ping"
     assert await world.gateway.echo_through("user-alice-dev", root) == b"ping"
