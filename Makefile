@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench install system-deps clean runbook image
+.PHONY: run test test-unit lint bench install system-deps clean runbook image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ run: $(STAMP) system-deps
 test: $(STAMP)
 	@scripts/system-deps.sh --tests
 	$(BIN)/python -m pytest -q
+
+# The fast tier: no subprocesses or system packages needed.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from kuberde.auth.keys import SigningKey
+from kuberde.clock import Clock, utc_now
 from kuberde.naming import InvalidName, agent_id, validate_agent_id, validate_name
 
 __all__ = [
@@ -234,12 +234,12 @@ class _VerifiedTokens:
         self._capacity = capacity
         self._entries: OrderedDict[bytes, tuple[Any, str, dict[str, Any]]] = OrderedDict()
 
-    def get(self, digest: bytes, key: Any, issuer: str, leeway: float) -> dict[str, Any] | None:
+    def get(self, digest: bytes, key: Any, issuer: str) -> dict[str, Any] | None:
         entry = self._entries.get(digest)
         if entry is None:
             return None
         verified_by, verified_for, claims = entry
-        if verified_by is not key or verified_for != issuer or claims["exp"] + leeway < time.time():
+        if verified_by is not key or verified_for != issuer:
             del self._entries[digest]
             return None
         self._entries.move_to_end(digest)
@@ -262,17 +262,21 @@ def decode_signed(
     issuer: str,
     leeway: float | timedelta,
     required: Sequence[str],
+    clock: Clock = utc_now,
 ) -> dict[str, Any]:
     """`jwt.decode`, its failures turned into AuthErrors that say what is wrong.
 
     Shared by our own tokens and OIDC providers' so both refuse alike; the audience is left
     to the caller, which knows which kinds of token it must tell apart. Callers must not
-    change the claims they get: a token seen again gets the same dict.
+    change the claims they get: a token seen again gets the same dict. The expiry is checked
+    here against `clock` (injectable, so tests need not wait for a token to expire), for a
+    token seen again as for a new one.
     """
     seconds = leeway.total_seconds() if isinstance(leeway, timedelta) else leeway
     digest = hashlib.sha256(token.encode()).digest()
-    known = _verified_tokens.get(digest, key, issuer, seconds)
+    known = _verified_tokens.get(digest, key, issuer)
     if known is not None:
+        _check_expiry(known, seconds, clock())
         return known
     try:
         claims: dict[str, Any] = jwt.decode(
@@ -281,7 +285,7 @@ def decode_signed(
             algorithms=[algorithm],
             issuer=issuer,
             leeway=leeway,
-            options={"require": list(required), "verify_aud": False},
+            options={"require": list(required), "verify_aud": False, "verify_exp": False},
         )
     except jwt.ExpiredSignatureError:
         raise AuthError("expired", "the token has expired") from None
@@ -297,8 +301,20 @@ def decode_signed(
         raise AuthError("malformed", "the token is not a well-formed JWT") from None
     except jwt.InvalidTokenError:
         raise AuthError("bad_claims", "the token's claims are invalid") from None
+    _check_expiry(claims, seconds, clock())
     _verified_tokens.put(digest, key, issuer, claims)
     return claims
+
+
+def _check_expiry(claims: Mapping[str, Any], leeway: float, now: datetime) -> None:
+    """PyJWT's rule (expired once `exp <= now - leeway`), against our clock."""
+    expires = claims.get("exp")
+    if expires is None:
+        return  # not required of this kind of token; `required` names the claims that are
+    if isinstance(expires, bool) or not isinstance(expires, int | float):
+        raise AuthError("bad_claims", "the token's claims are invalid")
+    if expires <= now.timestamp() - leeway:
+        raise AuthError("expired", "the token has expired")
 
 
 def _decoded(

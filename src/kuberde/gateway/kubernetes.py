@@ -8,13 +8,13 @@ only writer of Deployments, does the scaling: one writer means no scale-up/down 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from kuberde.aio import Kick
 from kuberde.gateway.directory import AgentRecord, WakeError
 from kuberde.kube import ApiError, KubeApi, Paths
 from kuberde.naming import WAKE_ANNOTATION, InvalidName, agent_id
@@ -104,7 +104,7 @@ class KubernetesDirectory:
         self._refresh_interval = refresh_interval
         self._records: dict[str, AgentRecord] = {}
         self._names: dict[str, str] = {}
-        self._kick = asyncio.Event()
+        self._kick = Kick()
         #: Missed since the current list began / missed in the last completed list.
         self._pending_misses: set[str] = set()
         self._cached_misses: frozenset[str] = frozenset()
@@ -166,7 +166,6 @@ class KubernetesDirectory:
     async def run(self) -> None:
         failing = False
         while True:
-            self._kick.clear()  # before listing, so a miss during the list is not lost
             waiting, self._catching_up = self._catching_up, []
             asked, self._pending_misses = self._pending_misses, set()
             try:
@@ -183,7 +182,5 @@ class KubernetesDirectory:
                 for listed in waiting:
                     if not listed.done():
                         listed.set_result(None)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._refresh_interval):
-                    await self._kick.wait()
-            await asyncio.sleep(self._min_interval)  # a burst of misses costs one list
+            # A miss during the list is kept for the next one; a burst of misses costs one list.
+            await self._kick.wait(self._refresh_interval, settle=self._min_interval)

@@ -212,7 +212,9 @@ def _marked(marker: str) -> list[int]:
 
 
 def _kill_run(pgid: int, marker: str, sig: signal.Signals) -> None:
-    """Signal the run's process group and every process that left it."""
+    """Signal the run's process group and every process that left it.
+
+    Blocking (it reads every /proc/*/environ): call it in a thread from the event loop."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
     for pid in _marked(marker):
@@ -448,7 +450,7 @@ class SupervisedProcess:
             stop_wait.cancel()
         ran_for = time.monotonic() - began
         # Like a container: nothing the run started outlives its leader.
-        _kill_run(proc.pid, self._marker, signal.SIGKILL)
+        await asyncio.to_thread(_kill_run, proc.pid, self._marker, signal.SIGKILL)
         code = exited.result()
         self._proc = None
         self._started_at = None
@@ -463,9 +465,9 @@ class SupervisedProcess:
         return stable
 
     async def _terminate(self, pgid: int, exited: asyncio.Future[int]) -> None:
-        _kill_run(pgid, self._marker, signal.SIGTERM)
+        await asyncio.to_thread(_kill_run, pgid, self._marker, signal.SIGTERM)
         await asyncio.wait({exited}, timeout=self._grace)
         if not exited.done():
             self._note(f"{self.spec.name} ignored SIGTERM for {self._grace:g}s; sending SIGKILL")
-            _kill_run(pgid, self._marker, signal.SIGKILL)
+            await asyncio.to_thread(_kill_run, pgid, self._marker, signal.SIGKILL)
             await exited

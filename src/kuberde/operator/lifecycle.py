@@ -8,7 +8,6 @@ a scale-down through the reconciler and a status patch when something changed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -18,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kuberde import naming, policy
+from kuberde.aio import Kick
 from kuberde.clock import Clock, utc_now
 from kuberde.kube import ApiError, KubeApi, Paths
 from kuberde.operator.annotations import (
@@ -196,7 +196,7 @@ class StatusUpdater:
         reconciler: Reconciler,
         activity: ActivityView,
         metrics: OperatorMetrics,
-        wake: asyncio.Event | None = None,
+        wake: Kick | None = None,
         clock: Clock = utc_now,
     ) -> None:
         """`wake` set by anyone (the reconciler, on a change) runs a cycle before the interval."""
@@ -207,7 +207,7 @@ class StatusUpdater:
         self._activity = activity
         self._metrics = metrics
         self._clock = clock
-        self._wake = wake if wake is not None else asyncio.Event()
+        self._wake = wake if wake is not None else Kick()
 
     def _facts(
         self,
@@ -289,15 +289,9 @@ class StatusUpdater:
     async def run(self, interval: float) -> None:
         await self._activity.monitor.attempted()
         while True:
-            self._wake.clear()
             try:
                 await self.update()
             except Exception:
                 self._metrics.errors.labels(component="status").inc()
                 status_log.exception("Status updater cycle failed")
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-            # coincides with its timeout, and the loop would outlive the operator.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await self._wake.wait()
-            await asyncio.sleep(_POKE_BATCH if self._wake.is_set() else 0)
+            await self._wake.wait(interval, settle=_POKE_BATCH)

@@ -20,6 +20,7 @@ import kopf
 from kubernetes_asyncio import client as k8s_client
 
 from kuberde import __version__
+from kuberde.aio import Kick
 from kuberde.auth import SigningKey
 from kuberde.kube import ApiError, KubeApi, Paths, connection_info, load_configuration
 from kuberde.operator.builder import BuilderSettings
@@ -173,7 +174,7 @@ class Operator:
         )
         events = EventRecorder(api, self.paths, instance=settings.identity)
         activity = ActivityView(monitor, timedelta(seconds=settings.max_activity_age))
-        status_wanted = asyncio.Event()
+        status_wanted = Kick()
         reconciler = Reconciler(
             api=api,
             paths=self.paths,
