@@ -12,6 +12,7 @@ sweep observed before a delete, deciding on the re-read observation cannot start
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -26,6 +27,7 @@ __all__ = [
     "Plan",
     "Running",
     "decide",
+    "verdict",
 ]
 
 SCALED_DOWN_MESSAGE = "scaled down; connecting wakes it"
@@ -102,9 +104,10 @@ def _replicas(desired: Desired) -> int:
     )
 
 
-def _snapshot(observation: Observation, desired: Desired) -> policy.ActivitySnapshot | None:
+def _snapshot(
+    reported: policy.ActivitySnapshot | None, desired: Desired
+) -> policy.ActivitySnapshot | None:
     """The gateway's report merged with the recorded activity (the later of the two counts)."""
-    reported = observation.activity
     if reported is None:
         return None
     latest = policy.last_activity(
@@ -135,6 +138,28 @@ def _phase(
     return phase, failure or ""
 
 
+def verdict(
+    desired: Desired,
+    activity: policy.ActivitySnapshot | None,
+    *,
+    now: datetime,
+    max_staleness: timedelta,
+) -> tuple[int, policy.ScaleDecision]:
+    """The replicas a workspace should have and the TTL check: the wake and TTL decision both
+    runtimes make (the operator calls it directly, `decide` through it)."""
+    replicas = _replicas(desired)
+    return replicas, policy.decide_scale_down(
+        ttl=desired.ttl,
+        replicas=replicas,
+        snapshot=_snapshot(activity, desired),
+        woken_at=desired.woken_at,
+        created_at=desired.created_at,
+        now=now,
+        max_staleness=max_staleness,
+        extended_until=desired.extended_until,
+    )
+
+
 def decide(observation: Observation, *, max_staleness: timedelta) -> Plan:
     """The plan for one workspace; the phase is the one it has once the action is done."""
     desired, running, now = observation.desired, observation.running, observation.now
@@ -159,17 +184,9 @@ def decide(observation: Observation, *, max_staleness: timedelta) -> Plan:
         phase, message = _phase(failure=None, replicas=1, running=None, online=online)
         return Plan(Action.RESTART, "spec changed", 1, phase, message, woken=woken)
 
-    woken_at = now if woken else desired.woken_at
-    ttl = policy.decide_scale_down(
-        ttl=desired.ttl,
-        replicas=1,
-        snapshot=_snapshot(observation, desired),
-        woken_at=woken_at,
-        created_at=desired.created_at,
-        now=now,
-        max_staleness=max_staleness,
-        extended_until=desired.extended_until,
-    )
+    # A wake that wins now restarts the idle clock now.
+    clock = dataclasses.replace(desired, woken_at=now, scaled_down=False) if woken else desired
+    _, ttl = verdict(clock, observation.activity, now=now, max_staleness=max_staleness)
     activity = (
         policy.Activity(ttl.last_activity, ttl.last_activity_source or "recorded")
         if ttl.last_activity is not None

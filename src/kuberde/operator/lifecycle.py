@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from kuberde import naming, policy
+from kuberde import naming, plan, policy
 from kuberde.aio import Kick
 from kuberde.clock import Clock, utc_now
 from kuberde.kube import ApiError, KubeApi, Paths
@@ -76,20 +76,16 @@ class ActivityView:
         )
         snapshot = self.monitor.snapshot(agent.agent_id, persisted)
         wake = timestamp_of(body, WAKE_ANNOTATION)
-        replicas = policy.desired_replicas(
-            scaled_down=SCALED_DOWN_ANNOTATION in annotations_of(body),
-            wake_requested_at=wake,
-            scaled_down_at=timestamp_of(body, SCALED_DOWN_ANNOTATION),
-        )
-        decision = policy.decide_scale_down(
+        desired = plan.Desired(
             ttl=agent.spec.ttl_duration,
-            replicas=replicas,
-            snapshot=snapshot,
-            woken_at=wake,
             created_at=agent.metadata.creation_timestamp or now,
-            now=now,
-            max_staleness=self.max_age,
+            scaled_down=SCALED_DOWN_ANNOTATION in annotations_of(body),
+            scaled_down_at=timestamp_of(body, SCALED_DOWN_ANNOTATION),
+            wake_requested_at=wake,
+            woken_at=wake,
+            recorded_activity=None,  # the monitor's snapshot already includes it
         )
+        replicas, decision = plan.verdict(desired, snapshot, now=now, max_staleness=self.max_age)
         return Assessment(decision, snapshot, self.fresh(now), replicas)
 
 
