@@ -176,6 +176,32 @@ def test_ssh_to_a_scaled_down_workspace_wakes_it(rde: KubeRDE, tmp_path: Path) -
 
 
 @pytest.mark.timeout(60)
+def test_status_follows_the_agent_without_waiting_for_a_sweep(tmp_path: Path) -> None:
+    """With sweeps an hour apart, only events move the phase: the agent connecting shows it
+    Running, and right after a stream went through a woken workspace `ls` says Running."""
+    port = free_port()
+    file = write_documents(
+        tmp_path / "eager.yaml",
+        [workspace("eager", echo_command(port, "eager"), ttl="1h", local_port=port)],
+    )
+    rde = KubeRDE(tmp_path / "kuberde", sweep_interval=3600)
+    try:
+        with rde:
+            rde.start_up(file)
+            rde.wait_phase("eager", "Running")
+            rde.ok("stop", "eager")
+            assert rde.ls()["eager"]["phase"] == "ScaledDown"
+
+            reply = rde.kuberde("connect", "eager", input="hello again\n")
+
+            assert reply.returncode == 0, reply.stderr
+            row = rde.ls()["eager"]
+            assert (row["phase"], row["online"]) == ("Running", True), row
+    finally:
+        print(rde.diagnostics())
+
+
+@pytest.mark.timeout(60)
 def test_ten_connections_during_one_wake_start_it_once_and_all_succeed(
     rde: KubeRDE, tmp_path: Path
 ) -> None:
