@@ -497,13 +497,25 @@ def test_tail_log_defaults_bound_the_result(tmp_path: Path) -> None:
 # ---- follow_log ----------------------------------------------------------------------------
 
 
+def _observed_polls() -> tuple[asyncio.Event, Callable[[float], Awaitable[None]]]:
+    """A sleep for `follow_log` that tells the test it has polled once without news."""
+    polled = asyncio.Event()
+
+    async def poll(delay: float) -> None:
+        polled.set()
+        await asyncio.sleep(delay)
+
+    return polled, poll
+
+
 async def test_follow_log_waits_for_the_file_and_follows_appends(tmp_path: Path) -> None:
     path = tmp_path / "later.log"
     received = bytearray()
     grown = asyncio.Event()
+    polled, poll = _observed_polls()
 
     async def follow() -> None:
-        async for chunk in follow_log(path, poll_interval=0.02):
+        async for chunk in follow_log(path, poll_interval=0.02, sleep=poll):
             received.extend(chunk)
             grown.set()
 
@@ -515,7 +527,7 @@ async def test_follow_log_waits_for_the_file_and_follows_appends(tmp_path: Path)
 
     task = asyncio.create_task(follow())
     try:
-        await asyncio.sleep(0.1)  # the follower is polling for a file that does not exist
+        await asyncio.wait_for(polled.wait(), WAIT)  # it polled for a file not there yet
         path.write_bytes(b"hello\n")
         await until(b"hello\n")
         with path.open("ab") as file:
@@ -532,9 +544,10 @@ async def test_follow_log_waits_for_the_file_and_follows_appends(tmp_path: Path)
 async def test_follow_log_from_end_skips_existing_and_follows_replacement(tmp_path: Path) -> None:
     path = tmp_path / "ws.log"
     path.write_bytes(b"old output\n")
-    stream = follow_log(path, from_end=True, poll_interval=0.02)
+    polled, poll = _observed_polls()
+    stream = follow_log(path, from_end=True, poll_interval=0.02, sleep=poll)
     first = asyncio.ensure_future(anext(stream))
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(polled.wait(), WAIT)  # it read to the end and found nothing new
     assert not first.done()
     with path.open("ab") as file:
         file.write(b"fresh\n")

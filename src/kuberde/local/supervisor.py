@@ -114,12 +114,17 @@ def _output_since(path: Path, offset: int) -> str:
 
 
 async def follow_log(
-    path: Path, *, from_end: bool = False, poll_interval: float = 0.2
+    path: Path,
+    *,
+    from_end: bool = False,
+    poll_interval: float = 0.2,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> AsyncGenerator[bytes, None]:
     """Yield bytes appended to `path`, forever, like `tail -f`.
 
     Waits for the file if it does not exist yet and starts over when it is truncated or
-    replaced. Starts at the beginning, or at the current end with `from_end`.
+    replaced. Starts at the beginning, or at the current end with `from_end`. `sleep` waits
+    between polls (replaceable, so tests can see that a poll found nothing new).
     """
     file = None
     position = 0
@@ -130,7 +135,7 @@ async def follow_log(
                     file = path.open("rb")
                 except FileNotFoundError:
                     from_end = False  # everything in a file created later is new
-                    await asyncio.sleep(poll_interval)
+                    await sleep(poll_interval)
                     continue
                 position = os.fstat(file.fileno()).st_size if from_end else 0
                 from_end = False
@@ -148,7 +153,7 @@ async def follow_log(
                     file.close()
                     file = None
                     continue
-            await asyncio.sleep(poll_interval)
+            await sleep(poll_interval)
     finally:
         if file is not None:
             file.close()
