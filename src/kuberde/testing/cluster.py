@@ -39,7 +39,7 @@ __all__ = [
 
 NAMESPACE = "kuberde"
 REPOSITORY = Path(__file__).resolve().parents[3]
-#: The operator's loops, compressed: monitor 0.5 s, TTL sweep 2 s, status 0.5 s.
+#: The operator's loops, compressed: monitor 0.5 s, TTL sweep 2 s, status 0.5 s, resync 5 s.
 OPERATOR_ARGS = (
     "--monitor-interval",
     "0.5",
@@ -47,6 +47,8 @@ OPERATOR_ARGS = (
     "2",
     "--status-interval",
     "0.5",
+    "--resync-interval",
+    "5",
 )
 COMMAND_TIMEOUT = 60.0
 
@@ -113,14 +115,21 @@ class Cluster:
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
+        assert process.stdout is not None and process.stderr is not None
+        # Read as it comes: what a stopped command printed must not be lost with it.
+        reading = asyncio.gather(process.stdout.read(), process.stderr.read())
         try:
-            stdout, stderr = await asyncio.wait_for(process.communicate(), stop_after)
+            await asyncio.wait_for(process.wait(), stop_after)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, 9)
-            stdout, stderr = await process.communicate()
+            await process.wait()
+        stdout, stderr = await reading
         return CommandResult(
-            command, process.returncode or 0, stdout.decode(errors="replace"), stderr.decode()
+            command,
+            process.returncode or 0,
+            stdout.decode(errors="replace"),
+            stderr.decode(errors="replace"),
         )
 
     async def kubectl(self, *args: str) -> CommandResult:
@@ -168,8 +177,13 @@ def _extras(echo_port: int, operator_args: tuple[str, ...]) -> Any:
     def extras(deployment: Mapping[str, Any], container: Mapping[str, Any]) -> ContainerExtras:
         labels = deployment["spec"]["template"]["metadata"].get("labels") or {}
         if labels.get("app") == "kuberde-operator":
-            listen = {"KUBERDE_OPERATOR_LISTEN": "127.0.0.1:{port:8080}"}
-            return ContainerExtras(args=operator_args, env=listen)
+            env = {
+                "KUBERDE_OPERATOR_LISTEN": "127.0.0.1:{port:8080}",
+                # The operator reaches the gateway by loopback; agents' Deployments keep the
+                # in-cluster address the kubelet maps when it starts them.
+                "KUBERDE_AGENT_SERVER_URL": "http://frp-server.kuberde.svc:8080",
+            }
+            return ContainerExtras(args=operator_args, env=env)
         if labels.get("app") == "frp-agent":
             env = {item["name"]: item.get("value", "") for item in container.get("env") or []}
             ports = [port for port in env.get("ALLOWED_PORTS", "").split(",") if port]

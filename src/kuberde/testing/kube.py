@@ -226,6 +226,9 @@ class ApiServer(kmock.KubernetesEmulator):
         self.logs = PodLogs()
         self._resource_version = 0
         self._serving: dict[int, kmock.Request] = {}
+        # kubectl's client-side validation (`--dry-run=client`) reads OpenAPI v2 as protobuf:
+        # an empty message is a document without schemas, which validates nothing away.
+        self.fallback["get /openapi/v2"] << b""
         self.fallback["get /openapi/v3"] << self._serve_openapi_root
         self.fallback["get", re.compile(r"/openapi/v3/apis?/.+")] << self._serve_openapi_group
 

@@ -69,7 +69,8 @@ def _free_port() -> int:
 class ContainerExtras:
     """What a test adds to a container it runs: arguments and environment.
 
-    `{port:N}` in a value is the local port of the Deployment's container port N.
+    `{port:N}` in a value is the local port of the Deployment's container port N; service
+    addresses in them are kept as written.
     """
 
     args: tuple[str, ...] = ()
@@ -168,6 +169,10 @@ class Kubelet:
         value = re.sub(
             r"([a-z0-9-]+)\.([a-z0-9-]+)\.svc(?:\.cluster\.local)?:(\d+)", service, value
         )
+        return self._local(value, deployment, mounts)
+
+    def _local(self, value: str, deployment: str, mounts: Mapping[str, Path]) -> str:
+        """Ports and mount paths of the pod itself as their local stand-ins."""
         value = re.sub(
             r"0\.0\.0\.0:(\d+)",
             lambda found: f"127.0.0.1:{self.local_port(deployment, int(found.group(1)))}",
@@ -252,7 +257,8 @@ class Kubelet:
             item["name"]: self._rewrite(str(item.get("value", "")), name, mounts)
             for item in spec.get("env") or []
         }
-        env.update({key: self._rewrite(value, name, mounts) for key, value in extras.env.items()})
+        # A test's additions keep service addresses as written (they may be meant for others).
+        env.update({key: self._local(value, name, mounts) for key, value in extras.env.items()})
         command = [*spec.get("command", []), *spec.get("args", []), *extras.args]
         argv = None
         if command[:1] == ["kuberde"]:

@@ -1,0 +1,105 @@
+"""The emulated API server answers as a real one does where clients depend on it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import kmock
+import pytest
+
+from kuberde.testing.kube import emulator
+
+AGENTS = "/apis/kuberde.io/v1/namespaces/kuberde/rdeagents"
+PODS = "/api/v1/namespaces/kuberde/pods"
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[aiohttp.ClientSession]:
+    server = emulator()
+    async with server, kmock.Server(server) as http_server:
+        url = str(http_server.url).rstrip("/")
+        async with aiohttp.ClientSession(
+            base_url=url, timeout=aiohttp.ClientTimeout(total=10)
+        ) as http:
+            yield http
+
+
+async def _create(api: aiohttp.ClientSession, name: str) -> dict[str, object]:
+    body = {
+        "apiVersion": "kuberde.io/v1",
+        "kind": "RDEAgent",
+        "metadata": {"name": name},
+        "spec": {"owner": "alice"},
+        "status": {"phase": "Running"},
+    }
+    async with api.post(AGENTS, json=body) as response:
+        assert response.status == 201 or response.status == 200
+        created: dict[str, object] = await response.json()
+        return created
+
+
+async def test_a_stale_resource_version_is_a_conflict(api: aiohttp.ClientSession) -> None:
+    created = await _create(api, "a")
+    assert "status" not in created, "a status subresource is not the creator's to set"
+    version = created["metadata"]["resourceVersion"]  # type: ignore[index]
+    merge = {"Content-Type": "application/merge-patch+json"}
+    fresh = {"metadata": {"resourceVersion": version}, "spec": {"ttl": "5m"}}
+    async with api.patch(f"{AGENTS}/a", data=json.dumps(fresh), headers=merge) as response:
+        assert response.status == 200
+    async with api.patch(f"{AGENTS}/a", data=json.dumps(fresh), headers=merge) as response:
+        assert response.status == 409
+        status = await response.json()
+        assert status["reason"] == "Conflict" and "modified" in status["message"]
+    async with api.get(f"{AGENTS}/a") as response:
+        assert (await response.json())["spec"]["ttl"] == "5m", "the stale write changed nothing"
+
+
+async def test_a_failed_json_patch_test_is_refused(api: aiohttp.ClientSession) -> None:
+    await _create(api, "a")
+    patch = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": "0"},
+        {"op": "add", "path": "/spec/ttl", "value": "1h"},
+    ]
+    headers = {"Content-Type": "application/json-patch+json"}
+    async with api.patch(f"{AGENTS}/a", data=json.dumps(patch), headers=headers) as response:
+        assert response.status == 422
+    async with api.get(f"{AGENTS}/a") as response:
+        assert "ttl" not in (await response.json())["spec"]
+
+
+async def test_server_side_apply_creates_then_merges(api: aiohttp.ClientSession) -> None:
+    headers = {"Content-Type": "application/apply-patch+yaml"}
+    document = (
+        "apiVersion: kuberde.io/v1\nkind: RDEAgent\nmetadata: {name: b}\nspec: {owner: bob}\n"
+    )
+    async with api.patch(f"{AGENTS}/b?fieldManager=t", data=document, headers=headers) as response:
+        assert response.status == 201
+    again = document.replace("owner: bob}", "owner: bob, ttl: 1h}")
+    async with api.patch(f"{AGENTS}/b?fieldManager=t", data=again, headers=headers) as response:
+        assert response.status == 200
+        assert (await response.json())["spec"] == {"owner": "bob", "ttl": "1h"}
+
+
+async def test_lists_carry_their_kind_and_honour_selectors(api: aiohttp.ClientSession) -> None:
+    await _create(api, "a")
+    await _create(api, "b")
+    async with api.get(AGENTS, params={"fieldSelector": "metadata.name=b"}) as response:
+        listed = await response.json()
+    assert (listed["kind"], listed["apiVersion"]) == ("RDEAgentList", "kuberde.io/v1")
+    assert [item["metadata"]["name"] for item in listed["items"]] == ["b"]
+    async with api.get(PODS, params={"labelSelector": "app in (x"}) as response:
+        assert response.status == 400, "a malformed selector is the client's error"
+    async with api.get("/api/v1") as response:
+        assert (await response.json())["groupVersion"] == "v1"
+    async with api.get(f"{PODS}/missing/log") as response:
+        assert response.status == 404
+
+
+async def test_protobuf_bodies_are_refused_with_415(api: aiohttp.ClientSession) -> None:
+    headers = {"Content-Type": "application/vnd.kubernetes.protobuf"}
+    async with api.post(PODS, data=b"k8s\x00\n\x0c", headers=headers) as response:
+        assert response.status == 415
+    async with api.get(PODS) as response:
+        assert response.status == 200, "the server keeps serving"
