@@ -21,6 +21,7 @@ from kuberde.cli.base import (
     gateway_command,
     stdin_is_terminal,
 )
+from kuberde.cli.doctor import doctor
 from kuberde.cli.operator_cmd import operator
 from kuberde.cli.token import app as token_app
 from kuberde.logs import configure_logging
@@ -41,6 +42,7 @@ commands.register(app)
 auth_commands.register(app)
 backup.register(app)
 command(app, "operator")(operator)
+command(app, "doctor")(doctor)
 
 DEFAULT_STATE_DIR = Path.home() / ".local" / "state" / "kuberde"
 
