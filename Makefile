@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit lint bench install system-deps clean runbook image
+.PHONY: run test test-unit lint bench soak install system-deps clean runbook image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ image:
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench $(ARGS)
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
