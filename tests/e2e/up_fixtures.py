@@ -333,7 +333,7 @@ def _clean_environment() -> dict[str, str]:
     return {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("KUBERDE_", "AGENT_"))
+        if not key.startswith(("KUBERDE_", "AGENT_", "XDG_"))
         and key not in ("SERVER_URL", "LOCAL_TARGET", "ALLOWED_PORTS", "PORT_MAP")
     }
 
@@ -344,18 +344,28 @@ Row = dict[str, Any]
 class KubeRDE:
     """One installation under `root` and its `kuberde up` process (at most one at a time)."""
 
-    def __init__(self, root: Path, *, sweep_interval: float = 0.2) -> None:
+    def __init__(
+        self, root: Path, *, sweep_interval: float = 0.2, default_paths: bool = False
+    ) -> None:
+        """`default_paths`: as a new user runs it, with every file where it goes by default
+        under the (empty) home, and the venv's `kuberde` on PATH."""
         self.root = root
-        self.state_dir = root / "state"
         self.home = root / "home"
         self.home.mkdir(parents=True, exist_ok=True)
+        self.default_paths = default_paths
+        self.state_dir = self.home / ".local/state/kuberde" if default_paths else root / "state"
         self.sweep_interval = sweep_interval
         # HOME too: the demo must not authorise the keys of whoever runs the tests, and the
         # CLI must see the same (empty) home as `kuberde up` to pick the same SSH identity.
-        self.env = _clean_environment() | {
-            "KUBERDE_CONFIG": str(root / "cli-config.json"),
-            "HOME": str(self.home),
-        }
+        self.env = _clean_environment() | {"HOME": str(self.home)}
+        if default_paths:
+            # No agent keys either: what works must work with the keys KubeRDE chose.
+            self.env = {k: v for k, v in self.env.items() if k != "SSH_AUTH_SOCK"}
+            path = os.environ.get("PATH", "/usr/bin:/bin")
+            self.env |= {"PATH": f"{Path(KUBERDE).parent}{os.pathsep}{path}"}
+            self.env |= {"USER": getpass.getuser()}
+        else:
+            self.env |= {"KUBERDE_CONFIG": str(root / "cli-config.json")}
         self.url: str | None = None
         self._up: subprocess.Popen[bytes] | None = None
         self._up_log: Path | None = None
@@ -382,7 +392,9 @@ class KubeRDE:
         assert self._up is None, "kuberde up is already running"
         self._runs += 1
         self._up_log = self.root / f"up-{self._runs}.stderr"
-        argv = [KUBERDE, "up", "--state-dir", str(self.state_dir), "--listen", "127.0.0.1:0"]
+        argv = [KUBERDE, "up", "--listen", "127.0.0.1:0"]
+        if not self.default_paths:
+            argv += ["--state-dir", str(self.state_dir)]
         argv += ["--sweep-interval", str(self.sweep_interval)]
         for path in files:
             argv += ["-f", str(path)]

@@ -264,7 +264,13 @@ async def _login(
 
 
 def logout(server: ServerOption = None) -> None:
-    """Forget the stored login (revoking its refresh token where the issuer allows it)."""
+    """Forget the stored login (revoking its refresh token where the issuer allows it).
+
+    Examples:
+
+    \b
+      kuberde logout
+    """
     path = config_path(os.environ)
     target = _server(server, os.environ, _load(path))
     _run(_logout(path, target))
@@ -320,7 +326,13 @@ def _expiry(expires_at: datetime | None, renewable: bool, now: datetime) -> str:
 
 
 def whoami(server: ServerOption = None) -> None:
-    """Show who the stored token speaks for, as the token says (the gateway verifies it)."""
+    """Show who the stored token speaks for, as the token says (the gateway verifies it).
+
+    Examples:
+
+    \b
+      kuberde whoami
+    """
     from kuberde.cli.login import identity, session_for, unverified_claims
 
     path = config_path(os.environ)

@@ -259,7 +259,13 @@ def server(
 @command(app, "agent")
 def agent() -> None:
     """Run a workspace agent, configured by environment as in a pod (SERVER_URL, LOCAL_TARGET,
-    ALLOWED_PORTS, AGENT_TOKEN or AGENT_TOKEN_FILE, AGENT_ID)."""
+    ALLOWED_PORTS, AGENT_TOKEN or AGENT_TOKEN_FILE, AGENT_ID).
+
+    Examples:
+
+    \b
+      SERVER_URL=ws://127.0.0.1:8080/ws AGENT_TOKEN_FILE=agent.jwt kuberde agent
+    """
     from kuberde.agent.client import main as agent_main
 
     raise typer.Exit(agent_main())

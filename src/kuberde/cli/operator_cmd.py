@@ -107,7 +107,14 @@ def operator(
     ] = True,
     lease_name: Annotated[str, typer.Option(help="Name of the Lease")] = DEFAULT_LEASE_NAME,
 ) -> None:
-    """Run the operator: Deployments for RDEAgents, status, scale to zero after the TTL, wake."""
+    """Run the operator: Deployments for RDEAgents, status, scale to zero after the TTL, wake.
+
+    Examples:
+
+    \b
+      kuberde operator --namespace kuberde
+      kuberde operator --kubeconfig ~/.kube/config --no-leader-election
+    """
     try:
         settings = OperatorSettings(
             namespace=namespace,

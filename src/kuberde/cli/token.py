@@ -79,7 +79,13 @@ def agent(
     ] = None,
     ttl: Annotated[str | None, _ttl_option(DEFAULT_AGENT_TTL)] = None,
 ) -> None:
-    """Print an agent credential."""
+    """Print an agent credential.
+
+    Examples:
+
+    \b
+      kuberde token agent --state-dir ~/.local/state/kuberde --owner alice --name dev
+    """
     lifetime = _lifetime(ttl, DEFAULT_AGENT_TTL)
     issuer = _issuer(state_dir)
     try:
@@ -96,7 +102,13 @@ def user(
     admin: Annotated[bool, typer.Option("--admin", help="Grant the admin role.")] = False,
     ttl: Annotated[str | None, _ttl_option(DEFAULT_USER_TTL)] = None,
 ) -> None:
-    """Print a user token."""
+    """Print a user token.
+
+    Examples:
+
+    \b
+      export KUBERDE_TOKEN=$(kuberde token user --state-dir /var/lib/kuberde --user alice)
+    """
     lifetime = _lifetime(ttl, DEFAULT_USER_TTL)
     issuer = _issuer(state_dir)
     try:
@@ -114,7 +126,13 @@ def management(
     ] = "kuberde-operator",
     ttl: Annotated[str | None, _ttl_option(DEFAULT_MANAGEMENT_TTL)] = None,
 ) -> None:
-    """Print a token for the management API (`/mgmt/*`), as the operator uses."""
+    """Print a token for the management API (`/mgmt/*`), as the operator uses.
+
+    Examples:
+
+    \b
+      kuberde token management --state-dir /var/lib/kuberde --ttl 30d
+    """
     lifetime = _lifetime(ttl, DEFAULT_MANAGEMENT_TTL)
     issuer = _issuer(state_dir)
     try:
