@@ -136,8 +136,20 @@ class Soak:
         self.faults.gateway_down = True
         await asyncio.to_thread(self.procs.stop, self.gateway)
         await asyncio.to_thread(self.start_gateway)
-        await asyncio.sleep(10.0)  # failures in the reconnect window are still the restart's
+        await self.agents_back()  # failures until every agent is back are the restart's
         self.faults.gateway_down = False
+
+    async def agents_back(self) -> None:
+        """Wait (bounded) until every agent the run keeps up is connected."""
+        wanted = len(self.agent_tasks)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WAIT):
+                while True:
+                    with contextlib.suppress(aiohttp.ClientError, OSError, ValueError):
+                        async with self.http.get(self.url + "/readyz") as response:
+                            if (await response.json())["agents_online"] >= wanted:
+                                return
+                    await asyncio.sleep(0.5)
 
     def sample(self) -> None:
         assert self.gateway is not None
@@ -355,6 +367,7 @@ class Soak:
                                 headers={"Authorization": f"Bearer {token}"},
                             )
                         )
+                    self.tally.attack["hog streams opened"] += 1
                 except aiohttp.WSServerHandshakeError as exc:
                     self.tally.attack[f"hog refused HTTP {exc.status}"] += 1
                     await asyncio.sleep(0.5)
@@ -388,7 +401,7 @@ class Soak:
         await asyncio.to_thread(self.start_gateway)
         for owner, name in self.agents:
             self.agent_tasks[name] = asyncio.create_task(self.agent(owner, name))
-        await asyncio.sleep(min(30.0, 1.0 + self.args.agents / 100))
+        await self.agents_back()
         users = [asyncio.create_task(self.user(n)) for n in range(self.args.users)]
         background = [asyncio.create_task(self.killer())]
         duration = self.deadline - time.monotonic()

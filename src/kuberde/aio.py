@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["Kick", "run", "wait_for_signal"]
+__all__ = ["KeyedLocks", "Kick", "run", "wait_for_signal"]
 
 T = TypeVar("T")
 
@@ -39,6 +39,35 @@ async def wait_for_signal(*signals: signal.Signals) -> signal.Signals:
     finally:
         for sig in wanted:
             loop.remove_signal_handler(sig)
+
+
+class KeyedLocks:
+    """One lock per key, kept only while someone holds or waits for it.
+
+    A dict of `asyncio.Lock` per key grows with every key ever used (every agent ever
+    reconciled); here a key's lock is dropped when its last holder leaves, and the next
+    caller makes a new one, which is safe because nobody holds or awaits the old one.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
 
 class Kick:

@@ -121,9 +121,12 @@ class GatewayMonitor:
         now = self._clock()
         self._agents = agents
         self._observed_at = now
-        for agent_id, agent in agents.items():
-            if agent.online:
-                self._seen_online[agent_id] = now
+        # Only agents the gateway still lists: a deleted agent's entry goes with it.
+        self._seen_online = {
+            agent_id: now if agent.online else self._seen_online[agent_id]
+            for agent_id, agent in agents.items()
+            if agent.online or agent_id in self._seen_online
+        }
         if self._failing:
             log.info("Server monitor: the gateway answers again")
             self._failing = False

@@ -17,7 +17,6 @@ reconcile of the same agent never interleave.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
@@ -26,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from kuberde import naming, policy
+from kuberde.aio import KeyedLocks
 from kuberde.clock import Clock, utc_now
 from kuberde.kube import KubeApi, Paths
 from kuberde.operator.annotations import (
@@ -106,7 +106,7 @@ class Reconciler:
         self._on_change = on_change
         self._clock = clock
         self._results: dict[str, SyncResult] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self._announced: dict[str, str] = {}
 
     def result(self, name: str) -> SyncResult | None:
@@ -119,13 +119,9 @@ class Reconciler:
         self._results.pop(name, None)
         self._announced.pop(name, None)
 
-    def _lock(self, name: str) -> asyncio.Lock:
-        """The agent's lock; kept for good, as a waiter may still hold the old one."""
-        return self._locks.setdefault(name, asyncio.Lock())
-
     async def reconcile(self, name: str) -> None:
         """The work queue's handler: reconcile `name`, or raise so it is retried."""
-        async with self._lock(name):
+        async with self._locks.hold(name):
             try:
                 await self._reconcile(name)
             except Exception as exc:
@@ -144,7 +140,7 @@ class Reconciler:
         The decision is taken again on a freshly read RDEAgent under the agent's lock, so a wake
         request or a spec change that arrived since the sweep began wins.
         """
-        async with self._lock(name):
+        async with self._locks.hold(name):
             body = await self._api.get(self._paths.agent(name))
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 return None
