@@ -9,12 +9,13 @@ settings.register_profile("kuberde", deadline=None)
 settings.load_profile("kuberde")
 
 
-_TIERS = ("unit", "integration", "e2e")
+#: Directory -> tier; the runbook suite runs the real kubectl, gateway, operator and agents.
+_TIERS = {"unit": "unit", "integration": "integration", "e2e": "e2e", "runbook": "e2e"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Each test carries its directory's tier marker: `pytest -m unit` runs the fast tier."""
     for item in items:
-        tier = next((part for part in item.path.parts if part in _TIERS), None)
+        tier = next((_TIERS[part] for part in item.path.parts if part in _TIERS), None)
         if tier is not None:
             item.add_marker(getattr(pytest.mark, tier))

@@ -263,3 +263,29 @@ async def test_stale_wake_request_does_not_undo_a_scale_down(
         assert len(kube.events("ssh-server", "ScaledDown")) == 1
         assert not kube.events("ssh-server", "Woken")
     await asyncio.sleep(0)
+
+
+async def test_a_deadline_is_kept_between_sweeps(
+    kube: Kube,
+    gateway: RunningGateway,
+    tmp_path: Path,
+    workspace_port: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With the logged sweep an hour apart, an idle workspace still stops at its deadline:
+    the enforcer schedules each agent's own deadline instead of waiting for a sweep."""
+    caplog.set_level(logging.INFO, logger="kuberde")
+    settings = fast_settings(
+        kube, signing_key_file=key_file_of(gateway), server_api=gateway.url, ttl_interval=3600.0
+    )
+    async with (
+        kubelet_running(kube, tmp_path, run_agents=True, port_map={2222: workspace_port}),
+        operator_running(settings),
+    ):
+        await kube.create_agent("ssh-server", spec("0"))
+        await eventually(partial(status_in, kube, "ssh-server", "Running"), "the agent Running")
+        await kube.patch_agent("ssh-server", {"spec": {"ttl": "2s"}})
+        await eventually(
+            partial(status_in, kube, "ssh-server", "ScaledDown"), "the scale-down at the deadline"
+        )
+    assert caplog.text.count("TTL enforcer: checking") == 1, "one logged sweep, at start"

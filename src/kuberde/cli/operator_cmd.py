@@ -97,7 +97,9 @@ def operator(
         float, typer.Option(help="Seconds between GET /mgmt/agents")
     ] = 15.0,
     monitor_timeout: Annotated[float, typer.Option(help="Timeout of GET /mgmt/agents")] = 5.0,
-    ttl_interval: Annotated[float, typer.Option(help="Seconds between TTL sweeps")] = 30.0,
+    ttl_interval: Annotated[
+        float, typer.Option(help="Seconds between logged TTL sweeps (deadlines are kept on time)")
+    ] = 60.0,
     status_interval: Annotated[float, typer.Option(help="Seconds between status updates")] = 10.0,
     resync_interval: Annotated[
         float, typer.Option(help="Seconds between full reconciles of every agent")

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,6 +44,8 @@ status_log = logging.getLogger("kuberde.operator.status")
 
 #: Pokes arriving together (e.g. many reconciles at start-up) share one status cycle.
 _POKE_BATCH = 0.05
+#: A deadline is checked this long after it passes: idle means strictly longer than the TTL.
+_DEADLINE_SLACK = 0.5
 
 
 @dataclass(frozen=True)
@@ -111,13 +113,17 @@ class TTLEnforcer:
         activity: ActivityView,
         events: EventRecorder,
         metrics: OperatorMetrics,
+        rescheduled: Kick | None = None,
         clock: Clock = utc_now,
     ) -> None:
+        """`rescheduled`, kicked when an agent changes (created, new TTL, woken), has every
+        agent assessed again at once, quietly, so a new deadline is known before it comes."""
         self._store = store
         self._reconciler = reconciler
         self._activity = activity
         self._events = events
         self._metrics = metrics
+        self._rescheduled = rescheduled or Kick()
         self._clock = clock
         self._logged: dict[str, tuple[object, ...]] = {}
 
@@ -136,22 +142,33 @@ class TTLEnforcer:
         self._logged[name] = key
         log.log(level, "Agent %s: %s", name, decision.reason)
 
-    async def sweep(self) -> None:
+    async def sweep(self, only: Collection[str] | None = None) -> dict[str, datetime]:
+        """Assess every agent (the periodic sweep, logged) or just `only` (their deadlines
+        came due); return the idle deadline, still ahead, of each agent left running."""
         started = time.perf_counter()
         agents = _runnable(self._store, self._reconciler.results())
-        log.info("TTL enforcer: checking %d agents", len(agents))
+        if only is None:
+            log.info("TTL enforcer: checking %d agents", len(agents))
+            for name in set(self._logged) - {name_of(body) for body, _ in agents}:
+                del self._logged[name]
+        else:
+            agents = [(body, agent) for body, agent in agents if name_of(body) in only]
         now = self._clock()
-        for name in set(self._logged) - {name_of(body) for body, _ in agents}:
-            del self._logged[name]
+        deadlines: dict[str, datetime] = {}
         for body, agent in agents:
             name = name_of(body)
             assessment = self._activity.assess(body, agent, now)
             self._log_decision(name, assessment)
+            deadline = assessment.decision.idle_deadline
             if assessment.decision.scale_down:
                 await self._scale_down(name, now)
-        elapsed = time.perf_counter() - started
-        self._metrics.loop_seconds.labels(loop="ttl").observe(elapsed)
-        log.info("TTL enforcer completed %d agents in %.0fms", len(agents), elapsed * 1000)
+            elif assessment.replicas > 0 and deadline is not None and deadline > now:
+                deadlines[name] = deadline
+        if only is None:
+            elapsed = time.perf_counter() - started
+            self._metrics.loop_seconds.labels(loop="ttl").observe(elapsed)
+            log.info("TTL enforcer completed %d agents in %.0fms", len(agents), elapsed * 1000)
+        return deadlines
 
     async def _scale_down(self, name: str, now: datetime) -> None:
         def decide(body: Mapping[str, Any], agent: RDEAgent) -> policy.ScaleDecision:
@@ -173,13 +190,39 @@ class TTLEnforcer:
             await self._events.record(body, "Normal", "ScaledDown", message)
 
     async def run(self, interval: float) -> None:
+        """The logged sweep every `interval` (the runbook's ~60 s) and, in between, each
+        agent assessed again when its own deadline comes: a workspace stops at its deadline,
+        not up to a sweep later, and the loop never polls while nothing is due."""
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time()
+        deadlines: dict[str, datetime] = {}
+        kicked = False
         while True:
+            now = self._clock()
+            due: set[str] | None
+            if loop.time() >= next_sweep:
+                due = None
+            elif kicked:
+                agents = _runnable(self._store, self._reconciler.results())
+                due = {name_of(body) for body, _ in agents}
+            else:
+                due = {name for name, deadline in deadlines.items() if deadline <= now}
             try:
-                await self.sweep()
+                found = await self.sweep(due)
             except Exception:
                 self._metrics.errors.labels(component="ttl").inc()
                 log.exception("TTL enforcer cycle failed")
-            await asyncio.sleep(interval)
+                found = {}
+            if due is None:
+                deadlines = found
+                next_sweep = loop.time() + interval
+            else:
+                deadlines = {n: d for n, d in deadlines.items() if n not in due} | found
+            wait = next_sweep - loop.time()
+            if deadlines:
+                soonest = (min(deadlines.values()) - self._clock()).total_seconds()
+                wait = min(wait, soonest + _DEADLINE_SLACK)
+            kicked = await self._rescheduled.wait(max(wait, 0.0))
 
 
 class StatusUpdater:

@@ -175,6 +175,12 @@ class Operator:
         events = EventRecorder(api, self.paths, instance=settings.identity)
         activity = ActivityView(monitor, timedelta(seconds=settings.max_activity_age))
         status_wanted = Kick()
+        ttl_wanted = Kick()
+
+        def changed() -> None:
+            status_wanted.set()
+            ttl_wanted.set()
+
         reconciler = Reconciler(
             api=api,
             paths=self.paths,
@@ -185,7 +191,7 @@ class Operator:
                 gateway_url=settings.gateway_url_for_agents, agent_image=settings.agent_image
             ),
             metrics=self.metrics,
-            on_change=status_wanted.set,
+            on_change=changed,
         )
         status = StatusUpdater(
             api=api,
@@ -202,6 +208,7 @@ class Operator:
             activity=activity,
             events=events,
             metrics=self.metrics,
+            rescheduled=ttl_wanted,
         )
         queue = WorkQueue(reconciler.reconcile, workers=settings.workers)
 

@@ -71,7 +71,8 @@ class OperatorSettings:
     monitor_timeout: float = 5.0
     #: Activity data older than this never justifies a scale-down (default: 3 monitor cycles).
     activity_max_age: float | None = None
-    ttl_interval: float = 30.0
+    #: The logged sweep (the runbook: about every 60 s); each deadline is also checked on time.
+    ttl_interval: float = 60.0
     status_interval: float = 10.0
     #: Every agent is reconciled again this often, whatever the watch streams deliver.
     resync_interval: float = 600.0
@@ -82,9 +83,10 @@ class OperatorSettings:
     health_listen: str = DEFAULT_HEALTH_LISTEN
     leader_election: bool = True
     lease_name: str = DEFAULT_LEASE_NAME
-    lease_duration: int = 15
-    lease_renew_deadline: float = 10.0
-    lease_retry_period: float = 2.0
+    #: A standby takes over about this long after the leader stops renewing (runbook: ~5 s).
+    lease_duration: int = 5
+    lease_renew_deadline: float = 3.5
+    lease_retry_period: float = 1.0
     identity: str = ""
 
     def __post_init__(self) -> None:
