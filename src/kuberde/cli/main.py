@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from enum import StrEnum
@@ -145,6 +146,15 @@ def server(
     wake_timeout: Annotated[
         float, typer.Option(help="Seconds a user waits for an offline agent to come online")
     ] = 120.0,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a new connection has to send its request headers")
+    ] = 10.0,
+    max_unauthenticated_per_address: Annotated[
+        int, typer.Option(help="Connections one address may hold before authenticating")
+    ] = 64,
+    max_streams_per_user: Annotated[
+        int, typer.Option(help="Connections (streams) one user may hold open at once")
+    ] = 128,
     oidc_issuer: Annotated[
         str | None,
         typer.Option(envvar="KUBERDE_OIDC_ISSUER", help="Verify users' tokens from this issuer"),
@@ -207,6 +217,8 @@ def server(
     from kuberde.auth.mgmt import service_account_username
     from kuberde.auth.oidc import AgentClaims, UserClaims
     from kuberde.gateway.app import GatewaySettings
+    from kuberde.gateway.connections import ConnectionLimits
+    from kuberde.gateway.limits import StreamQuotaSettings
     from kuberde.gateway.server import (
         GatewayAuth,
         KubernetesOptions,
@@ -226,6 +238,13 @@ def server(
                 f"{account!r} must look like NAMESPACE:NAME", param_hint="--mgmt-service-account"
             )
         accounts.append(service_account_username(namespace, name))
+    for value, hint in (
+        (header_timeout, "--header-timeout"),
+        (max_unauthenticated_per_address, "--max-unauthenticated-per-address"),
+        (max_streams_per_user, "--max-streams-per-user"),
+    ):
+        if value <= 0:
+            raise typer.BadParameter("must be positive", param_hint=hint)
     if agent_id_claim and not oidc_issuer:
         raise typer.BadParameter("needs --oidc-issuer", param_hint="--agent-id-claim")
     auth = GatewayAuth(
@@ -248,7 +267,18 @@ def server(
             state_dir=state_dir,
             tls_cert=tls_cert,
             tls_key=tls_key,
-            settings=GatewaySettings(wake_timeout=wake_timeout),
+            settings=GatewaySettings(
+                wake_timeout=wake_timeout,
+                connections=ConnectionLimits(
+                    header_timeout=header_timeout,
+                    max_unauthenticated_per_address=max_unauthenticated_per_address,
+                ),
+                streams=StreamQuotaSettings(
+                    per_user=dataclasses.replace(
+                        StreamQuotaSettings().per_user, max_streams=max_streams_per_user
+                    )
+                ),
+            ),
             auth=auth,
             kubernetes=KubernetesOptions(namespace, kubeconfig) if kubernetes else None,
             signing_key_file=signing_key_file,
