@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import socket
 import struct
@@ -27,6 +28,7 @@ from tests.integration.conftest import (
     WAIT,
     GatewayFactory,
     RunningGateway,
+    abort_connection,
     decode_frames,
     echo,
     exchange,
@@ -490,3 +492,26 @@ async def test_shutdown_ends_replaced_sessions_too_instead_of_leaving_them_runni
     await asyncio.wait_for(new.session.wait_closed(), WAIT)
     received = await receive_all(held)
     assert received.close_code is not None
+
+
+# ---- peers that vanish -----------------------------------------------------------------------
+
+
+async def test_an_abrupt_user_disconnect_is_one_log_line_without_a_traceback(
+    gateway: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    peer = await gateway.peer("alice", "dev", echo())
+    for _ in range(3):
+        user = await gateway.connect("dev", gateway.user("alice"))
+        served = await peer.next_stream()
+        await user.send_bytes(os.urandom(256 * 1024))
+        abort_connection(user)
+        await asyncio.wait_for(served.stream.wait_closed(), WAIT)
+    rogue = await gateway.agent_socket(gateway.issuer.mint_agent("bob", "dev"))
+    await gateway.wait_agent("user-bob-dev", lambda a: a["online"])
+    abort_connection(rogue)
+    await gateway.wait_agent("user-bob-dev", lambda a: not a["online"])
+
+    tracebacks = [r for r in caplog.records if r.exc_info or r.stack_info]
+    assert tracebacks == [], [r.getMessage() for r in tracebacks]
