@@ -29,7 +29,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import operator_scale, peers, report
+from bench import apphttp, operator_scale, peers, report
+from bench.httpapp import LARGE_PATH, SMALL_PATH
 from bench.latency import measure_round_trips, measure_setups
 from bench.memory import measure_gateway_memory
 from bench.procs import Processes
@@ -38,7 +39,7 @@ from bench.stats import percentile
 from bench.throughput import measure_throughput
 from bench.wake import measure_wake
 
-BENCHMARKS = ("throughput", "rtt", "setup", "startup", "memory", "wake", "operator")
+BENCHMARKS = ("throughput", "rtt", "setup", "startup", "memory", "wake", "http", "operator")
 PATH_BENCHMARKS = frozenset({"throughput", "rtt", "setup"})
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 MB = 1_000_000
@@ -60,6 +61,7 @@ class Plan:
     wake_rounds: int
     workload_starts: int
     startup_rounds: int
+    http: apphttp.HttpPlan
     operator: operator_scale.Plan
 
 
@@ -76,6 +78,11 @@ FULL = Plan(
     wake_rounds=5,
     workload_starts=5,
     startup_rounds=10,
+    http=apphttp.HttpPlan(
+        small=apphttp.Load(SMALL_PATH, requests=5000, clients=4, seconds=120.0),
+        large=apphttp.Load(LARGE_PATH, requests=100, clients=4, seconds=120.0),
+        rounds=3,
+    ),
     operator=operator_scale.FULL,
 )
 QUICK = Plan(
@@ -91,6 +98,11 @@ QUICK = Plan(
     wake_rounds=2,
     workload_starts=3,
     startup_rounds=5,
+    http=apphttp.HttpPlan(
+        small=apphttp.Load(SMALL_PATH, requests=1000, clients=4, seconds=30.0),
+        large=apphttp.Load(LARGE_PATH, requests=20, clients=4, seconds=30.0),
+        rounds=1,
+    ),
     operator=operator_scale.QUICK,
 )
 
@@ -206,6 +218,11 @@ def _run(work: Path, plan: Plan, selected: list[str]) -> dict[str, Any]:
                 procs, work, rounds=plan.wake_rounds, workload_starts=plan.workload_starts
             )
             results["wake"] = wake.summary()
+            procs.stop_all()
+        if "http" in selected:
+            _say("HTTP through the app proxy, direct and behind configurable-http-proxy")
+            results["http"] = apphttp.measure_http(procs, work, plan.http)
+            procs.stop_all()
         if "operator" in selected:
             _say(f"operator at scale ({plan.operator.agents} RDEAgents on the KMock emulator)")
             operator_work = work / "operator"

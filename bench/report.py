@@ -2,7 +2,8 @@
 
 The results document (also written as JSON) maps each section to per-path figures. Ratios
 are always to `ssh -L` (the brief's `ssh -N -L`, default cipher) and to direct TCP, from the
-same run; a section that was not run is left out.
+same run; the app proxy's HTTP figures are to the app served directly and behind
+configurable-http-proxy. A section that was not run is left out.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ SSH = "ssh"
 SSH_TTY = "ssh_tty"
 DIRECT = "direct"
 KUBERDE = ("ws", "wss")
+CHP = "chp"
+APP_PROXY = "kuberde"
+HTTP_LOADS = {"small": "small GET (128 B)", "large": "10 MB download"}
 
 Results = dict[str, Any]
 
@@ -130,6 +134,7 @@ def ratios(results: Results) -> dict[str, dict[str, float | None]]:
                     for base in (SSH, SSH_TTY, DIRECT)
                 }
             )
+    out.update(_http_ratios(results.get("http")))
     rtt = results.get("rtt")
     if rtt and DIRECT in rtt and SSH in rtt:
         ssh_overhead = rtt[SSH]["p50_us"] - rtt[DIRECT]["p50_us"]
@@ -138,6 +143,62 @@ def ratios(results: Results) -> dict[str, dict[str, float | None]]:
                 overhead = rtt[key]["p50_us"] - rtt[DIRECT]["p50_us"]
                 out.setdefault("rtt_overhead", {})[f"{key}/ssh"] = _ratio(overhead, ssh_overhead)
     return out
+
+
+def _http_ratios(http: dict[str, Any] | None) -> dict[str, dict[str, float | None]]:
+    """The app proxy's requests per second and latencies over direct's and CHP's."""
+    out: dict[str, dict[str, float | None]] = {}
+    for load in HTTP_LOADS:
+        data = (http or {}).get(load, {})
+        if APP_PROXY not in data:
+            continue
+        for field in ("rps", "p50_ms", "p99_ms"):
+            out[f"http_{load}_{field.removesuffix('_ms')}"] = {
+                f"{APP_PROXY}/{base}": _ratio(
+                    data[APP_PROXY][field], data[base][field] if base in data else None
+                )
+                for base in (DIRECT, CHP)
+            }
+    return out
+
+
+def _http_tables(http: dict[str, Any]) -> list[Section]:
+    clients = http.get("clients", {})
+    tables = []
+    for load, what in HTTP_LOADS.items():
+        data = http.get(load, {})
+        rate_base = {base: data[base]["rps"] for base in (DIRECT, CHP) if base in data}
+        p50_base = {base: data[base]["p50_ms"] for base in (DIRECT, CHP) if base in data}
+        rows = []
+        for key, info in http.get("paths", {}).items():
+            if key not in data:
+                continue
+            own = data[key]
+            rows.append(
+                [
+                    info["label"],
+                    _fmt(own["rps"], 1),
+                    _fmt(own.get("mb_s"), 1) if "mb_s" in own else "",
+                    _fmt(own["p50_ms"], 2),
+                    _fmt(own["p99_ms"], 2),
+                    *(_fmt(_ratio(own["rps"], rate_base.get(base))) for base in (DIRECT, CHP)),
+                    *(_fmt(_ratio(own["p50_ms"], p50_base.get(base))) for base in (DIRECT, CHP)),
+                ]
+            )
+        headers = ["path", "req/s", "MB/s", "p50 ms", "p99 ms"]
+        headers += ["req/s x direct", "req/s x CHP", "p50 x direct", "p50 x CHP"]
+        title = (
+            f"HTTP {what} through the app proxy, {clients.get(load, '?')} keep-alive clients"
+            " (req/s higher is better, latency lower)"
+        )
+        tables.append(("http", _table(title, headers, rows)))
+    notes = [
+        f"  {info['label']}: {info['note']}\n"
+        for info in http.get("paths", {}).values()
+        if info.get("note")
+    ]
+    text = tables[-1][1] + "".join(notes)
+    return [*tables[:-1], ("http", text)]
 
 
 def _rtt_overhead(results: Results, key: str) -> float | None:
@@ -414,7 +475,8 @@ def render(results: Results) -> str:
             f"KubeRDE benchmark — {meta.get('started_at', '')}, {meta.get('cpus')} CPUs, "
             f"load average {meta.get('load_before', '')} before and "
             f"{meta.get('load_after', '')} after, {'quick' if meta.get('quick') else 'full'} run"
-            "\nRatios are to `ssh -N -L` (default cipher) and to direct TCP, from this run.\n"
+            "\nRatios are to `ssh -N -L` (default cipher) and to direct TCP (HTTP: to the app\n"
+            "served directly and behind configurable-http-proxy), from this run.\n"
         )
         notes = [
             f"  {info['label']}: {info['note']}\n"
@@ -430,6 +492,8 @@ def render(results: Results) -> str:
         sections.append(("startup", _startup_table(results)))
     if "wake" in results:
         sections.append(("wake", _wake_table(results)))
+    if "http" in results:
+        sections += _http_tables(results["http"])
     if "operator" in results:
         sections.append(("operator", operator_scale.render(results["operator"])))
     found = goals(results)

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import ROOT
 from bench.certs import write_self_signed
 from bench.procs import Child, Processes, wait_for
 from kuberde.auth import TokenIssuer, load_or_create_signing_key
+from kuberde.local.demo import current_user
 
 __all__ = [
     "BENCH_USER",
@@ -31,6 +33,7 @@ __all__ = [
     "start_agent",
     "start_gateway",
     "start_port_forward",
+    "workspace_document",
 ]
 
 KUBERDE = (sys.executable, "-m", "kuberde")
@@ -160,3 +163,24 @@ def start_port_forward(
     )
     local = {int(remote): int(port) for port, remote in re.findall(pattern, child.log_text())}
     return child, local
+
+
+def workspace_document(
+    name: str, port: int, command: list[str], apps: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A `kuberde up` workspace of the OS user, never scaled down by TTL, whose workload is
+    `command` (run from the repository root) serving `port`."""
+    spec: dict[str, Any] = {
+        "owner": current_user(),
+        "ttl": "0",
+        "localTarget": f"127.0.0.1:{port}",
+        "workload": {"command": command, "workingDir": str(ROOT)},
+    }
+    if apps:
+        spec["apps"] = apps
+    return {
+        "apiVersion": "kuberde.io/v1",
+        "kind": "RDEAgent",
+        "metadata": {"name": name},
+        "spec": spec,
+    }

@@ -24,10 +24,9 @@ import yaml
 
 from bench import ROOT
 from bench.procs import Processes, StartError, accepts, free_port, wait_for
-from bench.stack import KUBERDE, clean_env, get_json, start_port_forward
+from bench.stack import KUBERDE, clean_env, get_json, start_port_forward, workspace_document
 from bench.stats import median
 from kuberde.cli.config import load
-from kuberde.local.demo import current_user
 
 __all__ = ["WakeResult", "measure_wake"]
 
@@ -56,20 +55,6 @@ class WakeResult:
 
 def _workload(port: int) -> list[str]:
     return [sys.executable, "-m", "bench.target", "--echo", str(port)]
-
-
-def _document(port: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "kuberde.io/v1",
-        "kind": "RDEAgent",
-        "metadata": {"name": WORKSPACE},
-        "spec": {
-            "owner": current_user(),
-            "ttl": "0",
-            "localTarget": f"127.0.0.1:{port}",
-            "workload": {"command": _workload(port), "workingDir": str(ROOT)},
-        },
-    }
 
 
 def _workload_start(procs: Processes) -> float:
@@ -104,7 +89,7 @@ def measure_wake(procs: Processes, work: Path, *, rounds: int, workload_starts: 
     user_env = clean_env(work, {"KUBERDE_CONFIG": str(cli_config)})
     port = free_port()
     document = work / "wake.yaml"
-    document.write_text(yaml.safe_dump(_document(port)))
+    document.write_text(yaml.safe_dump(workspace_document(WORKSPACE, port, _workload(port))))
     argv = [*KUBERDE, "up", "-f", str(document), "--state-dir", str(state_dir)]
     up = procs.start("kuberde-up", [*argv, "--listen", "127.0.0.1:0"], env=user_env)
     url = up.wait_for_log(r"KubeRDE is up: gateway (\S+)", START_TIMEOUT).group(1)
