@@ -24,7 +24,7 @@ test: $(STAMP)
 	@scripts/system-deps.sh --tests
 	$(BIN)/python -m pytest -q
 
-# The fast tier: no subprocesses or system packages needed.
+# The fast tier: no system packages needed.
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit
 

@@ -72,6 +72,10 @@ class ActivityFeed(Protocol):
         """The latest report; None while the source has not answered yet."""
         ...
 
+    def snapshot(self, agent_id: str) -> policy.ActivitySnapshot | None:
+        """One agent of the latest report, without building all of it; None as for `report`."""
+        ...
+
     def subscribe(self, listener: AgentListener) -> None:
         """Call `listener` with an agent's ID each time that agent connects or disconnects."""
         ...

@@ -19,7 +19,6 @@ from aiohttp import WSMsgType, web
 from kuberde import __version__
 from kuberde.activity import (
     ActivityReport,
-    AgentListener,
     AgentStatus,
     encode_report,
     encode_status,
@@ -435,9 +434,6 @@ class Gateway:
             elif status.owner is None:
                 agents[record.agent_id] = dataclasses.replace(status, owner=record.owner)
         return ActivityReport(agents, live.observed_at)
-
-    def subscribe(self, listener: AgentListener) -> None:
-        self.presence.subscribe(listener)
 
     async def list_agents(self, request: web.Request) -> web.Response:
         await self.authenticate(request, "management")

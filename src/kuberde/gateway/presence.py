@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from kuberde import policy
 from kuberde.activity import ActivityReport, AgentListener, AgentStatus
 from kuberde.clock import Clock, utc_now
 from kuberde.gateway.activity import ActivityTracker
@@ -51,6 +52,11 @@ class Presence:
             last_activity_source=activity.last_activity_source if activity is not None else None,
             connected_since=connection.connected_since if connection is not None else None,
         )
+
+    def snapshot(self, agent_id: str) -> policy.ActivitySnapshot:
+        status = self.status(agent_id)
+        agents = {agent_id: status} if status is not None else {}
+        return ActivityReport(agents, self._clock()).snapshot(agent_id)
 
     def report(self) -> ActivityReport:
         ids = {connection.agent_id for connection in self.registry.connections()}

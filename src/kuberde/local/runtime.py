@@ -366,8 +366,7 @@ class LocalRuntime:
     def _observe(
         self, name: str, state: WorkspaceState | None, agent: RDEAgent | None, now: datetime
     ) -> Observation:
-        report = self._activity.report()
-        snapshot = report.snapshot(state.agent_id) if report is not None and state else None
+        snapshot = self._activity.snapshot(state.agent_id) if state is not None else None
         online = snapshot is not None and snapshot.online
         return Observation(
             desired=_desired(state, agent) if state is not None and agent is not None else None,
