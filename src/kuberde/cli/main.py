@@ -204,6 +204,19 @@ def server(
         list[str] | None,
         typer.Option(help="NAMESPACE:NAME of a ServiceAccount allowed on /mgmt (TokenReview)"),
     ] = None,
+    apps_domain: Annotated[
+        str | None,
+        typer.Option(
+            envvar="KUBERDE_APPS_DOMAIN",
+            help="Serve workspace apps at *.APPS_DOMAIN (wildcard DNS and certificate)",
+        ),
+    ] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="KUBERDE_PUBLIC_URL", help="The dashboard's URL, where app hosts send sign-ins"
+        ),
+    ] = None,
 ) -> None:
     """Run the gateway alone: agents dial in on /ws, users connect on /connect/NAME.
 
@@ -220,6 +233,7 @@ def server(
     from kuberde.gateway.connections import ConnectionLimits
     from kuberde.gateway.limits import StreamQuotaSettings
     from kuberde.gateway.server import (
+        BrowserOptions,
         GatewayAuth,
         KubernetesOptions,
         parse_listen,
@@ -248,7 +262,7 @@ def server(
     if agent_id_claim and not oidc_issuer:
         raise typer.BadParameter("needs --oidc-issuer", param_hint="--agent-id-claim")
     auth = GatewayAuth(
-        oidc_issuer=oidc_issuer,
+        oidc_issuer=oidc_issuer or None,
         oidc_client_id=oidc_client_id,
         user_claims=UserClaims(
             audience=oidc_audience,
@@ -282,6 +296,7 @@ def server(
             auth=auth,
             kubernetes=KubernetesOptions(namespace, kubeconfig) if kubernetes else None,
             signing_key_file=signing_key_file,
+            browser=BrowserOptions(apps_domain=apps_domain or None, public_url=public_url or None),
         )
     )
 

@@ -25,9 +25,10 @@ from urllib.parse import urlencode
 from aiohttp import WSMsgType, web
 
 from kuberde.auth import AuthError, Principal, bearer_token
-from kuberde.gateway.app import Gateway
+from kuberde.gateway.app import Gateway, limit_error
 from kuberde.gateway.apphost import AppAddress, BadHost, resolve_label, split_host
 from kuberde.gateway.directory import AgentRecord, WakeError
+from kuberde.gateway.limits import LimitExceeded
 from kuberde.gateway.proxyheaders import app_request_headers, app_response_headers
 from kuberde.gateway.registry import AgentConnection
 from kuberde.gateway.sessions import SessionStore
@@ -89,7 +90,7 @@ class AppProxy:
 
     def _not_found(self, request: web.Request) -> web.Response:
         # Someone else's app and a missing one look the same: names are not disclosed.
-        return self._error(request, 404, "No such app", f"There is no app at {request.host}.")
+        return self._error(request, 404, "No such app", "There is no app at this address.")
 
     # ---- authentication ------------------------------------------------------------------
 
@@ -193,9 +194,17 @@ class AppProxy:
                     status=503,
                     headers={"Retry-After": "5"},
                 )
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await self._websocket(request, connection, record, port, user)
-        return await self._http(request, connection, record, port, user)
+        try:
+            reservation = self.gateway.quota.acquire(
+                user.name, record.agent_id, self.gateway.stream_reserve
+            )
+        except LimitExceeded as exc:
+            log.info("refused a request of %s to %s: %s", user.name, record.agent_id, exc.reason)
+            return limit_error(exc)
+        with reservation:
+            if request.headers.get("Upgrade", "").lower() == "websocket":
+                return await self._websocket(request, connection, record, port, user)
+            return await self._http(request, connection, record, port, user)
 
     def _static(self, request: web.Request) -> web.StreamResponse:
         name = request.path.removeprefix(RESERVED + "static/")
@@ -239,6 +248,7 @@ class AppProxy:
             status=503,
             static=APP_STATIC,
             headers={"Retry-After": "2"},
+            title=f"Starting {record.name}",
             name=record.name,
             owner=record.owner,
             deadline=round(self.settings.wake_timeout),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from kuberde import __version__
 from kuberde.aio import wait_for_signal
@@ -41,14 +42,17 @@ from kuberde.auth.oidc import (
     UserVerifier,
     auth_config_route,
 )
-from kuberde.gateway.app import GatewaySettings, create_app
+from kuberde.gateway.app import GATEWAY_KEY, GatewaySettings, create_app
 from kuberde.gateway.connections import ConnectionLimits, GuardedSite, raise_fd_limit
 from kuberde.gateway.directory import AgentDirectory
 from kuberde.gateway.kubernetes import KubernetesDirectory
+from kuberde.gateway.web import BrowserSettings, add_browser
+from kuberde.gateway.web.directory_workspaces import DirectoryWorkspaces
 from kuberde.kube import KubeApi, load_configuration
 from kuberde.tls import client_ssl_context, server_ssl_context
 
 __all__ = [
+    "BrowserOptions",
     "GatewayAuth",
     "KubernetesOptions",
     "ListenAddress",
@@ -98,6 +102,21 @@ def socket_url(sock: socket.socket, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{shown}:{port}"
 
 
+class BadRequestLog(logging.Filter):
+    """aiohttp logs a malformed request (an oversized header, a broken request line) at
+    ERROR with a traceback; it is the client's mistake, answered with 400: one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args, record.exc_info = "bad request: %s", (error.message,), None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_BAD_REQUEST_LOG = BadRequestLog()
+
+
 async def start_site(
     app: web.Application,
     sock: socket.socket,
@@ -107,6 +126,7 @@ async def start_site(
     """Serve `app` on `sock`, with the connection limits and timeouts of `limits`."""
     limits = limits or ConnectionLimits()
     log.debug("open-file limit: %d", raise_fd_limit())
+    logging.getLogger("aiohttp.server").addFilter(_BAD_REQUEST_LOG)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -156,6 +176,16 @@ async def build_verifier(
 
 
 @dataclass(frozen=True)
+class BrowserOptions:
+    """Browser sign-in and the dashboard need an OIDC issuer; apps need a wildcard domain."""
+
+    #: Apps are served at `*.{apps_domain}` (a wildcard DNS name and certificate).
+    apps_domain: str | None = None
+    #: The dashboard's URL (`https://kuberde.example.com`); default: the request's origin.
+    public_url: str | None = None
+
+
+@dataclass(frozen=True)
 class KubernetesOptions:
     """`kuberde server --kubernetes`: learn agents (owner, UID, phase) from RDEAgents."""
 
@@ -175,6 +205,7 @@ async def run_gateway(
     auth: GatewayAuth | None = None,
     kubernetes: KubernetesOptions | None = None,
     signing_key_file: Path | None = None,
+    browser: BrowserOptions | None = None,
 ) -> None:
     if bool(tls_cert) != bool(tls_key):
         raise ValueError("--tls-cert and --tls-key must be given together")
@@ -200,6 +231,18 @@ async def run_gateway(
     app = create_app(verifier, settings, directory)
     if auth.oidc_issuer:
         app.router.add_routes([auth_config_route(auth.oidc_issuer, auth.oidc_client_id, "openid")])
+        browser = browser or BrowserOptions()
+        add_browser(
+            app,
+            BrowserSettings(
+                issuer=auth.oidc_issuer,
+                client_id=auth.oidc_client_id,
+                apps_domain=browser.apps_domain,
+                public_url=browser.public_url,
+                wake_timeout=settings.wake_timeout,
+            ),
+            DirectoryWorkspaces(app[GATEWAY_KEY]),
+        )
     ssl_context = server_ssl_context(tls_cert, tls_key) if tls_cert and tls_key else None
     sock = bind_socket(listen)
     runner = await start_site(app, sock, ssl_context, settings.connections)

@@ -9,6 +9,7 @@ stream window and the gateway buffers at most a window and one read's worth.
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -128,6 +129,7 @@ class StreamWebSocket:
         self._conn = WSConnection(ConnectionType.CLIENT)
         self._max_message = max_message
         self._eof = False
+        self._pending: deque[ws.Event] = deque()
 
     async def _flush(self, data: bytes) -> None:
         if not data:
@@ -138,11 +140,12 @@ class StreamWebSocket:
         except StreamReset as exc:
             raise UpstreamError(f"the app's stream closed: {exc.reason}") from None
 
-    async def _events(self) -> list[ws.Event]:
-        while True:
-            events = list(self._conn.events())
-            if events:
-                return events
+    async def _next_event(self) -> ws.Event:
+        """One event; those that arrived with it wait in order (none is ever dropped)."""
+        while not self._pending:
+            self._pending.extend(self._conn.events())
+            if self._pending:
+                break
             if self._eof:
                 raise UpstreamError("the app closed the WebSocket connection")
             try:
@@ -154,6 +157,7 @@ class StreamWebSocket:
                 self._conn.receive_data(data or None)
             except WsRemoteError as exc:
                 raise UpstreamError(f"the app broke the WebSocket protocol: {exc}") from None
+        return self._pending.popleft()
 
     async def connect(
         self,
@@ -174,17 +178,17 @@ class StreamWebSocket:
         rejected: list[tuple[str, str]] = []
         body = b""
         while True:
-            for event in await self._events():
-                if isinstance(event, ws.AcceptConnection):
-                    return event.subprotocol
-                if isinstance(event, ws.RejectConnection):
-                    status, rejected = event.status_code, _decode(event.headers)
-                    if not event.has_body:
-                        raise UpstreamRejected(status, rejected, b"")
-                elif isinstance(event, ws.RejectData):
-                    body = (body + bytes(event.data))[:MAX_RESPONSE_HEAD]
-                    if event.body_finished:
-                        raise UpstreamRejected(status, rejected, body)
+            event = await self._next_event()
+            if isinstance(event, ws.AcceptConnection):
+                return event.subprotocol
+            if isinstance(event, ws.RejectConnection):
+                status, rejected = event.status_code, _decode(event.headers)
+                if not event.has_body:
+                    raise UpstreamRejected(status, rejected, b"")
+            elif isinstance(event, ws.RejectData):
+                body = (body + bytes(event.data))[:MAX_RESPONSE_HEAD]
+                if event.body_finished:
+                    raise UpstreamRejected(status, rejected, body)
 
     async def send(self, message: WsMessage) -> None:
         event: ws.Event = (
@@ -209,24 +213,22 @@ class StreamWebSocket:
         binary: list[bytes] = []
         size = 0
         while True:
-            for event in await self._events():
-                if isinstance(event, ws.Ping):
+            event = await self._next_event()
+            if isinstance(event, ws.Ping):
+                await self._flush(self._conn.send(event.response()))
+            elif isinstance(event, ws.CloseConnection):
+                with contextlib.suppress(WsLocalError):
                     await self._flush(self._conn.send(event.response()))
-                elif isinstance(event, ws.CloseConnection):
-                    with contextlib.suppress(WsLocalError):
-                        await self._flush(self._conn.send(event.response()))
-                    return
-                elif isinstance(event, ws.TextMessage | ws.BytesMessage):
-                    size += len(event.data)
-                    if size > self._max_message:
-                        await self.close(1009, "message too big")
-                        raise UpstreamError("the app sent a message over the size limit")
-                    if isinstance(event, ws.TextMessage):
-                        text.append(event.data)
-                    else:
-                        binary.append(bytes(event.data))
-                    if event.message_finished:
-                        yield (
-                            "".join(text) if isinstance(event, ws.TextMessage) else b"".join(binary)
-                        )
-                        text, binary, size = [], [], 0
+                return
+            elif isinstance(event, ws.TextMessage | ws.BytesMessage):
+                size += len(event.data)
+                if size > self._max_message:
+                    await self.close(1009, "message too big")
+                    raise UpstreamError("the app sent a message over the size limit")
+                if isinstance(event, ws.TextMessage):
+                    text.append(event.data)
+                else:
+                    binary.append(bytes(event.data))
+                if event.message_finished:
+                    yield "".join(text) if isinstance(event, ws.TextMessage) else b"".join(binary)
+                    text, binary, size = [], [], 0
