@@ -34,6 +34,7 @@ __all__ = [
     "normalize_server",
     "resolve",
     "save",
+    "session_url",
 ]
 
 CONFIG_ENV = "KUBERDE_CONFIG"
@@ -107,6 +108,13 @@ def connect_url(server: str, agent: str, port: int | None, kind: str) -> str:
     query["kind"] = kind
     path = f"{parts.path}/connect/{quote(agent, safe='')}"
     return urlunsplit((_WS_SCHEMES[parts.scheme], parts.netloc, path, urlencode(query), ""))
+
+
+def session_url(server: str, agent: str) -> str:
+    """The `/session` WebSocket URL (one mux session for `kuberde port-forward`)."""
+    parts = urlsplit(normalize_server(server))
+    path = f"{parts.path}/session/{quote(agent, safe='')}"
+    return urlunsplit((_WS_SCHEMES[parts.scheme], parts.netloc, path, "", ""))
 
 
 def load(path: Path) -> CliConfig:

@@ -32,12 +32,16 @@ _ABNORMAL_CLOSE = 1006
 class ConnectError(Exception):
     """A connection that could not be opened; the message is meant for the user.
 
-    `status` is the HTTP status the gateway answered instead of the upgrade, if it did.
+    `status` is the HTTP status the gateway answered instead of the upgrade, if it did;
+    `detail` the gateway's own JSON `error` with it (None when something else answered).
     """
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail
 
 
 def refusal_message(status: int, detail: str | None, agent: str) -> str:

@@ -1,8 +1,11 @@
 """`kuberde port-forward AGENT [LOCAL:]REMOTE`: a local listener like `kubectl port-forward`.
 
-Every accepted connection opens its own `/connect` WebSocket, so nothing is shared between
-connections and the listener outlives gateway and agent restarts: a connection that fails
-is closed and reported on stderr, and the next one tries again.
+All accepted connections share one WebSocket to the gateway (`/session/AGENT`) carrying a
+mux session with the agent's framing: a new connection is one stream open, not a WebSocket
+and TLS handshake. The session is dialled on first use and again after it ends, so the
+listener outlives gateway and agent restarts: a connection that fails is closed and
+reported on stderr, and the next one tries again. A gateway without `/session` gets one
+`/connect` WebSocket per connection, as before.
 """
 
 from __future__ import annotations
@@ -20,15 +23,30 @@ import aiohttp
 
 from kuberde.aio import wait_for_signal
 from kuberde.cli.bridge import Bridge
-from kuberde.cli.config import ClientSettings
-from kuberde.cli.login import Credentials
+from kuberde.cli.config import ClientSettings, session_url
+from kuberde.cli.login import Credentials, RefreshError, unauthorized_message
 from kuberde.cli.messages import ConnectError
 from kuberde.cli.progress import WakeProgress
-from kuberde.cli.tunnel import gateway_session, open_authorized
+from kuberde.cli.tunnel import gateway_session, open_authorized, upgrade
+from kuberde.mux import (
+    BULK_FRAME,
+    BULK_WINDOW,
+    Preamble,
+    Session,
+    SessionClosed,
+    SessionConfig,
+    encode_preamble,
+)
+from kuberde.mux.tcpbridge import TcpBridge
+from kuberde.wslink import WebSocketLink
 
 __all__ = ["KIND", "PortMapping", "format_address", "parse_port_mapping", "serve_port_forward"]
 
 KIND = "port-forward"
+#: Bulk windows as on the gateway-agent path; the gateway opens no streams to us.
+_SESSION_CONFIG = SessionConfig(
+    receive_window=BULK_WINDOW, max_frame_payload=BULK_FRAME, accept_backlog=0
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +94,7 @@ class _Forwarded(asyncio.Protocol):
         self._remote = remote
         self._transport: asyncio.Transport | None = None
         self._bridge: Bridge | None = None
+        self._joined: TcpBridge | None = None
         self._task: asyncio.Task[None] | None = None
         self._early: list[bytes] = []
         self._early_eof = False
@@ -94,6 +113,48 @@ class _Forwarded(asyncio.Protocol):
         self._task = self._forwarder.spawn(self._run(transport))
 
     async def _run(self, transport: asyncio.Transport) -> None:
+        try:
+            session = await self._forwarder.mux.session()
+        except ConnectError as exc:
+            self._forwarder.report(f"connection from {self._peer} failed: {exc}")
+            transport.close()
+            return
+        if session is None:
+            await self._run_tunnel(transport)
+        else:
+            await self._run_stream(session, transport)
+
+    async def _run_stream(self, session: Session, transport: asyncio.Transport) -> None:
+        """This connection as one stream of the shared session."""
+        preamble = encode_preamble(Preamble(self._remote, "port-forward", ""))
+        try:
+            stream = session.open_stream(preamble)
+        except SessionClosed:
+            self._forwarder.report(f"connection from {self._peer} failed: lost the gateway")
+            transport.close()
+            return
+        what = f"local connection from {self._peer}"
+        joined = TcpBridge(stream, what)
+        joined.connection_made(transport)
+        self._joined = joined
+        self._deliver_early(joined, transport)
+        await joined.finished
+        error = stream.error
+        if error is not None and not error.reason.startswith(what):
+            self._forwarder.report(f"connection from {self._peer} ended: {error.reason}")
+
+    def _deliver_early(self, target: Bridge | TcpBridge, transport: asyncio.Transport) -> None:
+        """Hand over what the client sent before its tunnel was open, then let it talk."""
+        for data in self._early:
+            target.data_received(data)
+        self._early.clear()
+        if self._early_eof:
+            target.eof_received()
+        else:
+            transport.resume_reading()
+
+    async def _run_tunnel(self, transport: asyncio.Transport) -> None:
+        """This connection as its own `/connect` WebSocket (a gateway without `/session`)."""
         forwarder = self._forwarder
         try:
             tunnel = await open_authorized(
@@ -115,13 +176,7 @@ class _Forwarded(asyncio.Protocol):
         bridge.attach_writer(transport, transport.write_eof)
         bridge.attach_reader(transport)
         self._bridge = bridge
-        for data in self._early:
-            bridge.data_received(data)
-        self._early.clear()
-        if self._early_eof:
-            bridge.eof_received()
-        else:
-            transport.resume_reading()
+        self._deliver_early(bridge, transport)
         try:
             outcome = await bridge.run()
         finally:
@@ -133,33 +188,107 @@ class _Forwarded(asyncio.Protocol):
             forwarder.report(f"connection from {self._peer} ended: {outcome.message}")
             transport.abort()
 
+    @property
+    def _relay(self) -> Bridge | TcpBridge | None:
+        return self._joined if self._joined is not None else self._bridge
+
     def data_received(self, data: bytes) -> None:
-        if self._bridge is not None:
-            self._bridge.data_received(data)
+        relay = self._relay
+        if relay is not None:
+            relay.data_received(data)
         elif self._transport is not None:
             self._early.append(data)
             self._transport.pause_reading()
 
     def eof_received(self) -> bool:
-        if self._bridge is not None:
-            self._bridge.eof_received()
+        relay = self._relay
+        if relay is not None:
+            relay.eof_received()
         else:
             self._early_eof = True
         return True
 
     def pause_writing(self) -> None:
-        if self._bridge is not None:
-            self._bridge.pause_writing()
+        relay = self._relay
+        if relay is not None:
+            relay.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._bridge is not None:
-            self._bridge.resume_writing()
+        relay = self._relay
+        if relay is not None:
+            relay.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._bridge is not None:
+        if self._joined is not None:
+            self._joined.connection_lost(exc)
+        elif self._bridge is not None:
             self._bridge.local_lost()
         elif self._task is not None:
             self._task.cancel()
+
+
+class _Mux:
+    """The port-forward's one mux session to the gateway (`/session/AGENT`), dialled on
+    first use and again whenever the last one has ended (a gateway restart, a lost link).
+
+    `session()` is None for a gateway without `/session` (it answers a plain 404, not
+    its own JSON error): each connection then gets its own `/connect` WebSocket.
+    """
+
+    def __init__(self, forwarder: _Forwarder) -> None:
+        self._forwarder = forwarder
+        self._session: Session | None = None
+        self._lock = asyncio.Lock()
+        self._unsupported = False
+
+    async def session(self) -> Session | None:
+        async with self._lock:
+            if self._session is not None and not self._session.is_closed:
+                return self._session
+            if self._unsupported:
+                return None
+            try:
+                ws = await self._dial()
+            except ConnectError as exc:
+                if exc.status == 404 and exc.detail is None:
+                    self._unsupported = True
+                    return None
+                raise
+            session = Session(
+                WebSocketLink(ws),
+                is_client=True,
+                config=_SESSION_CONFIG,
+                name=self._forwarder.agent,
+            )
+            self._forwarder.spawn(self._serve(session, ws))
+            self._session = session
+            return session
+
+    async def _dial(self) -> aiohttp.ClientWebSocketResponse:
+        """Upgrade with the stored login's token; after a 401, renew it once and retry."""
+        forwarder = self._forwarder
+        settings = await forwarder.credentials.fresh()
+        url = session_url(settings.server, forwarder.agent)
+        try:
+            return await upgrade(forwarder.session, settings, url, forwarder.agent)
+        except ConnectError as exc:
+            if exc.status != 401:
+                raise
+            try:
+                renewed = await forwarder.credentials.renew(settings)
+            except RefreshError as failure:
+                raise ConnectError(unauthorized_message(failure), status=401) from None
+            if renewed is None:
+                raise
+        return await upgrade(forwarder.session, renewed, url, forwarder.agent)
+
+    @staticmethod
+    async def _serve(session: Session, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            await session.run()
+        finally:
+            if not ws.closed:
+                await ws.close()
 
 
 class _Forwarder:
@@ -176,6 +305,7 @@ class _Forwarder:
         self.progress = WakeProgress(agent, stderr)
         self._stderr = stderr
         self._tasks: set[asyncio.Task[None]] = set()
+        self.mux = _Mux(self)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)

@@ -26,7 +26,14 @@ from kuberde.cli.messages import (
 from kuberde.messages import os_reason, unreachable
 from kuberde.tls import client_ssl_context
 
-__all__ = ["CLOSE_TYPES", "Tunnel", "gateway_session", "open_authorized", "open_connection"]
+__all__ = [
+    "CLOSE_TYPES",
+    "Tunnel",
+    "gateway_session",
+    "open_authorized",
+    "open_connection",
+    "upgrade",
+]
 
 _MAX_MESSAGE = 16 * 1024 * 1024
 _HANDSHAKE_TIMEOUT = 30.0
@@ -90,23 +97,14 @@ def gateway_session(settings: ClientSettings) -> aiohttp.ClientSession:
     )
 
 
-async def open_connection(
-    settings: ClientSettings,
-    agent: str,
-    port: int | None,
-    kind: str,
-    *,
-    on_event: EventHandler | None,
-    session: aiohttp.ClientSession,
-) -> Tunnel:
-    """Upgrade to the gateway's `/connect` WebSocket and wait until the stream is open.
-
-    `waking` progress goes to `on_event`. Raises ConnectError with a user-facing message.
-    """
-    url = connect_url(settings.server, agent, port, kind)
+async def upgrade(
+    session: aiohttp.ClientSession, settings: ClientSettings, url: str, agent: str
+) -> ClientWebSocketResponse:
+    """The WebSocket upgrade to `url` with the user's token; failures as ConnectError with
+    a user-facing message (`status` set when the gateway answered HTTP instead)."""
     try:
         async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
-            ws = await session.ws_connect(
+            return await session.ws_connect(
                 url,
                 headers={"Authorization": f"Bearer {settings.token}"},
                 compress=0,
@@ -115,7 +113,7 @@ async def open_connection(
             )
     except _Refused as exc:
         raise ConnectError(
-            refusal_message(exc.status, exc.detail, agent), status=exc.status
+            refusal_message(exc.status, exc.detail, agent), status=exc.status, detail=exc.detail
         ) from None
     except aiohttp.ClientConnectorCertificateError as exc:
         raise ConnectError(
@@ -134,6 +132,22 @@ async def open_connection(
         raise ConnectError(
             f"the gateway at {settings.server} did not answer within {_HANDSHAKE_TIMEOUT:g}s"
         ) from None
+
+
+async def open_connection(
+    settings: ClientSettings,
+    agent: str,
+    port: int | None,
+    kind: str,
+    *,
+    on_event: EventHandler | None,
+    session: aiohttp.ClientSession,
+) -> Tunnel:
+    """Upgrade to the gateway's `/connect` WebSocket and wait until the stream is open.
+
+    `waking` progress goes to `on_event`. Raises ConnectError with a user-facing message.
+    """
+    ws = await upgrade(session, settings, connect_url(settings.server, agent, port, kind), agent)
     try:
         first = await _await_stream(ws, agent, on_event)
     except BaseException:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from kuberde.gateway.limits import LimitExceeded, StreamQuota, StreamQuotaSettin
 from kuberde.gateway.metrics import GatewayMetrics
 from kuberde.gateway.presence import Presence
 from kuberde.gateway.registry import AgentConnection
+from kuberde.gateway.user_session import serve_user_session
 from kuberde.messages import not_found
 from kuberde.mux import (
     BULK_FRAME,
@@ -118,6 +120,8 @@ class Gateway:
         #: What one stream may make the gateway buffer: its receive window and send buffer.
         self.stream_reserve = settings.mux.receive_window + settings.mux.send_buffer_limit
         self._user_sockets: set[web.WebSocketResponse] = set()
+        #: Users' mux sessions (`/session`), closed with the agents' on shutdown.
+        self.user_sessions: set[Session] = set()
         self._background: set[asyncio.Task[None]] = set()
 
     # ---- authentication ------------------------------------------------------------------
@@ -204,7 +208,7 @@ class Gateway:
         connection = self.registry.get(candidate)
         return connection.owner if connection is not None else None
 
-    async def _resolve(self, reference: str, user: Principal) -> tuple[str, str] | None:
+    async def resolve(self, reference: str, user: Principal) -> tuple[str, str] | None:
         """Like `_find`, but a miss gets one more look after the directory has caught up."""
         found = self._find(reference, user)
         if found is None and self.directory is not None:
@@ -237,7 +241,7 @@ class Gateway:
         started = asyncio.get_running_loop().time()
         user = await self.authenticate(request, "user")
         port, kind = self._connect_options(request)
-        resolved = await self._resolve(request.match_info["agent"], user)
+        resolved = await self.resolve(request.match_info["agent"], user)
         if resolved is None:
             raise json_error(web.HTTPNotFound, not_found(request.match_info["agent"]), "not_found")
         target, _ = resolved
@@ -452,7 +456,7 @@ class Gateway:
         is missing, as everywhere on /api."""
         user = await self.authenticate(request, "user")
         reference = request.match_info["agent"]
-        resolved = await self._resolve(reference, user)
+        resolved = await self.resolve(reference, user)
         if resolved is None:
             raise json_error(web.HTTPNotFound, not_found(reference), "not_found")
         target, owner = resolved
@@ -473,14 +477,16 @@ class Gateway:
         return web.Response(body=self.metrics.render(), content_type="text/plain")
 
     async def on_shutdown(self, app: web.Application) -> None:
-        """Close every user socket and agent session at once, under one deadline, then
-        cancel background work: a thousand sessions must not take a thousand timeouts."""
+        """Close every user socket, user session and agent session at once, under one
+        deadline, then cancel background work: a thousand sessions must not take a thousand
+        timeouts."""
+        sessions = [c.session for c in self.registry.connections()] + list(self.user_sessions)
         closing = [
             *(
                 self._close(ws, CloseCode.SHUTTING_DOWN, "gateway is shutting down")
                 for ws in list(self._user_sockets)
             ),
-            *(self._end_session(connection) for connection in self.registry.connections()),
+            *(self._end_session(session) for session in sessions),
         ]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.shutdown_deadline):
@@ -491,9 +497,9 @@ class Gateway:
         await asyncio.gather(*background, return_exceptions=True)
 
     @staticmethod
-    async def _end_session(connection: AgentConnection) -> None:
-        connection.session.go_away()
-        await connection.session.close("gateway is shutting down", code=1001)
+    async def _end_session(session: Session) -> None:
+        session.go_away()
+        await session.close("gateway is shutting down", code=1001)
 
 
 def _is_eof(text: str) -> bool:
@@ -518,6 +524,7 @@ def create_app(
     app[GATEWAY_KEY] = gateway
     app.router.add_get("/ws", gateway.agent_socket)
     app.router.add_get("/connect/{agent}", gateway.user_socket)
+    app.router.add_get("/session/{agent}", functools.partial(serve_user_session, gateway))
     app.router.add_get("/mgmt/agents", gateway.list_agents)
     app.router.add_get("/mgmt/agents/{agent}", gateway.get_agent)
     app.router.add_get("/api/agents/{agent}", gateway.find_agent)

@@ -1,0 +1,278 @@
+"""`GET /session/{agent}`: one WebSocket carrying a user-side mux session (same yamux framing
+as the agent's), so `kuberde port-forward` opens a stream per local connection instead of
+a WebSocket and a handshake.
+
+The user dials, so the user's streams have odd ids. Each starts with a stream preamble
+(port and kind; any user name in it is replaced by the verified one). Every stream is
+authorised and counted on its own, as a `/connect` would be: the workspace must still be
+the user's, and the per-user and per-agent stream quota applies. The gateway then opens a
+stream to the agent, exactly as for `/connect`, and joins the two on Protocol-style
+callbacks: no task per chunk, and window updates to the sender only once the other side
+has taken the bytes. The agent sees no difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from kuberde.auth import Principal
+from kuberde.gateway.directory import WakeError
+from kuberde.gateway.limits import LimitExceeded, Reservation
+from kuberde.gateway.registry import AgentConnection
+from kuberde.messages import not_found
+from kuberde.mux import (
+    BULK_FRAME,
+    BULK_WINDOW,
+    Preamble,
+    PreambleError,
+    PreambleReader,
+    Session,
+    SessionClosed,
+    SessionConfig,
+    Stream,
+    StreamReset,
+    encode_preamble,
+)
+from kuberde.wslink import WebSocketLink
+
+if TYPE_CHECKING:
+    from kuberde.gateway.app import Gateway
+
+__all__ = ["USER_SESSION_CONFIG", "serve_user_session"]
+
+log = logging.getLogger(__name__)
+
+#: Bulk windows as on the agent path. A burst of new streams waits to be accepted here;
+#: the stream quota, not this backlog, is what bounds a user.
+USER_SESSION_CONFIG = SessionConfig(
+    receive_window=BULK_WINDOW, max_frame_payload=BULK_FRAME, accept_backlog=1024
+)
+_PREAMBLE_TIMEOUT = 10.0
+_ADMISSION_PATIENCE = 10.0
+
+
+class _Pipe:
+    """One direction of a joined pair: `source`'s bytes written into `sink_stream`.
+
+    Bytes are acknowledged to `source`'s sender at once unless `sink_stream`'s send buffer
+    is full; then they are acknowledged when it drains (end-to-end backpressure).
+    """
+
+    __slots__ = ("_count", "_paused", "_sink_stream", "_source", "_unacked")
+
+    def __init__(self, source: Stream, sink_stream: Stream, count: _Counter) -> None:
+        self._source = source
+        self._sink_stream = sink_stream
+        self._count = count
+        self._paused = False
+        self._unacked = 0
+        sink_stream.set_producer(self._pause, self._resume)
+
+    def start(self) -> None:
+        self._source.set_sink(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._sink_stream.write(data)
+        except StreamReset as exc:
+            self._source.reset(exc.reason)
+            return
+        if self._paused:
+            self._unacked += len(data)
+        else:
+            self._source.consumed(len(data))
+        self._count(len(data))
+
+    def eof_received(self) -> None:
+        self._sink_stream.close_write()
+
+    def stream_reset(self, error: StreamReset) -> None:
+        self._sink_stream.reset(error.reason)
+
+    def _pause(self) -> None:
+        self._paused = True
+
+    def _resume(self) -> None:
+        self._paused = False
+        if self._unacked:
+            self._source.consumed(self._unacked)
+            self._unacked = 0
+
+
+class _Counter:
+    """Bytes moved: metrics and the idle clock (which throttles itself)."""
+
+    __slots__ = ("_activity", "_counter", "_target")
+
+    def __init__(self, gateway: Gateway, target: str, *, to_agent: bool) -> None:
+        metrics = gateway.metrics
+        self._counter = metrics.bytes_to_agent if to_agent else metrics.bytes_from_agent
+        self._activity = gateway.activity
+        self._target = target
+
+    def __call__(self, size: int) -> None:
+        self._counter.inc(size)
+        self._activity.bytes_moved(self._target)
+
+
+async def _read_preamble(stream: Stream) -> tuple[Preamble, bytes]:
+    reader = PreambleReader()
+    while True:
+        data = await stream.read()
+        if not data:
+            raise PreambleError("the stream ended before its preamble")
+        found = reader.feed(data)
+        if found is not None:
+            return found
+
+
+async def _agent_for(gateway: Gateway, target: str, user: str) -> AgentConnection | str:
+    """The agent's session, woken if need be; else why there is none."""
+    record = gateway.directory.lookup(target) if gateway.directory else None
+    if record is not None and record.error:
+        return record.error
+    connection = gateway.registry.get(target)
+    if connection is not None and not connection.session.is_closed:
+        return connection
+    if record is None or gateway.directory is None:
+        return f"workspace {target} is not connected"
+    gateway.activity.waiting_started(target)
+    try:
+        gateway.metrics.wakes.inc()
+        await gateway.directory.request_wake(target, user)
+        async with asyncio.timeout(gateway.settings.wake_timeout):
+            return await gateway.registry.wait_online(target)
+    except WakeError as exc:
+        return str(exc)
+    except TimeoutError:
+        return f"workspace {target} did not come online within {gateway.settings.wake_timeout:g}s"
+    finally:
+        gateway.activity.waiting_ended(target)
+
+
+async def _serve_stream(
+    gateway: Gateway, user_stream: Stream, user: Principal, reference: str
+) -> None:
+    """Authorise one user stream, open its agent stream and join them until both end."""
+    try:
+        async with asyncio.timeout(_PREAMBLE_TIMEOUT):
+            preamble, rest = await _read_preamble(user_stream)
+    except (TimeoutError, PreambleError) as exc:
+        user_stream.reset(f"bad stream preamble: {exc}")
+        return
+    except StreamReset:
+        return
+    resolved = await gateway.resolve(reference, user)
+    if resolved is None:  # no longer the user's (or gone): as /connect would answer
+        user_stream.reset(not_found(reference))
+        return
+    target = resolved[0]
+    reservation = await _admit(gateway, user.name, target)
+    if isinstance(reservation, str):
+        user_stream.reset(reservation)
+        return
+    try:
+        agent_stream = await _open_agent_stream(
+            gateway, target, Preamble(preamble.port, preamble.kind, user.name)
+        )
+        if isinstance(agent_stream, str):
+            user_stream.reset(agent_stream)
+            return
+        await _join(gateway, target, user_stream, agent_stream, rest)
+    finally:
+        reservation.release()
+
+
+async def _admit(gateway: Gateway, user: str, target: str) -> Reservation | str:
+    """The stream quota's admission, waiting as it says to (up to `_ADMISSION_PATIENCE`):
+    a session's streams arrive in bursts that /connect's handshakes would have spread out,
+    and pacing them keeps the limits without failing connections; else why not."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _ADMISSION_PATIENCE
+    while True:
+        try:
+            return gateway.quota.acquire(user, target, gateway.stream_reserve)
+        except LimitExceeded as exc:
+            if loop.time() + exc.retry_after > deadline:
+                return exc.reason
+            await asyncio.sleep(exc.retry_after)
+
+
+async def _open_agent_stream(gateway: Gateway, target: str, preamble: Preamble) -> Stream | str:
+    initial = encode_preamble(preamble)
+    for _ in range(2):  # an agent may drop between lookup and open: wait for it once more
+        connection = await _agent_for(gateway, target, preamble.user)
+        if isinstance(connection, str):
+            return connection
+        with contextlib.suppress(SessionClosed):
+            return connection.session.open_stream(initial)
+    return f"workspace {target} went away while connecting"
+
+
+async def _join(
+    gateway: Gateway, target: str, user_stream: Stream, agent_stream: Stream, rest: bytes
+) -> None:
+    gateway.activity.stream_opened(target)
+    gateway.metrics.open_streams.inc()
+    try:
+        if rest:
+            agent_stream.write(rest)
+        upward = _Pipe(user_stream, agent_stream, _Counter(gateway, target, to_agent=True))
+        downward = _Pipe(agent_stream, user_stream, _Counter(gateway, target, to_agent=False))
+        upward.start()
+        downward.start()
+        await user_stream.wait_closed()
+        await agent_stream.wait_closed()
+    finally:
+        for stream in (user_stream, agent_stream):
+            if not stream.is_closed:
+                stream.reset("the other side went away")
+        gateway.activity.stream_closed(target)
+        gateway.metrics.open_streams.dec()
+
+
+async def serve_user_session(gateway: Gateway, request: web.Request) -> web.StreamResponse:
+    """The `/session/{agent}` handler: refusals before the upgrade are HTTP errors, as for
+    `/connect`; after it, each stream that cannot be served is reset with the reason."""
+    from kuberde.gateway.app import json_error  # app.py registers this handler
+
+    user = await gateway.authenticate(request, "user")
+    reference = request.match_info["agent"]
+    if await gateway.resolve(reference, user) is None:
+        raise json_error(web.HTTPNotFound, not_found(reference), "not_found")
+    ws = web.WebSocketResponse(
+        compress=False, max_msg_size=gateway.settings.max_message_size, autoping=True
+    )
+    await ws.prepare(request)
+    session = Session(
+        WebSocketLink(ws), is_client=False, config=USER_SESSION_CONFIG, name=user.name
+    )
+    streams: set[asyncio.Task[None]] = set()
+    gateway.user_sessions.add(session)
+    running = asyncio.create_task(session.run())
+    log.info("user %s opened a session for %s", user.name, reference)
+    try:
+        while True:
+            try:
+                stream = await session.accept()
+            except SessionClosed:
+                break
+            task = asyncio.create_task(_serve_stream(gateway, stream, user, reference))
+            streams.add(task)
+            task.add_done_callback(streams.discard)
+    finally:
+        gateway.user_sessions.discard(session)
+        for task in list(streams):
+            task.cancel()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        log.info(
+            "user %s closed the session for %s: %s", user.name, reference, session.close_reason
+        )
+    return ws

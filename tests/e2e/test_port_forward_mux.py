@@ -1,0 +1,117 @@
+"""`kuberde port-forward` keeps one WebSocket (a user-side mux session) for all its local
+connections; real CLI, gateway, agent and targets over loopback.
+
+"One WebSocket" is read from the kernel: the port-forward process's TCP connections to
+the gateway's port (its socket inodes in /proc/PID/fd, matched in /proc/net/tcp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import (
+    STEP,
+    AgentFactory,
+    Gateway,
+    GatewayFactory,
+    Processes,
+    Targets,
+    echo_handler,
+    echo_roundtrip,
+    start_port_forward,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def connections_to(pid: int, port: int) -> int:
+    """Established TCP connections of process `pid` whose remote port is `port`."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if fields[3] == "01" and remote_port == port and fields[9] in inodes:
+                count += 1
+    return count
+
+
+async def test_many_connections_share_one_websocket(
+    gateway: Gateway, start_agent: AgentFactory, targets: Targets, processes: Processes
+) -> None:
+    port = targets.serve(echo_handler)
+    await asyncio.to_thread(start_agent, gateway, allowed_ports=[port])
+    token = await asyncio.to_thread(gateway.user_token)
+    forward, local = await asyncio.to_thread(start_port_forward, processes, gateway, token, port)
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    for _ in range(20):
+        opened.append(await asyncio.wait_for(asyncio.open_connection("127.0.0.1", local), STEP))
+    for index, (reader, writer) in enumerate(opened):
+        writer.write(b"hello %d\n" % index)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readline(), STEP) == b"hello %d\n" % index
+    assert connections_to(forward.pid, gateway.port) == 1
+    for _, writer in opened:
+        writer.close()
+    assert forward.returncode is None, forward.describe()
+
+
+async def test_data_sent_and_closed_before_the_session_is_up_arrives(
+    gateway: Gateway, start_agent: AgentFactory, targets: Targets, processes: Processes
+) -> None:
+    """The first client talks and leaves before the session has even been dialled; a second
+    one leaves before its stream is open. Both deliver their bytes and EOF."""
+    heard: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heard.put_nowait(await reader.read())
+        writer.close()
+
+    port = targets.serve(record)
+    await asyncio.to_thread(start_agent, gateway, allowed_ports=[port])
+    token = await asyncio.to_thread(gateway.user_token)
+    forward, local = await asyncio.to_thread(start_port_forward, processes, gateway, token, port)
+    for message in (b"before the upgrade", b"before the stream"):
+        with socket.create_connection(("127.0.0.1", local), timeout=STEP) as client:
+            client.sendall(message)
+            client.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(heard.get(), STEP) == message
+    assert forward.returncode is None, forward.describe()
+
+
+def test_agent_restart_keeps_the_session_and_gateway_restart_redials(
+    start_gateway: GatewayFactory,
+    start_agent: AgentFactory,
+    targets: Targets,
+    processes: Processes,
+) -> None:
+    gateway = start_gateway()
+    port = targets.serve(echo_handler)
+    agent = start_agent(gateway, allowed_ports=[port])
+    forward, local = start_port_forward(processes, gateway, gateway.user_token(), port)
+    assert asyncio.run(echo_roundtrip(local, b"first")) == b"first"
+
+    assert agent.proc.stop() == 0
+    start_agent(gateway, reuse=agent)
+    assert (
+        asyncio.run(echo_roundtrip(local, b"after the agent restart")) == b"after the agent restart"
+    )
+    assert connections_to(forward.pid, gateway.port) == 1, "the session outlived the agent"
+
+    assert gateway.proc.stop() == 0
+    restarted = start_gateway(state_dir=gateway.state_dir, port=gateway.port)
+    restarted.wait_agent()
+    payload = os.urandom(256 * 1024)
+    assert asyncio.run(echo_roundtrip(local, payload)) == payload
+    assert connections_to(forward.pid, gateway.port) == 1
+    assert forward.returncode is None, forward.describe()
