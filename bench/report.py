@@ -267,6 +267,7 @@ def goals(results: Results) -> list[Goal]:
             )
         )
     found += _startup_goals(results.get("startup"))
+    found += _path_goals(results, cut)
     wake = results.get("wake")
     if wake is not None:
         found.append(
@@ -276,6 +277,59 @@ def goals(results: Results) -> list[Goal]:
                 "< 1 s",
                 f"{wake['overhead_s']:.2f} s",
                 wake["overhead_s"] < 1.0,
+            )
+        )
+    return found
+
+
+def _path_goals(results: Results, cut: dict[str, dict[str, float | None]]) -> list[Goal]:
+    """Issue 15's goals for the multiplexed port-forward (one WebSocket, a stream each)."""
+    found: list[Goal] = []
+    for key, limit in (("ws", 0.5), ("wss", 1.0)):
+        setup = results.get("setup", {}).get(key)
+        if setup is not None:
+            found.append(
+                Goal(
+                    "setup",
+                    f"new-stream setup p50 over {key} (issue 15)",
+                    f"< {limit:g} ms",
+                    f"{setup['p50_ms']:.2f} ms",
+                    setup["p50_ms"] < limit,
+                )
+            )
+    tty = cut.get("setup_p50", {}).get("ws/ssh_tty")
+    if tty is not None:
+        found.append(
+            Goal(
+                "setup",
+                "new forwarded connection over ws",
+                "≤ 1x ssh -L tty",
+                f"{tty:.2f}x",
+                tty <= 1.0,
+            )
+        )
+    for metric, field in (("single", "throughput_single"), ("multi", "throughput_16")):
+        for key, floor in (("ws", 1.2), ("wss", 0.9)):
+            ratio = cut.get(field, {}).get(f"{key}/ssh")
+            if ratio is not None:
+                found.append(
+                    Goal(
+                        metric,
+                        f"{metric} throughput over {key} (issue 15)",
+                        f"≥ {floor:g}x ssh -L",
+                        f"{ratio:.2f}x",
+                        ratio >= floor,
+                    )
+                )
+    overhead = cut.get("rtt_overhead", {}).get("ws/ssh")
+    if overhead is not None:
+        found.append(
+            Goal(
+                "rtt",
+                "round-trip overhead over ws (issue 15)",
+                "≤ 2x ssh -L's",
+                f"{overhead:.2f}x",
+                overhead <= 2.0,
             )
         )
     return found
