@@ -356,7 +356,6 @@ class Soak:
         token = self.issuer.mint_user("mallory")
         held: list[aiohttp.ClientWebSocketResponse] = []
         agent = "user-mallory-hog"
-        self.agent_tasks["hog"] = asyncio.create_task(self.agent("mallory", "hog"))
         try:
             while time.monotonic() < self.deadline:
                 try:
@@ -399,7 +398,7 @@ class Soak:
 
     async def run(self) -> None:
         await asyncio.to_thread(self.start_gateway)
-        for owner, name in self.agents:
+        for owner, name in [*self.agents, ("mallory", "hog")]:
             self.agent_tasks[name] = asyncio.create_task(self.agent(owner, name))
         await self.agents_back()
         users = [asyncio.create_task(self.user(n)) for n in range(self.args.users)]

@@ -427,6 +427,7 @@ class Gateway:
 
     def report(self) -> ActivityReport:
         """The activity feed's report plus the directory's offline agents (with their owner)."""
+        self._forget_deleted()
         live = self.presence.report()
         agents = dict(live.agents)
         for record in self.directory.records() if self.directory else []:
@@ -438,6 +439,16 @@ class Gateway:
             elif status.owner is None:
                 agents[record.agent_id] = dataclasses.replace(status, owner=record.owner)
         return ActivityReport(agents, live.observed_at)
+
+    def _forget_deleted(self) -> None:
+        """Drop the activity of agents the directory no longer has, offline and unused: a
+        deleted workspace must not stay listed, nor held in memory, for good."""
+        if self.directory is None:
+            return
+        known = {record.agent_id for record in self.directory.records()}
+        for agent, activity in self.activity.items():
+            if agent not in known and self.registry.get(agent) is None and not activity.sessions:
+                self.activity.forget(agent)
 
     async def list_agents(self, request: web.Request) -> web.Response:
         await self.authenticate(request, "management")
