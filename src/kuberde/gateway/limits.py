@@ -42,16 +42,20 @@ class StreamLimits:
 
 @dataclass(frozen=True, slots=True)
 class StreamQuotaSettings:
-    """Defaults a real team does not hit by accident: ~128 sessions and tunnels each."""
+    """Defaults a real team does not hit by accident: ~128 sessions and tunnels each.
+
+    The burst equals the stream cap, so a client may open all its connections at once (a
+    port-forward serving a page, parallel scp); the rate only bounds sustained churn.
+    """
 
     per_user: StreamLimits = field(
         default_factory=lambda: StreamLimits(
-            max_streams=128, max_buffered_bytes=512 * MIB, streams_per_second=20, burst=60
+            max_streams=128, max_buffered_bytes=512 * MIB, streams_per_second=50, burst=128
         )
     )
     per_agent: StreamLimits = field(
         default_factory=lambda: StreamLimits(
-            max_streams=256, max_buffered_bytes=1024 * MIB, streams_per_second=40, burst=120
+            max_streams=256, max_buffered_bytes=1024 * MIB, streams_per_second=100, burst=256
         )
     )
 
@@ -149,9 +153,10 @@ class StreamQuota:
         tolerance = (limits.burst - 1) * interval
         early = max(entry.tat, now) - now - tolerance
         if early > 0:
+            retry = math.ceil(early * 10) / 10
             raise LimitExceeded(
                 f"{who} is opening connections faster than "
-                f"{limits.streams_per_second:g} per second; retry in {early:.1f}s",
+                f"{limits.streams_per_second:g} per second; retry in {retry:.1f}s",
                 early,
             )
 
