@@ -93,7 +93,8 @@ def start_ssh(
     directory = work / key
     directory.mkdir()
     port = free_port()
-    files = prepare_sshd(directory, port, comment="kuberde-bench")
+    # Under /tmp, which is world writable: StrictModes would refuse every path here.
+    files = prepare_sshd(directory, port, comment="kuberde-bench", strict_modes=False)
     (directory / "known_hosts").write_text(files.known_hosts_line(f"[127.0.0.1]:{port}"))
     ssh_binary, _ = openssh
     sshd = procs.start(f"sshd-{key}", files.argv)

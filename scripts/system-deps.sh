@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what KubeRDE's demo and tests use beyond Python: OpenSSH (client and server) from
-# Debian, and, with --tests, kubectl (for the runbook tests), Node.js and the npm OIDC
-# provider the authentication tests run against.
+# Debian, useradd and setpriv (a root `kuberde up` gives each owner an OS account), and, with
+# --tests, kubectl (for the runbook tests), a system python3 (test workloads run as other
+# accounts, which may not reach ours), Node.js and the npm OIDC provider the authentication
+# tests run against.
 #
 # It says what it will install before installing it, installs only what is missing, never
 # upgrades a package that is already installed (openssh-server is pinned to the installed
@@ -35,7 +37,10 @@ if ! installed openssh-server sshd; then
     packages+=(openssh-server)
   fi
 fi
+installed passwd useradd || packages+=(passwd)
+installed util-linux setpriv || packages+=(util-linux)
 if $tests; then
+  [ -x /usr/bin/python3 ] || packages+=(python3)
   command -v node >/dev/null 2>&1 || packages+=(nodejs)
   command -v npm >/dev/null 2>&1 || packages+=(npm)
   # The runbook tests run the real kubectl (Debian's kubernetes-client where it is missing).

@@ -12,11 +12,13 @@ import re
 __all__ = [
     "AGENT_APP_LABEL",
     "MAX_ID_LENGTH",
+    "MAX_OS_USER_LENGTH",
     "SCALED_DOWN_ANNOTATION",
     "WAKE_ANNOTATION",
     "InvalidName",
     "agent_id",
     "agent_labels",
+    "is_os_user_name",
     "validate_agent_id",
     "validate_name",
 ]
@@ -28,6 +30,9 @@ WAKE_ANNOTATION = "kuberde.io/wake-requested-at"
 #: Written by the operator when the TTL scales an agent to zero; removed when it is woken.
 SCALED_DOWN_ANNOTATION = "kuberde.io/scaled-down-at"
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_OS_USER = re.compile(r"[a-z_][a-z0-9_-]*")
+#: useradd's limit on user names.
+MAX_OS_USER_LENGTH = 32
 
 
 class InvalidName(ValueError):
@@ -71,3 +76,8 @@ def validate_agent_id(value: object) -> str:
 def agent_labels(agent: str) -> dict[str, str]:
     """Pod labels of an agent's workload, as the runbook selects them."""
     return {"app": AGENT_APP_LABEL, "instance": agent}
+
+
+def is_os_user_name(value: str) -> bool:
+    """What Debian's useradd accepts by default: a local workspace account's name."""
+    return len(value) <= MAX_OS_USER_LENGTH and _OS_USER.fullmatch(value) is not None

@@ -572,7 +572,8 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
         if shutil.which(tool) is None:
             pytest.fail(f"OpenSSH's {tool} is not installed (apt-get install openssh-client)")
     directory = tmp_path_factory.mktemp("sshd")
-    files = prepare_sshd(directory, free_port(), comment="kuberde-e2e")
+    # Under /tmp, which is world writable: StrictModes would refuse every path here.
+    files = prepare_sshd(directory, free_port(), comment="kuberde-e2e", strict_modes=False)
     known_hosts = directory / "known_hosts"
     known_hosts.write_text(files.known_hosts_line(f"{AGENT_ID}.kuberde", f"{NAME}.kuberde"))
     port, client_key = files.port, files.client_key

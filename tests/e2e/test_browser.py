@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 import sys
@@ -23,7 +24,15 @@ import aiohttp.abc
 import pytest
 
 from kuberde.auth.users import set_user
-from tests.e2e.up_fixtures import KubeRDE, current_owner, free_port, wait_until, write_documents
+from tests.e2e.up_fixtures import (
+    UP_PYTHONPATH,
+    WORKLOAD_PYTHON,
+    KubeRDE,
+    current_owner,
+    free_port,
+    wait_until,
+    write_documents,
+)
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import Browser, BrowserContext, Page, expect  # noqa: E402
@@ -49,7 +58,7 @@ pytestmark = pytest.mark.timeout(300)
 
 def jupyter_command(port: int, root: Path) -> list[str]:
     return [
-        sys.executable,
+        WORKLOAD_PYTHON,
         "-m",
         "jupyterlab",
         "--allow-root",
@@ -68,6 +77,9 @@ def jupyter_command(port: int, root: Path) -> list[str]:
 
 
 T = TypeVar("T")
+#: Workloads run as the owner's account under root, maybe with a system Python: they get
+#: our import path (JupyterLab, aiohttp) explicitly, since nothing is inherited.
+WORKLOAD_ENV = {} if sys.executable == WORKLOAD_PYTHON else {"PYTHONPATH": UP_PYTHONPATH}
 
 
 def document(name: str, port: int, command: list[str], app: str, path: str = "/") -> Any:
@@ -80,7 +92,7 @@ def document(name: str, port: int, command: list[str], app: str, path: str = "/"
             "ttl": "10m",
             "localTarget": f"127.0.0.1:{port}",
             "apps": [{"name": app, "port": port, "path": path}],
-            "workload": {"command": command},
+            "workload": {"command": command, "env": WORKLOAD_ENV},
         },
     }
 
@@ -111,20 +123,26 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("browser")
-    notebooks = root / "notebooks"
-    notebooks.mkdir()
-    record = root / "headers.jsonl"
-    lab_port, rec_port = free_port(), free_port()
-    files = write_documents(
-        root / "workspaces.yaml",
-        [
-            document("lab", lab_port, jupyter_command(lab_port, notebooks), "jupyterlab", "/lab"),
-            document(
-                "rec", rec_port, [sys.executable, str(RECORDER), str(rec_port), str(record)], "rec"
-            ),
-        ],
-    )
     with KubeRDE(root) as kuberde:
+        # The workloads' files are their account's (in its home, as root): they write them.
+        account = kuberde.account(OWNER)
+        data = account.home / "browser" if kuberde.isolated else root
+        notebooks = data / "notebooks"
+        notebooks.mkdir(parents=True)
+        for directory in (data, notebooks):
+            os.chown(directory, account.uid, account.gid)
+        record = data / "headers.jsonl"
+        lab_port, rec_port = free_port(), free_port()
+        recorder = [WORKLOAD_PYTHON, str(RECORDER), str(rec_port), str(record)]
+        files = write_documents(
+            root / "workspaces.yaml",
+            [
+                document(
+                    "lab", lab_port, jupyter_command(lab_port, notebooks), "jupyterlab", "/lab"
+                ),
+                document("rec", rec_port, recorder, "rec"),
+            ],
+        )
         set_user(kuberde.state_dir / "users.yaml", OWNER, PASSWORD)
         set_user(kuberde.state_dir / "users.yaml", "bob", BOB_PASSWORD)
         url = kuberde.start_up(files)

@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.up_fixtures import CLI_TIMEOUT, KubeRDE, free_port, wait_for_text
+from kuberde.local.accounts import account_name
+from tests.e2e.up_fixtures import (
+    CLI_TIMEOUT,
+    ISOLATED,
+    KubeRDE,
+    current_owner,
+    free_port,
+    wait_for_text,
+)
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 QUICK_START = "<!-- quick-start:"
@@ -99,6 +107,9 @@ class Session:
         else:
             config = shlex.quote(str(self.rde.home / ".ssh" / "config"))
         assert line.startswith("ssh ")
+        if ISOLATED:
+            # As the README says: as root, the demo's sshd runs as (and admits) kuberde-$USER.
+            line = line.replace("$USER@", f"{account_name(current_owner())}@")
         line = f"ssh -F {config} -o BatchMode=yes {line[4:]} echo ok"
         assert self.bash(line).stdout == "ok\n"
 

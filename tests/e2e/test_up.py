@@ -30,7 +30,6 @@ from tests.e2e.up_fixtures import (
     current_owner,
     echo_command,
     free_port,
-    make_sshd,
     wait_for_text,
     wait_until,
     workspace,
@@ -99,21 +98,24 @@ def test_idle_workspace_is_scaled_down_and_its_processes_are_gone(
 def test_ssh_session_held_open_for_three_ttls_keeps_the_workspace_running(
     rde: KubeRDE, tmp_path: Path
 ) -> None:
-    sshd = make_sshd(tmp_path / "ssh")
+    sshd = rde.make_sshd()
     sshd.trust("shell.kuberde")
     file = write_documents(
         tmp_path / "shell.yaml",
         [workspace("shell", sshd.command, ttl=f"{TTL}s", local_port=sshd.port, workspace_port=22)],
     )
     rde.start_up(file)
-    rde.wait_phase("shell", "Running")
+    # No wait for Running first: with a 2 s TTL a loaded machine's `ls` can miss that window,
+    # and the session wakes the workspace if the TTL got there first.
     output = tmp_path / "session.out"
     remote = [f"echo session-open; sleep {3 * TTL + 3}; echo session-done"]
 
     with rde.client(sshd.via_connect("shell", remote), output) as session:
         wait_for_text(output, "session-open")
-        pod = rde.wait_phase("shell", "Running")["pod"]
+        # Three TTLs from the session's start, which ends 3 s later: the last `ls` has 3 s
+        # plus a TTL before a scale-down could follow the session's end.
         held_until = time.monotonic() + 3 * TTL
+        pod = rde.wait_phase("shell", "Running")["pod"]
         while time.monotonic() < held_until:
             row = rde.ls()["shell"]
             assert row["phase"] == "Running" and row["pod"] == pod, row
@@ -152,7 +154,7 @@ def test_ttl_zero_never_scales_down(rde: KubeRDE, tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_ssh_to_a_scaled_down_workspace_wakes_it(rde: KubeRDE, tmp_path: Path) -> None:
-    sshd = make_sshd(tmp_path / "ssh")
+    sshd = rde.make_sshd()
     sshd.trust("sleeper.kuberde")
     file = write_documents(
         tmp_path / "sleeper.yaml",
@@ -266,7 +268,7 @@ def test_waking_connection_goes_through_to_a_workload_that_listens_late(
 @pytest.mark.timeout(60)
 def test_stop_then_port_forward_and_plain_ssh_wakes_it(rde: KubeRDE, tmp_path: Path) -> None:
     """The runbook's session check, with the local runtime in place of Kubernetes."""
-    sshd = make_sshd(tmp_path / "ssh")
+    sshd = rde.make_sshd()
     file = write_documents(
         tmp_path / "dev.yaml",
         [workspace("dev", sshd.command, ttl="5m", local_port=sshd.port, workspace_port=22)],

@@ -1,9 +1,10 @@
 """Helpers for end-to-end tests of `kuberde up`: real processes, real sockets, real OpenSSH.
 
-`KubeRDE` owns one throwaway installation (state directory, CLI config, home directory) and
-the `kuberde up` process running on it. Every command is the installed `kuberde` script in
-a subprocess with a timeout, so the tests see exactly what a user sees. Closing it stops
-`kuberde up` with SIGTERM and proves that no process it started is left behind.
+`KubeRDE` owns one throwaway installation (state directory, CLI config, home directory, and
+as root the homes of the workspace accounts) and the `kuberde up` process running on it.
+Every command is the installed `kuberde` script in a subprocess with a timeout, so the tests
+see exactly what a user sees. Closing it stops `kuberde up` with SIGTERM and proves that no
+process it started is left behind.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import os
 import random
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,12 +32,19 @@ from typing import Any
 
 import yaml
 
+import kuberde
+from kuberde.local.accounts import Account, Accounts, run_as_argv
 from kuberde.local.sshd import prepare_sshd
+from kuberde.local.supervisor import RUN_MARKER
 
 __all__ = [
     "CLI_TIMEOUT",
+    "ISOLATED",
     "KUBERDE",
+    "UP_PYTHON",
+    "UP_PYTHONPATH",
     "WAIT",
+    "WORKLOAD_PYTHON",
     "KubeRDE",
     "ProcessId",
     "Row",
@@ -42,7 +52,6 @@ __all__ = [
     "current_owner",
     "echo_command",
     "free_port",
-    "make_sshd",
     "wait_for_text",
     "wait_until",
     "workspace",
@@ -57,8 +66,50 @@ CLI_TIMEOUT = 30.0
 _UP_BANNER = re.compile(r"KubeRDE is up: gateway (http://\S+)")
 _START_HEADER = re.compile(r"^--- kuberde (\S+) starting ", re.MULTILINE)
 _POLL = 0.1
-#: Set for `kuberde up` only, so every process it starts inherits it and can be found later.
-_MARKER = "KUBERDE_E2E_INSTALLATION"
+#: As root, `kuberde up` runs each owner's workloads as an account of their own.
+ISOLATED = os.geteuid() == 0
+#: Homes of the workspace accounts go below this when root: not under /tmp, which is world
+#: writable (sshd's StrictModes refuses such paths) and where pytest's 0700 directories are.
+_HOMES_BASE = Path("/var/lib/kuberde-e2e")
+
+
+def _runnable_by_anyone(path: str) -> bool:
+    """Whether every account may run `path`: it and each directory above it allow others."""
+    target = Path(os.path.realpath(path))
+    return all(os.stat(part).st_mode & 0o001 for part in [target, *target.parents])
+
+
+_SYSTEM_PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+#: A Python that workloads running as other accounts can start (stdlib only is needed).
+WORKLOAD_PYTHON = (
+    sys.executable if _runnable_by_anyone(sys.executable) else _SYSTEM_PYTHON or sys.executable
+)
+
+
+def _same_python(path: str) -> bool:
+    """Whether `path` is a Python of our minor version (so our compiled dependencies load)."""
+    result = subprocess.run(
+        [path, "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+    return result.stdout.strip() == str(sys.version_info[:2])
+
+
+#: How an unprivileged account runs `kuberde up`, or None if it cannot here: our interpreter
+#: if others may run it, else the system's Python of the same version with our import path.
+UP_PYTHON: str | None = (
+    sys.executable
+    if _runnable_by_anyone(sys.executable)
+    else _SYSTEM_PYTHON
+    if _SYSTEM_PYTHON is not None and _same_python(_SYSTEM_PYTHON)
+    else None
+)
+UP_PYTHONPATH = os.pathsep.join(
+    [str(Path(kuberde.__file__).parent.parent), *(path for path in sys.path if path)]
+)
 
 
 _handed_out: set[int] = set()
@@ -210,7 +261,7 @@ server.serve_forever()
 
 def echo_command(port: int, marker: str) -> list[str]:
     """A workload that prints `marker` and echoes TCP on `port`."""
-    return [sys.executable, "-u", "-c", _ECHO_SERVER, str(port), marker]
+    return [WORKLOAD_PYTHON, "-u", "-c", _ECHO_SERVER, str(port), marker]
 
 
 def workspace(
@@ -310,21 +361,6 @@ class SshServer:
         return ["ssh", *self.client_options(), "-p", str(port), f"{self.user}@127.0.0.1", *remote]
 
 
-def make_sshd(directory: Path) -> SshServer:
-    """Keys and an sshd_config for `sshd -D -e` on a free loopback port, for the OS user."""
-    files = prepare_sshd(directory, free_port(), comment="kuberde-e2e")
-    known_hosts = directory / "known_hosts"
-    known_hosts.write_text("")
-    return SshServer(
-        port=files.port,
-        command=files.argv,
-        client_key=files.client_key,
-        known_hosts=known_hosts,
-        host_key_line=files.known_hosts_line("").strip(),
-        user=getpass.getuser(),
-    )
-
-
 # ---- kuberde up ----------------------------------------------------------------------------
 
 
@@ -345,15 +381,33 @@ class KubeRDE:
     """One installation under `root` and its `kuberde up` process (at most one at a time)."""
 
     def __init__(
-        self, root: Path, *, sweep_interval: float = 0.2, default_paths: bool = False
+        self,
+        root: Path,
+        *,
+        sweep_interval: float = 0.2,
+        default_paths: bool = False,
+        run_as: Account | None = None,
     ) -> None:
         """`default_paths`: as a new user runs it, with every file where it goes by default
-        under the (empty) home, and the venv's `kuberde` on PATH."""
+        under the (empty) home, and the venv's `kuberde` on PATH. `run_as`: run `kuberde up`
+        as that (unprivileged) account, which owns `root`."""
         self.root = root
         self.home = root / "home"
         self.home.mkdir(parents=True, exist_ok=True)
         self.default_paths = default_paths
         self.state_dir = self.home / ".local/state/kuberde" if default_paths else root / "state"
+        self.run_as = run_as
+        self.isolated = ISOLATED and run_as is None
+        if run_as is not None:
+            for owned in (root, self.home):
+                os.chown(owned, run_as.uid, run_as.gid)
+        if self.isolated:
+            _HOMES_BASE.mkdir(mode=0o755, exist_ok=True)
+            self.homes = Path(tempfile.mkdtemp(prefix="homes-", dir=_HOMES_BASE))
+            self.homes.chmod(0o755)
+        else:
+            self.homes = root / "homes"
+        self._sshd_count = 0
         self.sweep_interval = sweep_interval
         # HOME too: the demo must not authorise the keys of whoever runs the tests, and the
         # CLI must see the same (empty) home as `kuberde up` to pick the same SSH identity.
@@ -372,6 +426,8 @@ class KubeRDE:
         self._runs = 0
         #: Every workspace process we have seen, checked to be gone when `kuberde up` stops.
         self._seen: set[ProcessId] = set()
+        #: Their runs' RUN_MARKER values, which find processes that left the tree.
+        self._run_markers: set[str] = set()
 
     def __enter__(self) -> KubeRDE:
         return self
@@ -382,26 +438,35 @@ class KubeRDE:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._up is not None:
-            self.stop_up()
+        try:
+            if self._up is not None:
+                self.stop_up()
+        finally:
+            if self.isolated:
+                shutil.rmtree(self.homes, ignore_errors=True)
 
     # ---- the `kuberde up` process --------------------------------------------------------
 
-    def start_up(self, *files: Path) -> str:
+    def start_up(self, *files: Path, extra_env: Mapping[str, str] | None = None) -> str:
         """Run `kuberde up` (the demo when no file is given); return the gateway URL."""
         assert self._up is None, "kuberde up is already running"
         self._runs += 1
         self._up_log = self.root / f"up-{self._runs}.stderr"
-        argv = [KUBERDE, "up", "--listen", "127.0.0.1:0"]
+        argv, env = [KUBERDE], dict(extra_env or {})
+        if self.run_as is not None:
+            assert UP_PYTHON is not None, "no Python here that other accounts may run"
+            argv = run_as_argv(self.run_as, [UP_PYTHON, "-m", "kuberde"])
+            env["PYTHONPATH"] = UP_PYTHONPATH
+        argv += ["up", "--listen", "127.0.0.1:0"]
         if not self.default_paths:
             argv += ["--state-dir", str(self.state_dir)]
-        argv += ["--sweep-interval", str(self.sweep_interval)]
+        argv += ["--sweep-interval", str(self.sweep_interval), "--homes-dir", str(self.homes)]
         for path in files:
             argv += ["-f", str(path)]
         with self._up_log.open("wb") as stderr:
             self._up = subprocess.Popen(
                 argv,
-                env=self.env | {_MARKER: str(self.root)},
+                env=self.env | env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
@@ -439,7 +504,7 @@ class KubeRDE:
         process = self._up
         assert process is not None, "kuberde up is not running"
         self._up = None
-        self._seen |= descendants(process.pid)
+        self._see(descendants(process.pid))
         process.send_signal(signal.SIGTERM)
         try:
             code = process.wait(timeout=WAIT)
@@ -451,17 +516,24 @@ class KubeRDE:
         deadline = time.monotonic() + 10.0
         while any(p.alive for p in self._seen) and time.monotonic() < deadline:
             time.sleep(_POLL)
-        self._seen |= self._marked()
+        self._see(self._marked())
         leftovers = self._kill_leftovers()
         assert not leftovers, f"processes left after kuberde up stopped: {leftovers}"
         assert code == 0, f"kuberde up exited {code}:\n{self.up_stderr()}"
         assert "Traceback" not in self.up_stderr(), self.up_stderr()
 
+    def _see(self, processes: Iterable[ProcessId]) -> None:
+        for process in processes:
+            self._seen.add(process)
+            marker = _environ(process.pid).get(RUN_MARKER)
+            if marker:
+                self._run_markers.add(marker)
+
     def _marked(self) -> set[ProcessId]:
-        """Processes carrying our installation's marker, even ones that left the tree."""
+        """Processes of the runs we saw, even ones that left the tree."""
         found: set[ProcessId] = set()
         for entry in os.listdir("/proc"):
-            if entry.isdigit() and _environ(int(entry)).get(_MARKER) == str(self.root):
+            if entry.isdigit() and _environ(int(entry)).get(RUN_MARKER) in self._run_markers:
                 process = ProcessId.of(int(entry))
                 if process is not None and process.alive:
                     found.add(process)
@@ -474,6 +546,40 @@ class KubeRDE:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGKILL)
         return leftovers
+
+    # ---- accounts and sshd ---------------------------------------------------------------
+
+    def account(self, owner: str | None = None) -> Account:
+        """The account `kuberde up` runs `owner`'s workloads as (created now if need be)."""
+        if self.run_as is not None:
+            return self.run_as
+        return Accounts.for_this_process(self.homes).for_owner(owner or current_owner())
+
+    def make_sshd(self, owner: str | None = None) -> SshServer:
+        """sshd files for a workload of `owner` on a free loopback port: the server's in the
+        account's home (its own, StrictModes on), the client's key and known_hosts ours."""
+        self._sshd_count += 1
+        account = self.account(owner)
+        client = self.root / f"ssh-client-{self._sshd_count}"
+        server = account.home / f"sshd-{self._sshd_count}" if self.isolated else client
+        files = prepare_sshd(
+            server,
+            free_port(),
+            account=account,
+            client_directory=client,
+            comment="kuberde-e2e",
+            strict_modes=self.isolated,
+        )
+        known_hosts = client / "known_hosts"
+        known_hosts.write_text("")
+        return SshServer(
+            port=files.port,
+            command=files.argv,
+            client_key=files.client_key,
+            known_hosts=known_hosts,
+            host_key_line=files.known_hosts_line("").strip(),
+            user=account.name,
+        )
 
     # ---- the CLI -------------------------------------------------------------------------
 
@@ -523,7 +629,7 @@ class KubeRDE:
             if row["pod"]:
                 process = ProcessId.of(int(row["pod"]))
                 if process is not None:
-                    self._seen.add(process)
+                    self._see([process])
         return {row["name"]: row for row in rows}
 
     def wait_for(
@@ -568,7 +674,7 @@ class KubeRDE:
             return bool(found)
 
         wait_until(seen, f"running {what}")
-        self._seen |= set(found)
+        self._see(found)
         assert len(found) == 1, f"more than one {what}: {[p.describe() for p in found]}"
         return found[0]
 
@@ -588,7 +694,7 @@ class KubeRDE:
             for process in descendants(self.up_pid)
             if _environ(process.pid).get("AGENT_ID") == agent_id
         }
-        self._seen |= found
+        self._see(found)
         return found
 
     # ---- state-directory files -----------------------------------------------------------

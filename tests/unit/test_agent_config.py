@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import jwt
@@ -176,9 +177,10 @@ def test_bad_port_map(value: str) -> None:
 
 
 def test_token_required() -> None:
-    with pytest.raises(ConfigError, match="AGENT_TOKEN or AGENT_TOKEN_FILE is required"):
+    required = "AGENT_TOKEN, AGENT_TOKEN_FILE or AGENT_TOKEN_FD is required"
+    with pytest.raises(ConfigError, match=required):
         from_env(env(AGENT_TOKEN="<unset>"))
-    with pytest.raises(ConfigError, match="AGENT_TOKEN or AGENT_TOKEN_FILE is required"):
+    with pytest.raises(ConfigError, match=required):
         from_env(env(AGENT_TOKEN="  "))
 
 
@@ -199,6 +201,38 @@ def test_token_file_is_read_before_every_dial(tmp_path: Path) -> None:
     credential = load_credential(config)
     assert credential.token == rotated
     assert credential.subject == AGENT
+
+
+def test_token_descriptor_is_read_from_its_start_before_every_dial() -> None:
+    fd = os.memfd_create("credential")
+    try:
+        os.write(fd, TOKEN.encode())
+        config = from_env(env(AGENT_TOKEN="<unset>", AGENT_TOKEN_FD=str(fd), AGENT_ID=AGENT))
+        assert (config.token, config.token_file, config.token_fd) == (None, None, fd)
+        assert load_credential(config).token == TOKEN
+        assert load_credential(config).token == TOKEN  # the offset does not move
+        rotated = jwt.encode({"sub": AGENT, "v": 2}, "another-key-that-is-long-enough-for-hs256")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, rotated.encode(), 0)
+        assert load_credential(config).token == rotated
+        os.ftruncate(fd, 0)
+        with pytest.raises(CredentialUnavailable, match=f"AGENT_TOKEN_FD {fd} is empty"):
+            load_credential(config)
+    finally:
+        os.close(fd)
+    with pytest.raises(CredentialUnavailable, match=f"cannot read AGENT_TOKEN_FD {fd}"):
+        load_credential(config)
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "0", "2", "3.5"])
+def test_a_token_descriptor_must_be_a_number_past_stdio(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"AGENT_TOKEN_FD .* must be an open file descriptor"):
+        from_env(env(AGENT_TOKEN="<unset>", AGENT_TOKEN_FD=value))
+
+
+def test_token_descriptor_and_file_are_exclusive() -> None:
+    with pytest.raises(ConfigError, match="only one of AGENT_TOKEN_FILE and AGENT_TOKEN_FD"):
+        from_env(env(AGENT_TOKEN="<unset>", AGENT_TOKEN_FILE="/t", AGENT_TOKEN_FD="5"))
 
 
 def test_token_file_problems_are_retryable(tmp_path: Path) -> None:

@@ -31,10 +31,10 @@ def test_the_program_name_is_one_the_shell_can_run(
 
 def _demo(kind: str) -> DemoWorkspace:
     port = 22 if kind == "ssh" else 8080
-    files = (
-        (Path("/h/my keys/known_hosts"), Path("/h/id_ed25519")) if kind == "ssh" else (None,) * 2
-    )
-    return DemoWorkspace({}, kind, port, 40000, *files)
+    ssh = kind == "ssh"
+    known_hosts = Path("/h/my keys/known_hosts") if ssh else None
+    identity = Path("/h/id_ed25519") if ssh else None
+    return DemoWorkspace({}, kind, port, 40000, known_hosts, identity, "al")
 
 
 def _steps(kind: str, program: str) -> str:
@@ -46,6 +46,8 @@ def test_ssh_demo_steps_use_the_program_and_the_runbook_check() -> None:
     assert "  .venv/bin/kuberde ssh demo\n" in text
     assert "  .venv/bin/kuberde port-forward demo 2022:22\n" in text
     assert "  .venv/bin/kuberde config-ssh --write " in text
+    # As the account the demo's sshd runs as, which need not be the local user.
+    assert "plain `ssh al@demo.kuberde` works too" in text
 
 
 def test_plain_ssh_names_the_identity_and_checks_the_demo_host_key() -> None:

@@ -52,10 +52,12 @@ def test_render_block_names_identity_known_hosts_and_an_alias_per_workspace():
         identities=["/h/.ssh/id_rsa", "/h/my keys/id_ed25519"],
         known_hosts="/h/.config/kuberde/ssh/known_hosts",
         hosts=["demo.kuberde", "dev.kuberde", "[127.0.0.1]:2022", "bad host.kuberde"],
+        logins={"demo.kuberde": "kuberde-root", "dev.kuberde": "not a user"},
     )
     assert block.splitlines()[2:-1] == [
         "Host demo.kuberde",
         "    HostKeyAlias demo.kuberde",
+        "    User kuberde-root",
         "Host dev.kuberde",
         "    HostKeyAlias dev.kuberde",
         "Host *.kuberde",

@@ -15,8 +15,10 @@ from kuberde.cli.sshkeys import (
     identities,
     known_hosts_file,
     listed_aliases,
+    logins,
     public_keys,
     record_host_key,
+    record_login,
     user_keys,
     with_host_key,
 )
@@ -108,3 +110,17 @@ def test_record_host_key_writes_a_private_file_and_lists_it(tmp_path: Path) -> N
 def test_blank_lines_and_a_missing_final_newline_are_kept(text: str) -> None:
     kept = text if not text or text.endswith("\n") else text + "\n"
     assert with_host_key(text, "a.kuberde", KEY) == f"{kept}a.kuberde {KEY}\n"
+
+
+def test_login_users_are_remembered_per_alias_and_a_bad_file_means_none(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    assert logins(config) == {}
+    record_login("demo.kuberde", "kuberde-root", config)
+    record_login("dev.kuberde", "kuberde-alice", config)
+    record_login("demo.kuberde", "kuberde-bob", config)
+    assert logins(config) == {"demo.kuberde": "kuberde-bob", "dev.kuberde": "kuberde-alice"}
+    stored = tmp_path / "ssh" / "logins.json"
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    for broken in ("not json", "[1, 2]", '{"demo.kuberde": 3}'):
+        stored.write_text(broken)
+        assert logins(config) == {}

@@ -6,12 +6,15 @@ a pod's container ports would.
 
 `from_env` is pure so every variable and every error can be tested from a dict. The
 credential is the one value read from disk, before every dial: the Kubernetes Secret behind
-`AGENT_TOKEN_FILE` rotates while the pod runs.
+`AGENT_TOKEN_FILE` rotates while the pod runs. The local runtime passes it as an inherited
+descriptor instead (`AGENT_TOKEN_FD`), read from its start each time, so no path leads to it
+that a workload of the same account could open.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -71,6 +74,7 @@ class AgentConfig:
     port_map: Mapping[int, int] = field(default_factory=dict)
     token: str | None = field(default=None, repr=False)
     token_file: Path | None = None
+    token_fd: int | None = None
     agent_id: str | None = None
     ca_file: str | None = None
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
@@ -97,17 +101,25 @@ def from_env(environ: Mapping[str, str]) -> AgentConfig:
     local_host, local_port = _local_target(_get(environ, "LOCAL_TARGET") or DEFAULT_LOCAL_TARGET)
     token = _get(environ, "AGENT_TOKEN")
     token_file = _get(environ, "AGENT_TOKEN_FILE")
+    token_fd = _descriptor(_get(environ, "AGENT_TOKEN_FD"))
     client_credentials = _client_credentials(environ)
-    if token and token_file:
-        raise ConfigError("set only one of AGENT_TOKEN and AGENT_TOKEN_FILE, not both")
-    if client_credentials is not None and (token or token_file):
-        raise ConfigError(
-            "set either AGENT_TOKEN/AGENT_TOKEN_FILE or the AUTH_CLIENT_* variables, not both"
+    given = [
+        name
+        for name, value in (
+            ("AGENT_TOKEN", token),
+            ("AGENT_TOKEN_FILE", token_file),
+            ("AGENT_TOKEN_FD", token_fd),
         )
-    if not token and not token_file and client_credentials is None:
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise ConfigError(f"set only one of {' and '.join(given)}, not both")
+    if client_credentials is not None and given:
+        raise ConfigError(f"set either {given[0]} or the AUTH_CLIENT_* variables, not both")
+    if not given and client_credentials is None:
         raise ConfigError(
-            "AGENT_TOKEN or AGENT_TOKEN_FILE is required (the agent's credential), or "
-            "AUTH_CLIENT_ID, AUTH_CLIENT_SECRET and AUTH_TOKEN_URL"
+            "AGENT_TOKEN, AGENT_TOKEN_FILE or AGENT_TOKEN_FD is required (the agent's "
+            "credential), or AUTH_CLIENT_ID, AUTH_CLIENT_SECRET and AUTH_TOKEN_URL"
         )
     config = AgentConfig(
         server_url=_server_url(_get(environ, "SERVER_URL")),
@@ -117,6 +129,7 @@ def from_env(environ: Mapping[str, str]) -> AgentConfig:
         port_map=_port_map(_get(environ, "PORT_MAP")),
         token=token,
         token_file=Path(token_file) if token_file else None,
+        token_fd=token_fd,
         agent_id=_agent_id(_get(environ, "AGENT_ID")),
         ca_file=_get(environ, CA_FILE_ENV),
         shutdown_grace=_seconds(environ, "SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE),
@@ -129,8 +142,10 @@ def from_env(environ: Mapping[str, str]) -> AgentConfig:
 
 
 def load_credential(config: AgentConfig) -> Credential:
-    """The current credential: `AGENT_TOKEN`, or `AGENT_TOKEN_FILE` read afresh."""
-    if config.token_file is None:
+    """The current credential: `AGENT_TOKEN`, or `AGENT_TOKEN_FILE`/`_FD` read afresh."""
+    if config.token_fd is not None:
+        token = _read_descriptor(config.token_fd)
+    elif config.token_file is None:
         assert config.token is not None
         token = config.token
     else:
@@ -148,7 +163,13 @@ def load_credential(config: AgentConfig) -> Credential:
 
 def check_credential(config: AgentConfig, token: str) -> Credential:
     """Compare the credential's unverified `sub` with AGENT_ID; the gateway does the verifying."""
-    source = "AGENT_TOKEN" if config.token_file is None else "AGENT_TOKEN_FILE"
+    source = (
+        "AGENT_TOKEN_FD"
+        if config.token_fd is not None
+        else "AGENT_TOKEN"
+        if config.token_file is None
+        else "AGENT_TOKEN_FILE"
+    )
     subject = _unverified_subject(token)
     if config.agent_id is not None:
         if subject is None:
@@ -162,6 +183,30 @@ def check_credential(config: AgentConfig, token: str) -> Credential:
                 f"{subject!r}; fix AGENT_ID or the credential"
             )
     return Credential(token=token, subject=subject)
+
+
+_MAX_CREDENTIAL = 64 * 1024
+
+
+def _read_descriptor(fd: int) -> str:
+    """The whole content of descriptor `fd`, from offset 0, so a rewrite in place is seen."""
+    try:
+        data = os.pread(fd, _MAX_CREDENTIAL, 0)
+        token = data.decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CredentialUnavailable(f"cannot read AGENT_TOKEN_FD {fd}: {reason}") from None
+    if not token:
+        raise CredentialUnavailable(f"AGENT_TOKEN_FD {fd} is empty")
+    return token
+
+
+def _descriptor(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 3:
+        raise ConfigError(f"AGENT_TOKEN_FD {value!r} must be an open file descriptor (3 or more)")
+    return int(value)
 
 
 def _unverified_subject(token: str) -> str | None:

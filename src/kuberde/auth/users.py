@@ -5,6 +5,7 @@ users:
   alice:
     password_hash: "scrypt$32768$8$1$<salt>$<hash>"
     admin: false
+    account: alice     # optional: under a root `kuberde up`, run alice's workloads as this
 ```
 
 Passwords are stored as scrypt hashes (`hashlib.scrypt`, salted, parameters kept with each
@@ -32,7 +33,7 @@ from typing import Any
 import yaml
 
 from kuberde.files import write_private
-from kuberde.naming import InvalidName, validate_name
+from kuberde.naming import InvalidName, is_os_user_name, validate_name
 
 __all__ = [
     "USERS_FILE",
@@ -63,6 +64,8 @@ class LocalUser:
     username: str
     password_hash: str = field(repr=False)
     admin: bool = False
+    #: The existing OS account this user's workloads run as (default: `kuberde-<name>`).
+    account: str | None = None
 
 
 def _b64(data: bytes) -> str:
@@ -126,7 +129,10 @@ def _parse(document: Any, path: Path) -> dict[str, LocalUser]:
         admin = settings.get("admin", False)
         if not isinstance(admin, bool):
             raise UsersFileError(f"{path}: user {username!r}: 'admin' must be true or false")
-        users[username] = LocalUser(username, settings["password_hash"], admin)
+        account = settings.get("account")
+        if account is not None and not (isinstance(account, str) and is_os_user_name(account)):
+            raise UsersFileError(f"{path}: user {username!r}: 'account' must be an OS user name")
+        users[username] = LocalUser(username, settings["password_hash"], admin, account)
     return users
 
 
@@ -183,15 +189,19 @@ class UsersFile:
         return user if valid and user is not None else None
 
 
+def _entry(user: LocalUser) -> dict[str, Any]:
+    entry: dict[str, Any] = {"password_hash": user.password_hash, "admin": user.admin}
+    if user.account is not None:
+        entry["account"] = user.account
+    return entry
+
+
 def set_user(path: Path, username: str, password: str, *, admin: bool = False) -> None:
     """Add or update a user, writing the file atomically with mode 0600."""
     validate_name(username, "username")
     users = dict(_read(path)[0]) if path.exists() else {}
-    users[username] = LocalUser(username, hash_password(password), admin)
-    document = {
-        "users": {
-            name: {"password_hash": user.password_hash, "admin": user.admin}
-            for name, user in sorted(users.items())
-        }
-    }
+    previous = users.get(username)
+    account = previous.account if previous is not None else None
+    users[username] = LocalUser(username, hash_password(password), admin, account)
+    document = {"users": {name: _entry(user) for name, user in sorted(users.items())}}
     write_private(path, yaml.safe_dump(document, sort_keys=False))

@@ -77,11 +77,13 @@ def _workspace(value: str) -> str:
         raise typer.BadParameter(str(exc), param_hint="NAME") from None
 
 
-def _check_exists(settings: ClientSettings, name: str) -> None:
-    """Fail now, with KubeRDE's message, if the gateway knows no such workspace of ours."""
+def _check_exists(settings: ClientSettings, name: str) -> dict[str, Any]:
+    """Fail now, with KubeRDE's message, if the gateway knows no such workspace of ours;
+    otherwise what it knows (`id`, `owner`, `online`, `login`)."""
     from kuberde.cli.api import call
 
-    call(settings, "GET", f"/api/agents/{name}")
+    found: dict[str, Any] = call(settings, "GET", f"/api/agents/{name}")
+    return found
 
 
 def _run(main: Coroutine[Any, Any, int], *, interrupted: int) -> int:
@@ -150,14 +152,15 @@ def ssh(
     name = _workspace(agent)
     _valid_port(port)
     settings = gateway.settings()
-    _check_exists(settings, name)
+    # Under `kuberde up` the workspace's sshd may run as an account of its own.
+    login = _check_exists(settings, name).get("login")
     known_hosts = sshkeys.known_hosts_file()
     listed = name + HOST_SUFFIX in sshkeys.listed_aliases()
     own_keys = sshkeys.user_keys()
     argv = ssh_argv(
         kuberde_command(),
         name,
-        user=user or None,
+        user=user or (login if isinstance(login, str) else None),
         port=port,
         extra=ssh_args or [],
         known_hosts=str(known_hosts) if listed else None,
@@ -232,6 +235,7 @@ def config_ssh(
         identities=[str(key) for key in sshkeys.identities(create=write)],
         known_hosts=str(sshkeys.known_hosts_file()),
         hosts=sshkeys.listed_aliases(),
+        logins=sshkeys.logins(),
     )
     if not write:
         typer.echo(block, nl=False)

@@ -25,6 +25,7 @@ from kuberde.cli.base import (
 from kuberde.cli.doctor import doctor
 from kuberde.cli.operator_cmd import operator
 from kuberde.cli.token import app as token_app
+from kuberde.local.accounts import DEFAULT_HOMES_DIR
 from kuberde.logs import configure_logging
 
 app = typer.Typer(
@@ -332,6 +333,13 @@ def up(
     apps_domain: Annotated[
         str, typer.Option(help="Workspace apps are served at *.APPS_DOMAIN (no DNS for localhost)")
     ] = "localhost",
+    homes_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="KUBERDE_HOMES_DIR",
+            help="As root: where the homes of the workspace accounts (kuberde-OWNER) go",
+        ),
+    ] = DEFAULT_HOMES_DIR,
 ) -> None:
     """Run the gateway and local workspaces (a demo one when no file is given).
 
@@ -359,6 +367,7 @@ def up(
                 on_ready=announce,
                 sweep_interval=sweep_interval,
                 apps_domain=apps_domain,
+                homes_dir=homes_dir,
             )
         )
     except OSError as exc:

@@ -14,6 +14,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 
 from kuberde.cli.config import CA_FILE_ENV, SERVER_ENV, TOKEN_ENV, ClientSettings
+from kuberde.naming import is_os_user_name
 
 __all__ = [
     "BEGIN_MARKER",
@@ -75,9 +76,11 @@ def render_block(
     identities: Sequence[str] = (),
     known_hosts: str | None = None,
     hosts: Sequence[str] = (),
+    logins: Mapping[str, str] | None = None,
 ) -> str:
     """The managed block: `ssh NAME.kuberde` goes through `kuberde connect`, offering
-    `identities` and checking host keys against `known_hosts` too, where `hosts` are listed."""
+    `identities` and checking host keys against `known_hosts` too, where `hosts` are listed
+    (logging in as their user in `logins`, if named there)."""
     lines = [
         BEGIN_MARKER,
         "# Written by `kuberde config-ssh`; changes inside this block are replaced.",
@@ -85,6 +88,9 @@ def render_block(
     for host in hosts:
         if host.endswith(HOST_SUFFIX) and all(c.isalnum() or c in "-." for c in host):
             lines += [f"Host {host}", f"    HostKeyAlias {host}"]
+            user = (logins or {}).get(host)
+            if user is not None and is_os_user_name(user):
+                lines.append(f"    User {user}")
     lines += [f"Host *{HOST_SUFFIX}", f"    ProxyCommand {proxy_command(kuberde, '%n', '%p')}"]
     if known_hosts is not None:
         lines.append(f"    UserKnownHostsFile {known_hosts_option(known_hosts)}")

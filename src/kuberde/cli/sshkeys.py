@@ -12,7 +12,8 @@ after the user's own, so host keys stay checked.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from kuberde.cli.config import config_path
@@ -24,9 +25,11 @@ __all__ = [
     "identities",
     "known_hosts_file",
     "listed_aliases",
+    "logins",
     "managed_key",
     "public_keys",
     "record_host_key",
+    "record_login",
     "ssh_directory",
     "user_keys",
     "with_host_key",
@@ -106,6 +109,29 @@ def record_host_key(alias: str, key: str, config_file: Path | None = None) -> Pa
         existing = ""
     write_private(path, with_host_key(existing, alias, key).encode())
     return path
+
+
+def _logins_file(config_file: Path | None) -> Path:
+    return ssh_directory(config_file) / "logins.json"
+
+
+def logins(config_file: Path | None = None) -> Mapping[str, str]:
+    """The user to log in as for aliases whose sshd runs as an account of its own (the demo
+    under a root `kuberde up`); empty if unknown."""
+    try:
+        stored = json.loads(_logins_file(config_file).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(stored, dict):
+        return {}
+    return {k: v for k, v in stored.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def record_login(alias: str, user: str, config_file: Path | None = None) -> None:
+    write_private(
+        _logins_file(config_file),
+        json.dumps({**logins(config_file), alias: user}, sort_keys=True).encode(),
+    )
 
 
 def listed_aliases(config_file: Path | None = None) -> Sequence[str]:

@@ -61,7 +61,7 @@ def next_steps(
             "The demo workspace runs OpenSSH. In another terminal:",
             f"  {program} ls -o wide",
             f"  {program} ssh demo",
-            f"  {program} config-ssh --write    # then plain `ssh demo.kuberde` works too",
+            f"  {program} config-ssh --write    # then plain `ssh {user}@demo.kuberde` works too",
             f"  {program} stop demo             # scale to zero; connecting wakes it again",
             "",
             "Or through a local port, like kubectl port-forward. Keep this running:",
@@ -84,5 +84,7 @@ def announce(ready: Ready) -> None:
     """Point the CLI at the gateway that just came up, and print the next steps."""
     config_file = write_cli_config(ready.url, ready.token)
     program = cli_program(sys.argv[0], shutil.which("kuberde"))
-    steps = next_steps(ready.url, ready.demo, config_file, program, user=getpass.getuser())
+    # Plain ssh logs in as the account the demo's sshd runs as.
+    login = ready.demo.login if ready.demo is not None else getpass.getuser()
+    steps = next_steps(ready.url, ready.demo, config_file, program, user=login)
     print(steps, file=sys.stderr, flush=True)

@@ -472,7 +472,9 @@ class Gateway:
             raise json_error(web.HTTPNotFound, not_found(reference), "not_found")
         target, owner = resolved
         online = self.registry.get(target) is not None
-        return web.json_response({"id": target, "owner": owner, "online": online})
+        record = self.directory.lookup(target) if self.directory is not None else None
+        login = record.login if record is not None else None
+        return web.json_response({"id": target, "owner": owner, "online": online, "login": login})
 
     async def version(self, request: web.Request) -> web.Response:
         """`GET /api/version`, unauthenticated like Kubernetes' /version: `kuberde version`."""

@@ -27,6 +27,8 @@ class AgentRecord:
     apps: tuple[App, ...] = ()
     #: Ports users may reach (allowed ports, app ports and the local target's).
     ports: tuple[int, ...] = ()
+    #: The OS user its workload runs as, when the runtime knows (`kuberde ssh`'s default).
+    login: str | None = None
 
 
 class WakeError(Exception):

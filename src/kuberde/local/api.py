@@ -1,7 +1,9 @@
 """`/api/workspaces`: what `kuberde ls/apply/delete/wake/stop/logs` talk to under `kuberde up`.
 
-Users see and change their own workspaces; admins see all. Authentication is the gateway's
-(bearer user token), so there is one way in, not two.
+Users see and change their own workspaces (logs included); admins see all. Authentication is
+the gateway's (bearer user token), so there is one way in, not two. When `kuberde up` is not
+root, every workload runs as its OS user, so only that user and admins may define workloads
+(`workload_refusal`); others still use the workspaces made for them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from kuberde.local.runtime import LocalRuntime, WorkspaceView
 from kuberde.local.store import WorkspaceState
 from kuberde.local.supervisor import follow_log, tail_log
 from kuberde.messages import not_found
-from kuberde.resource import load_documents
+from kuberde.resource import Workload, load_documents, parse_agent
 
 __all__ = ["add_workspace_routes", "apply_documents"]
 
@@ -33,12 +35,31 @@ def view_json(view: WorkspaceView) -> dict[str, Any]:
     }
 
 
+def workload_refusal(
+    user: Principal,
+    machine_owner: str,
+    isolated: bool,
+    new: Workload | None,
+    current: Workload | None,
+) -> str | None:
+    """Why `user` may not set a workspace's workload to `new` (from `current`), or None."""
+    if isolated or user.admin or user.name == machine_owner or new == current:
+        return None
+    return (
+        f"only {machine_owner!r} and admins may create or change workloads here: kuberde up "
+        f"is not running as root, so every workload would run as its OS user {machine_owner!r}"
+    )
+
+
 async def apply_documents(
     runtime: LocalRuntime, text: str, source: str, user: Principal
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Apply each RDEAgent of `text` the user may own; returns what was applied, and errors."""
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """Apply each RDEAgent of `text` the user may own and define; returns what was applied,
+    the errors, and the documents refused because of their workload (`workload_refusal`)."""
     applied: list[dict[str, Any]] = []
     errors: list[str] = []
+    forbidden: list[str] = []
+    accounts = runtime.accounts
     for result in load_documents(text, source):
         if result.agent is None:
             errors.append(str(result.error))
@@ -50,14 +71,25 @@ async def apply_documents(
                 f"is not you ({user.name!r})"
             )
             continue
-        existed = runtime.get(agent.metadata.name) is not None
+        existing = runtime.get(agent.metadata.name)
+        refusal = workload_refusal(
+            user,
+            accounts.machine_owner,
+            accounts.isolated,
+            agent.spec.workload,
+            parse_agent(existing.document).spec.workload if existing is not None else None,
+        )
+        if refusal is not None:
+            forbidden.append(f"{result.location} ({agent.metadata.name!r}): {refusal}")
+            continue
         try:
             state = await runtime.apply(agent)
         except ValueError as exc:
             errors.append(f"{result.location} ({agent.metadata.name!r}): {exc}")
             continue
-        applied.append({"name": state.name, "agent_id": state.agent_id, "created": not existed})
-    return applied, errors
+        created = existing is None
+        applied.append({"name": state.name, "agent_id": state.agent_id, "created": created})
+    return applied, errors, forbidden
 
 
 class WorkspaceApi:
@@ -94,9 +126,12 @@ class WorkspaceApi:
         if request.content_length is not None and request.content_length > MAX_APPLY_BYTES:
             raise json_error(web.HTTPRequestEntityTooLarge, "document too large", "too_large")
         text = await request.text()
-        applied, errors = await apply_documents(
+        applied, errors, forbidden = await apply_documents(
             self.runtime, text, request.query.get("source", "request"), user
         )
+        if forbidden and not applied:
+            raise json_error(web.HTTPForbidden, "; ".join(forbidden + errors), "forbidden")
+        errors += forbidden
         status = 422 if errors and not applied else 200
         return web.json_response({"applied": applied, "errors": errors}, status=status)
 

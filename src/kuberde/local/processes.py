@@ -1,8 +1,12 @@
 """The local runtime's actuator: start and stop the processes of a workspace.
 
 This is the only place that spawns a workspace's processes (its workload and its agent) and
-writes the agent's credential; the engine decides when (`kuberde.plan`), this does it. It is
+makes the agent's credential; the engine decides when (`kuberde.plan`), this does it. It is
 the local counterpart of the operator writing a Deployment's replicas.
+
+Both processes run as the owner's OS account (`kuberde.local.accounts`) from a clean
+environment. The credential is an anonymous memory file only the agent holds (see
+`_credential`); the agent starts as root and drops to the account itself.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from kuberde.agent.privileges import RUN_AS_ENV
 from kuberde.auth import TokenIssuer
-from kuberde.files import write_private
+from kuberde.local.accounts import Accounts, clean_environment
 from kuberde.local.supervisor import ProcessSpec, SupervisedProcess
 from kuberde.plan import Running
 from kuberde.resource import RDEAgent
@@ -38,6 +43,8 @@ class Processes:
     workload: SupervisedProcess | None
     agent: SupervisedProcess
     started_at: datetime
+    #: The agent's credential (see `LocalActuator._credential`), open while these run.
+    credential_fd: int
     #: The agent has been online since these processes started (Disconnected, not Starting).
     agent_seen: bool = False
 
@@ -78,7 +85,7 @@ class LocalActuator:
         self,
         *,
         logs_dir: Path,
-        credentials_dir: Path,
+        accounts: Accounts,
         gateway_ws_url: str,
         agent_command: tuple[str, ...],
         issuer: TokenIssuer,
@@ -86,7 +93,7 @@ class LocalActuator:
         stop_grace: float,
     ) -> None:
         self._logs_dir = logs_dir
-        self._credentials_dir = credentials_dir
+        self._accounts = accounts
         self._gateway_ws_url = gateway_ws_url
         self._agent_command = agent_command
         self._issuer = issuer
@@ -94,7 +101,6 @@ class LocalActuator:
         self._stop_grace = stop_grace
         self._running: dict[str, Processes] = {}
         logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        credentials_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def get(self, name: str) -> Processes | None:
         return self._running.get(name)
@@ -102,60 +108,70 @@ class LocalActuator:
     def names(self) -> list[str]:
         return list(self._running)
 
-    def _credential_path(self, name: str) -> Path:
-        return self._credentials_dir / f"{name}.token"
-
-    def _credential_file(self, agent: RDEAgent) -> Path:
-        path = self._credential_path(agent.metadata.name)
-        token = self._issuer.mint_agent(agent.spec.owner, agent.metadata.name)
-        # Not durable: a fresh one is written at every start.
-        write_private(path, token, durable=False)
-        return path
-
-    def forget(self, name: str) -> None:
-        """Remove what a deleted workspace left behind (its credential)."""
-        self._credential_path(name).unlink(missing_ok=True)
+    def _credential(self, agent: RDEAgent) -> int:
+        """A fresh agent credential in an anonymous file (memfd, 0600, ours): the agent gets
+        the descriptor and no path leads to it, so no workload can open it."""
+        fd = os.memfd_create(f"kuberde-credential-{agent.metadata.name}", os.MFD_CLOEXEC)
+        os.fchmod(fd, 0o600)
+        os.write(fd, self._issuer.mint_agent(agent.spec.owner, agent.metadata.name).encode())
+        return fd
 
     def start(self, agent: RDEAgent, now: datetime, on_change: Callable[[], None]) -> Processes:
+        """Start both processes as the owner's account; AccountError if there is none."""
         name = agent.metadata.name
-        log.info("%s: starting", name)
+        account = self._accounts.for_owner(agent.spec.owner)
+        isolated = self._accounts.isolated
+        log.info("%s: starting as %s", name, account.name)
         spec = agent.spec
         workload = None
         if spec.workload is not None:
-            env = {**os.environ, **{var.name: var.value for var in spec.workload.env}}
             workload = SupervisedProcess(
                 ProcessSpec(
                     name=f"{name}/workload",
                     argv=[*spec.workload.command, *spec.workload.args],
-                    env=env,
-                    cwd=spec.workload.working_dir,
+                    env=clean_environment(
+                        account, os.environ, {var.name: var.value for var in spec.workload.env}
+                    ),
+                    cwd=spec.workload.working_dir or str(account.home),
                     log_path=self._logs_dir / f"{name}.log",
+                    run_as=account if isolated else None,
                 ),
                 min_uptime=self._min_uptime,
                 on_change=on_change,
             )
-        agent_env = {
-            **{key: value for key, value in os.environ.items() if not key.startswith("AGENT_")},
+        credential = self._credential(agent)
+        agent_config = {
             "SERVER_URL": self._gateway_ws_url,
             "AGENT_ID": agent.agent_id,
-            "AGENT_TOKEN_FILE": str(self._credential_file(agent)),
+            "AGENT_TOKEN_FD": str(credential),
             "LOCAL_TARGET": spec.local_target,
             "ALLOWED_PORTS": ",".join(str(port) for port in spec.effective_allowed_ports),
             "PORT_MAP": agent.metadata.annotations.get(LOCAL_PORTS_ANNOTATION, ""),
         }
+        if isolated:
+            # The agent drops to the account itself (kuberde.agent.privileges).
+            agent_config[RUN_AS_ENV] = f"{account.uid}:{account.gid}"
+        if "PYTHONPATH" in os.environ:
+            # The agent is this interpreter running this package: it needs our import path.
+            agent_config["PYTHONPATH"] = os.environ["PYTHONPATH"]
         agent_process = SupervisedProcess(
             ProcessSpec(
                 name=f"{name}/agent",
                 argv=list(self._agent_command),
-                env=agent_env,
-                cwd=None,
+                env=clean_environment(account, os.environ, agent_config),
+                cwd="/",
                 log_path=self._logs_dir / f"{name}.agent.log",
+                pass_fds=(credential,),
             ),
             min_uptime=self._min_uptime,
             on_change=on_change,
         )
         processes = Processes(
-            document=agent, workload=workload, agent=agent_process, started_at=now
+            document=agent,
+            workload=workload,
+            agent=agent_process,
+            started_at=now,
+            credential_fd=credential,
         )
         for process in processes.all:
             process.start()
@@ -172,3 +188,4 @@ class LocalActuator:
         await asyncio.gather(*(process.stop(grace=self._stop_grace) for process in processes.all))
         if self._running.get(name) is processes:
             del self._running[name]
+            os.close(processes.credential_fd)

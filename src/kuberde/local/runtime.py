@@ -33,6 +33,7 @@ from kuberde.auth import TokenIssuer
 from kuberde.clock import Clock, utc_now
 from kuberde.engine import Engine
 from kuberde.gateway.directory import AgentRecord, WakeError
+from kuberde.local.accounts import AccountError, Accounts
 from kuberde.local.processes import LOCAL_PORTS_ANNOTATION, LocalActuator, Processes
 from kuberde.local.store import StateStore, WorkspaceState
 from kuberde.plan import Action, Desired, Observation, Plan, Running, decide
@@ -64,15 +65,12 @@ class RuntimeSettings:
     #: A workload that exits sooner than this after starting is failing, not running.
     min_uptime: float = 3.0
     stop_grace: float = 5.0
-    agent_command: tuple[str, ...] = (sys.executable, "-m", "kuberde.agent")
+    #: No user site-packages and no working directory on the path: the agent starts as root.
+    agent_command: tuple[str, ...] = (sys.executable, "-s", "-P", "-m", "kuberde.agent")
 
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
-
-    @property
-    def credentials_dir(self) -> Path:
-        return self.state_dir / "credentials"
 
     @property
     def max_staleness(self) -> timedelta:
@@ -132,15 +130,18 @@ class LocalRuntime:
         store: StateStore,
         issuer: TokenIssuer,
         activity: ActivityFeed,
+        accounts: Accounts,
         clock: Clock = utc_now,
     ) -> None:
         self.settings = settings
         self._store = store
         self._activity = activity
         self._clock = clock
+        #: Which OS account each owner's processes run as (see kuberde.local.accounts).
+        self.accounts = accounts
         self._actuator = LocalActuator(
             logs_dir=settings.logs_dir,
-            credentials_dir=settings.credentials_dir,
+            accounts=accounts,
             gateway_ws_url=settings.gateway_ws_url,
             agent_command=settings.agent_command,
             issuer=issuer,
@@ -214,8 +215,7 @@ class LocalRuntime:
     async def catch_up(self, *agent_ids: str) -> None:
         """The mirror is updated with every write: lookups are always current."""
 
-    @staticmethod
-    def _record(state: WorkspaceState, agent: RDEAgent) -> AgentRecord:
+    def _record(self, state: WorkspaceState, agent: RDEAgent) -> AgentRecord:
         error = state.message if state.phase == policy.Phase.ERROR else None
         spec = agent.spec
         return AgentRecord(
@@ -225,6 +225,7 @@ class LocalRuntime:
             error=error,
             apps=tuple(spec.apps),
             ports=spec.effective_allowed_ports,
+            login=self.accounts.login_for(state.owner),
         )
 
     async def request_wake(self, agent_id: str, requested_by: str) -> None:
@@ -277,7 +278,6 @@ class LocalRuntime:
             await self._actuator.stop(name)
             await self._call(self._store.delete, name)
             self._forget(state)
-            self._actuator.forget(name)
 
     async def wake(self, name: str) -> None:
         """Record a wake request; the workspace's next reconcile starts it.
@@ -394,12 +394,26 @@ class LocalRuntime:
         if plan.action in (Action.STOP, Action.RESTART, Action.SCALE_DOWN):
             await self._actuator.stop(name)
         if plan.action in (Action.START, Action.RESTART) and agent is not None:
-            processes = self._actuator.start(agent, now, functools.partial(self._engine.kick, name))
+            try:
+                processes = self._actuator.start(
+                    agent, now, functools.partial(self._engine.kick, name)
+                )
+            except AccountError as exc:
+                await self._account_failed(name, str(exc))
+                return
             await self._update(name, started_at=processes.started_at)
         state = self._states.get(name)
         if state is None or plan.phase is None:
             return
         await self._record_status(state, plan)
+
+    async def _account_failed(self, name: str, reason: str) -> None:
+        """Nothing can start without its account: Error, retried at every sweep."""
+        state = self._states.get(name)
+        message = f"cannot run as its OS account: {reason}"
+        if state is not None and (state.phase != policy.Phase.ERROR or state.message != message):
+            log.error("%s: %s", name, message)
+            await self._update(name, phase=str(policy.Phase.ERROR), message=message)
 
     async def _record_status(self, state: WorkspaceState, plan: Plan) -> None:
         assert plan.phase is not None

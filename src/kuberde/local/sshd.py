@@ -1,7 +1,10 @@
 """A private OpenSSH server for one user: host key, client key, authorized keys, config.
 
-The demo workspace, the end-to-end tests and the benchmarks all run `sshd` this way, as the
-current user on a loopback port, so the recipe lives in one place.
+The demo workspace, the end-to-end tests and the benchmarks all run `sshd` this way, as one
+(unprivileged) user on a loopback port, so the recipe lives in one place. That user is the
+only one who may log in; root only if the server runs as root. The server's files belong to
+its user, and StrictModes (on unless a caller's files live under a world-writable directory
+such as /tmp) makes sshd check that they do.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from kuberde.local.accounts import Account
 
 __all__ = ["SshdFiles", "find_sshd", "keygen", "prepare_sshd"]
 
@@ -55,14 +60,24 @@ def keygen(path: Path, comment: str) -> None:
         )
 
 
+def _give(path: Path, account: Account | None) -> None:
+    if account is not None and os.geteuid() == 0:
+        os.chown(path, account.uid, account.gid)
+
+
 def prepare_sshd(
     directory: Path,
     port: int,
     *,
+    account: Account | None = None,
+    client_directory: Path | None = None,
     comment: str = "kuberde",
     extra_authorized_keys: Sequence[Path] = (),
+    strict_modes: bool = True,
 ) -> SshdFiles:
-    """Write keys and an `sshd_config` for the current user into `directory`.
+    """Write a host key, authorized keys and an `sshd_config` for `account` (default: the
+    current user, who runs the server) into `directory`, and the client key into
+    `client_directory` (default: `directory`), which stays ours.
 
     sshd (an absolute path, as its re-exec requires) is looked up here; a missing sshd raises
     FileNotFoundError naming the package to install.
@@ -70,9 +85,14 @@ def prepare_sshd(
     sshd = find_sshd()
     if sshd is None:
         raise FileNotFoundError("OpenSSH's sshd is not installed (apt-get install openssh-server)")
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    user = account.name if account is not None else getpass.getuser()
+    root_login = account.is_root if account is not None else os.geteuid() == 0
+    clients = client_directory or directory
+    for folder in (directory, clients):
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _give(directory, account)
     host_key = directory / "ssh_host_ed25519_key"
-    client_key = directory / "id_ed25519"
+    client_key = clients / "id_ed25519"
     keygen(host_key, f"{comment}-host")
     keygen(client_key, comment)
     authorized = directory / "authorized_keys"
@@ -91,14 +111,17 @@ def prepare_sshd(
                 "PasswordAuthentication no",
                 "KbdInteractiveAuthentication no",
                 "UsePAM no",
-                "StrictModes no",
-                f"AllowUsers {getpass.getuser()}",
+                f"StrictModes {'yes' if strict_modes else 'no'}",
+                f"PermitRootLogin {'prohibit-password' if root_login else 'no'}",
+                f"AllowUsers {user}",
                 f"PidFile {directory / 'sshd.pid'}",
                 "Subsystem sftp internal-sftp",
                 "",
             ]
         )
     )
+    for path in (host_key, host_key.with_suffix(".pub"), authorized, config):
+        _give(path, account)
     if os.geteuid() == 0:
         # Privilege separation needs this directory; containers often lack it.
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)

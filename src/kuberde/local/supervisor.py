@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,6 +32,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from kuberde.local.accounts import Account, run_as_argv
 
 __all__ = [
     "LOG_MARK",
@@ -54,13 +58,16 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ProcessSpec:
     """What to run. `env` is the child's whole environment (plus `RUN_MARKER`): nothing is
-    inherited implicitly, so the caller decides which of its variables a workload sees."""
+    inherited implicitly, so the caller decides which of its variables a workload sees.
+    `run_as` is the account the child runs as (we must be root); `pass_fds` stay open in it."""
 
     name: str
     argv: list[str]
     env: dict[str, str]
     cwd: str | None
     log_path: Path
+    run_as: Account | None = None
+    pass_fds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.argv or not self.argv[0]:
@@ -178,6 +185,18 @@ def _describe_exit(code: int) -> str:
         return f"was killed by {signal.Signals(-code).name}"
     except ValueError:
         return f"was killed by signal {-code}"
+
+
+def _command(spec: ProcessSpec) -> list[str]:
+    """The argv to exec: under another account, setpriv first, and the command looked up
+    here so that a missing one is reported as such rather than as setpriv's exit."""
+    if spec.run_as is None:
+        return spec.argv
+    command = spec.argv[0]
+    found = command if os.sep in command else shutil.which(command, path=spec.env.get("PATH"))
+    if found is None or not os.path.exists(found):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
+    return run_as_argv(spec.run_as, spec.argv)
 
 
 def _describe_start_error(spec: ProcessSpec, exc: OSError) -> str:
@@ -408,13 +427,14 @@ class SupervisedProcess:
             offset = os.lseek(fd, 0, os.SEEK_END)
             self._marker = secrets.token_hex(8)
             proc = await asyncio.create_subprocess_exec(
-                *spec.argv,
+                *_command(spec),
                 stdin=subprocess.DEVNULL,
                 stdout=fd,
                 stderr=subprocess.STDOUT,
                 env={**spec.env, RUN_MARKER: self._marker},
                 cwd=spec.cwd,
                 start_new_session=True,
+                pass_fds=spec.pass_fds,
             )
         except OSError as exc:
             self._failure = _describe_start_error(spec, exc)

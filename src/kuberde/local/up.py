@@ -24,11 +24,12 @@ from kuberde.auth.issuer import (
     BuiltinIssuer,
 )
 from kuberde.auth.oidc import CompositeVerifier, OidcProvider, OidcUserVerifier, auth_config_route
-from kuberde.auth.users import USERS_FILE, UsersFile
+from kuberde.auth.users import USERS_FILE, UsersFile, UsersFileError
 from kuberde.gateway.app import GatewaySettings, create_app
 from kuberde.gateway.presence import Presence
 from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start_site
 from kuberde.gateway.web import BrowserSettings, add_browser
+from kuberde.local.accounts import DEFAULT_HOMES_DIR, AccountError, Accounts
 from kuberde.local.api import add_workspace_routes
 from kuberde.local.demo import DemoWorkspace, current_user, demo_workspace
 from kuberde.local.runtime import LocalRuntime, RuntimeSettings
@@ -76,6 +77,19 @@ async def _load_files(runtime: LocalRuntime, files: list[Path]) -> int:
     return errors
 
 
+def _mapped_account(users: UsersFile) -> Callable[[str], str | None]:
+    """The account the users file names for an owner (`account:`), if any."""
+
+    def mapped(owner: str) -> str | None:
+        try:
+            user = users.get(owner)
+        except UsersFileError as exc:
+            raise AccountError(f"the users file is unusable: {exc}") from None
+        return user.account if user is not None else None
+
+    return mapped
+
+
 async def run_up(
     *,
     files: list[Path],
@@ -84,8 +98,12 @@ async def run_up(
     on_ready: Callable[[Ready], None],
     sweep_interval: float = 1.0,
     apps_domain: str = "localhost",
+    homes_dir: Path = DEFAULT_HOMES_DIR,
 ) -> int:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Workloads must not read anything in here (key, database, users, logs), whatever the
+    # directory's mode was when it was created.
+    state_dir.chmod(0o700)
     key = load_or_create_signing_key(state_dir)
     issuer = TokenIssuer(key)
     sock = bind_socket(listen)
@@ -96,6 +114,7 @@ async def run_up(
     local = LocalTokenVerifier.from_signing_key(key)
     verifier = CompositeVerifier(users=[users], agents=[local], management=[local])
     presence = Presence()
+    users_file = UsersFile(state_dir / USERS_FILE)
     store = StateStore(state_dir / STATE_DB_NAME)
     runtime = LocalRuntime(
         RuntimeSettings(
@@ -106,11 +125,10 @@ async def run_up(
         store,
         issuer,
         presence,
+        Accounts.for_this_process(homes_dir, _mapped_account(users_file)),
     )
     app = create_app(verifier, GatewaySettings(), directory=runtime, presence=presence)
-    oidc = BuiltinIssuer(
-        url, key, state_dir, users=UsersFile(state_dir / USERS_FILE), user_verifier=users
-    )
+    oidc = BuiltinIssuer(url, key, state_dir, users=users_file, user_verifier=users)
     app.router.add_routes(
         [*oidc.routes(), auth_config_route(url, BUILTIN_CLIENT_ID, DEFAULT_SCOPE)]
     )
@@ -129,7 +147,12 @@ async def run_up(
         if await _load_files(runtime, files):
             print("kuberde: some documents were rejected; the others are running", file=sys.stderr)
     else:
-        demo = demo_workspace(state_dir, user)
+        try:
+            demo = demo_workspace(state_dir, user, runtime.accounts.for_owner(user))
+        except AccountError as exc:
+            print(f"kuberde: cannot set up the demo workspace: {exc}", file=sys.stderr)
+            store.close()
+            return 1
         await runtime.apply(parse_agent(demo.document))
 
     runner = await start_site(app, sock, None)

@@ -71,10 +71,10 @@ class LocalWorkspaces:
             raise ActionError(str(exc)) from None
 
     async def create(self, text: str, user: Principal) -> list[str]:
-        applied, errors = await apply_documents(self.runtime, text, "dashboard", user)
-        if not applied and not errors:
+        applied, errors, forbidden = await apply_documents(self.runtime, text, "dashboard", user)
+        if not applied and not errors and not forbidden:
             return ["the document holds no RDEAgent"]
-        return errors
+        return errors + forbidden
 
     async def delete(self, name: str, user: Principal) -> None:
         try:

@@ -1,0 +1,364 @@
+"""Owners stay apart under `kuberde up`: real accounts, real processes, the real CLI.
+
+As root, each owner's workloads and agents run as an account of their own and start from a
+clean environment; a workload that tries every way in (state directory, another owner's
+home, any agent's credential) gets nowhere. Not as root, only the machine user and admins
+define workloads. And a workspace's home keeps its files through every lifecycle step.
+"""
+
+from __future__ import annotations
+
+import json
+import pwd
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kuberde.auth import load_or_create_signing_key
+from kuberde.auth.issuer import BUILTIN_USER_CLAIMS, BuiltinIssuer
+from kuberde.auth.oidc import OidcProvider, OidcUserVerifier
+from kuberde.auth.users import USERS_FILE, UsersFile, set_user
+from kuberde.local.accounts import Account, account_name
+from tests.e2e.up_fixtures import (
+    ISOLATED,
+    UP_PYTHON,
+    WAIT,
+    WORKLOAD_PYTHON,
+    KubeRDE,
+    echo_command,
+    free_port,
+    wait_until,
+    workspace,
+    write_documents,
+)
+
+CANARY = "KUBERDE_E2E_CANARY"
+#: What a workload's environment may hold besides its spec's `env`.
+ALLOWED = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TZ", "TERM", "KUBERDE_RUN"}
+
+#: Tries each way at what a workload must not read, prints one line per attempt and its
+#: environment as JSON, then stays up. argv: state dir, alice's home, the owners' uids.
+_PROBE = r"""
+import json, os, sys, time
+state, alice_home, uids = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+def attempt(label, path):
+    try:
+        with open(path, "rb") as file:
+            file.read()
+        print("PROBE", label, "READ", path, flush=True)
+    except OSError as exc:
+        print("PROBE", label, "denied", type(exc).__name__, flush=True)
+attempt("signing-key", os.path.join(state, "signing-key.pem"))
+attempt("database", os.path.join(state, "state.db"))
+attempt("users", os.path.join(state, "users.yaml"))
+attempt("alice-log", os.path.join(state, "logs", "alice-ws.log"))
+attempt("alice-home", os.path.join(alice_home, "secret"))
+try:
+    os.listdir(state)
+    print("PROBE state-listing READ", flush=True)
+except OSError as exc:
+    print("PROBE state-listing denied", type(exc).__name__, flush=True)
+def agents():
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as file:
+                if b"\0-m\0kuberde.agent\0" not in file.read():
+                    continue
+            with open(f"/proc/{pid}/status") as file:
+                uid = next(line.split()[1] for line in file if line.startswith("Uid:"))
+        except (OSError, StopIteration):
+            continue
+        if uid in uids:
+            found.append(pid)
+    return found
+deadline = time.monotonic() + 20
+while len(seen := agents()) < len(uids) and time.monotonic() < deadline:
+    time.sleep(0.1)
+for pid in seen:
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError as exc:
+        print("PROBE agent-fds denied", type(exc).__name__, flush=True)
+        continue
+    for fd in descriptors:
+        attempt("agent-fd", f"/proc/{pid}/fd/{fd}")
+print("PROBE agents-seen", len(seen), flush=True)
+print("ENV", json.dumps(dict(os.environ)), flush=True)
+print("PROBE done", flush=True)
+time.sleep(3600)
+"""
+
+
+@pytest.fixture
+def rde(tmp_path: Path) -> Iterator[KubeRDE]:
+    installation = KubeRDE(tmp_path / "kuberde")
+    try:
+        with installation:
+            yield installation
+    finally:
+        print(installation.diagnostics())
+
+
+def _uid(pid: int) -> int:
+    """The real uid of a process (its /proc directory is root's when it is non-dumpable)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
+
+
+def _user_token(rde: KubeRDE, url: str, username: str, *, admin: bool = False) -> str:
+    """A token from the installation's own issuer, as `kuberde login` would get one."""
+    key = load_or_create_signing_key(rde.state_dir)
+    issuer = BuiltinIssuer(
+        url,
+        key,
+        rde.root / "issuer-for-tests",
+        users=UsersFile(rde.state_dir / USERS_FILE),
+        user_verifier=OidcUserVerifier(OidcProvider(url), BUILTIN_USER_CLAIMS),
+    )
+    return issuer.mint_access_token(username, admin=admin, ttl=timedelta(hours=1))
+
+
+def _as(
+    rde: KubeRDE, token: str, *args: str, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`kuberde ARGS` with another user's token."""
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("kuberde")), *args],
+        env=rde.env | {"KUBERDE_TOKEN": token},
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+
+
+def _probe_lines(output: str) -> dict[str, list[str]]:
+    lines: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        if line.startswith("PROBE "):
+            label, _, rest = line[len("PROBE ") :].partition(" ")
+            lines.setdefault(label, []).append(rest)
+    return lines
+
+
+@pytest.mark.skipif(not ISOLATED, reason="owners get accounts of their own only under root")
+@pytest.mark.timeout(120)
+def test_a_workload_reads_nothing_of_the_gateway_or_other_owners(
+    rde: KubeRDE, tmp_path: Path
+) -> None:
+    alice_port = free_port()
+    echo = shlex.join(echo_command(alice_port, "alice"))
+    # World-readable on purpose: only the home's 0700 keeps bob out.
+    keeper = [
+        "sh",
+        "-c",
+        f'echo alice-secret > "$HOME/secret"; chmod 644 "$HOME/secret"; exec {echo}',
+    ]
+    file = write_documents(
+        tmp_path / "alice.yaml",
+        [
+            workspace("alice-ws", keeper, local_port=alice_port, owner="alice"),
+            workspace("carol-ws", ["sleep", "600"], owner="carol"),
+        ],
+    )
+    # Bad input: carol is mapped to an account this machine does not have.
+    users = rde.state_dir / USERS_FILE
+    set_user(users, "carol", "carols-password")
+    users.write_text(
+        users.read_text().replace("admin: false", "admin: false\n    account: kde-nobody-here")
+    )
+    url = rde.start_up(file, extra_env={CANARY: "canary-value-never-shown"})
+    rde.env = rde.env | {"KUBERDE_TOKEN": _user_token(rde, url, "admin", admin=True)}
+    rde.wait_phase("alice-ws", "Running")
+    carol = rde.wait_phase("carol-ws", "Error")
+    assert carol["message"] == (
+        "cannot run as its OS account: the users file maps 'carol' to 'kde-nobody-here': "
+        "no such account"
+    )
+    alice, bob = rde.account("alice"), rde.account("bob")
+    wait_until(lambda: (alice.home / "secret").exists(), "alice's workload writing her home")
+    bob_token = _user_token(rde, url, "bob")
+
+    uids = f"{alice.uid},{bob.uid}"
+    probe = [WORKLOAD_PYTHON, "-u", "-c", _PROBE, str(rde.state_dir), str(alice.home), uids]
+    bob_file = write_documents(
+        tmp_path / "bob.yaml",
+        [workspace("bob-probe", probe, local_port=free_port(), owner="bob")],
+    )
+    applied = _as(rde, bob_token, "apply", "-f", str(bob_file))
+    assert applied.returncode == 0, applied.stderr
+
+    def logs() -> str:
+        result = _as(rde, bob_token, "logs", "bob-probe")
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    wait_until(lambda: "PROBE done" in logs(), "bob's probe finishing")
+    output = logs()
+    probes = _probe_lines(output)
+    for label in ("signing-key", "database", "users", "alice-log", "alice-home", "state-listing"):
+        assert probes.get(label) and all(r.startswith("denied") for r in probes[label]), output
+    # Every agent (alice's and bob's own) is seen, and not one descriptor of theirs opens.
+    seen = int(probes["agents-seen"][0])
+    assert seen >= 2 and len(probes.get("agent-fds", [])) == seen, output
+    assert not any(r.startswith("READ") for r in probes.get("agent-fd", [])), output
+
+    env = json.loads(next(line for line in output.splitlines() if line.startswith("ENV "))[4:])
+    assert set(env) - ALLOWED == set(), env
+    assert "canary-value-never-shown" not in output
+    assert env["USER"] == account_name("bob") and env["HOME"] == str(bob.home)
+    # Each owner's processes run as that owner's account, the agents included.
+    for name, account in (("alice-ws", alice), ("bob-probe", bob)):
+        row = rde.wait_phase(name, "Running")
+        assert _uid(int(row["pod"])) == account.uid
+        assert _uid(rde.wait_agent(row["agent_id"]).pid) == account.uid
+    for account in (alice, bob):
+        info = account.home.stat()
+        assert (info.st_uid, info.st_mode & 0o777) == (account.uid, 0o700)
+    # Logs are their owner's (and admins') only.
+    foreign = _as(rde, bob_token, "logs", "alice-ws")
+    assert foreign.returncode == 1 and "no workspace named 'alice-ws'" in foreign.stderr
+
+
+def _home_of(rde: KubeRDE) -> Path:
+    return rde.account().home if rde.isolated else rde.home
+
+
+@pytest.mark.timeout(120)
+def test_files_in_a_workspace_home_survive_stop_wake_ttl_and_restart(
+    rde: KubeRDE, tmp_path: Path
+) -> None:
+    port = free_port()
+    echo = shlex.join(echo_command(port, "keeper"))
+    starts = ["sh", "-c", f'echo "run $$" >> "$HOME/runs"; exec {echo}']
+    file = write_documents(
+        tmp_path / "keeper.yaml", [workspace("keeper", starts, ttl="3s", local_port=port)]
+    )
+    rde.start_up(file)
+    runs = _home_of(rde) / "runs"
+
+    def lines() -> list[str]:
+        return runs.read_text().splitlines() if runs.exists() else []
+
+    wait_until(lambda: len(lines()) == 1, "the first run writing its home")
+    first = lines()[0]
+    rde.ok("stop", "keeper")
+    rde.wait_phase("keeper", "ScaledDown")
+    rde.ok("wake", "keeper")
+    wait_until(lambda: len(lines()) == 2, "the woken run writing its home")
+    rde.wait_phase("keeper", "ScaledDown")  # by TTL, after that run
+    rde.stop_up()
+    rde.start_up(file)
+    reply = rde.kuberde("connect", "keeper", input="after a restart\n")
+    assert reply.returncode == 0, reply.stderr
+    assert reply.stdout == "after a restart\n"
+
+    wait_until(lambda: len(lines()) == 3, "the run woken after a restart writing its home")
+    assert lines()[0] == first
+
+
+# ---- not as root ---------------------------------------------------------------------------
+
+_MACHINE_USER = "kde-e2e-up"
+
+
+def _machine_account(root: Path) -> Account:
+    """An unprivileged account to run `kuberde up` as, created once on this machine."""
+    try:
+        entry = pwd.getpwnam(_MACHINE_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home", _MACHINE_USER],
+            check=False,
+            capture_output=True,
+            timeout=WAIT,
+        )
+        entry = pwd.getpwnam(_MACHINE_USER)
+    return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, root / "home", "/bin/sh")
+
+
+@pytest.fixture
+def unprivileged() -> Iterator[KubeRDE]:
+    if not ISOLATED:
+        pytest.skip("creating the account to run kuberde up as needs root")
+    if UP_PYTHON is None:
+        pytest.skip("no Python of this version here that an unprivileged account may run")
+    base = Path("/var/lib/kuberde-e2e")
+    base.mkdir(mode=0o755, exist_ok=True)
+    # Not under pytest's 0700 temporary directories: the account must reach its files.
+    root = Path(tempfile.mkdtemp(prefix="up-", dir=base))
+    root.chmod(0o755)
+    installation = KubeRDE(root, run_as=_machine_account(root))
+    try:
+        with installation:
+            yield installation
+    finally:
+        print(installation.diagnostics())
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _post(url: str, token: str, body: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        url + "/api/workspaces",
+        data=body.encode(),
+        headers={"Authorization": f"Bearer {token}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=WAIT) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.timeout(120)
+def test_without_root_only_the_machine_user_and_admins_define_workloads(
+    unprivileged: KubeRDE, tmp_path: Path
+) -> None:
+    rde = unprivileged
+    url = rde.start_up(write_documents(rde.root / "none.yaml", []))
+    bob = _user_token(rde, url, "bob")
+    admin = _user_token(rde, url, "admin", admin=True)
+    rde.env = rde.env | {"KUBERDE_TOKEN": admin}
+    port = free_port()
+    document = workspace("bobs", echo_command(port, "bobs"), local_port=port, owner="bob")
+    path = write_documents(rde.root / "bobs.yaml", [document])
+
+    refused = _as(rde, bob, "apply", "-f", str(path))
+    status, body = _post(url, bob, path.read_text())
+
+    assert refused.returncode == 1
+    assert f"only '{_MACHINE_USER}' and admins may create or change workloads" in refused.stderr
+    assert "not running as root" in refused.stderr
+    assert status == 403 and body["reason"] == "forbidden", body
+    assert "bobs" not in rde.ls()
+
+    created = _as(rde, admin, "apply", "-f", str(path))
+    assert created.returncode == 0, created.stderr
+    rde.wait_phase("bobs", "Running")
+    reply = _as(rde, bob, "connect", "bobs", input="made for bob\n")
+    assert reply.returncode == 0, reply.stderr
+    assert reply.stdout == "made for bob\n"
+    assert _as(rde, bob, "stop", "bobs").returncode == 0
+    rde.wait_phase("bobs", "ScaledDown")
+    assert _as(rde, bob, "wake", "bobs").returncode == 0
+    rde.wait_phase("bobs", "Running")
+    # Re-applying the same workload (a TTL change, say) is not defining one.
+    document["spec"]["ttl"] = "1h"
+    write_documents(path, [document])
+    again = _as(rde, bob, "apply", "-f", str(path))
+    assert again.returncode == 0, again.stderr
+    assert rde.run_as is not None
+    assert _uid(int(rde.wait_phase("bobs", "Running")["pod"])) == rde.run_as.uid
