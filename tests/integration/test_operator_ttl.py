@@ -208,6 +208,8 @@ async def test_gateway_unreachable_never_scales_down(
         status = kube.status("ssh-server")
         connected = next(c for c in status["conditions"] if c["type"] == "Connected")
         assert (connected["status"], connected["reason"]) == ("Unknown", "GatewayUnreachable")
+        assert status["online"] is False
+        assert "no fresh activity data from the gateway: ONLINE unknown" in status["message"]
         assert runner.metric("kuberde_operator_gateway_up") == 0
 
         # The same agent is scaled down as soon as the gateway answers (it is idle).

@@ -91,6 +91,8 @@ def _message(facts: StatusFacts, phase: Phase) -> str | None:
         idle = f" after {format_duration(facts.ttl)} idle" if facts.ttl else ""
         at = f" at {format_timestamp(facts.scaled_down_at)}" if facts.scaled_down_at else ""
         base: str | None = f"scaled to zero{idle}{at}; connecting wakes it"
+    elif not facts.fresh:
+        base = f"{_NO_FRESH_DATA}: ONLINE unknown, nothing is scaled down"
     else:
         base = _MESSAGES.get(phase)
     if facts.failure:
@@ -142,7 +144,8 @@ def _stamp(
 
 def build_status(facts: StatusFacts, current: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """The status we want; a None value means the field must be absent."""
-    online = facts.snapshot.online if facts.snapshot is not None else False
+    # Beyond the staleness bound the gateway's word is no longer news: not online (unknown).
+    online = facts.snapshot.online if facts.snapshot is not None and facts.fresh else False
     pod = facts.pod
     seen = facts.seen_online_at is not None and (
         pod is None or pod.started_at is None or facts.seen_online_at >= pod.started_at
