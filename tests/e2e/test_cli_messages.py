@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.up_fixtures import KUBERDE, WAIT, KubeRDE, free_port, wait_for_text
+from tests.e2e.up_fixtures import (
+    KUBERDE,
+    WAIT,
+    KubeRDE,
+    free_port,
+    wait_for_text,
+    workspace,
+    write_documents,
+)
 
 MISSING = "kuberde: no workspace named 'dmeo'; `kuberde ls` lists yours\n"
 
@@ -51,6 +59,25 @@ def test_every_command_says_the_same_about_a_missing_workspace(
     assert (result.returncode, result.stdout) == (1, "")
     # Nothing else: no "Forwarding from", no ssh noise such as kex_exchange_identification.
     assert result.stderr == MISSING
+
+
+def test_ssh_and_port_forward_to_a_failing_workspace_say_why_and_nothing_else(
+    rde: KubeRDE, tmp_path: Path
+) -> None:
+    failing = ["sh", "-c", "echo boom-marker >&2; exit 3"]
+    file = write_documents(
+        tmp_path / "broken.yaml",
+        [workspace("broken", failing, ttl=0, local_port=free_port(), workspace_port=22)],
+    )
+    rde.ok("apply", "-f", str(file))
+    rde.wait_for("broken", "Error", lambda row: row is not None and row["phase"] == "Error")
+    for args in (["ssh", "broken"], ["port-forward", "broken", f"{free_port()}:22"]):
+        result = rde.kuberde(*args)
+        assert (result.returncode, result.stdout) == (1, ""), result.stderr
+        [line] = result.stderr.splitlines()
+        assert line.startswith("kuberde: broken is unavailable: "), line
+        assert "boom-marker" in line
+    rde.ok("delete", "broken")
 
 
 def test_an_unreachable_local_gateway_says_how_to_start_it(rde: KubeRDE) -> None:

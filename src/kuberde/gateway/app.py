@@ -471,6 +471,11 @@ class Gateway:
         if resolved is None:
             raise json_error(web.HTTPNotFound, not_found(reference), "not_found")
         target, owner = resolved
+        record = self.directory.lookup(target) if self.directory else None
+        if record is not None and record.error:
+            # As /connect would close with 4409: say it now, before ssh starts its own noise.
+            message = f"{reference} is unavailable: {record.error}"
+            raise json_error(web.HTTPConflict, message, "unavailable")
         online = self.registry.get(target) is not None
         record = self.directory.lookup(target) if self.directory is not None else None
         login = record.login if record is not None else None
