@@ -31,7 +31,7 @@ import yaml
 from bench import ROOT
 from bench.httpapp import LARGE_PATH, LARGE_SIZE, SMALL_PATH
 from bench.procs import Processes, StartError, free_port, wait_for, wait_for_port
-from bench.stack import KUBERDE, clean_env, get_json, workspace_document
+from bench.stack import BENCH_PYTHON, KUBERDE, clean_env, get_json, workspace_document
 from bench.stats import median, percentile
 from kuberde.cli import config
 from kuberde.gateway.apphost import app_host
@@ -163,7 +163,7 @@ def _start_kuberde(procs: Processes, work: Path, port: int) -> HttpPath:
             workspace_document(
                 WORKSPACE,
                 port,
-                [sys.executable, "-m", "bench.httpapp", "--port", str(port)],
+                [BENCH_PYTHON, "-m", "bench.httpapp", "--port", str(port)],
                 apps=[{"name": APP, "port": port}],
             )
         )

@@ -23,8 +23,13 @@ from bench.certs import write_self_signed
 from bench.procs import Child, Processes, wait_for
 from kuberde.auth import TokenIssuer, load_or_create_signing_key
 from kuberde.local.demo import current_user
+from kuberde.testing.python import SHARED_PYTHON, workload_env
+
+#: The interpreter of `kuberde up` workloads: the owner's account must be able to run it.
+BENCH_PYTHON = SHARED_PYTHON or sys.executable
 
 __all__ = [
+    "BENCH_PYTHON",
     "BENCH_USER",
     "KUBERDE",
     "Gateway",
@@ -169,12 +174,14 @@ def workspace_document(
     name: str, port: int, command: list[str], apps: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """A `kuberde up` workspace of the OS user, never scaled down by TTL, whose workload is
-    `command` (run from the repository root) serving `port`."""
+    `command` (run from the repository root, with our import path: as root it runs as the
+    user's own account, maybe with `BENCH_PYTHON`) serving `port`."""
+    workload = {"command": command, "workingDir": str(ROOT), "env": workload_env()}
     spec: dict[str, Any] = {
         "owner": current_user(),
         "ttl": "0",
         "localTarget": f"127.0.0.1:{port}",
-        "workload": {"command": command, "workingDir": str(ROOT)},
+        "workload": workload,
     }
     if apps:
         spec["apps"] = apps

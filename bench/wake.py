@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,14 @@ import yaml
 
 from bench import ROOT
 from bench.procs import Processes, StartError, accepts, free_port, wait_for
-from bench.stack import KUBERDE, clean_env, get_json, start_port_forward, workspace_document
+from bench.stack import (
+    BENCH_PYTHON,
+    KUBERDE,
+    clean_env,
+    get_json,
+    start_port_forward,
+    workspace_document,
+)
 from bench.stats import median
 from kuberde.cli.config import load
 
@@ -54,7 +60,7 @@ class WakeResult:
 
 
 def _workload(port: int) -> list[str]:
-    return [sys.executable, "-m", "bench.target", "--echo", str(port)]
+    return [BENCH_PYTHON, "-m", "bench.target", "--echo", str(port)]
 
 
 def _workload_start(procs: Processes) -> float:

@@ -32,10 +32,12 @@ from typing import Any
 
 import yaml
 
-import kuberde
 from kuberde.local.accounts import Account, Accounts, run_as_argv
 from kuberde.local.sshd import prepare_sshd
 from kuberde.local.supervisor import RUN_MARKER
+from kuberde.testing.python import IMPORT_PATH as UP_PYTHONPATH
+from kuberde.testing.python import SHARED_PYTHON as UP_PYTHON
+from kuberde.testing.python import WORKLOAD_PYTHON
 
 __all__ = [
     "CLI_TIMEOUT",
@@ -71,45 +73,6 @@ ISOLATED = os.geteuid() == 0
 #: Homes of the workspace accounts go below this when root: not under /tmp, which is world
 #: writable (sshd's StrictModes refuses such paths) and where pytest's 0700 directories are.
 _HOMES_BASE = Path("/var/lib/kuberde-e2e")
-
-
-def _runnable_by_anyone(path: str) -> bool:
-    """Whether every account may run `path`: it and each directory above it allow others."""
-    target = Path(os.path.realpath(path))
-    return all(os.stat(part).st_mode & 0o001 for part in [target, *target.parents])
-
-
-_SYSTEM_PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
-#: A Python that workloads running as other accounts can start (stdlib only is needed).
-WORKLOAD_PYTHON = (
-    sys.executable if _runnable_by_anyone(sys.executable) else _SYSTEM_PYTHON or sys.executable
-)
-
-
-def _same_python(path: str) -> bool:
-    """Whether `path` is a Python of our minor version (so our compiled dependencies load)."""
-    result = subprocess.run(
-        [path, "-c", "import sys; print(sys.version_info[:2])"],
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
-    return result.stdout.strip() == str(sys.version_info[:2])
-
-
-#: How an unprivileged account runs `kuberde up`, or None if it cannot here: our interpreter
-#: if others may run it, else the system's Python of the same version with our import path.
-UP_PYTHON: str | None = (
-    sys.executable
-    if _runnable_by_anyone(sys.executable)
-    else _SYSTEM_PYTHON
-    if _SYSTEM_PYTHON is not None and _same_python(_SYSTEM_PYTHON)
-    else None
-)
-UP_PYTHONPATH = os.pathsep.join(
-    [str(Path(kuberde.__file__).parent.parent), *(path for path in sys.path if path)]
-)
 
 
 _handed_out: set[int] = set()
