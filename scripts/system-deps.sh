@@ -3,7 +3,7 @@
 # Debian, useradd and setpriv (a root `kuberde up` gives each owner an OS account), and, with
 # --tests, kubectl (for the runbook tests), a system python3 (test workloads run as other
 # accounts, which may not reach ours), Node.js and the npm OIDC provider the authentication
-# tests run against.
+# tests run against, and Chromium for the browser tests.
 #
 # It says what it will install before installing it, installs only what is missing, never
 # upgrades a package that is already installed (openssh-server is pinned to the installed
@@ -45,6 +45,9 @@ if $tests; then
   command -v npm >/dev/null 2>&1 || packages+=(npm)
   # The runbook tests run the real kubectl (Debian's kubernetes-client where it is missing).
   command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
+  # The browser tests drive Debian's headless Chromium with Playwright (never `playwright install`).
+  installed chromium chromium || packages+=(chromium)
+  installed chromium-driver chromedriver || packages+=(chromium-driver)
 fi
 
 if [ "$(id -u)" -eq 0 ]; then

@@ -465,3 +465,18 @@ def test_bad_input_gets_clear_errors_and_everyone_else_is_served(site: Site) -> 
     # A client that stops reading holds back the app; the gateway keeps about one window.
     assert stalled < 48 * 1024 * 1024
     assert growth < 32 * 1024 * 1024
+
+
+def test_cli_opens_lists_and_extends_apps(site: Site) -> None:
+    url = site.app("rec--" + OWNER)
+    opened = site.kuberde.kuberde("open", "rec")
+    assert opened.returncode == 0, opened.stderr
+    assert opened.stdout.strip() == url and "no browser was opened" in opened.stderr
+    missing = site.kuberde.kuberde("open", "rec", "nope")
+    assert missing.returncode == 1 and "no app named 'nope' (it has: rec)" in missing.stderr
+    assert url in site.kuberde.ok("ls", "-o", "wide")
+    extended = site.kuberde.ok("extend", "rec", "2h")
+    assert extended.startswith("rdeagent/rec extended until ")
+    assert site.kuberde.ls()["rec"]["last_activity_source"] in ("extend", "http")
+    refused = site.kuberde.kuberde("extend", "rec", "soon")
+    assert refused.returncode == 1 and "cannot extend rec" in refused.stderr

@@ -10,7 +10,14 @@ import pytest
 import yaml
 
 from kuberde.cli.base import suggestion
-from kuberde.cli.workspaces import Output, idle_status, render, render_table, watch_lines
+from kuberde.cli.workspaces import (
+    Output,
+    idle_status,
+    pick_app,
+    render,
+    render_table,
+    watch_lines,
+)
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -50,7 +57,7 @@ def test_wide_table_says_what_holds_a_workspace_up() -> None:
     header, row = table.splitlines()
     assert header.split() == [
         "NAME", "STATUS", "ONLINE", "POD", "AGE", "TTL", "LAST-ACTIVITY", "IDLE-DEADLINE",
-        "MESSAGE",
+        "APPS", "MESSAGE",
     ]  # fmt: skip
     assert row.split()[:5] == ["demo", "Running", "true", "4242", "4m5s"]
     assert "held by 2 connections" in row
@@ -102,3 +109,25 @@ def test_watch_as_json_is_one_document_per_change() -> None:
 def test_did_you_mean_only_for_a_near_miss(typo: str, hint: str) -> None:
     commands = ["ls", "logs", "stop", "ssh", "port-forward", "up", "wake", "delete"]
     assert suggestion(typo, commands) == hint
+
+
+APPS = [
+    {"name": "lab", "port": 8888, "path": "/lab", "url": "http://lab--alice.localhost:8080/lab"},
+    {"name": "docs", "port": 9000, "path": "/", "url": "http://9000--lab--alice.localhost:8080/"},
+]
+
+
+def test_wide_table_lists_app_urls() -> None:
+    _, row = render_table([_item(apps=APPS)], True, NOW).splitlines()
+    assert "http://lab--alice.localhost:8080/lab,http://9000--lab--alice.localhost:8080/" in row
+    _, bare = render_table([_item()], True, NOW).splitlines()
+    assert "<none>" in bare
+
+
+def test_pick_app() -> None:
+    assert pick_app(_item(apps=APPS), None) == "http://lab--alice.localhost:8080/lab"
+    assert pick_app(_item(apps=APPS), "docs") == "http://9000--lab--alice.localhost:8080/"
+    with pytest.raises(ValueError, match=r"no app named 'nope' \(it has: lab, docs\)"):
+        pick_app(_item(apps=APPS), "nope")
+    with pytest.raises(ValueError, match="has no apps"):
+        pick_app(_item(), None)

@@ -6,6 +6,7 @@ Rendering (`render_table`, `idle_status`, `changed_rows`) is pure; the commands 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -63,10 +64,12 @@ def _cells(item: dict[str, Any], wide: bool, now: datetime) -> list[str]:
         _age(item["created_at"], now),
     ]
     if wide:
+        urls = [app["url"] for app in item.get("apps") or [] if app.get("url")]
         row += [
             item["ttl"] or "0",
             _when(item["last_activity"]),
             idle_status(item),
+            ",".join(urls) or "<none>",
             item["message"] or "",
         ]
     return row
@@ -74,7 +77,8 @@ def _cells(item: dict[str, Any], wide: bool, now: datetime) -> list[str]:
 
 def _header(wide: bool) -> list[str]:
     header = ["NAME", "STATUS", "ONLINE", "POD", "AGE"]
-    return [*header, "TTL", "LAST-ACTIVITY", "IDLE-DEADLINE", "MESSAGE"] if wide else header
+    wide_columns = ["TTL", "LAST-ACTIVITY", "IDLE-DEADLINE", "APPS", "MESSAGE"]
+    return [*header, *wide_columns] if wide else header
 
 
 def _align(rows: Sequence[Sequence[str]], widths: Sequence[int]) -> list[str]:
@@ -267,8 +271,79 @@ def logs(
         raise typer.Exit(0) from None
 
 
+def extend(
+    gateway: Gateway,
+    name: NameArgument,
+    duration: Annotated[
+        str | None,
+        typer.Argument(help="How long from now (30m, 2h, 1d); default: another TTL."),
+    ] = None,
+) -> None:
+    """Keep a workspace up: for another TTL from now, or for DURATION.
+
+    Examples:
+
+    \b
+      kuberde extend demo
+      kuberde extend demo 2h
+    """
+    from kuberde.cli.api import call
+
+    params = {"duration": duration} if duration else None
+    reply = call(gateway.settings(), "POST", f"/api/workspaces/{name}/extend", params=params)
+    typer.echo(f"rdeagent/{name} extended until {_when(reply['until'])}")
+
+
+def pick_app(item: dict[str, Any], app: str | None) -> str:
+    """The URL of `app` (default: the first) of a workspace row; ValueError says what exists."""
+    apps = [entry for entry in item.get("apps") or [] if entry.get("url")]
+    if not apps:
+        raise ValueError(f"{item['name']} has no apps (spec.apps) reachable through this gateway")
+    if app is None:
+        return str(apps[0]["url"])
+    for entry in apps:
+        if entry["name"] == app:
+            return str(entry["url"])
+    names = ", ".join(entry["name"] for entry in apps)
+    raise ValueError(f"{item['name']} has no app named {app!r} (it has: {names})")
+
+
+def open_app(
+    gateway: Gateway,
+    name: NameArgument,
+    app: Annotated[str | None, typer.Argument(help="App name; default: the first.")] = None,
+) -> None:
+    """Open a workspace's web app in the browser (the URL is printed where none can open).
+
+    Examples:
+
+    \b
+      kuberde open jupyter-notebook
+      kuberde open code-server vscode
+    """
+    import webbrowser
+
+    from kuberde.cli.api import call
+
+    item = call(gateway.settings(), "GET", f"/api/workspaces/{name}")
+    try:
+        url = pick_app(item, app)
+    except ValueError as exc:
+        typer.echo(f"kuberde: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(url)
+    # Without a display webbrowser would start a console browser (lynx) in this terminal.
+    graphical = sys.platform == "darwin" or any(
+        os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY")
+    )
+    if not (sys.stdout.isatty() and graphical and webbrowser.open(url)):
+        typer.echo("no browser was opened: open the URL above", err=True)
+
+
 def register(app: typer.Typer) -> None:
     gateway_command(app)(ls)
+    gateway_command(app)(extend)
+    gateway_command(app, "open")(open_app)
     gateway_command(app)(apply)
     for verb, method, suffix, done, summary in [
         (

@@ -25,6 +25,7 @@ __all__ = [
     "base_label",
     "resolve_label",
     "split_host",
+    "workspace_app_urls",
 ]
 
 MAX_LABEL = 63
@@ -67,6 +68,23 @@ def app_url(
     shown = "" if gateway_port in (None, default_port) else f":{gateway_port}"
     host = app_host(address.name, address.owner, address.port, apps_domain)
     return f"{scheme}://{host}{shown}{path}"
+
+
+def workspace_app_urls(
+    name: str,
+    owner: str,
+    apps: Iterable[tuple[str, int, str]],
+    *,
+    scheme: str,
+    apps_domain: str,
+    gateway_port: int | None,
+) -> list[tuple[str, str]]:
+    """(app name, URL) of each `(name, port, path)` app: the first is the default app."""
+    urls = []
+    for index, (app, port, path) in enumerate(apps):
+        address = AppAddress(name, owner, None if index == 0 else port)
+        urls.append((app, app_url(scheme, apps_domain, gateway_port, address, path)))
+    return urls
 
 
 def split_host(header: str | None, apps_domain: str | None) -> str | None:

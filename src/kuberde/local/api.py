@@ -17,10 +17,12 @@ from aiohttp import web
 
 from kuberde.auth import Principal
 from kuberde.gateway.app import GATEWAY_KEY, Gateway, json_error
+from kuberde.gateway.apphost import workspace_app_urls
 from kuberde.local.runtime import LocalRuntime, WorkspaceView
 from kuberde.local.store import WorkspaceState
 from kuberde.local.supervisor import follow_log, tail_log
 from kuberde.messages import not_found
+from kuberde.policy import InvalidTTL, parse_ttl
 from kuberde.resource import Workload, load_documents, parse_agent
 
 __all__ = ["add_workspace_routes", "apply_documents"]
@@ -28,11 +30,12 @@ __all__ = ["add_workspace_routes", "apply_documents"]
 MAX_APPLY_BYTES = 1024 * 1024
 
 
-def view_json(view: WorkspaceView) -> dict[str, Any]:
-    return {
+def view_json(view: WorkspaceView, apps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    document = {
         key: value.isoformat() if isinstance(value, datetime) else value
         for key, value in asdict(view).items()
     }
+    return {**document, "apps": apps or []}
 
 
 def workload_refusal(
@@ -93,9 +96,31 @@ async def apply_documents(
 
 
 class WorkspaceApi:
-    def __init__(self, runtime: LocalRuntime, gateway: Gateway) -> None:
+    def __init__(self, runtime: LocalRuntime, gateway: Gateway, apps_domain: str | None) -> None:
         self.runtime = runtime
         self.gateway = gateway
+        self.apps_domain = apps_domain
+
+    def _json(self, request: web.Request, state: WorkspaceState) -> dict[str, Any]:
+        """The `kuberde ls` row, with each app's browser URL (apps are on this gateway's port)."""
+        apps = parse_agent(state.document).spec.apps
+        urls = dict(
+            workspace_app_urls(
+                state.name,
+                state.owner,
+                [(app.name, app.port, app.path) for app in apps],
+                scheme=request.scheme,
+                apps_domain=self.apps_domain,
+                gateway_port=request.url.port,
+            )
+            if self.apps_domain is not None
+            else []
+        )
+        listed = [
+            {"name": app.name, "port": app.port, "path": app.path, "url": urls.get(app.name)}
+            for app in apps
+        ]
+        return view_json(self.runtime.view(state), listed)
 
     async def _user(self, request: web.Request) -> Principal:
         return await self.gateway.authenticate(request, "user")
@@ -110,7 +135,7 @@ class WorkspaceApi:
     async def list(self, request: web.Request) -> web.Response:
         user = await self._user(request)
         views = [
-            view_json(self.runtime.view(state))
+            self._json(request, state)
             for state in self.runtime.list()
             if state.owner == user.name or user.admin
         ]
@@ -119,7 +144,7 @@ class WorkspaceApi:
     async def get(self, request: web.Request) -> web.Response:
         user = await self._user(request)
         state = self._owned(user, request.match_info["name"])
-        return web.json_response(view_json(self.runtime.view(state)))
+        return web.json_response(self._json(request, state))
 
     async def apply(self, request: web.Request) -> web.Response:
         user = await self._user(request)
@@ -153,6 +178,18 @@ class WorkspaceApi:
         await self.runtime.stop(state.name)
         return web.json_response({"stopped": state.name})
 
+    async def extend(self, request: web.Request) -> web.Response:
+        """Keep it up for another TTL, or `?duration=2h` from now; an activity."""
+        user = await self._user(request)
+        state = self._owned(user, request.match_info["name"])
+        raw = request.query.get("duration", "")
+        try:
+            until = await self.runtime.extend(state.name, parse_ttl(raw) if raw else None)
+        except (InvalidTTL, ValueError) as exc:
+            message = f"cannot extend {state.name}: {exc}"
+            raise json_error(web.HTTPBadRequest, message, "bad_extend") from None
+        return web.json_response({"extended": state.name, "until": until.isoformat()})
+
     async def logs(self, request: web.Request) -> web.StreamResponse:
         user = await self._user(request)
         state = self._owned(user, request.match_info["name"])
@@ -175,12 +212,15 @@ class WorkspaceApi:
         return response
 
 
-def add_workspace_routes(app: web.Application, runtime: LocalRuntime) -> None:
-    api = WorkspaceApi(runtime, app[GATEWAY_KEY])
+def add_workspace_routes(
+    app: web.Application, runtime: LocalRuntime, apps_domain: str | None = None
+) -> None:
+    api = WorkspaceApi(runtime, app[GATEWAY_KEY], apps_domain)
     app.router.add_get("/api/workspaces", api.list)
     app.router.add_post("/api/workspaces", api.apply)
     app.router.add_get("/api/workspaces/{name}", api.get)
     app.router.add_delete("/api/workspaces/{name}", api.delete)
     app.router.add_post("/api/workspaces/{name}/wake", api.wake)
     app.router.add_post("/api/workspaces/{name}/stop", api.stop)
+    app.router.add_post("/api/workspaces/{name}/extend", api.extend)
     app.router.add_get("/api/workspaces/{name}/logs", api.logs)

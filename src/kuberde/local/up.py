@@ -132,7 +132,7 @@ async def run_up(
     app.router.add_routes(
         [*oidc.routes(), auth_config_route(url, BUILTIN_CLIENT_ID, DEFAULT_SCOPE)]
     )
-    add_workspace_routes(app, runtime)
+    add_workspace_routes(app, runtime, apps_domain)
     add_browser(
         app,
         BrowserSettings(

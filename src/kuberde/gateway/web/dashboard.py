@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from kuberde.auth import Principal
-from kuberde.gateway.apphost import AppAddress, app_url
+from kuberde.gateway.apphost import workspace_app_urls
 from kuberde.gateway.sessions import BrowserSession
 from kuberde.gateway.web.render import STATIC_DIR, fragment, page
 from kuberde.gateway.web.settings import BrowserSettings
@@ -63,9 +63,13 @@ def card(
     """Everything one workspace's card shows, as plain values for the template."""
     links = []
     if apps_domain is not None:
-        for index, app in enumerate(row.apps):
-            address = AppAddress(row.name, row.owner, None if index == 0 else app.port)
-            links.append(AppLink(app.name, app_url(scheme, apps_domain, port, address, app.path)))
+        apps = [(app.name, app.port, app.path) for app in row.apps]
+        links = [
+            AppLink(name, url)
+            for name, url in workspace_app_urls(
+                row.name, row.owner, apps, scheme=scheme, apps_domain=apps_domain, gateway_port=port
+            )
+        ]
     if row.open_connections:
         noun = "connection" if row.open_connections == 1 else "connections"
         hold = f"{row.open_connections} open {noun} keep it up"
