@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kuberde.local.sshd import prepare_sshd
+from tests.e2e.up_fixtures import KubeRDE
 
 #: Upper bound for one step (a process starting, an agent coming online); a healthy run needs
 #: a small fraction of it.
@@ -765,3 +766,15 @@ async def spawn(argv: Sequence[str], env: Mapping[str, str]) -> AsyncIterator[Pr
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await asyncio.wait_for(proc.wait(), STEP)
+
+
+@pytest.fixture
+def rde(tmp_path: Path) -> Iterator[KubeRDE]:
+    """A throwaway `kuberde up` installation, stopped (and checked for leftovers) after."""
+    installation = KubeRDE(tmp_path / "kuberde")
+    try:
+        with installation:
+            yield installation
+    finally:
+        # Shown by pytest only when the test fails.
+        print(installation.diagnostics())

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -38,17 +38,6 @@ from tests.e2e.up_fixtures import (
 
 TTL = 2
 FAILING = ["sh", "-c", "echo boom-marker >&2; exit 3"]
-
-
-@pytest.fixture
-def rde(tmp_path: Path) -> Iterator[KubeRDE]:
-    installation = KubeRDE(tmp_path / "kuberde")
-    try:
-        with installation:
-            yield installation
-    finally:
-        # Shown by pytest only when the test fails.
-        print(installation.diagnostics())
 
 
 def _run(argv: list[str], rde: KubeRDE) -> subprocess.CompletedProcess[str]:

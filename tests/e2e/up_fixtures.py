@@ -235,22 +235,22 @@ def workspace(
     local_port: int | None = None,
     workspace_port: int = 7000,
     owner: str | None = None,
+    apps: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """An RDEAgent whose workload listens on `local_port`, seen as `workspace_port`."""
+    """An RDEAgent whose workload listens on `local_port`, seen as `workspace_port`, with
+    the web `apps` of `spec.apps` (if any)."""
     metadata: dict[str, Any] = {"name": name}
     if local_port is not None:
         metadata["annotations"] = {"kuberde.io/local-ports": f"{workspace_port}={local_port}"}
-    return {
-        "apiVersion": "kuberde.io/v1",
-        "kind": "RDEAgent",
-        "metadata": metadata,
-        "spec": {
-            "owner": owner or current_owner(),
-            "ttl": ttl,
-            "localTarget": f"127.0.0.1:{workspace_port}",
-            "workload": {"command": list(command)},
-        },
+    spec: dict[str, Any] = {
+        "owner": owner or current_owner(),
+        "ttl": ttl,
+        "localTarget": f"127.0.0.1:{workspace_port}",
+        "workload": {"command": list(command)},
     }
+    if apps:
+        spec["apps"] = list(apps)
+    return {"apiVersion": "kuberde.io/v1", "kind": "RDEAgent", "metadata": metadata, "spec": spec}
 
 
 def current_owner() -> str:
