@@ -477,7 +477,6 @@ class Gateway:
             message = f"{reference} is unavailable: {record.error}"
             raise json_error(web.HTTPConflict, message, "unavailable")
         online = self.registry.get(target) is not None
-        record = self.directory.lookup(target) if self.directory is not None else None
         login = record.login if record is not None else None
         return web.json_response({"id": target, "owner": owner, "online": online, "login": login})
 
