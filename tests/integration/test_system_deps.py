@@ -10,6 +10,9 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "system-deps.sh"
 
+#: Packages these cases are not about (the local isolation's useradd and setpriv).
+ALWAYS_INSTALLED = "passwd util-linux"
+
 FAKES = {
     # Reports the packages listed in $INSTALLED as installed, at version 1:9.2p1-2.
     "dpkg-query": """
@@ -47,7 +50,7 @@ def _run(fake_bin: Path, tmp_path: Path, *, installed: str, uid: str) -> tuple[s
         ["bash", str(SCRIPT)],
         env={
             "PATH": f"{fake_bin}:/usr/bin:/bin",
-            "INSTALLED": installed,
+            "INSTALLED": f"{installed} {ALWAYS_INSTALLED}",
             "FAKE_UID": uid,
             "LOG": str(log),
             "KUBERDE_POLICY_RC_D": str(tmp_path / "policy-rc.d"),
