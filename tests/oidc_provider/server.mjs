@@ -45,7 +45,8 @@ const clients = [
       'authorization_code',
     ],
     response_types: ['code'],
-    redirect_uris: ['http://127.0.0.1/callback'],
+    // The CLI's loopback sign-in, and the gateway's browser sign-in (any port: RFC 8252).
+    redirect_uris: ['http://127.0.0.1/callback', 'http://127.0.0.1/auth/callback'],
   },
   ...Object.entries(agents).map(([clientId, agent]) => ({
     client_id: clientId,
