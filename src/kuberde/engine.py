@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
-from kuberde.aio import Kick
+from kuberde.aio import KeyedLocks, Kick
 
 __all__ = ["Engine"]
 
@@ -37,7 +37,7 @@ class Engine:
         self._reconcile = reconcile
         self._names = names
         self._interval = interval
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self._dirty: set[str] = set()
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._sweep = Kick()
@@ -46,8 +46,7 @@ class Engine:
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[None]:
         """Hold `name`'s lock: no reconcile or other command runs on it meanwhile."""
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
+        async with self._locks.hold(name):
             yield
 
     def kick(self, name: str) -> None:
@@ -74,8 +73,6 @@ class Engine:
                     except Exception:
                         log.exception("reconciling %s failed", name)
         finally:
-            # Locks are kept: one dropped while a waiter was being handed it would let the
-            # next command take a fresh lock beside that waiter.
             del self._workers[name]
 
     async def run(self) -> None:

@@ -132,3 +132,45 @@ async def test_a_kick_is_kept_until_the_loop_waits() -> None:
     assert await kick.wait(3600) is True
     assert not kick.is_set()
     assert await kick.wait(0) is False
+
+
+async def test_a_workspace_lock_is_forgotten_once_nobody_holds_or_waits_for_it() -> None:
+    recorder = Recorder()
+    engine = _engine(recorder)
+    for n in range(50):
+        engine.kick(f"w{n}")
+    await engine.idle()
+    assert len(engine._locks) == 0
+    async with engine.exclusive("a"):
+        engine.kick("a")
+        assert len(engine._locks) == 1
+    await engine.idle()
+    assert recorder.calls[-1] == "a"
+    assert len(engine._locks) == 0
+
+
+async def test_a_command_arriving_as_the_lock_is_handed_on_still_waits_its_turn() -> None:
+    recorder = Recorder()
+    engine = _engine(recorder)
+    release = recorder.block("a")
+    inside: list[str] = []
+    async with engine.exclusive("a"):
+        engine.kick("a")
+        for _ in range(10):
+            await asyncio.sleep(0)  # the reconcile is now waiting for the lock
+
+    async def command() -> None:
+        async with engine.exclusive("a"):
+            inside.append("command")
+            assert "a" not in recorder.active, "a command beside a reconcile"
+
+    late = asyncio.create_task(command())
+    await recorder.entered["a"].wait()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert inside == []
+    release.set()
+    await asyncio.wait_for(late, 5)
+    await engine.idle()
+    assert inside == ["command"]
+    assert len(engine._locks) == 0
