@@ -1,11 +1,13 @@
 """Rotating refresh tokens (RFC 6749 §6), stored only as SHA-256 hashes.
 
 Each use returns a new token; presenting a spent one revokes its whole family (theft
-detection, OAuth 2.0 Security BCP §4.14).
+detection, OAuth 2.0 Security BCP §4.14). Changes are made in memory, on the event loop;
+`persist` then makes them durable with the fsync in a thread, before the caller answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -22,12 +24,18 @@ log = logging.getLogger(__name__)
 
 
 class RefreshTokens:
-    """Hashed refresh tokens in a 0600 JSON file, rotated on every use."""
+    """Hashed refresh tokens in a 0600 JSON file, rotated on every use.
+
+    Every change is followed by `await persist()` before the client hears of it.
+    """
 
     def __init__(self, path: Path, clock: Callable[[], float]) -> None:
         self._path = path
         self._clock = clock
         self._entries: dict[str, dict[str, Any]] = self._load()
+        self._changes = 0
+        self._stored = 0
+        self._writer = asyncio.Lock()
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
@@ -40,10 +48,25 @@ class RefreshTokens:
         entries = document.get("tokens") if isinstance(document, dict) else None
         return entries if isinstance(entries, dict) else {}
 
-    def _save(self) -> None:
+    def _changed(self) -> None:
         now = self._clock()
         self._entries = {h: e for h, e in self._entries.items() if e["expires_at"] > now}
-        write_private(self._path, json.dumps({"tokens": self._entries}))
+        self._changes += 1
+
+    async def persist(self) -> None:
+        """Return once every change made so far is on disk (fsynced, in a thread).
+
+        One write at a time, each of the newest state taken on the event loop, so the file
+        never goes back to an older state; changes made during a write share the next one.
+        A rotation (old token spent, new one issued) reaches the disk in one atomic write.
+        """
+        wanted = self._changes
+        async with self._writer:
+            if self._stored >= wanted:
+                return
+            changes, document = self._changes, json.dumps({"tokens": self._entries})
+            await asyncio.to_thread(write_private, self._path, document)
+            self._stored = changes
 
     def issue(
         self, identity: Identity, client_id: str, scope: str, ttl: float, family: str | None
@@ -60,7 +83,7 @@ class RefreshTokens:
             "expires_at": self._clock() + ttl,
             "spent": False,
         }
-        self._save()
+        self._changed()
         return token
 
     def spend(self, token: str, client_id: str) -> tuple[Identity, str, str]:
@@ -78,7 +101,7 @@ class RefreshTokens:
             )
             raise OAuthError("invalid_grant", "the refresh token was already used")
         entry["spent"] = True
-        self._save()
+        self._changed()
         identity = Identity(
             entry["username"], entry["admin"], entry["by_password"], entry.get("credential")
         )
@@ -90,4 +113,4 @@ class RefreshTokens:
 
     def revoke_family(self, family: str) -> None:
         self._entries = {h: e for h, e in self._entries.items() if e["family"] != family}
-        self._save()
+        self._changed()

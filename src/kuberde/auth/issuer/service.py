@@ -443,9 +443,11 @@ class BuiltinIssuer:
                 identity, client_id, scope, family=family, nonce=nonce
             )
         except OAuthError as exc:
+            await self._refresh.persist()  # a replayed token or code revoked its sign-in
             return oauth_error(exc)
         if grant_type == "authorization_code":
             self._codes.gave_family(form.get("code", ""), issued_family)
+        await self._refresh.persist()
         return web.json_response(body, headers=NO_STORE)
 
     async def revoke(self, request: web.Request) -> web.Response:
@@ -458,4 +460,5 @@ class BuiltinIssuer:
         family = self._refresh.family_of(form.get("token", ""))
         if family is not None:
             self._refresh.revoke_family(family)
+            await self._refresh.persist()
         return web.Response(status=200, headers=NO_STORE)
