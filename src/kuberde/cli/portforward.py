@@ -44,6 +44,8 @@ __all__ = ["KIND", "PortMapping", "format_address", "parse_port_mapping", "serve
 
 KIND = "port-forward"
 #: Bulk windows as on the gateway-agent path; the gateway opens no streams to us.
+#: How often a connection that is still waiting asks whether its workspace is awake.
+_WAKE_POLL = 1.0
 _SESSION_CONFIG = SessionConfig(
     receive_window=BULK_WINDOW, max_frame_payload=BULK_FRAME, accept_backlog=0
 )
@@ -138,7 +140,11 @@ class _Forwarded(asyncio.Protocol):
         joined.connection_made(transport)
         self._joined = joined
         self._deliver_early(joined, transport)
-        await joined.finished
+        watcher = self._forwarder.spawn(self._forwarder.show_wake(joined.finished))
+        try:
+            await joined.finished
+        finally:
+            watcher.cancel()
         error = stream.error
         if error is not None and not error.reason.startswith(what):
             self._forwarder.report(f"connection from {self._peer} ended: {error.reason}")
@@ -312,6 +318,31 @@ class _Forwarder:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    async def show_wake(self, finished: asyncio.Future[None]) -> None:
+        """A session carries no `waking` events: while a connection is still open after a
+        moment, ask the gateway whether the workspace is online, and until it is show the
+        progress `/connect` would (the gateway is waking it for this connection)."""
+        from kuberde.cli.api import ApiError, request
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waking = False
+        path = f"/api/agents/{self.agent}"
+        while not finished.done():
+            await asyncio.wait({finished}, timeout=_WAKE_POLL)
+            if finished.done():
+                break
+            try:
+                answer = await request(self.credentials.settings, "GET", path, deadline=5.0)
+            except ApiError:
+                return
+            if answer.get("online"):
+                if waking:
+                    self.progress({"event": "connected"})
+                return
+            waking = True
+            self.progress({"event": "waking", "elapsed_s": round(loop.time() - started, 1)})
 
     def report(self, message: str) -> None:
         self.progress.end_line()
