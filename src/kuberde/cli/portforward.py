@@ -311,6 +311,9 @@ class _Forwarder:
         self.progress = WakeProgress(agent, stderr)
         self._stderr = stderr
         self._tasks: set[asyncio.Task[None]] = set()
+        #: When the workspace was last seen online (loop time), so a burst of connections
+        #: asks the gateway once.
+        self._online_at: float | None = None
         self.mux = _Mux(self)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -320,29 +323,31 @@ class _Forwarder:
         return task
 
     async def show_wake(self, finished: asyncio.Future[None]) -> None:
-        """A session carries no `waking` events: while a connection is still open after a
-        moment, ask the gateway whether the workspace is online, and until it is show the
-        progress `/connect` would (the gateway is waking it for this connection)."""
+        """A session carries no `waking` events: ask the gateway whether the workspace is
+        online (unless it was a moment ago), and while it is not, show the progress
+        `/connect` would (the gateway is waking it for this connection)."""
         from kuberde.cli.api import ApiError, request
 
         loop = asyncio.get_running_loop()
         started = loop.time()
+        recently = self._online_at is not None and started - self._online_at < _WAKE_POLL
+        if recently:
+            await asyncio.wait({finished}, timeout=_WAKE_POLL)
         waking = False
         path = f"/api/agents/{self.agent}"
         while not finished.done():
-            await asyncio.wait({finished}, timeout=_WAKE_POLL)
-            if finished.done():
-                break
             try:
                 answer = await request(self.credentials.settings, "GET", path, deadline=5.0)
             except ApiError:
                 return
             if answer.get("online"):
+                self._online_at = loop.time()
                 if waking:
                     self.progress({"event": "connected"})
                 return
             waking = True
             self.progress({"event": "waking", "elapsed_s": round(loop.time() - started, 1)})
+            await asyncio.wait({finished}, timeout=_WAKE_POLL)
 
     def report(self, message: str) -> None:
         self.progress.end_line()
