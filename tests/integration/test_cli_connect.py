@@ -27,6 +27,7 @@ TOKEN = "good-token"
 STEP = 10.0  # seconds any single step may take before the test gives up
 FLOOD_CHUNK = os.urandom(256 * 1024)
 FLOOD_TOTAL = 96 * 1024 * 1024
+BURST = os.urandom(1024 * 1024)
 
 CLI_SCRIPT = """\
 import typer
@@ -49,6 +50,7 @@ class FakeGateway:
         self.waking_events = 1
         self.flood_stalled = asyncio.Event()
         self.flood_sent_at_stall = -1
+        self.burst_closed = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
     @property
@@ -111,6 +113,8 @@ class FakeGateway:
             await self._digest(ws)
         elif agent == "flood":
             await self._flood(ws)
+        elif agent == "burst":
+            await self._burst(ws)
         else:
             await self._echo(ws)
         return ws
@@ -133,6 +137,13 @@ class FakeGateway:
                 await ws.send_bytes(digest.hexdigest().encode())
                 await ws.send_str('{"event":"eof"}')
                 await ws.close()
+
+    async def _burst(self, ws: web.WebSocketResponse) -> None:
+        """Sends BURST, its end and the close at once, as a workload that writes and exits."""
+        await ws.send_bytes(BURST)
+        await ws.send_str('{"event":"eof"}')
+        await ws.close()
+        self.burst_closed.set()
 
     async def _flood(self, ws: web.WebSocketResponse) -> None:
         """Streams FLOOD_TOTAL bytes, noting how much went out before a send first blocked."""
@@ -219,6 +230,30 @@ async def test_stdio_echo_of_one_megabyte(cli, env, gateway):
     request = gateway.requests[-1]
     assert request["authorization"] == f"Bearer {TOKEN}"
     assert request["query"] == {"port": "22", "kind": "tcp"}
+
+
+async def test_what_arrived_before_the_close_reaches_a_slow_reader(cli, env, gateway):
+    """The gateway's close can come while most of the stream still waits for stdout (a pipe
+    holds 64 KiB): the CLI delivers all of it before it exits."""
+    proc = await asyncio.create_subprocess_exec(
+        *cli,
+        "connect",
+        "burst",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        await asyncio.wait_for(gateway.burst_closed.wait(), STEP)
+        out, err = await asyncio.wait_for(proc.communicate(), STEP)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err
+    assert len(out) == len(BURST)
+    assert out == BURST
 
 
 async def test_half_close_lets_the_workspace_answer_after_stdin_ends(cli, env):

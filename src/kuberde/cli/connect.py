@@ -387,6 +387,8 @@ class _Pump:
         return Outcome(0) if message is None else Outcome(1, message)
 
     def _finished(self) -> bool:
+        if self._down and self._stdout is not None:
+            return False  # what the gateway sent is written out before anything ends
         if self._sock_lost:
             return True
         if self._close_sent_at is not None:
@@ -412,7 +414,7 @@ class _Pump:
         sock_events = selectors.EVENT_WRITE if self._up else 0
         if len(self._down) < READ_SIZE:
             sock_events |= selectors.EVENT_READ
-        if sock_events:
+        if sock_events and not self._sock_lost:
             want[self._sock.fileno()] = sock_events
         return want
 
@@ -425,7 +427,7 @@ class _Pump:
             ready[sock_fd] = selectors.EVENT_READ
         self._register({fd: ev for fd, ev in want.items() if fd not in ready or fd == sock_fd})
         timeout: float | None = 0 if ready else None
-        if self._close_sent_at is not None:
+        if self._close_sent_at is not None and not self._down:
             left = _CLOSE_TIMEOUT - (time.monotonic() - self._close_sent_at)
             timeout = max(0.0, left) if timeout is None else timeout
         for key, events in self._selector.select(timeout):
