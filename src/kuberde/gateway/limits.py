@@ -44,18 +44,19 @@ class StreamLimits:
 class StreamQuotaSettings:
     """Defaults a real team does not hit by accident: ~128 sessions and tunnels each.
 
-    The burst equals the stream cap, so a client may open all its connections at once (a
-    port-forward serving a page, parallel scp); the rate only bounds sustained churn.
+    Every proxied HTTP request is a new stream, so the rate must carry a web IDE loading
+    hundreds of assets (code-server, JupyterLab) and a benchmark's keep-alive clients; the
+    concurrency and buffer caps are what bound memory, the rate only bounds dial churn.
     """
 
     per_user: StreamLimits = field(
         default_factory=lambda: StreamLimits(
-            max_streams=128, max_buffered_bytes=512 * MIB, streams_per_second=50, burst=128
+            max_streams=128, max_buffered_bytes=512 * MIB, streams_per_second=500, burst=512
         )
     )
     per_agent: StreamLimits = field(
         default_factory=lambda: StreamLimits(
-            max_streams=256, max_buffered_bytes=1024 * MIB, streams_per_second=100, burst=256
+            max_streams=256, max_buffered_bytes=1024 * MIB, streams_per_second=1000, burst=1024
         )
     )
 
