@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["Clock", "ManualClock", "utc_now"]
+__all__ = ["Clock", "ManualClock", "parse_timestamp", "utc_now"]
 
 Clock = Callable[[], datetime]
 
@@ -30,3 +30,13 @@ class ManualClock:
     def advance(self, by: timedelta) -> datetime:
         self.now += by
         return self.now
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """A Kubernetes RFC 3339 timestamp ("...Z"), or None for anything else: never raises."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kuberde import policy
+from kuberde.clock import parse_timestamp
 
 __all__ = [
     "LOOP_THRESHOLDS_MS",
@@ -115,17 +116,8 @@ class Observation:
     local: bool = False
 
 
-def _time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def _age(value: object, now: datetime) -> str:
-    when = _time(value)
+    when = parse_timestamp(value)
     return "unknown" if when is None else policy.format_duration(max(now - when, timedelta(0)))
 
 
@@ -190,10 +182,10 @@ def _agent_findings(agent: Mapping[str, Any], pods: set[str], now: datetime) -> 
         message = status.get("message") or ""
         return [Finding(check, False, f"{shown}: {message}", FIX["error"])]
     if phase == "Pending":
-        since = _time(agent["metadata"].get("creationTimestamp"))
+        since = parse_timestamp(agent["metadata"].get("creationTimestamp"))
         for condition in status.get("conditions") or []:
             if condition.get("type") == "Ready":
-                since = _time(condition.get("lastTransitionTime")) or since
+                since = parse_timestamp(condition.get("lastTransitionTime")) or since
         if since is not None and now - since > PENDING_LIMIT:
             pending_for = policy.format_duration(now - since)
             return [Finding(check, False, f"{shown}, Pending for {pending_for}", FIX["pending"])]

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from kuberde.clock import parse_timestamp
+
 __all__ = [
     "AGE",
     "BUILT_IN",
@@ -83,17 +85,8 @@ def human_duration(seconds: float) -> str:
     return f"{hours // 24 // 365}y"
 
 
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def _age(value: object, now: datetime) -> str:
-    when = _parse_time(value)
+    when = parse_timestamp(value)
     return "<unknown>" if when is None else human_duration((now - when).total_seconds())
 
 
