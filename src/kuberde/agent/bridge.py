@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from kuberde.agent.config import AgentConfig
-from kuberde.mux import Preamble, PreambleError, PreambleReader, Stream, StreamReset
+from kuberde.mux import PreambleError, Stream, StreamReset, read_preamble
 from kuberde.mux.tcpbridge import TcpBridge
 
 __all__ = ["CONNECT_TIMEOUT", "PREAMBLE_TIMEOUT", "TcpBridge", "serve_stream"]
@@ -27,7 +27,7 @@ async def serve_stream(
 ) -> None:
     """Run one stream to completion; every refusal resets the stream with a reason."""
     try:
-        preamble, rest = await asyncio.wait_for(_read_preamble(stream), preamble_timeout)
+        preamble, rest = await asyncio.wait_for(read_preamble(stream), preamble_timeout)
     except TimeoutError:
         stream.reset("no preamble")
         return
@@ -90,14 +90,3 @@ async def _dial(
                 raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)
-
-
-async def _read_preamble(stream: Stream) -> tuple[Preamble, bytes]:
-    reader = PreambleReader()
-    while True:
-        data = await stream.read()
-        if not data:
-            raise PreambleError("the stream ended before its preamble")
-        result = reader.feed(data)
-        if result is not None:
-            return result

@@ -30,13 +30,13 @@ from kuberde.mux import (
     BULK_WINDOW,
     Preamble,
     PreambleError,
-    PreambleReader,
     Session,
     SessionClosed,
     SessionConfig,
     Stream,
     StreamReset,
     encode_preamble,
+    read_preamble,
 )
 from kuberde.wslink import WebSocketLink
 
@@ -120,17 +120,6 @@ class _Counter:
         self._activity.bytes_moved(self._target)
 
 
-async def _read_preamble(stream: Stream) -> tuple[Preamble, bytes]:
-    reader = PreambleReader()
-    while True:
-        data = await stream.read()
-        if not data:
-            raise PreambleError("the stream ended before its preamble")
-        found = reader.feed(data)
-        if found is not None:
-            return found
-
-
 async def _agent_for(gateway: Gateway, target: str, user: str) -> AgentConnection | str:
     """The agent's session, woken if need be; else why there is none."""
     record = gateway.directory.lookup(target) if gateway.directory else None
@@ -161,7 +150,7 @@ async def _serve_stream(
     """Authorise one user stream, open its agent stream and join them until both end."""
     try:
         async with asyncio.timeout(_PREAMBLE_TIMEOUT):
-            preamble, rest = await _read_preamble(user_stream)
+            preamble, rest = await read_preamble(user_stream)
     except (TimeoutError, PreambleError) as exc:
         user_stream.reset(f"bad stream preamble: {exc}")
         return

@@ -4,7 +4,13 @@ No aiohttp here: the WebSocket adapter is `kuberde.wslink`.
 """
 
 from kuberde.mux.frame import Flag, Frame, FrameDecoder, FrameType, GoAwayCode, ProtocolError
-from kuberde.mux.preamble import Preamble, PreambleError, PreambleReader, encode_preamble
+from kuberde.mux.preamble import (
+    Preamble,
+    PreambleError,
+    PreambleReader,
+    encode_preamble,
+    read_preamble,
+)
 from kuberde.mux.session import (
     BULK_FRAME,
     BULK_WINDOW,
@@ -39,4 +45,5 @@ __all__ = [
     "StreamReset",
     "StreamSink",
     "encode_preamble",
+    "read_preamble",
 ]

@@ -10,9 +10,16 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal, Protocol, cast
 
-__all__ = ["MAX_PREAMBLE_SIZE", "Preamble", "PreambleError", "PreambleReader", "encode_preamble"]
+__all__ = [
+    "MAX_PREAMBLE_SIZE",
+    "Preamble",
+    "PreambleError",
+    "PreambleReader",
+    "encode_preamble",
+    "read_preamble",
+]
 
 ConnectionKind = Literal["ssh", "tcp", "port-forward", "http"]
 KINDS: frozenset[str] = frozenset({"ssh", "tcp", "port-forward", "http"})
@@ -87,3 +94,19 @@ class PreambleReader:
         preamble = _decode_body(self._buffer[_LENGTH.size : end])
         rest, self._buffer = self._buffer[end:], b""
         return preamble, rest
+
+
+class _Readable(Protocol):
+    async def read(self) -> bytes: ...
+
+
+async def read_preamble(stream: _Readable) -> tuple[Preamble, bytes]:
+    """Read a stream until its preamble is whole: the preamble and the bytes after it."""
+    reader = PreambleReader()
+    while True:
+        data = await stream.read()
+        if not data:
+            raise PreambleError("the stream ended before its preamble")
+        found = reader.feed(data)
+        if found is not None:
+            return found
