@@ -9,6 +9,7 @@ thread, so they keep serving while a test blocks on a subprocess.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import datetime
 import ipaddress
@@ -22,6 +23,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -85,13 +87,19 @@ def free_port() -> int:
     return port
 
 
+_NO_CONFIG_DIR = Path(tempfile.mkdtemp(prefix="kuberde-e2e-config-"))
+atexit.register(shutil.rmtree, _NO_CONFIG_DIR, ignore_errors=True)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without KubeRDE/agent settings, plus `extra`.
 
-    `KUBERDE_CONFIG` points at a file that does not exist, so no developer config is read.
+    `KUBERDE_CONFIG` names a file that does not exist, so no developer config is read. Its
+    directory is this run's own, because the CLI keeps state beside it (the managed SSH key):
+    a fixed path outside the run would leak that state between runs and into the system.
     """
     env = {key: value for key, value in os.environ.items() if not key.startswith(_SCRUBBED)}
-    env["KUBERDE_CONFIG"] = "/nonexistent/kuberde-e2e/config.json"
+    env["KUBERDE_CONFIG"] = str(_NO_CONFIG_DIR / "config.json")
     env.update(extra)
     return env
 
