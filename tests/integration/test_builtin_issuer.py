@@ -630,6 +630,65 @@ async def test_only_loopback_redirects_are_followed(setup: Setup, redirect_uri: 
         assert "Location" not in response.headers
 
 
+PUBLIC_URL = "https://rde.example.com"
+
+
+async def test_a_registered_https_redirect_is_followed_exactly(
+    tmp_path: Path, users_yaml: str
+) -> None:
+    """A dashboard behind a TLS proxy (`kuberde up --public-url`): its callback is registered,
+    browsers open the sign-in page at the public URL, and only that exact URI is followed."""
+    callback = PUBLIC_URL + "/auth/callback"
+    settings = IssuerSettings(
+        redirect_uris={BUILTIN_CLIENT_ID: frozenset({callback})}, browser_url=PUBLIC_URL
+    )
+    async with issuer_setup(tmp_path, users_yaml, settings) as setup:
+        async with setup.http.get(setup.url + "/.well-known/openid-configuration") as response:
+            document = await response.json()
+        assert document["issuer"] == setup.url
+        assert document["authorization_endpoint"] == PUBLIC_URL + "/oauth/authorize"
+        assert document["token_endpoint"] == setup.url + "/oauth/token"
+
+        verifier, challenge = pkce_pair()
+        query = authorize_query(challenge, callback)
+        async with setup.http.get(setup.url + "/oauth/authorize", params=query) as page:
+            assert page.status == 200, await page.text()
+            form = forms_of(await page.text())[0]
+        assert form.action == PUBLIC_URL + "/oauth/authorize"
+        data = {**form.fields, "username": "alice", "password": ALICE_PASSWORD}
+        async with setup.http.post(
+            setup.url + "/oauth/authorize",
+            data={**data, "action": "approve"},
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 302, await response.text()
+            location = urlsplit(response.headers["Location"])
+        assert f"{location.scheme}://{location.netloc}{location.path}" == callback
+        code = parse_qs(location.query)["code"][0]
+        exchange = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": callback,
+            "client_id": BUILTIN_CLIENT_ID,
+            "code_verifier": verifier,
+        }
+        status, tokens = await setup.post("/oauth/token", exchange)
+        assert status == 200, tokens
+
+        for other in (
+            PUBLIC_URL + "/auth/callback/",
+            PUBLIC_URL + "/elsewhere",
+            "https://evil.example/auth/callback",
+        ):
+            async with setup.http.get(
+                setup.url + "/oauth/authorize",
+                params=authorize_query(challenge, other),
+                allow_redirects=False,
+            ) as response:
+                assert response.status == 400, other
+                assert "Location" not in response.headers
+
+
 @pytest.mark.parametrize(
     ("overrides", "error"),
     [

@@ -340,6 +340,13 @@ def up(
             help="As root: where the homes of the workspace accounts (kuberde-OWNER) go",
         ),
     ] = DEFAULT_HOMES_DIR,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="KUBERDE_PUBLIC_URL",
+            help="The dashboard's https URL when browsers reach it through a proxy, not loopback",
+        ),
+    ] = None,
 ) -> None:
     """Run the gateway and local workspaces (a demo one when no file is given).
 
@@ -352,12 +359,16 @@ def up(
     from kuberde import aio
     from kuberde.cli.up_cmd import announce
     from kuberde.gateway.server import parse_listen
-    from kuberde.local.up import run_up
+    from kuberde.local.up import issuer_settings_for, run_up
 
     try:
         address = parse_listen(listen)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--listen") from None
+    try:
+        issuer_settings = issuer_settings_for(public_url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--public-url") from None
     try:
         code = aio.run(
             run_up(
@@ -368,6 +379,7 @@ def up(
                 sweep_interval=sweep_interval,
                 apps_domain=apps_domain,
                 homes_dir=homes_dir,
+                issuer_settings=issuer_settings,
             )
         )
     except OSError as exc:

@@ -22,6 +22,7 @@ from kuberde.auth.issuer import (
     BUILTIN_USER_CLAIMS,
     DEFAULT_SCOPE,
     BuiltinIssuer,
+    IssuerSettings,
 )
 from kuberde.auth.oidc import CompositeVerifier, OidcProvider, OidcUserVerifier, auth_config_route
 from kuberde.auth.users import USERS_FILE, UsersFile, UsersFileError
@@ -37,7 +38,7 @@ from kuberde.local.store import STATE_DB_NAME, StateStore
 from kuberde.local.web import LocalWorkspaces
 from kuberde.resource import load_documents, parse_agent
 
-__all__ = ["Ready", "run_up"]
+__all__ = ["Ready", "issuer_settings_for", "run_up"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,19 @@ def _mapped_account(users: UsersFile) -> Callable[[str], str | None]:
     return mapped
 
 
+def issuer_settings_for(public_url: str | None) -> IssuerSettings:
+    """The built-in issuer's settings for a dashboard at `public_url` (a TLS proxy in front
+    of the gateway, browsers not on loopback): its sign-in pages and its callback are there.
+    Raises ValueError unless it is https (or on loopback)."""
+    if not public_url:
+        return IssuerSettings()
+    public_url = public_url.rstrip("/")
+    return IssuerSettings(
+        redirect_uris={BUILTIN_CLIENT_ID: frozenset({public_url + "/auth/callback"})},
+        browser_url=public_url,
+    )
+
+
 async def run_up(
     *,
     files: list[Path],
@@ -99,7 +113,10 @@ async def run_up(
     sweep_interval: float = 1.0,
     apps_domain: str = "localhost",
     homes_dir: Path = DEFAULT_HOMES_DIR,
+    issuer_settings: IssuerSettings | None = None,
 ) -> int:
+    """`issuer_settings` from `issuer_settings_for` (its browser URL is the dashboard's)."""
+    issuer_settings = issuer_settings or IssuerSettings()
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Workloads must not read anything in here (key, database, users, logs), whatever the
     # directory's mode was when it was created.
@@ -128,7 +145,10 @@ async def run_up(
         Accounts.for_this_process(homes_dir, _mapped_account(users_file)),
     )
     app = create_app(verifier, GatewaySettings(), directory=runtime, presence=presence)
-    oidc = BuiltinIssuer(url, key, state_dir, users=users_file, user_verifier=users)
+    browser_url = issuer_settings.browser_url or url
+    oidc = BuiltinIssuer(
+        url, key, state_dir, users=users_file, user_verifier=users, settings=issuer_settings
+    )
     app.router.add_routes(
         [*oidc.routes(), auth_config_route(url, BUILTIN_CLIENT_ID, DEFAULT_SCOPE)]
     )
@@ -136,7 +156,10 @@ async def run_up(
     add_browser(
         app,
         BrowserSettings(
-            issuer=url, client_id=BUILTIN_CLIENT_ID, apps_domain=apps_domain, public_url=url
+            issuer=url,
+            client_id=BUILTIN_CLIENT_ID,
+            apps_domain=apps_domain,
+            public_url=browser_url,
         ),
         LocalWorkspaces(runtime),
     )

@@ -1,4 +1,9 @@
-"""The authorization code flow with PKCE S256 (RFC 7636) and a loopback redirect (RFC 8252)."""
+"""The authorization code flow with PKCE S256 (RFC 7636).
+
+A client is redirected back to a loopback address (RFC 8252: the CLI, a dashboard on
+loopback) or to a redirect URI registered for it, matched exactly (RFC 9700 §4.1.1), which
+must be https unless it is loopback: a dashboard that is not on loopback signs in too.
+"""
 
 from __future__ import annotations
 
@@ -32,22 +37,43 @@ def valid_pkce_value(value: str) -> bool:
     return 43 <= len(value) <= 128 and all(ch in _PKCE_ALPHABET for ch in value)
 
 
-def loopback_redirect(uri: str) -> bool:
-    """RFC 8252 §7.3: http on a loopback address, any port; nothing else is ever redirected to."""
-    try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 - raises ValueError for a malformed port
-    except ValueError:
-        return False
-    if parts.scheme != "http" or parts.fragment or parts.username or parts.password:
-        return False
-    host = parts.hostname or ""
+def _loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
     try:
         return ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _scheme_of_redirect(uri: str) -> tuple[str, str] | None:
+    """The scheme and host of an absolute redirect URI without userinfo or fragment."""
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return None
+    if parts.fragment or parts.username or parts.password or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname
+
+
+def loopback_redirect(uri: str) -> bool:
+    """RFC 8252 §7.3: http on a loopback address, any port (no registration needed)."""
+    found = _scheme_of_redirect(uri)
+    return found is not None and found[0] == "http" and _loopback_host(found[1])
+
+
+def registrable_redirect(uri: str) -> bool:
+    """A redirect URI a client may register: https, or http on loopback; nothing in clear
+    text over a network."""
+    found = _scheme_of_redirect(uri)
+    return found is not None and (found[0] == "https" or loopback_redirect(uri))
+
+
+def allowed_redirect(uri: str, registered: frozenset[str]) -> bool:
+    """Loopback at any port, or exactly one of the client's registered redirect URIs."""
+    return loopback_redirect(uri) or uri in registered
 
 
 @dataclass(frozen=True)
@@ -60,14 +86,22 @@ class AuthorizationRequest:
     nonce: str | None
 
     @classmethod
-    def parse(cls, params: Mapping[str, str], client_ids: frozenset[str]) -> AuthorizationRequest:
+    def parse(
+        cls,
+        params: Mapping[str, str],
+        client_ids: frozenset[str],
+        redirect_uris: Mapping[str, frozenset[str]],
+    ) -> AuthorizationRequest:
         """Validate a request; client and redirect errors are shown, never redirected."""
         client_id = params.get("client_id", "")
         if client_id not in client_ids:
             raise OAuthError("invalid_client", "unknown client_id")
         redirect_uri = params.get("redirect_uri", "")
-        if not loopback_redirect(redirect_uri):
-            raise OAuthError("invalid_request", "redirect_uri must be an http loopback address")
+        if not allowed_redirect(redirect_uri, redirect_uris.get(client_id, frozenset())):
+            raise OAuthError(
+                "invalid_request",
+                "redirect_uri must be an http loopback address or one registered for the client",
+            )
         return cls(
             client_id=client_id,
             redirect_uri=redirect_uri,

@@ -8,10 +8,12 @@ from kuberde.auth.issuer.protocol import DEVICE_CODE_GRANT, SUPPORTED_SCOPES
 from kuberde.auth.tokens import ALGORITHM
 
 
-def discovery_document(issuer: str) -> dict[str, Any]:
+def discovery_document(issuer: str, pages: str) -> dict[str, Any]:
+    """`pages` is where browsers open the sign-in page (the issuer URL unless a public URL
+    fronts it); every other endpoint is called by clients at the issuer URL."""
     return {
         "issuer": issuer,
-        "authorization_endpoint": issuer + "/oauth/authorize",
+        "authorization_endpoint": pages + "/oauth/authorize",
         "token_endpoint": issuer + "/oauth/token",
         "device_authorization_endpoint": issuer + "/oauth/device/code",
         "revocation_endpoint": issuer + "/oauth/revoke",

@@ -15,7 +15,11 @@ from urllib.parse import urlencode
 import jwt
 from aiohttp import web
 
-from kuberde.auth.issuer.authcode import AuthorizationCodes, AuthorizationRequest
+from kuberde.auth.issuer.authcode import (
+    AuthorizationCodes,
+    AuthorizationRequest,
+    registrable_redirect,
+)
 from kuberde.auth.issuer.device import DeviceGrants, shown_user_code
 from kuberde.auth.issuer.discovery import discovery_document
 from kuberde.auth.issuer.lockout import SignInLimiter, SignInLimits
@@ -75,6 +79,22 @@ class IssuerSettings:
     #: A bearer token approves a device code only this soon after it was issued; older
     #: ones need the password too (a stolen token must not become a 30-day sign-in).
     approval_token_max_age: float = 300.0
+    #: Redirect URIs registered per client, beyond loopback (matched exactly): the
+    #: dashboard's `{public URL}/auth/callback` when it is not on loopback.
+    redirect_uris: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    #: Where browsers reach the issuer's pages (sign-in forms), if not at the issuer URL.
+    browser_url: str | None = None
+
+    def __post_init__(self) -> None:
+        for client, uris in self.redirect_uris.items():
+            if client not in self.client_ids:
+                raise ValueError(f"redirect URIs for an unknown client {client!r}")
+            for uri in uris:
+                if not registrable_redirect(uri):
+                    raise ValueError(
+                        f"redirect URI {uri!r} of client {client!r} must be https "
+                        "(or http on a loopback address), without a fragment or user info"
+                    )
 
 
 class BuiltinIssuer:
@@ -121,7 +141,8 @@ class BuiltinIssuer:
         ]
 
     def _url(self, path: str) -> str:
-        return self.issuer + path
+        """A page browsers open: at the browser URL when the issuer URL is not theirs."""
+        return (self.settings.browser_url or self.issuer).rstrip("/") + path
 
     # ---- tokens ----------------------------------------------------------------------------
 
@@ -260,7 +281,7 @@ class BuiltinIssuer:
     # ---- discovery and keys -----------------------------------------------------------------
 
     async def discovery(self, request: web.Request) -> web.Response:
-        return web.json_response(discovery_document(self.issuer))
+        return web.json_response(discovery_document(self.issuer, self._url("")))
 
     async def jwks(self, request: web.Request) -> web.Response:
         return web.json_response({"keys": [self._key.public_jwk()]})
@@ -386,7 +407,9 @@ class BuiltinIssuer:
         """
         try:
             params = await read_form(request) if request.method == "POST" else dict(request.query)
-            auth = AuthorizationRequest.parse(params, self.settings.client_ids)
+            auth = AuthorizationRequest.parse(
+                params, self.settings.client_ids, self.settings.redirect_uris
+            )
         except OAuthError as exc:
             return message_page("Sign-in request refused", exc.description, 400)
         error = auth.redirect_error(params)
