@@ -505,6 +505,25 @@ async def test_device_login_then_whoami_and_connect(cli, env, peer, config_file)
     _assert_no_tokens(peer, ran.out, ran.err, who.out, who.err, connected.err)
 
 
+async def test_login_with_a_token_replaces_the_stored_login(cli, env, peer, config_file):
+    _store_login(peer, config_file, "alice")
+    given = peer._issue("bob")["access_token"]
+    saved = await _run([*cli, "login", "--server", peer.url, "--token", given], env)
+    assert saved.code == 0, saved.err
+    assert saved.err == f"Saved the token for {peer.url} in {config_file}.\n"
+    config = load(config_file)
+    assert (config.server, config.token, stored_session(config)) == (peer.url, given, None)
+    assert config.extra == {"ssh": {"known_hosts": "/k"}}
+
+    who = await _run([*cli, "whoami", "--log-level", "debug"], env)
+    assert who.code == 0, who.err
+    assert "user:    bob" in who.out.splitlines()
+    other = peer._issue("carol")["access_token"]
+    asked = await _run([*cli, "whoami", "--token", other], env)
+    assert "user:    carol" in asked.out.splitlines(), asked.err
+    _assert_no_tokens(peer, saved.out, saved.err, who.out, who.err, asked.out, asked.err)
+
+
 async def test_device_login_refused_by_the_user(cli, env, peer, config_file):
     peer.poll_script = ["authorization_pending"]
     proc = await asyncio.create_subprocess_exec(

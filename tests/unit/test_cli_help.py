@@ -27,7 +27,24 @@ def _commands() -> list[list[str]]:
 COMMANDS = _commands()
 GATEWAY_COMMANDS = [
     "ls", "apply", "delete", "wake", "stop", "logs", "connect", "ssh", "port-forward", "version",
+    "extend", "open", "login", "whoami",
 ]  # fmt: skip
+#: Gateway commands that only ever use the stored token, so take no `--token`.
+STORED_TOKEN_ONLY = ["logout"]
+#: Commands that do not talk to a gateway: each is here with the reason.
+NO_GATEWAY = {
+    "agent": "dials the gateway with its own agent credential from the environment",
+    "backup": "talks to the Kubernetes API",
+    "completion": "prints a script",
+    "config-ssh": "writes ~/.ssh/config from local files",
+    "doctor": "reads the cluster through the Kubernetes API",
+    "operator": "talks to the Kubernetes API",
+    "restore": "talks to the Kubernetes API",
+    "server": "is the gateway",
+    "token": "signs with the key in the state directory",
+    "up": "runs the gateway",
+    "user-add": "writes the users file in the state directory",
+}
 
 
 def _help(path: list[str]) -> str:
@@ -44,11 +61,18 @@ def test_help_has_examples_and_no_python_types(path: list[str]) -> None:
     assert "[1<=x<=" not in text
 
 
-@pytest.mark.parametrize("name", GATEWAY_COMMANDS)
+@pytest.mark.parametrize("name", GATEWAY_COMMANDS + STORED_TOKEN_ONLY)
 def test_every_gateway_command_takes_the_shared_connection_flags(name: str) -> None:
     text = _help([name])
-    for flag in ("--server URL", "--token TOKEN", "--ca-file FILE", "--log-level"):
+    flags = ["--server URL", "--ca-file FILE", "--log-level debug|info|warning|error"]
+    for flag in flags if name in STORED_TOKEN_ONLY else [*flags, "--token TOKEN"]:
         assert flag in text, f"{name}: {flag}"
+    assert text.count("--server URL") == 1, "one definition of the connection flags"
+
+
+def test_every_command_is_classified_as_talking_to_the_gateway_or_not() -> None:
+    top = sorted(ROOT.commands)  # type: ignore[attr-defined]
+    assert top == sorted([*GATEWAY_COMMANDS, *STORED_TOKEN_ONLY, *NO_GATEWAY])
 
 
 def test_workspace_arguments_are_called_name_everywhere() -> None:

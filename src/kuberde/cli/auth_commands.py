@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from kuberde.cli.base import ServerOption, command
+from kuberde.cli.base import Gateway, gateway_command
 from kuberde.cli.config import (
     CA_FILE_ENV,
     DEFAULT_SCOPE,
@@ -43,9 +43,9 @@ USAGE_ERROR = 2
 
 def register(app: typer.Typer) -> None:
     """Mount the sign-in commands on the main `kuberde` app."""
-    command(app, "login")(login)
-    command(app, "logout")(logout)
-    command(app, "whoami")(whoami)
+    gateway_command(app, "login")(login)
+    gateway_command(app, "logout", token=False)(logout)
+    gateway_command(app, "whoami")(whoami)
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -113,7 +113,7 @@ def _url_opener(open_browser: bool) -> Callable[[str], None]:
 
 
 def login(
-    server: ServerOption = None,
+    gateway: Gateway,
     issuer: Annotated[
         str | None,
         typer.Option(
@@ -152,29 +152,29 @@ def login(
             show_default=False,
         ),
     ] = None,
-    ca_file: Annotated[
-        str | None,
-        typer.Option(
-            "--ca-file",
-            metavar="FILE",
-            help="Extra CA certificate (PEM) for the gateway and issuer; saved with the login.",
-            show_default=False,
-        ),
-    ] = None,
 ) -> None:
     """Sign in with the organisation's OIDC provider; the token is kept in the CLI config.
+
+    `--ca-file` is trusted for the gateway and the issuer, and saved with the login.
+    `--token` saves a token you already have (say, from `kuberde token user`) instead of
+    signing in.
 
     Examples:
 
     \b
       kuberde login --server https://gateway.example
       kuberde login --browser
+      kuberde login --server http://127.0.0.1:8080 --token "$TOKEN"
     """
     environ = os.environ
     path = config_path(environ)
     stored = _load(path)
-    target = _server(server, environ, stored)
+    target = _server(gateway.server, environ, stored)
+    ca_file = gateway.ca_file
     kept_ca = stored.ca_file if _same_server(stored, target) else None
+    if gateway.token is not None:
+        _run(_save_token(path, target, gateway.token, ca_file or kept_ca))
+        return
     trusted = ca_file or environ.get(CA_FILE_ENV) or kept_ca
     _run(
         _login(
@@ -189,6 +189,16 @@ def login(
             open_browser=not no_open,
         )
     )
+
+
+async def _save_token(path: Path, server: str, token: str, ca_file: str | None) -> None:
+    """Store a token given by hand for `server`, replacing any login (never renewed)."""
+    from kuberde.cli.login import config_lock, without_login
+
+    async with config_lock(path):
+        config = without_login(_load(path))
+        save(dataclasses.replace(config, server=server, token=token, ca_file=ca_file), path)
+    typer.echo(f"Saved the token for {server} in {path}.", err=True)
 
 
 async def _login(
@@ -263,7 +273,7 @@ async def _login(
         )
 
 
-def logout(server: ServerOption = None) -> None:
+def logout(gateway: Gateway) -> None:
     """Forget the stored login (revoking its refresh token where the issuer allows it).
 
     Examples:
@@ -272,11 +282,11 @@ def logout(server: ServerOption = None) -> None:
       kuberde logout
     """
     path = config_path(os.environ)
-    target = _server(server, os.environ, _load(path))
-    _run(_logout(path, target))
+    target = _server(gateway.server, os.environ, _load(path))
+    _run(_logout(path, target, gateway.ca_file))
 
 
-async def _logout(path: Path, server: str) -> None:
+async def _logout(path: Path, server: str, ca_file: str | None) -> None:
     from kuberde.cli.login import (
         LoginError,
         config_lock,
@@ -298,7 +308,7 @@ async def _logout(path: Path, server: str) -> None:
     if session.refresh_token is None:
         return
     try:
-        async with http_session(config.ca_file) as http:
+        async with http_session(ca_file or config.ca_file) as http:
             metadata = await discover(http, session.issuer)
             revoked = await revoke(http, metadata, session.client_id, session.refresh_token)
     except LoginError as exc:
@@ -325,19 +335,23 @@ def _expiry(expires_at: datetime | None, renewable: bool, now: datetime) -> str:
     return f"{stamp} (expired {format_duration(now - expires_at)} ago; {then})"
 
 
-def whoami(server: ServerOption = None) -> None:
-    """Show who the stored token speaks for, as the token says (the gateway verifies it).
+def whoami(gateway: Gateway) -> None:
+    """Show who the stored token (or `--token`) speaks for, as the token says (the gateway
+    verifies it).
 
     Examples:
 
     \b
       kuberde whoami
+      kuberde whoami --token "$KUBERDE_TOKEN"
     """
     from kuberde.cli.login import identity, session_for, unverified_claims
 
     path = config_path(os.environ)
     try:
-        settings = resolve(server, None, os.environ, path=path)
+        settings = resolve(
+            gateway.server, gateway.token, os.environ, ca_file_flag=gateway.ca_file, path=path
+        )
     except ConfigError as exc:
         raise _fail(f"not logged in: {exc}", USAGE_ERROR) from None
     claims = unverified_claims(settings.token)

@@ -304,8 +304,12 @@ def command(app: typer.Typer, name: str | None = None, **settings: Any) -> Calla
     return register
 
 
-def gateway_command(app: typer.Typer, name: str | None = None, **settings: Any) -> Callable[[F], F]:
-    """Register `func(gateway: Gateway, ...)` as a command with the connection flags."""
+def gateway_command(
+    app: typer.Typer, name: str | None = None, *, token: bool = True, **settings: Any
+) -> Callable[[F], F]:
+    """Register `func(gateway: Gateway, ...)` as a command with the connection flags
+    (`token=False` leaves `--token` out, for a command that only ever uses the stored one)."""
+    flags = {key: kind for key, kind in _CONNECTION_FLAGS.items() if token or key != "token"}
 
     def register(func: F) -> F:
         hints = typing.get_type_hints(func, include_extras=True)
@@ -316,14 +320,14 @@ def gateway_command(app: typer.Typer, name: str | None = None, **settings: Any) 
         ]
         shared = [
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=None)
-            for name, kind in _CONNECTION_FLAGS.items()
+            for name, kind in flags.items()
         ]
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
             set_log_level(kwargs.pop("log_level"))
-            flags = Gateway(kwargs.pop("server"), kwargs.pop("token"), kwargs.pop("ca_file"))
-            return func(*args, gateway=flags, **kwargs)
+            given = Gateway(kwargs.pop("server"), kwargs.pop("token", None), kwargs.pop("ca_file"))
+            return func(*args, gateway=given, **kwargs)
 
         del run.__wrapped__
         parameters = [*own, *shared]
