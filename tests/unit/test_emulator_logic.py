@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import kmock
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from kuberde.testing import printing
 from kuberde.testing.patching import merge_patch_between, strategic_merge
 from kuberde.testing.selectors import SelectorError, parse_field_selector, parse_label_selector
+from kuberde.testing.watching import Expired, WatchHistory
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -222,3 +224,29 @@ def test_the_merge_patch_between_two_documents_turns_one_into_the_other(
 ) -> None:
     new = _without_nulls(new)
     assert _merge(old, merge_patch_between(old, new)) == new
+
+
+def _change(version: int) -> dict[str, Any]:
+    return {"type": "MODIFIED", "object": {"metadata": {"resourceVersion": str(version)}}}
+
+
+@given(st.integers(min_value=1, max_value=30), st.integers(min_value=0, max_value=40))
+def test_a_watch_history_gives_exactly_the_changes_after_a_version(size: int, asked: int) -> None:
+    history = WatchHistory(size)
+    versions = list(range(1, 31))
+    for version in versions:
+        history.record(kmock.resource("v1/pods"), _change(version), version)
+    kept = versions[-size:]
+    if size < len(versions) and asked < kept[0] - 1:
+        with pytest.raises(Expired):
+            history.since(asked)
+        return
+    assert [change.version for change in history.since(asked)] == [v for v in kept if v > asked]
+
+
+def test_a_watch_history_refuses_a_version_out_of_order() -> None:
+    history = WatchHistory()
+    history.record(kmock.resource("v1/pods"), _change(5), 5)
+    with pytest.raises(ValueError, match="not after 5"):
+        history.record(kmock.resource("v1/pods"), _change(5), 5)
+    assert history.latest == 5 and history.since(0)[0].version == 5

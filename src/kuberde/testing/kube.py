@@ -10,7 +10,8 @@ operator relies on:
   RDEAgent leaves its `status` alone (a restored backup's status is dropped);
 - the garbage collector: deleting an owner deletes its dependents, and an object created for
   an owner that no longer exists is collected at once;
-- BOOKMARK events on quiet watches, so a watch client does not take silence for a dead stream.
+- watches that resume from a resourceVersion (`kuberde.testing.watching`), with 410 Gone
+  when it is too old, and BOOKMARK events on quiet watches for clients that allow them.
 
 And what `kubectl` needs to believe it (the runbook's commands run against it verbatim):
 
@@ -34,8 +35,9 @@ import asyncio
 import contextlib
 import json
 import re
+import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +55,7 @@ from kuberde.testing.selectors import (
     parse_field_selector,
     parse_label_selector,
 )
+from kuberde.testing.watching import HISTORY_SIZE, Change, Expired, WatchHistory
 
 __all__ = [
     "BOOKMARK_INTERVAL",
@@ -153,6 +156,42 @@ class PodLogs:
         return (self._previous if previous else self._current).get((namespace, pod, container))
 
 
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    """A `Status` object, as a watch's ERROR event carries it."""
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+
+
+class _Recorder:
+    """Stands for KMock's event bus of one resource: each event goes into the history."""
+
+    def __init__(self, server: ApiServer, resource: kmock.resource) -> None:
+        self._server = server
+        self._resource = resource
+
+    async def put(self, *events: dict[str, Any]) -> None:
+        for event in events:
+            self._server._record(self._resource, event)
+        await self._server.history.notify()
+
+
+class _Recorders(dict[kmock.resource, _Recorder]):
+    def __init__(self, server: ApiServer) -> None:
+        super().__init__()
+        self._server = server
+
+    def __missing__(self, resource: kmock.resource) -> _Recorder:
+        self[resource] = _Recorder(self._server, resource)
+        return self[resource]
+
+
 def _status_error(status: int, reason: str, message: str) -> kmock.KubernetesError:
     return kmock.KubernetesError(
         status=status, reason=reason, message=message, details={"causes": [{"message": message}]}
@@ -217,7 +256,9 @@ def _selector(request: kmock.Request) -> Selector:
 class ApiServer(kmock.KubernetesEmulator):
     """KMock's emulator with the fields and behaviours a real API server adds by itself."""
 
-    def __init__(self, *, bookmark_interval: float = BOOKMARK_INTERVAL) -> None:
+    def __init__(
+        self, *, bookmark_interval: float = BOOKMARK_INTERVAL, history_size: int = HISTORY_SIZE
+    ) -> None:
         super().__init__()
         self.bookmark_interval = bookmark_interval
         #: Every request, in arrival order.
@@ -225,6 +266,9 @@ class ApiServer(kmock.KubernetesEmulator):
         #: Container logs, written by a kubelet fixture, served at `pods/NAME/log`.
         self.logs = PodLogs()
         self._resource_version = 0
+        #: Every change, for watches to resume from.
+        self.history = WatchHistory(history_size)
+        self._buses = cast(Any, _Recorders(self))
         self._serving: dict[int, kmock.Request] = {}
         # kubectl's client-side validation (`--dry-run=client`) reads OpenAPI v2 as protobuf:
         # an empty message is a document without schemas, which validates nothing away.
@@ -378,7 +422,7 @@ class ApiServer(kmock.KubernetesEmulator):
             objects,
             self._columns(request.resource),
             now=datetime.now(UTC),
-            resource_version=str(self._resource_version),
+            resource_version=str(self.history.latest),
             include_object=str(request.params.get("includeObject", "Metadata")),
         )
 
@@ -403,7 +447,7 @@ class ApiServer(kmock.KubernetesEmulator):
         objects = self._selected(request)
         if _wants_table(request):
             return self._as_table(request, objects)
-        metadata: dict[str, Any] = {"resourceVersion": str(self._resource_version)}
+        metadata: dict[str, Any] = {"resourceVersion": str(self.history.latest)}
         # Chunking as a real server does it: `limit` items a page, `continue` for the rest.
         start = int(str(request.params.get("continue") or "0"))
         limit = int(str(request.params.get("limit") or "0"))
@@ -663,41 +707,104 @@ class ApiServer(kmock.KubernetesEmulator):
 
     # ---- serving -------------------------------------------------------------------------------
 
-    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
-        """KMock's watch plus a BOOKMARK now and then, as a real API server sends them.
+    async def _serve_watch_stream(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """A watch's events as JSON lines (`application/json`, which kubectl decodes)."""
+        events = self._watch_events(request)
+        raw_request = request._raw_request
+        assert raw_request is not None
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(raw_request)
+        with contextlib.suppress(ConnectionError):
+            async for event in events:
+                await response.write(json.dumps(event).encode() + b"\n")
+            await response.write_eof()
+        return response
 
-        Without them a quiet stream looks dead to Kopf after its inactivity timeout; it
-        reconnects, and KMock, which cannot resume from a resourceVersion, replays every
-        object: a reconcile of everything watched that a real cluster never causes.
+    def _watch_events(self, request: kmock.Request) -> AsyncIterator[dict[str, Any]]:
+        """A watch as a real API server serves it, from the change history (`watching`).
+
+        Without `resourceVersion` (or with "0") it starts with the current objects as ADDED
+        events; from `resourceVersion=N` it sends exactly the changes after N (an ERROR
+        `410 Expired` when they are no longer kept). BOOKMARKs on a quiet stream and the end
+        of `sendInitialEvents` when the client allows them; it ends after `timeoutSeconds`.
+        A malformed request is refused here, before the stream starts.
         """
-        selector = _selector(request)
-        table = _wants_table(request)
-        events = cast(AsyncGenerator[kmock.Payload, None], super()._serve_watch(request))
-        pending: asyncio.Future[kmock.Payload] | None = None
+        asked = str(request.params.get("resourceVersion") or "0")
+        if not asked.isdigit():
+            raise _status_error(400, "BadRequest", f"invalid resourceVersion: {asked}")
+        timeout = request.params.get("timeoutSeconds")
         try:
-            while True:
-                pending = pending or asyncio.ensure_future(anext(events))
-                done, _ = await asyncio.wait({pending}, timeout=self.bookmark_interval)
-                if not done:
-                    version = str(self._resource_version)
-                    yield {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": version}}}
-                    continue
-                event = pending.result()
-                pending = None
-                if isinstance(event, dict) and isinstance(event.get("object"), dict):
-                    if not selector.matches(event["object"]):
-                        continue
-                    if table:
-                        event = {**event, "object": self._as_table(request, [event["object"]])}
-                yield event
-        except StopAsyncIteration:
-            return
-        finally:
-            if pending is not None:
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await pending
-            await events.aclose()
+            deadline = None if timeout is None else time.monotonic() + float(str(timeout))
+        except ValueError:
+            raise _status_error(400, "BadRequest", f"invalid timeoutSeconds: {timeout}") from None
+        return self._changes(request, _selector(request), int(asked), deadline)
+
+    async def _changes(
+        self, request: kmock.Request, selector: Selector, version: int, deadline: float | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        resource = request.resource
+        assert resource is not None
+        params = request.params
+        bookmarks = params.get("allowWatchBookmarks") == "true"
+        initial = params.get("sendInitialEvents") == "true"
+        table = _wants_table(request)
+        kind = {"apiVersion": self._api_version(resource), "kind": self._kind(resource)}
+
+        def shown(event: dict[str, Any]) -> dict[str, Any]:
+            return (
+                {**event, "object": self._as_table(request, [event["object"]])} if table else event
+            )
+
+        def wanted(change: Change) -> bool:
+            metadata = change.event["object"].get("metadata") or {}
+            return (
+                change.resource == resource
+                and (request.namespace is None or change.namespace == request.namespace)
+                and (not request.name or metadata.get("name") == request.name)
+                and selector.matches(change.event["object"])
+            )
+
+        def bookmark(at: int, **annotations: str) -> dict[str, Any]:
+            metadata: dict[str, Any] = {"resourceVersion": str(at)}
+            if annotations:
+                metadata["annotations"] = annotations
+            return {"type": "BOOKMARK", "object": {**kind, "metadata": metadata}}
+
+        if version == 0 or initial:
+            version = self.history.latest
+            for obj in self._selected(request):
+                yield shown({"type": "ADDED", "object": obj})
+            if initial and bookmarks:
+                yield bookmark(version, **{"k8s.io/initial-events-end": "true"})
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                changes = self.history.since(version)
+            except Expired as exc:
+                yield {"type": "ERROR", "object": _status(410, "Expired", str(exc))}
+                return
+            for change in changes:
+                if wanted(change):
+                    yield shown(change.event)
+            version = changes[-1].version if changes else version
+            waits = [self.bookmark_interval] if bookmarks else []
+            if deadline is not None:
+                waits.append(max(0.0, deadline - time.monotonic()))
+            quiet = not await self.history.wait(version, min(waits) if waits else None)
+            if quiet and bookmarks and (deadline is None or time.monotonic() < deadline):
+                yield bookmark(version)
+
+    def _record(self, resource: kmock.resource, event: dict[str, Any]) -> None:
+        """Keep a change in the history at its object's resourceVersion, or at a new one where
+        the change carries none of its own (a deletion), as a real API server does."""
+        obj = event["object"]
+        version = int(str((obj.get("metadata") or {}).get("resourceVersion") or 0))
+        if version <= self.history.latest:
+            version = int(self._next_resource_version())
+            obj = {
+                **obj,
+                "metadata": {**(obj.get("metadata") or {}), "resourceVersion": str(version)},
+            }
+        self.history.record(resource, {**event, "object": obj}, version)
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         if "protobuf" in raw_request.headers.get("Content-Type", ""):
@@ -721,6 +828,8 @@ class ApiServer(kmock.KubernetesEmulator):
         try:
             if request.resource is not None and request.subresource == "log":
                 return await self._serve_log(request)
+            if request.resource is not None and request.action == kmock.action.WATCH:
+                return await self._serve_watch_stream(request)
             if request.resource is not None:
                 self._check_preconditions(request)
                 if self._rewrite_patch(request):
@@ -735,9 +844,11 @@ class ApiServer(kmock.KubernetesEmulator):
         return response
 
 
-def emulator(*, bookmark_interval: float = BOOKMARK_INTERVAL) -> ApiServer:
+def emulator(
+    *, bookmark_interval: float = BOOKMARK_INTERVAL, history_size: int = HISTORY_SIZE
+) -> ApiServer:
     """An API server that serves the bundled Kubernetes resources and RDEAgents."""
-    server = ApiServer(bookmark_interval=bookmark_interval)
+    server = ApiServer(bookmark_interval=bookmark_interval, history_size=history_size)
     server.resources.load_bundled()
     server.resources[RDEAGENTS] = kmock.ResourceInfo(
         kind="RDEAgent",

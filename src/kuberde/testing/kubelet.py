@@ -94,6 +94,8 @@ class _Container:
     process: asyncio.subprocess.Process | None = None
     task: asyncio.Task[None] | None = None
     probe: tuple[str, int] | None = None
+    #: When the current instance started (a pod status keeps it until the next restart).
+    started_at: str | None = None
 
 
 @dataclass
@@ -314,6 +316,7 @@ class Kubelet:
         for container in pod.containers:
             if container.argv is None:
                 container.ready = True
+                container.started_at = now_rfc3339()
             else:
                 container.task = asyncio.create_task(self._run(pod, container))
         await self._report(pod)
@@ -340,6 +343,7 @@ class Kubelet:
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
+            container.started_at = now_rfc3339()
             await self._report(pod)
             pod_object = self.server.find(PODS, self.namespace, pod.name)
             if pod_object is not None:
@@ -398,8 +402,8 @@ class Kubelet:
         statuses = []
         for container in pod.containers:
             state = (
-                {"running": {"startedAt": now_rfc3339()}}
-                if container.argv is None or container.process is not None
+                {"running": {"startedAt": container.started_at}}
+                if container.started_at is not None
                 else {"waiting": {"reason": "ContainerCreating"}}
             )
             statuses.append(
