@@ -1,7 +1,8 @@
 """What a user waits for before anything happens: CLI start-up and whole `ssh` logins.
 
-- CLI start-up: wall time of `kuberde` commands that do no network work (`--version`,
-  `--help`, a command's `--help`), from process start to exit;
+- CLI start-up: wall time of `kuberde` commands, from process start to exit: some that do
+  no network work (`--version`, `--help`, a command's `--help`) and `version`, which asks
+  the gateway (the aiohttp client path of `ls` and friends);
 - `kuberde connect` to its first byte: from process start until sshd's banner, relayed by
   gateway and agent, is on its stdout (the ProxyCommand's share of every `ssh`);
 - `ssh true` wall time to one private sshd three ways: directly (`ssh -p PORT 127.0.0.1`),
@@ -33,6 +34,7 @@ CLI_COMMANDS: dict[str, list[str]] = {
     "--help": ["--help"],
     "ls --help": ["ls", "--help"],
     "port-forward --help": ["port-forward", "--help"],
+    "version": ["version"],
 }
 SSH_WAYS = ("direct", "ssh_l", "kuberde")
 
@@ -56,6 +58,15 @@ class Startup:
             "connect_first_byte": p50_ms(self.connect_first_byte),
             "ssh": {way: p50_ms(values) for way, values in self.ssh.items()},
         }
+
+
+def _with_bytecode(env: dict[str, str], work: Path) -> dict[str, str]:
+    """`env` letting Python cache bytecode, as every installed copy has it (pip compiles it;
+    a clone's first run writes it): under PYTHONDONTWRITEBYTECODE, as some shells and CI
+    set, each start-up would compile our modules anew. The cache goes to the run's own
+    directory, not the source tree."""
+    kept = {key: value for key, value in env.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    return {**kept, "PYTHONPYCACHEPREFIX": str(work / "pycache")}
 
 
 def _wall(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
@@ -91,7 +102,7 @@ def measure_startup(procs: Processes, work: Path, *, rounds: int) -> Startup:
     directory = work / "startup-sshd"
     directory.mkdir()
     port = free_port()
-    files = prepare_sshd(directory, port, comment="kuberde-bench-startup")
+    files = prepare_sshd(directory, port, comment="kuberde-bench-startup", strict_modes=False)
     known_hosts = directory / "known_hosts"
     ssh_l_port = free_port()
     known_hosts.write_text(
@@ -103,7 +114,7 @@ def measure_startup(procs: Processes, work: Path, *, rounds: int) -> Startup:
     sshd.wait_for_log(rf"Server listening on 127\.0\.0\.1 port {port}", START_TIMEOUT)
     gateway = start_gateway(procs, work, "gateway-startup", tls=False)
     start_agent(procs, work, gateway, AGENT_NAME, local_port=port, allowed_ports=[])
-    env = gateway.user_env(work)
+    env = _with_bytecode(gateway.user_env(work), work)
     options = [
         "-F",
         "/dev/null",
@@ -151,11 +162,12 @@ def measure_startup(procs: Processes, work: Path, *, rounds: int) -> Startup:
     }
     connect_argv = [*KUBERDE, "connect", AGENT_NAME, "--port", str(port), "--kind", "ssh"]
     result = Startup({name: [] for name in CLI_COMMANDS}, [], {way: [] for way in SSH_WAYS})
-    for argv in ssh_argv.values():  # warm the page cache and sshd
+    cli_argv = {name: [*KUBERDE, *words] for name, words in CLI_COMMANDS.items()}
+    for argv in [*ssh_argv.values(), *cli_argv.values()]:  # warm caches, sshd and bytecode
         _wall(argv, env)
     for _ in range(rounds):
-        for name, words in CLI_COMMANDS.items():
-            result.cli[name].append(_wall([*KUBERDE, *words], env))
+        for name, argv in cli_argv.items():
+            result.cli[name].append(_wall(argv, env))
         result.connect_first_byte.append(_first_byte(connect_argv, env))
         for way, argv in ssh_argv.items():
             result.ssh[way].append(_wall(argv, env))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 __all__ = ["write_private"]
@@ -34,6 +33,8 @@ def write_private(
     `exclusive` never overwrites: it returns False, writing nothing, if `path` exists (two
     processes creating the same file keep exactly one of the two). Otherwise returns True.
     """
+    import tempfile  # here: `kuberde connect` imports this module but rarely writes
+
     data = content.encode() if isinstance(content, str) else content
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

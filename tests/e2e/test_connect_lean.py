@@ -1,7 +1,11 @@
-"""`kuberde connect` (ssh's ProxyCommand) runs on the standard library alone.
+"""`kuberde connect` (ssh's ProxyCommand) runs on the standard library alone, and no
+other command loads what it does not use.
 
 Its start-up is on the critical path of every `ssh NAME.kuberde`; the heavy libraries
-(aiohttp, Typer, Rich, PyJWT, pydantic, Kopf) and even asyncio stay unloaded. Checked with
+(aiohttp, Typer, Rich, PyJWT, pydantic, Kopf) and even asyncio stay unloaded. The other
+commands pay for Typer (and the pydantic it coerces parameters with), and those that talk
+to the gateway for aiohttp's client; none loads PyJWT, `cryptography` (signing is the
+gateway's job), aiohttp's server half, Kopf or Kubernetes clients. Checked with
 `-X importtime` on the installed console script against a real gateway, agent and sshd.
 """
 
@@ -16,10 +20,17 @@ from tests.e2e.conftest import AGENT_ID, KUBERDE, AgentFactory, Gateway, run
 pytestmark = pytest.mark.timeout(120)
 
 HEAVY = ("aiohttp", "typer", "click", "rich", "jwt", "pydantic", "kopf", "asyncio", "uvloop")
+#: What no command of a user's CLI needs (`kuberde server`, `operator`, `token` and `login`
+#: aside).
+NEVER = ("jwt", "cryptography", "aiohttp.web", "kopf", "kubernetes_asyncio", "prometheus_client")
 
 
 def imported_modules(importtime_log: str) -> set[str]:
     return set(re.findall(r"^import time:\s+\d+\s+\|\s+\d+\s+\|\s+(\S+)", importtime_log, re.M))
+
+
+def unwanted(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == n or m.startswith(f"{n}.") for n in names))
 
 
 def test_connect_reaches_sshd_without_loading_heavy_modules(
@@ -32,8 +43,31 @@ def test_connect_reaches_sshd_without_loading_heavy_modules(
     assert result.stdout.startswith(b"SSH-2.0-"), result.explain()
     modules = imported_modules(result.errors)
     assert "kuberde.cli.connect" in modules, "the importtime log is not what this test reads"
-    loaded = sorted(m for m in modules if m.split(".")[0] in HEAVY)
-    assert loaded == [], f"the ProxyCommand path loaded {loaded}"
+    assert unwanted(modules, HEAVY) == [], "the ProxyCommand path loaded these"
+
+
+#: `ls` asks `/api/workspaces`, which a gateway without a runtime answers 404 (exit 1).
+@pytest.mark.parametrize(
+    ("argv", "talks_to_gateway"),
+    [
+        pytest.param(["--help"], False, id="--help"),
+        pytest.param(["--version"], False, id="--version"),
+        pytest.param(["ls", "--help"], False, id="ls --help"),
+        pytest.param(["port-forward", "--help"], False, id="port-forward --help"),
+        pytest.param(["ls"], True, id="ls"),
+        pytest.param(["version"], True, id="version"),
+    ],
+)
+def test_other_commands_load_only_what_they_use(
+    gateway: Gateway, argv: list[str], talks_to_gateway: bool
+) -> None:
+    env = {**gateway.client_env(gateway.user_token()), "PYTHONPROFILEIMPORTTIME": "1"}
+    result = run([KUBERDE, *argv], env, input=b"")
+    modules = imported_modules(result.errors)
+    assert result.returncode == (1 if argv == ["ls"] else 0), result.explain()
+    assert "typer" in modules, "the importtime log is not what this test reads"
+    assert unwanted(modules, NEVER) == [], result.explain()
+    assert ("aiohttp" in modules) == talks_to_gateway, result.explain()
 
 
 def test_other_commands_still_go_through_typer(gateway: Gateway) -> None:

@@ -15,6 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kuberde.cli.config import CliConfig, ClientSettings, load, save
 from kuberde.cli.login import (
@@ -226,6 +228,24 @@ def test_identity_user_and_admin(claims, user, admin):
 def test_unverified_claims_of_non_jwts_is_none():
     assert unverified_claims("opaque-token") is None
     assert unverified_claims("a.b.c") is None
+    assert unverified_claims("a.W10.c") is None  # a JSON list, not claims
+    assert unverified_claims("a.gA.c") is None  # not UTF-8
+    assert unverified_claims("a.e30.c.d") is None
+
+
+_CLAIM_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(claims=st.dictionaries(st.text(), _CLAIM_VALUES, max_size=6))
+def test_unverified_claims_are_what_pyjwt_decodes(claims: dict[str, object]) -> None:
+    """The standard-library decode reads every token as PyJWT's unverified decode does."""
+    token = jwt.encode(claims, KEY, algorithm="ES256")
+    expected = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
+    assert unverified_claims(token) == expected
 
 
 # ---- the stored login --------------------------------------------------------------------

@@ -21,6 +21,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from kuberde.auth.keys import SigningKey
+from kuberde.auth.lifetimes import DEFAULT_AGENT_TTL, DEFAULT_MANAGEMENT_TTL, DEFAULT_USER_TTL
 from kuberde.clock import Clock, utc_now
 from kuberde.naming import InvalidName, agent_id, validate_agent_id, validate_name
 
@@ -52,9 +53,6 @@ MANAGEMENT_AUDIENCE = "kuberde-mgmt"
 LOCAL_ISSUER = "kuberde-local"
 ALGORITHM = "ES256"
 CLOCK_LEEWAY = timedelta(seconds=30)
-DEFAULT_USER_TTL = timedelta(hours=1)
-DEFAULT_AGENT_TTL = timedelta(days=30)
-DEFAULT_MANAGEMENT_TTL = timedelta(days=30)
 ADMIN_ROLE = "admin"
 
 PrincipalKind = Literal["user", "agent", "management"]

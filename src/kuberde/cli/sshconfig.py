@@ -10,7 +10,6 @@ keys, else the managed one). The workspace port is ssh's own (`%p`, 22 unless `-
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping, Sequence
 
 from kuberde.cli.config import CA_FILE_ENV, SERVER_ENV, TOKEN_ENV, ClientSettings
@@ -50,6 +49,8 @@ def strip_host_suffix(name: str) -> str:
 
 def _shell(words: Sequence[str]) -> str:
     """Shell-quoted words with `%` doubled: ssh expands `%` tokens in a ProxyCommand."""
+    import shlex  # here, not at the top: `kuberde connect` imports this module
+
     return " ".join(shlex.quote(word) for word in words).replace("%", "%%")
 
 

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kuberde.auth.keys import SigningKeyError, load_or_create_signing_key
-from kuberde.auth.tokens import (
-    DEFAULT_AGENT_TTL,
-    DEFAULT_MANAGEMENT_TTL,
-    DEFAULT_USER_TTL,
-    TokenIssuer,
-)
+from kuberde.auth.lifetimes import DEFAULT_AGENT_TTL, DEFAULT_MANAGEMENT_TTL, DEFAULT_USER_TTL
 from kuberde.cli.base import Group, command
 from kuberde.naming import InvalidName
 from kuberde.policy import format_duration, parse_ttl
+
+if TYPE_CHECKING:
+    from kuberde.auth.tokens import TokenIssuer
 
 __all__ = ["app"]
 
@@ -62,6 +59,9 @@ def _lifetime(value: str | None, default: timedelta) -> timedelta:
 
 
 def _issuer(state_dir: Path) -> TokenIssuer:
+    from kuberde.auth.keys import SigningKeyError, load_or_create_signing_key
+    from kuberde.auth.tokens import TokenIssuer
+
     try:
         return TokenIssuer(load_or_create_signing_key(state_dir))
     except (SigningKeyError, OSError) as exc:
