@@ -141,6 +141,9 @@ def ssh(
 ) -> None:
     """Run OpenSSH to a workspace through `kuberde connect`, host key checked.
 
+    After a KubeRDE error (the workspace went away, the gateway did) that error is all it
+    prints, and it exits 1; otherwise the exit code is ssh's.
+
     Examples:
 
     \b
@@ -166,12 +169,15 @@ def ssh(
         known_hosts=str(known_hosts) if listed else None,
         identity_file=None if own_keys else str(sshkeys.managed_key()),
     )
+    from kuberde.cli.sshrun import run_ssh
+
     try:
-        os.execvpe(argv[0], argv, ssh_environment(settings, os.environ))
+        code = run_ssh(argv, ssh_environment(settings, os.environ))
     except FileNotFoundError:
         fail("ssh not found: install the OpenSSH client (apt-get install openssh-client)")
     except OSError as exc:
         fail(f"cannot run ssh: {exc.strerror or exc}")
+    raise typer.Exit(code)
 
 
 def port_forward(

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from kuberde.cli import wscodec
 from kuberde.cli.config import ClientSettings, connect_url
+from kuberde.cli.errorfile import report
 from kuberde.cli.messages import (
     EOF_EVENT,
     NORMAL_CLOSE,
@@ -591,7 +592,7 @@ def connect_stdio(
         link = open_authorized(settings, agent, port, kind, on_event=progress)
     except ConnectError as exc:
         progress.end_line()
-        print(f"kuberde: {exc}", file=err)
+        report(str(exc), err)
         return 1
     try:
         stdin_fd, stdout_fd = claim_stdio()
@@ -600,7 +601,7 @@ def connect_stdio(
         link.sock.close()
     if outcome.message:
         progress.end_line()
-        print(f"kuberde: {outcome.message}", file=err)
+        report(outcome.message, err)
     return outcome.exit_code
 
 
