@@ -20,6 +20,7 @@ from tests.e2e.up_fixtures import (
     WAIT,
     KubeRDE,
     free_port,
+    running_demo,
     wait_for_text,
     workspace,
     write_documents,
@@ -30,14 +31,8 @@ MISSING = "kuberde: no workspace named 'dmeo'; `kuberde ls` lists yours\n"
 
 @pytest.fixture(scope="module")
 def rde(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeRDE]:
-    installation = KubeRDE(tmp_path_factory.mktemp("messages"))
-    try:
-        with installation:
-            installation.start_up()
-            installation.wait_phase("demo", "Running")
-            yield installation
-    finally:
-        print(installation.diagnostics())
+    with running_demo(tmp_path_factory.mktemp("messages")) as installation:
+        yield installation
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 from kuberde.cli.config import resolve
 from kuberde.cli.sshconfig import render_block, ssh_argv, ssh_environment
 from kuberde.cli.sshrun import run_ssh
-from tests.e2e.up_fixtures import KUBERDE, WAIT, KubeRDE, wait_until
+from tests.e2e.up_fixtures import KUBERDE, WAIT, KubeRDE, running_demo, wait_until
 
 MISSING = "kuberde: no workspace named 'dmeo'; `kuberde ls` lists yours\n"
 SSH_NOISE = ("kex_exchange_identification", "Connection closed", "Broken pipe", "UNKNOWN port")
@@ -23,14 +23,8 @@ SSH_NOISE = ("kex_exchange_identification", "Connection closed", "Broken pipe", 
 
 @pytest.fixture(scope="module")
 def rde(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeRDE]:
-    installation = KubeRDE(tmp_path_factory.mktemp("ssh-errors"))
-    try:
-        with installation:
-            installation.start_up()
-            installation.wait_phase("demo", "Running")
-            yield installation
-    finally:
-        print(installation.diagnostics())
+    with running_demo(tmp_path_factory.mktemp("ssh-errors")) as installation:
+        yield installation
 
 
 def _batch(*remote: str) -> list[str]:

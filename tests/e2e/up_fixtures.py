@@ -54,6 +54,7 @@ __all__ = [
     "current_owner",
     "echo_command",
     "free_port",
+    "running_demo",
     "wait_for_text",
     "wait_until",
     "workspace",
@@ -673,3 +674,17 @@ class KubeRDE:
             datetime.fromisoformat(stamp.replace("Z", "+00:00"))
             for stamp in _START_HEADER.findall(text)
         ]
+
+
+@contextlib.contextmanager
+def running_demo(root: Path) -> Iterator[KubeRDE]:
+    """A `kuberde up` under `root` whose demo workspace is Running; its logs are printed
+    when the block ends, for a failing test's report."""
+    installation = KubeRDE(root)
+    try:
+        with installation:
+            installation.start_up()
+            installation.wait_phase("demo", "Running")
+            yield installation
+    finally:
+        print(installation.diagnostics())
