@@ -19,16 +19,30 @@ from typing import Any
 import aiohttp
 import pytest
 
-from kuberde.gateway.app import GatewaySettings
+from kuberde.gateway.app import GATEWAY_KEY, GatewaySettings
 from kuberde.gateway.connections import ConnectionLimits
 from kuberde.gateway.limits import StreamLimits, StreamQuotaSettings
-from kuberde.mux import INITIAL_WINDOW, Flag, FrameType, GoAwayCode, Preamble, SessionConfig, Stream
+from kuberde.gateway.user_session import USER_SESSION_CONFIG
+from kuberde.mux import (
+    INITIAL_WINDOW,
+    Flag,
+    FrameType,
+    GoAwayCode,
+    Preamble,
+    Session,
+    SessionConfig,
+    Stream,
+    StreamReset,
+    encode_preamble,
+)
 from kuberde.mux.frame import encode_header
+from kuberde.wslink import WebSocketLink
 from tests.integration.conftest import (
     WAIT,
     GatewayFactory,
     RunningGateway,
     abort_connection,
+    bearer,
     decode_frames,
     echo,
     exchange,
@@ -453,7 +467,7 @@ async def test_the_stream_cap_gives_429_with_a_reason_and_spares_other_users(
     status, body = await gateway.refused("/connect/dev?port=22", upgrade_headers(mallory))
     assert status == 429
     assert json.loads(body) == {
-        "error": "user mallory has 2 open connections, the limit; close some first",
+        "error": "stream limit: 2 concurrent streams per user; close some first",
         "reason": "limited",
     }
     bob = await gateway.connect("dev", gateway.user("bob"))
@@ -469,6 +483,139 @@ async def test_the_stream_cap_gives_429_with_a_reason_and_spares_other_users(
 
     again = await asyncio.wait_for(admitted_again(), WAIT)
     assert (await exchange(again, b"a slot came free")).data == b"a slot came free"
+
+
+MIB = 1024 * 1024
+
+
+async def test_a_user_whose_streams_stop_reading_is_cut_with_4429_while_others_proceed(
+    start_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Buffered bytes are counted as the gateway holds them: two stalled streams of alice go
+    over her 6 MiB, the one holding the most is closed with 4429 and the reason, her other
+    stream and bob's transfer through the same workspace go on, and what is held for alice
+    drops back within her cap."""
+    caplog.set_level(logging.INFO, "kuberde.gateway.app")
+    settings = GatewaySettings(
+        streams=StreamQuotaSettings(
+            per_user=StreamLimits(16, 6 * MIB, streams_per_second=1e6, burst=100)
+        )
+    )
+    gateway = await start_gateway(settings)
+    quota = gateway.app[GATEWAY_KEY].quota
+    gateway.server_socket_hooks.append(
+        lambda path, sock: sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_BUFFER)
+    )
+    blaster = Blaster(os.urandom(BLAST_SIZE))
+    await gateway.peer("alice", "dev", blaster)
+    await gateway.peer("bob", "dev", echo())
+    slow_client = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(socket_factory=_small_receive_buffer)
+    )
+    alice = gateway.user("alice")
+    try:
+
+        async def holding(at_least: int) -> None:
+            while True:
+                if quota.usage("user:alice")[1] >= at_least:
+                    return
+                await asyncio.sleep(0.02)
+
+        first = await gateway.connect("dev", alice, port=BLAST_PORT, kind="tcp", http=slow_client)
+        await asyncio.wait_for(holding(GATEWAY_WINDOW // 2), WAIT)  # stalled: most of a window
+        second = await gateway.connect("dev", alice, port=BLAST_PORT, kind="tcp", http=slow_client)
+
+        async def logged_cut() -> None:
+            while True:
+                if any("cut a connection" in r.getMessage() for r in caplog.records):
+                    return
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(logged_cut(), WAIT)  # before alice reads anything
+        # Either may hold the most when the cap is crossed; the other is not touched.
+        readers = {asyncio.create_task(receive_all(ws, 4 * WAIT)): ws for ws in (first, second)}
+        done, pending = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
+        cut = done.pop().result()
+        for task in pending:
+            task.cancel()
+        survivor = readers[pending.pop()]
+        assert cut.close_code == 4429
+        reason = "buffer limit: 6 MiB held for slow readers per user; read or close other"
+        assert cut.close_reason.startswith(reason), cut.close_reason
+        assert cut.events[-1]["message"].startswith(reason)
+        assert len(cut.data) < BLAST_SIZE
+
+        bob = await gateway.connect("dev", gateway.user("bob"))
+        await _stream_round_trip(bob, 8 * MIB)
+        assert not survivor.closed
+        assert quota.usage("user:alice")[1] <= 6 * MIB
+        assert quota.usage("user:bob") == (1, 0)
+    finally:
+        await slow_client.close()
+
+
+async def _user_session(
+    gateway: RunningGateway, token: str
+) -> tuple[aiohttp.ClientWebSocketResponse, Session, asyncio.Task[None]]:
+    ws = await asyncio.wait_for(
+        gateway.http.ws_connect(f"{gateway.ws_url}/session/dev", headers=bearer(token)), WAIT
+    )
+    session = Session(WebSocketLink(ws), is_client=True, config=USER_SESSION_CONFIG, name="user")
+    return ws, session, asyncio.create_task(session.run())
+
+
+async def _echoed(stream: Stream, payload: bytes) -> bytes:
+    stream.write(payload)
+    received = b""
+    while len(received) < len(payload):
+        received += await asyncio.wait_for(stream.read(), WAIT)
+    return received
+
+
+async def test_a_session_stream_past_the_cap_is_refused_with_the_reason_and_the_rest_go_on(
+    start_gateway: GatewayFactory,
+) -> None:
+    """On /session, a stream over the concurrent cap is refused at once (not paced) with a
+    reason the CLI prints; the session, its other streams and other users carry on."""
+    settings = GatewaySettings(
+        streams=StreamQuotaSettings(
+            per_user=StreamLimits(2, 2**40, streams_per_second=1e6, burst=100)
+        )
+    )
+    gateway = await start_gateway(settings)
+    await gateway.peer("mallory", "dev", echo())
+    await gateway.peer("bob", "dev", echo())
+    preamble = encode_preamble(Preamble(22, "port-forward", ""))
+    _, session, running = await _user_session(gateway, gateway.user("mallory"))
+    try:
+        held = [session.open_stream(preamble) for _ in range(2)]
+        for stream in held:
+            assert await _echoed(stream, b"admitted") == b"admitted"
+        refused = session.open_stream(preamble)
+        with pytest.raises(StreamReset) as reset:
+            await asyncio.wait_for(refused.read(), WAIT)
+        assert reset.value.reason == "stream limit: 2 concurrent streams per user; close some first"
+
+        _, bob_session, bob_running = await _user_session(gateway, gateway.user("bob"))
+        try:
+            assert await _echoed(bob_session.open_stream(preamble), b"bob") == b"bob"
+        finally:
+            bob_running.cancel()
+        for stream in held:
+            assert await _echoed(stream, b"still open") == b"still open"
+        held[0].reset("done with it")
+
+        async def admitted_again() -> Stream:
+            while True:
+                stream = session.open_stream(preamble)
+                with contextlib.suppress(StreamReset):
+                    await _echoed(stream, b"again")
+                    return stream
+
+        await asyncio.wait_for(admitted_again(), WAIT)
+        assert not session.is_closed
+    finally:
+        running.cancel()
 
 
 # ---- shutdown --------------------------------------------------------------------------------

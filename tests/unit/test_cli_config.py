@@ -279,6 +279,14 @@ def test_refusal_messages():
         (4409, "workload exited: boom", "dev is unavailable: workload exited: boom"),
         (4409, None, "dev is unavailable: it cannot run"),
         (4503, None, "the gateway is shutting down"),
+        (4429, None, "over one of the gateway's stream limits"),
+        (
+            4429,
+            "buffer limit: 256 MiB held for slow readers per user; read or close other "
+            "connections first",
+            "buffer limit: 256 MiB held for slow readers per user; read or close other "
+            "connections first",
+        ),
         (1006, None, "lost the connection to the gateway"),
         (None, None, "lost the connection to the gateway"),
         (4999, None, "the gateway closed the connection (code 4999)"),

@@ -72,6 +72,7 @@ def close_message(code: int | None, reason: str | None, agent: str) -> str | Non
     defaults = {
         4404: f"workspace {agent} went away",
         4408: f"workspace {agent} did not come online in time",
+        4429: "over one of the gateway's stream limits",
         4503: "the gateway is shutting down",
     }
     if code in defaults:

@@ -29,6 +29,7 @@ from kuberde.clock import utc_now
 from kuberde.gateway.activity import ActivitySource
 from kuberde.gateway.connections import ConnectionLimits, mark_authenticated
 from kuberde.gateway.directory import AgentDirectory, WakeError
+from kuberde.gateway.guard import StreamGuard
 from kuberde.gateway.limits import LimitExceeded, StreamQuota, StreamQuotaSettings
 from kuberde.gateway.metrics import GatewayMetrics
 from kuberde.gateway.presence import Presence
@@ -53,6 +54,9 @@ from kuberde.wslink import WebSocketLink
 __all__ = ["CloseCode", "GatewaySettings", "create_app"]
 
 log = logging.getLogger(__name__)
+
+#: How long closing a user's WebSocket may take before its transport is dropped.
+_CLOSE_DEADLINE = 10.0
 
 
 class CloseCode:
@@ -117,8 +121,6 @@ class Gateway:
         self.activity = presence.activity
         self.metrics = GatewayMetrics()
         self.quota = StreamQuota(settings.streams)
-        #: What one stream may make the gateway buffer: its receive window and send buffer.
-        self.stream_reserve = settings.mux.receive_window + settings.mux.send_buffer_limit
         self._user_sockets: set[web.WebSocketResponse] = set()
         #: Users' mux sessions (`/session`), closed with the agents' on shutdown.
         self.user_sessions: set[Session] = set()
@@ -246,7 +248,7 @@ class Gateway:
             raise json_error(web.HTTPNotFound, not_found(request.match_info["agent"]), "not_found")
         target, _ = resolved
         try:
-            reservation = self.quota.acquire(user.name, target, self.stream_reserve)
+            guard = StreamGuard(self.quota, user.name, target)
         except LimitExceeded as exc:
             log.info("refused a connection of %s to %s: %s", user.name, target, exc.reason)
             raise limit_error(exc) from None
@@ -258,14 +260,15 @@ class Gateway:
             await ws.prepare(request)
             stream = await self._open_stream(ws, target, Preamble(port, kind, user.name))
             if stream is not None:
+                guard.attach(stream)
                 self.metrics.stream_open_seconds.observe(
                     asyncio.get_running_loop().time() - started
                 )
-                await self._relay(ws, stream, target)
+                await self._relay(ws, stream, target, guard)
         except ConnectionResetError:
             log.debug("user %s went away while connecting to %s", user.name, target)
         finally:
-            reservation.release()
+            guard.release()
             self._user_sockets.discard(ws)
         return ws
 
@@ -354,23 +357,37 @@ class Gateway:
         finally:
             online.cancel()
 
-    async def _relay(self, ws: web.WebSocketResponse, stream: Stream, target: str) -> None:
+    async def _relay(
+        self, ws: web.WebSocketResponse, stream: Stream, target: str, guard: StreamGuard
+    ) -> None:
+        """Join the WebSocket and the stream; a cut for a buffer cap closes with 4429 at
+        once, even while a write to a user who stopped reading is stuck."""
         self.activity.stream_opened(target)
         self.metrics.open_streams.inc()
         upstream: asyncio.Task[None] | None = None
+        downstream: asyncio.Task[str | None] | None = None
+        cut = asyncio.create_task(guard.wait_cut())
         try:
             await ws.send_str('{"event":"connected"}')
             upstream = asyncio.create_task(self._user_to_agent(ws, stream, target))
-            reset = await self._agent_to_user(ws, stream, target)
+            downstream = asyncio.create_task(self._agent_to_user(ws, stream, target))
+            await asyncio.wait({downstream, cut}, return_when=asyncio.FIRST_COMPLETED)
+            exceeded = guard.exceeded
+            if exceeded is not None:
+                log.info("cut a connection to %s: %s", target, exceeded.reason)
+                downstream.cancel()  # may be stuck writing to a user who stopped reading
+                await self._close(ws, CloseCode.LIMITED, exceeded.reason)
+                return
+            reset = downstream.result()
             if reset is not None:
-                upstream.cancel()
                 await self._close(ws, CloseCode.STREAM_RESET, reset)
                 return
             await upstream
             await self._close(ws, CloseCode.NORMAL, "")
         finally:
-            if upstream is not None:
-                upstream.cancel()
+            for task in (upstream, downstream, cut):
+                if task is not None:
+                    task.cancel()
             if not stream.is_closed:
                 stream.reset("user connection closed")
             self.activity.stream_closed(target)
@@ -408,7 +425,7 @@ class Gateway:
                 self.activity.bytes_moved(target)
         except StreamReset as exc:
             return exc.reason
-        except ConnectionResetError:
+        except ConnectionError:  # the user's socket is gone (reset, or lost while draining)
             stream.reset("user disconnected")
             return "user disconnected"
         await ws.send_str('{"event":"eof"}')
@@ -416,12 +433,14 @@ class Gateway:
 
     @staticmethod
     async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
+        """Say why and close; bounded, as a user who stopped reading never drains it."""
         if ws.closed:
             return
-        with contextlib.suppress(ConnectionResetError):
-            if reason:
-                await ws.send_str(json.dumps({"event": "error", "message": reason}))
-            await ws.close(code=code, message=reason.encode()[:120])
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            async with asyncio.timeout(_CLOSE_DEADLINE):
+                if reason:
+                    await ws.send_str(json.dumps({"event": "error", "message": reason}))
+                await ws.close(code=code, message=reason.encode()[:120])
 
     # ---- management and health -----------------------------------------------------------
 

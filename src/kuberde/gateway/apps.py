@@ -28,6 +28,7 @@ from kuberde.auth import AuthError, Principal, bearer_token
 from kuberde.gateway.app import Gateway, limit_error
 from kuberde.gateway.apphost import AppAddress, BadHost, resolve_label, split_host
 from kuberde.gateway.directory import AgentRecord, WakeError
+from kuberde.gateway.guard import StreamGuard
 from kuberde.gateway.limits import LimitExceeded
 from kuberde.gateway.proxyheaders import app_request_headers, app_response_headers
 from kuberde.gateway.registry import AgentConnection
@@ -195,16 +196,14 @@ class AppProxy:
                     headers={"Retry-After": "5"},
                 )
         try:
-            reservation = self.gateway.quota.acquire(
-                user.name, record.agent_id, self.gateway.stream_reserve
-            )
+            guard = StreamGuard(self.gateway.quota, user.name, record.agent_id)
         except LimitExceeded as exc:
             log.info("refused a request of %s to %s: %s", user.name, record.agent_id, exc.reason)
             return limit_error(exc)
-        with reservation:
+        with guard:
             if request.headers.get("Upgrade", "").lower() == "websocket":
-                return await self._websocket(request, connection, record, port, user)
-            return await self._http(request, connection, record, port, user)
+                return await self._websocket(request, connection, record, port, user, guard)
+            return await self._http(request, connection, record, port, user, guard)
 
     def _static(self, request: web.Request) -> web.StreamResponse:
         name = request.path.removeprefix(RESERVED + "static/")
@@ -301,12 +300,16 @@ class AppProxy:
 
     # ---- proxying ------------------------------------------------------------------------
 
-    def _open(self, connection: AgentConnection, port: int, user: Principal) -> Stream | None:
+    def _open(
+        self, connection: AgentConnection, port: int, user: Principal, guard: StreamGuard
+    ) -> Stream | None:
         try:
             preamble = encode_preamble(Preamble(port, "http", user.name))
-            return connection.session.open_stream(preamble)
+            stream = connection.session.open_stream(preamble)
         except SessionClosed:
             return None
+        guard.attach(stream)
+        return stream
 
     def _forwarded(self, request: web.Request) -> list[tuple[str, str]]:
         return app_request_headers(
@@ -323,8 +326,9 @@ class AppProxy:
         record: AgentRecord,
         port: int,
         user: Principal,
+        guard: StreamGuard,
     ) -> web.StreamResponse:
-        stream = self._open(connection, port, user)
+        stream = self._open(connection, port, user, guard)
         if stream is None:
             return self._error(request, 502, "Workspace went away", "Try again in a moment.")
         agent = record.agent_id
@@ -383,11 +387,12 @@ class AppProxy:
         record: AgentRecord,
         port: int,
         user: Principal,
+        guard: StreamGuard,
     ) -> web.StreamResponse:
         if not self._origin_allowed(request):
             log.info("refused a cross-origin WebSocket to %s from %s", request.host, request.remote)
             return web.json_response({"error": "cross-origin WebSocket refused"}, status=403)
-        stream = self._open(connection, port, user)
+        stream = self._open(connection, port, user, guard)
         if stream is None:
             return self._error(request, 502, "Workspace went away", "Try again in a moment.")
         agent = record.agent_id

@@ -5,7 +5,10 @@ a WebSocket and a handshake.
 The user dials, so the user's streams have odd ids. Each starts with a stream preamble
 (port and kind; any user name in it is replaced by the verified one). Every stream is
 authorised and counted on its own, as a `/connect` would be: the workspace must still be
-the user's, and the per-user and per-agent stream quota applies. The gateway then opens a
+the user's, and the per-user and per-agent stream quota applies from the moment the stream
+is accepted — a stream over a limit is refused at once with the reason, and a stream cut
+for a buffer cap is reset with it; the session and its other streams carry on. The gateway
+then opens a
 stream to the agent, exactly as for `/connect`, and joins the two on Protocol-style
 callbacks: no task per chunk, and window updates to the sender only once the other side
 has taken the bytes. The agent sees no difference.
@@ -22,7 +25,8 @@ from aiohttp import web
 
 from kuberde.auth import Principal
 from kuberde.gateway.directory import WakeError
-from kuberde.gateway.limits import LimitExceeded, Reservation
+from kuberde.gateway.guard import StreamGuard
+from kuberde.gateway.limits import LimitExceeded
 from kuberde.gateway.registry import AgentConnection
 from kuberde.messages import not_found
 from kuberde.mux import (
@@ -53,7 +57,6 @@ USER_SESSION_CONFIG = SessionConfig(
     receive_window=BULK_WINDOW, max_frame_payload=BULK_FRAME, accept_backlog=1024
 )
 _PREAMBLE_TIMEOUT = 10.0
-_ADMISSION_PATIENCE = 10.0
 
 
 class _Pipe:
@@ -145,51 +148,37 @@ async def _agent_for(gateway: Gateway, target: str, user: str) -> AgentConnectio
 
 
 async def _serve_stream(
-    gateway: Gateway, user_stream: Stream, user: Principal, reference: str
+    gateway: Gateway,
+    user_stream: Stream,
+    user: Principal,
+    reference: str,
+    target: str,
+    guard: StreamGuard,
 ) -> None:
-    """Authorise one user stream, open its agent stream and join them until both end."""
-    try:
-        async with asyncio.timeout(_PREAMBLE_TIMEOUT):
-            preamble, rest = await read_preamble(user_stream)
-    except (TimeoutError, PreambleError) as exc:
-        user_stream.reset(f"bad stream preamble: {exc}")
-        return
-    except StreamReset:
-        return
-    resolved = await gateway.resolve(reference, user)
-    if resolved is None:  # no longer the user's (or gone): as /connect would answer
-        user_stream.reset(not_found(reference))
-        return
-    target = resolved[0]
-    reservation = await _admit(gateway, user.name, target)
-    if isinstance(reservation, str):
-        user_stream.reset(reservation)
-        return
-    try:
+    """Authorise one admitted user stream, open its agent stream and join them until both
+    end; `guard` counts what both hold from the start."""
+    with guard:
+        guard.attach(user_stream)
+        try:
+            async with asyncio.timeout(_PREAMBLE_TIMEOUT):
+                preamble, rest = await read_preamble(user_stream)
+        except (TimeoutError, PreambleError) as exc:
+            user_stream.reset(f"bad stream preamble: {exc}")
+            return
+        except StreamReset:
+            return
+        resolved = await gateway.resolve(reference, user)
+        if resolved is None or resolved[0] != target:  # no longer the user's: as /connect
+            user_stream.reset(not_found(reference))
+            return
         agent_stream = await _open_agent_stream(
             gateway, target, Preamble(preamble.port, preamble.kind, user.name)
         )
         if isinstance(agent_stream, str):
             user_stream.reset(agent_stream)
             return
+        guard.attach(agent_stream)
         await _join(gateway, target, user_stream, agent_stream, rest)
-    finally:
-        reservation.release()
-
-
-async def _admit(gateway: Gateway, user: str, target: str) -> Reservation | str:
-    """The stream quota's admission, waiting as it says to (up to `_ADMISSION_PATIENCE`):
-    a session's streams arrive in bursts that /connect's handshakes would have spread out,
-    and pacing them keeps the limits without failing connections; else why not."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + _ADMISSION_PATIENCE
-    while True:
-        try:
-            return gateway.quota.acquire(user, target, gateway.stream_reserve)
-        except LimitExceeded as exc:
-            if loop.time() + exc.retry_after > deadline:
-                return exc.reason
-            await asyncio.sleep(exc.retry_after)
 
 
 async def _open_agent_stream(gateway: Gateway, target: str, preamble: Preamble) -> Stream | str:
@@ -232,8 +221,10 @@ async def serve_user_session(gateway: Gateway, request: web.Request) -> web.Stre
 
     user = await gateway.authenticate(request, "user")
     reference = request.match_info["agent"]
-    if await gateway.resolve(reference, user) is None:
+    resolved = await gateway.resolve(reference, user)
+    if resolved is None:
         raise json_error(web.HTTPNotFound, not_found(reference), "not_found")
+    target = resolved[0]
     ws = web.WebSocketResponse(
         compress=False, max_msg_size=gateway.settings.max_message_size, autoping=True
     )
@@ -251,7 +242,17 @@ async def serve_user_session(gateway: Gateway, request: web.Request) -> web.Stre
                 stream = await session.accept()
             except SessionClosed:
                 break
-            task = asyncio.create_task(_serve_stream(gateway, stream, user, reference))
+            try:
+                # Counted before anything is read: a stream waiting for its preamble or its
+                # workspace holds window and memory too.
+                guard = StreamGuard(gateway.quota, user.name, target)
+            except LimitExceeded as exc:
+                log.info("refused a stream of %s to %s: %s", user.name, target, exc.reason)
+                stream.reset(exc.reason)
+                continue
+            task = asyncio.create_task(
+                _serve_stream(gateway, stream, user, reference, target, guard)
+            )
             streams.add(task)
             task.add_done_callback(streams.discard)
     finally:

@@ -143,6 +143,9 @@ class Stream:
         self._drain_waiter: asyncio.Future[None] | None = None
         self._producer: tuple[Callable[[], None], Callable[[], None]] | None = None
         self._producer_paused = False
+        #: Told every change of the bytes this stream holds (see `watch_held`).
+        self._held_watcher: Callable[[int], None] | None = None
+        self._held_reported = 0
         # Lifecycle.
         self._error: StreamReset | None = None
         self._closed = session.loop.create_future()
@@ -170,6 +173,7 @@ class Stream:
         else:
             data = self._take_chunks(max_bytes)
         self._recv_buffered -= len(data)
+        self._note_held()
         self.consumed(len(data))
         return data
 
@@ -192,6 +196,7 @@ class Stream:
             data = b"".join(self._recv_chunks)
             self._recv_chunks.clear()
             self._recv_buffered = 0
+            self._note_held()
             sink.data_received(data)
         if self._error is not None:
             sink.stream_reset(self._error)
@@ -219,6 +224,7 @@ class Stream:
         if not data:
             return
         self._send_buffer += data
+        self._note_held()
         self._session._schedule(self)
         if (
             self._producer is not None
@@ -245,6 +251,21 @@ class Stream:
         """Callbacks to pause/resume whoever feeds `write` (e.g. a transport's reading)."""
         self._producer = (pause, resume)
 
+    def watch_held(self, watcher: Callable[[int], None]) -> None:
+        """Tell `watcher` every change (a delta) of the bytes this stream holds: its send
+        buffer and its unread input. What a slow reader makes us hold, counted live."""
+        self._held_watcher = watcher
+        self._note_held()
+
+    def _note_held(self) -> None:
+        watcher = self._held_watcher
+        if watcher is not None:
+            held = len(self._send_buffer) + self._recv_buffered
+            if held != self._held_reported:
+                delta = held - self._held_reported
+                self._held_reported = held
+                watcher(delta)
+
     def close_write(self) -> None:
         """Half-close: send FIN after the queued bytes. Reading continues until the peer's FIN."""
         if self._local_fin or self._error is not None:
@@ -258,6 +279,7 @@ class Stream:
             return
         self._recv_chunks.clear()
         self._recv_buffered = 0
+        self._note_held()
         self._session._send_reset(self, reason)
         self._fail(StreamReset(reason or "reset locally"))
 
@@ -292,6 +314,7 @@ class Stream:
             return
         self._recv_chunks.append(payload)
         self._recv_buffered += size
+        self._note_held()
         self._wake_reader()
 
     def _on_fin(self) -> None:
@@ -315,6 +338,7 @@ class Stream:
             return
         self._error = error
         self._send_buffer.clear()
+        self._note_held()
         if self._sink is not None:
             self._sink.stream_reset(error)
         self._wake_reader()
@@ -338,6 +362,7 @@ class Stream:
             self._fin_sent = True
         payload = bytes(self._send_buffer[:size])
         del self._send_buffer[:size]
+        self._note_held()
         self._send_window -= size
         self._after_send()
         if fin:
