@@ -11,9 +11,11 @@ import re
 
 __all__ = [
     "AGENT_APP_LABEL",
+    "EXTEND_ANNOTATION",
     "MAX_ID_LENGTH",
     "MAX_OS_USER_LENGTH",
     "SCALED_DOWN_ANNOTATION",
+    "STOP_ANNOTATION",
     "WAKE_ANNOTATION",
     "InvalidName",
     "agent_id",
@@ -29,6 +31,12 @@ AGENT_APP_LABEL = "frp-agent"
 WAKE_ANNOTATION = "kuberde.io/wake-requested-at"
 #: Written by the operator when the TTL scales an agent to zero; removed when it is woken.
 SCALED_DOWN_ANNOTATION = "kuberde.io/scaled-down-at"
+#: Written by the gateway (`kuberde stop`, the dashboard): RFC 3339 time of a stop request.
+#: The operator scales the agent to zero and removes it.
+STOP_ANNOTATION = "kuberde.io/stop-requested"
+#: Written by the gateway (`kuberde extend`, the dashboard): RFC 3339 time the agent stays
+#: up until, whatever its TTL says. A stop removes it.
+EXTEND_ANNOTATION = "kuberde.io/extend-until"
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _OS_USER = re.compile(r"[a-z_][a-z0-9_-]*")
 #: useradd's limit on user names.

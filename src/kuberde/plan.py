@@ -13,11 +13,13 @@ sweep observed before a delete, deciding on the re-read observation cannot start
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from kuberde import policy
+from kuberde.naming import EXTEND_ANNOTATION, STOP_ANNOTATION
 
 __all__ = [
     "SCALED_DOWN_MESSAGE",
@@ -25,8 +27,12 @@ __all__ = [
     "Desired",
     "Observation",
     "Plan",
+    "Requests",
     "Running",
+    "StopOutcome",
     "decide",
+    "honour_stop",
+    "read_requests",
     "verdict",
 ]
 
@@ -207,3 +213,82 @@ def decide(observation: Observation, *, max_staleness: timedelta) -> Plan:
     reason = "its agent has not connected since it started" if starting else ttl.reason
     phase, message = _phase(failure=running.failure, replicas=1, running=running, online=online)
     return Plan(Action.NONE, reason, 1, phase, message, woken=woken, last_activity=activity)
+
+
+# ---- users' requests carried on the record (Kubernetes: annotations the gateway writes) -----
+
+#: How much of a bad annotation value a status message quotes.
+_QUOTED = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Requests:
+    """What users asked of a workspace through its record's annotations: `kuberde stop` and
+    `kuberde extend` (and the dashboard) on Kubernetes, where the gateway may not scale."""
+
+    stop_requested_at: datetime | None = None
+    extended_until: datetime | None = None
+    #: Annotations whose value is no timestamp, each saying so: ignored and left in place.
+    problems: tuple[str, ...] = ()
+
+
+def _timestamp(value: str) -> datetime | None:
+    """RFC 3339 as Kubernetes and the gateway write it; without an offset it means UTC."""
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def read_requests(annotations: Mapping[str, str]) -> Requests:
+    """The stop and extend requests among `annotations`; a bad value is a problem, not an
+    error: the workspace keeps running as it was, and nothing is removed."""
+    found: dict[str, datetime | None] = {}
+    problems = []
+    for key in (STOP_ANNOTATION, EXTEND_ANNOTATION):
+        raw = annotations.get(key)
+        if raw is None:
+            continue
+        found[key] = _timestamp(raw) if isinstance(raw, str) else None
+        if found[key] is None:
+            shown = raw[:_QUOTED] + "…" if isinstance(raw, str) and len(raw) > _QUOTED else raw
+            problems.append(f"annotation {key}={shown!r} is not an RFC 3339 time; ignored")
+    return Requests(found.get(STOP_ANNOTATION), found.get(EXTEND_ANNOTATION), tuple(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class StopOutcome:
+    """What honouring a stop request writes on the record; the request is removed either way."""
+
+    #: Set: the stop is the latest word; record the scale-down at this time (replicas 0) and
+    #: drop any extension. None: a later wake overtook it; only the request goes.
+    scaled_down_at: datetime | None
+    reason: str
+
+
+def honour_stop(
+    requests: Requests,
+    *,
+    scaled_down: bool,
+    scaled_down_at: datetime | None,
+    wake_requested_at: datetime | None,
+) -> StopOutcome | None:
+    """The outcome of a pending stop request, or None when there is none.
+
+    The scale-down is recorded at the request's own time (never earlier than one already
+    recorded), so a wake asked for after the stop still wins (`policy.desired_replicas`),
+    and one asked for before it does not. A wake at the very same time wins: a user waiting
+    on a connection is the safe side.
+    """
+    stop = requests.stop_requested_at
+    if stop is None:
+        return None
+    if wake_requested_at is not None and wake_requested_at >= stop:
+        return StopOutcome(
+            None,
+            f"stop requested at {policy.format_timestamp(stop)} was overtaken by a wake "
+            f"requested at {policy.format_timestamp(wake_requested_at)}",
+        )
+    at = max(stop, scaled_down_at) if scaled_down and scaled_down_at is not None else stop
+    return StopOutcome(at, f"stop requested at {policy.format_timestamp(stop)}")

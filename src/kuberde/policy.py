@@ -40,6 +40,7 @@ __all__ = [
     "decide_scale_down",
     "desired_replicas",
     "extension",
+    "extension_ahead",
     "format_duration",
     "format_timestamp",
     "idle_deadline",
@@ -220,6 +221,15 @@ def idle_deadline(
         _require_aware(extended_until, "extended_until")
         deadline = max(deadline, extended_until)
     return deadline
+
+
+def extension_ahead(
+    extended_until: datetime | None, now: datetime, *, scaled_down: bool
+) -> datetime | None:
+    """The extension worth showing: still ahead, on a workspace that is up."""
+    if extended_until is None or scaled_down or extended_until <= now:
+        return None
+    return extended_until
 
 
 def extension(

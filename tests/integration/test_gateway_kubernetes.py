@@ -31,7 +31,12 @@ from kuberde.auth import SIGNING_KEY_FILE, load_or_create_signing_key
 from kuberde.gateway.directory import AgentRecord, WakeError
 from kuberde.gateway.kubernetes import KubernetesDirectory
 from kuberde.kube import KubeApi, load_configuration
-from kuberde.operator.annotations import WAKE_ANNOTATION
+from kuberde.operator.annotations import (
+    EXTEND_ANNOTATION,
+    SCALED_DOWN_ANNOTATION,
+    STOP_ANNOTATION,
+    WAKE_ANNOTATION,
+)
 from tests.integration.kube import (
     NAMESPACE,
     WAIT,
@@ -645,3 +650,87 @@ async def test_gateway_in_kubernetes_mode_stops_cleanly(
         assert entry is not None and entry["owner"] == OWNER and entry["online"] is False
     # Exit code 0 is checked on leaving the block; nothing may be left for asyncio to report.
     assert " ERROR " not in gateway.log and "Traceback" not in gateway.log, gateway.log
+
+
+async def test_stop_and_extend_from_the_cli_through_the_operator(
+    kube: Kube, tmp_path: Path, env: dict[str, str], workspace_port: int
+) -> None:
+    """`kuberde extend` and `kuberde stop` on Kubernetes: the gateway writes the request on
+    the RDEAgent, the real operator honours it (an extension moves the idle deadline, a stop
+    scales to zero and clears itself), a bad value is ignored with a message, and a
+    connection after the stop wakes the workspace again."""
+    agent_id = "user-testuser-ssh-server"
+    async with gateway_running(kube, tmp_path / "gateway", env) as gateway:
+        settings = fast_settings(
+            kube, signing_key_file=gateway.state_dir / SIGNING_KEY_FILE, server_api=gateway.url
+        )
+        user = await gateway.token("user", "--user", OWNER)
+        alice = await gateway.token("user", "--user", "alice")
+
+        async def cli(token: str, *args: str) -> tuple[int, str, str]:
+            cli_env = {**gateway.env, "KUBERDE_SERVER": gateway.url, "KUBERDE_TOKEN": token}
+            code, out, err = await kuberde(list(args), cli_env)
+            return code, out.decode(), err
+
+        async with (
+            kubelet_running(kube, tmp_path, run_agents=True, port_map={2222: workspace_port}),
+            operator_running(settings),
+        ):
+            await kube.create_agent("ssh-server", spec("1h"))
+            await eventually(partial(status_in, kube, "ssh-server", "Running"), "Running")
+            code, out, err = await gateway.connect(user, "ssh-server", PAYLOAD)
+            assert (code, out) == (0, BANNER + PAYLOAD), err
+
+            # An extension past the TTL's deadline becomes the idle deadline.
+            code, said, err = await cli(user, "extend", "ssh-server", "3h")
+            assert code == 0, err
+            until = agent_annotations(kube, "ssh-server")[EXTEND_ANNOTATION]
+            assert said.strip() == f"rdeagent/ssh-server extended until {until}"
+            ahead = datetime.fromisoformat(until) - datetime.now(UTC)
+            assert 2 * 3600 < ahead.total_seconds() <= 3 * 3600
+
+            def deadline_is(expected: str) -> bool:
+                return kube.status("ssh-server").get("idleDeadline") == expected
+
+            await eventually(partial(deadline_is, until), "the extended idle deadline")
+
+            # A bad value is ignored and said so; nothing else changes and nothing is removed.
+            await kube.patch_agent(
+                "ssh-server", {"metadata": {"annotations": {EXTEND_ANNOTATION: "tomorrow"}}}
+            )
+
+            def complaint() -> dict[str, Any] | None:
+                status = kube.status("ssh-server")
+                message = status.get("message") or ""
+                return status if "'tomorrow' is not an RFC 3339 time; ignored" in message else None
+
+            status = await eventually(complaint, "the status message about the bad value")
+            assert status["phase"] == "Running" and EXTEND_ANNOTATION in status["message"]
+            assert agent_annotations(kube, "ssh-server")[EXTEND_ANNOTATION] == "tomorrow"
+            assert status["idleDeadline"] != until
+            assert kube.replicas(agent_id) == 1
+
+            # Someone else's workspace is missing to them, and nothing is written.
+            mark = kube.mark()
+            code, _, err = await cli(alice, "stop", "ssh-server")
+            assert code == 1 and "no workspace named 'ssh-server'" in err
+            assert gateway_writes(kube, mark) == []
+
+            # A stop scales it to zero now, then the request and the extension are gone.
+            code, said, err = await cli(user, "stop", "ssh-server")
+            assert code == 0, err
+            assert said.strip() == "rdeagent/ssh-server scaled down"
+            await eventually(partial(status_in, kube, "ssh-server", "ScaledDown"), "stopped")
+            assert kube.replicas(agent_id) == 0
+            annotations = agent_annotations(kube, "ssh-server")
+            assert STOP_ANNOTATION not in annotations and EXTEND_ANNOTATION not in annotations
+            assert SCALED_DOWN_ANNOTATION in annotations
+            [event] = kube.events("ssh-server", "Stopped")
+            assert "stop requested at" in event["message"]
+            assert f"stop requested for {agent_id} by {OWNER}" in gateway.log
+
+            # A connection after the stop wakes it again.
+            code, out, err = await gateway.connect(user, "ssh-server", PAYLOAD)
+            assert (code, out) == (0, BANNER + PAYLOAD), err
+            assert "waking ssh-server" in err
+            assert kube.replicas(agent_id) == 1

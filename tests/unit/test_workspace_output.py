@@ -1,4 +1,5 @@
-"""`kuberde ls` rendering: why a workspace is up, every output format, and `-w`'s lines."""
+"""`kuberde ls` rendering: why a workspace is up, every output format, and `-w`'s lines; and
+the dashboard card's same words."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from kuberde.cli.workspaces import (
     render_table,
     watch_lines,
 )
+from kuberde.gateway.web.dashboard import card
+from kuberde.gateway.web.workspaces import WorkspaceRow
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -44,6 +47,21 @@ def _item(name: str = "demo", **changes: Any) -> dict[str, Any]:
         ({}, "2026-01-02T03:06:00Z"),
         ({"connections": 1, "idle_deadline": None}, "held by 1 connection"),
         ({"connections": 2, "idle_deadline": None}, "held by 2 connections"),
+        (
+            {
+                "connections": 2,
+                "idle_deadline": None,
+                "extended_until": "2026-01-02T14:05:00+00:00",
+            },
+            "held by 2 connections; extended until 2026-01-02T14:05:00Z",
+        ),
+        (
+            {
+                "extended_until": "2026-01-02T14:05:00+00:00",
+                "idle_deadline": "2026-01-02T14:05:00+00:00",
+            },
+            "2026-01-02T14:05:00Z",
+        ),
         ({"ttl": None, "idle_deadline": None}, "never (no TTL)"),
         ({"phase": "ScaledDown", "idle_deadline": None}, "<none>"),
     ],
@@ -131,3 +149,35 @@ def test_pick_app() -> None:
         pick_app(_item(apps=APPS), "nope")
     with pytest.raises(ValueError, match="has no apps"):
         pick_app(_item(), None)
+
+
+def _row(**changes: Any) -> WorkspaceRow:
+    values: dict[str, Any] = {
+        "name": "demo",
+        "owner": "alice",
+        "agent_id": "user-alice-demo",
+        "phase": "Running",
+        "online": True,
+        "ttl": "5m",
+        "last_activity": NOW,
+        "last_activity_source": "bytes",
+        "idle_deadline": None,
+        "open_connections": 2,
+        "apps": (),
+        "message": "",
+        "extended_until": None,
+    }
+    return WorkspaceRow(**(values | changes))
+
+
+def test_the_dashboard_shows_an_extension_while_connections_hold_it() -> None:
+    def hold(row: WorkspaceRow) -> str:
+        return str(card(row, scheme="http", apps_domain=None, port=None, now=NOW)["hold"])
+
+    assert hold(_row()) == "held by 2 open connections"
+    until = datetime(2026, 1, 2, 14, 5, tzinfo=UTC)
+    assert hold(_row(extended_until=until)) == (
+        "held by 2 open connections; extended until 2026-01-02 14:05:00 UTC"
+    )
+    assert hold(_row(open_connections=1)) == "held by 1 open connection"
+    assert hold(_row(open_connections=0, idle_deadline=until)) == "scales down in 11h55s if unused"

@@ -47,7 +47,9 @@ def idle_status(item: dict[str, Any]) -> str:
     """Why a workspace is up, or when it will be scaled down."""
     connections = int(item.get("connections") or 0)
     if connections:
-        return f"held by {connections} connection{'s' if connections != 1 else ''}"
+        held = f"held by {connections} connection{'s' if connections != 1 else ''}"
+        until = item.get("extended_until")
+        return f"{held}; extended until {_when(until)}" if until else held
     if item.get("idle_deadline"):
         return _when(item["idle_deadline"])
     if not item.get("ttl"):

@@ -1,8 +1,9 @@
 """The gateway's directory in Kubernetes mode: RDEAgents tell it who owns which agent.
 
 With it the gateway authorizes users for agents that are offline (scaled to zero) and asks
-for a wake by annotating the RDEAgent (`kuberde.io/wake-requested-at`). The operator, the
-only writer of Deployments, does the scaling: one writer means no scale-up/down races.
+for a wake, a stop or an extension by annotating the RDEAgent (`kuberde.io/wake-requested-at`,
+`kuberde.io/stop-requested`, `kuberde.io/extend-until`). The operator, the only writer of
+Deployments, does the scaling: one writer means no scale-up/down races.
 """
 
 from __future__ import annotations
@@ -11,16 +12,26 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kuberde import plan
 from kuberde.aio import Kick
+from kuberde.clock import parse_timestamp
 from kuberde.gateway.directory import AgentRecord, WakeError
 from kuberde.kube import ApiError, KubeApi, Paths
-from kuberde.naming import WAKE_ANNOTATION, InvalidName, agent_id
+from kuberde.naming import (
+    EXTEND_ANNOTATION,
+    STOP_ANNOTATION,
+    WAKE_ANNOTATION,
+    InvalidName,
+    agent_id,
+)
+from kuberde.policy import format_timestamp
 from kuberde.resource import InvalidResource, parse_agent
 
-__all__ = ["KubernetesDirectory", "holder_of", "record_of"]
+__all__ = ["KubernetesDirectory", "Lifecycle", "holder_of", "lifecycle_of", "record_of"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +67,33 @@ def record_of(body: Mapping[str, Any]) -> AgentRecord | None:
         error=error,
         apps=apps,
         ports=ports,
+    )
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """What the dashboard shows of an RDEAgent's lifecycle: its TTL, the extension asked
+    for, and the idle deadline and phase the operator last wrote in its status."""
+
+    ttl: timedelta | None = None
+    extended_until: datetime | None = None
+    idle_deadline: datetime | None = None
+    phase: str | None = None
+
+
+def lifecycle_of(body: Mapping[str, Any]) -> Lifecycle:
+    status = body.get("status") or {}
+    try:
+        ttl = parse_agent(body).spec.ttl_duration
+    except InvalidResource:
+        ttl = None
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    phase = status.get("phase")
+    return Lifecycle(
+        ttl=ttl,
+        extended_until=plan.read_requests(annotations).extended_until,
+        idle_deadline=parse_timestamp(status.get("idleDeadline")),
+        phase=phase if isinstance(phase, str) else None,
     )
 
 
@@ -104,6 +142,7 @@ class KubernetesDirectory:
         self._refresh_interval = refresh_interval
         self._records: dict[str, AgentRecord] = {}
         self._names: dict[str, str] = {}
+        self._lifecycles: dict[str, Lifecycle] = {}
         self._kick = Kick()
         #: Missed since the current list began / missed in the last completed list.
         self._pending_misses: set[str] = set()
@@ -125,6 +164,9 @@ class KubernetesDirectory:
     def records(self) -> list[AgentRecord]:
         return list(self._records.values())
 
+    def lifecycle(self, agent: str) -> Lifecycle:
+        return self._lifecycles.get(agent) or Lifecycle()
+
     async def catch_up(self, *agent_ids: str) -> None:
         """Wait for a list that starts after this call to finish (successfully or not);
         at once if every ID is known, or was missing in the last list."""
@@ -137,30 +179,53 @@ class KubernetesDirectory:
         self._kick.set()
         await listed
 
-    async def request_wake(self, agent: str, requested_by: str) -> None:
+    async def _annotate(self, agent: str, annotation: str, value: str, what: str) -> None:
+        """Record a request on the RDEAgent for the operator; WakeError says why not."""
         name = self._names.get(agent)
         if name is None:
             raise WakeError(f"agent {agent} no longer exists")
-        stamp = datetime.now(UTC).isoformat(timespec="microseconds")
         try:
             await self._api.merge_patch(
-                self._paths.agent(name), {"metadata": {"annotations": {WAKE_ANNOTATION: stamp}}}
+                self._paths.agent(name), {"metadata": {"annotations": {annotation: value}}}
             )
         except ApiError as exc:
-            log.warning("cannot request a wake of %s: %s", agent, exc)
-            raise WakeError("the gateway could not ask Kubernetes to start it") from None
+            log.warning("cannot request a %s of %s: %s", what, agent, exc)
+            raise WakeError(f"the gateway could not ask Kubernetes for the {what}") from None
+
+    @staticmethod
+    def _now() -> str:
+        """Subsecond, so two requests within one second stay ordered."""
+        return datetime.now(UTC).isoformat(timespec="microseconds")
+
+    async def request_wake(self, agent: str, requested_by: str) -> None:
+        await self._annotate(agent, WAKE_ANNOTATION, self._now(), "wake")
         log.info("wake requested for %s by %s", agent, requested_by)
+
+    async def request_stop(self, agent: str, requested_by: str) -> None:
+        """The operator scales it to zero now (unless a later wake overtakes the request)."""
+        await self._annotate(agent, STOP_ANNOTATION, self._now(), "stop")
+        log.info("stop requested for %s by %s", agent, requested_by)
+
+    async def request_extension(self, agent: str, until: datetime, requested_by: str) -> None:
+        """The operator keeps it up until `until`, whatever its TTL says."""
+        await self._annotate(agent, EXTEND_ANNOTATION, format_timestamp(until), "extension")
+        log.info("extension of %s until %s by %s", agent, format_timestamp(until), requested_by)
 
     async def refresh(self) -> None:
         items = await self._api.list(self._paths.agents)
         claims: dict[str, list[AgentRecord]] = {}
+        bodies: dict[str, Mapping[str, Any]] = {}
         for item in items:
             record = record_of(item)
             if record is not None:
                 claims.setdefault(record.agent_id, []).append(record)
+                bodies[record.name] = item
         records = {agent: holder_of(claimants) for agent, claimants in claims.items()}
         self._records = records
         self._names = {agent: record.name for agent, record in records.items()}
+        self._lifecycles = {
+            agent: lifecycle_of(bodies[record.name]) for agent, record in records.items()
+        }
         self.synced.set()
 
     async def run(self) -> None:

@@ -47,6 +47,7 @@ from kuberde.gateway.connections import ConnectionLimits, GuardedSite, raise_fd_
 from kuberde.gateway.directory import AgentDirectory
 from kuberde.gateway.kubernetes import KubernetesDirectory
 from kuberde.gateway.web import BrowserSettings, add_browser
+from kuberde.gateway.web.actions_api import add_action_routes
 from kuberde.gateway.web.directory_workspaces import DirectoryWorkspaces
 from kuberde.kube import KubeApi, load_configuration
 from kuberde.tls import client_ssl_context, server_ssl_context
@@ -213,6 +214,7 @@ async def run_gateway(
     settings = settings or GatewaySettings()
     watcher: asyncio.Task[None] | None = None
     api: KubeApi | None = None
+    requests: KubernetesDirectory | None = None
     if kubernetes is not None:
         api = KubeApi.connect(
             await load_configuration(kubernetes.kubeconfig),
@@ -220,7 +222,7 @@ async def run_gateway(
             user_agent=f"kuberde-gateway/{__version__}",
         )
         kube_directory = KubernetesDirectory(api, kubernetes.namespace)
-        directory = kube_directory
+        directory = requests = kube_directory
         watcher = asyncio.create_task(kube_directory.run())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10.0):
@@ -229,6 +231,9 @@ async def run_gateway(
     if verifier is None:
         verifier = await build_verifier(auth, key, directory)
     app = create_app(verifier, settings, directory)
+    workspaces = DirectoryWorkspaces(app[GATEWAY_KEY], requests)
+    if requests is not None:
+        add_action_routes(app, workspaces)
     if auth.oidc_issuer:
         app.router.add_routes([auth_config_route(auth.oidc_issuer, auth.oidc_client_id, "openid")])
         browser = browser or BrowserOptions()
@@ -241,7 +246,7 @@ async def run_gateway(
                 public_url=browser.public_url,
                 wake_timeout=settings.wake_timeout,
             ),
-            DirectoryWorkspaces(app[GATEWAY_KEY]),
+            workspaces,
         )
     ssl_context = server_ssl_context(tls_cert, tls_key) if tls_cert and tls_key else None
     sock = bind_socket(listen)

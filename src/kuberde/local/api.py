@@ -1,4 +1,5 @@
-"""`/api/workspaces`: what `kuberde ls/apply/delete/wake/stop/logs` talk to under `kuberde up`.
+"""`/api/workspaces`: what `kuberde ls/apply/delete/logs` talk to under `kuberde up`
+(wake, stop and extend are `kuberde.gateway.web.actions_api`'s, shared with Kubernetes).
 
 Users see and change their own workspaces (logs included); admins see all. Authentication is
 the gateway's (bearer user token), so there is one way in, not two. When `kuberde up` is not
@@ -22,7 +23,6 @@ from kuberde.local.runtime import LocalRuntime, WorkspaceView
 from kuberde.local.store import WorkspaceState
 from kuberde.local.supervisor import follow_log, tail_log
 from kuberde.messages import not_found
-from kuberde.policy import InvalidTTL, parse_ttl
 from kuberde.resource import Workload, load_documents, parse_agent
 
 __all__ = ["add_workspace_routes", "apply_documents"]
@@ -166,30 +166,6 @@ class WorkspaceApi:
         await self.runtime.delete(state.name)
         return web.json_response({"deleted": state.name})
 
-    async def wake(self, request: web.Request) -> web.Response:
-        user = await self._user(request)
-        state = self._owned(user, request.match_info["name"])
-        await self.runtime.wake(state.name)
-        return web.json_response({"waking": state.name})
-
-    async def stop(self, request: web.Request) -> web.Response:
-        user = await self._user(request)
-        state = self._owned(user, request.match_info["name"])
-        await self.runtime.stop(state.name)
-        return web.json_response({"stopped": state.name})
-
-    async def extend(self, request: web.Request) -> web.Response:
-        """Keep it up for another TTL, or `?duration=2h` from now; an activity."""
-        user = await self._user(request)
-        state = self._owned(user, request.match_info["name"])
-        raw = request.query.get("duration", "")
-        try:
-            until = await self.runtime.extend(state.name, parse_ttl(raw) if raw else None)
-        except (InvalidTTL, ValueError) as exc:
-            message = f"cannot extend {state.name}: {exc}"
-            raise json_error(web.HTTPBadRequest, message, "bad_extend") from None
-        return web.json_response({"extended": state.name, "until": until.isoformat()})
-
     async def logs(self, request: web.Request) -> web.StreamResponse:
         user = await self._user(request)
         state = self._owned(user, request.match_info["name"])
@@ -220,7 +196,4 @@ def add_workspace_routes(
     app.router.add_post("/api/workspaces", api.apply)
     app.router.add_get("/api/workspaces/{name}", api.get)
     app.router.add_delete("/api/workspaces/{name}", api.delete)
-    app.router.add_post("/api/workspaces/{name}/wake", api.wake)
-    app.router.add_post("/api/workspaces/{name}/stop", api.stop)
-    app.router.add_post("/api/workspaces/{name}/extend", api.extend)
     app.router.add_get("/api/workspaces/{name}/logs", api.logs)

@@ -95,6 +95,8 @@ class WorkspaceView:
     message: str
     #: Open connections (streams); while there are any the workspace is held up, no deadline.
     connections: int
+    #: An extension still ahead (`kuberde extend NAME 2h`), shown even while connections hold it.
+    extended_until: datetime | None
 
 
 def _desired(state: WorkspaceState, agent: RDEAgent) -> Desired:
@@ -315,7 +317,8 @@ class LocalRuntime:
         """The row as of now: the phase follows the agent's connection without a sweep."""
         agent = self._agents[state.name]
         ttl = agent.spec.ttl_duration
-        observation = self._observe(state.name, state, agent, self._clock())
+        now = self._clock()
+        observation = self._observe(state.name, state, agent, now)
         plan = decide(observation, max_staleness=self._staleness)
         connections = observation.activity.open_streams if observation.activity else 0
         deadline = None
@@ -344,6 +347,9 @@ class LocalRuntime:
             idle_deadline=deadline,
             message=plan.message if live else state.message,
             connections=connections,
+            extended_until=policy.extension_ahead(
+                state.extended_until, now, scaled_down=state.scaled_down
+            ),
         )
 
     # ---- the engine ----------------------------------------------------------------------

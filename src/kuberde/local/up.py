@@ -30,6 +30,7 @@ from kuberde.gateway.app import GatewaySettings, create_app
 from kuberde.gateway.presence import Presence
 from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start_site
 from kuberde.gateway.web import BrowserSettings, add_browser
+from kuberde.gateway.web.actions_api import add_action_routes
 from kuberde.local.accounts import DEFAULT_HOMES_DIR, AccountError, Accounts
 from kuberde.local.api import add_workspace_routes
 from kuberde.local.demo import DemoWorkspace, current_user, demo_workspace
@@ -153,6 +154,8 @@ async def run_up(
         [*oidc.routes(), auth_config_route(url, BUILTIN_CLIENT_ID, DEFAULT_SCOPE)]
     )
     add_workspace_routes(app, runtime, apps_domain)
+    workspaces = LocalWorkspaces(runtime)
+    add_action_routes(app, workspaces)
     add_browser(
         app,
         BrowserSettings(
@@ -161,7 +164,7 @@ async def run_up(
             apps_domain=apps_domain,
             public_url=browser_url,
         ),
-        LocalWorkspaces(runtime),
+        workspaces,
     )
 
     user = current_user()

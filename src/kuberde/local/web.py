@@ -44,6 +44,7 @@ class LocalWorkspaces:
                     open_connections=view.connections,
                     apps=tuple(parse_agent(state.document).spec.apps),
                     message=view.message,
+                    extended_until=view.extended_until,
                 )
             )
         return rows

@@ -10,10 +10,17 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from kuberde.naming import SCALED_DOWN_ANNOTATION, WAKE_ANNOTATION
+from kuberde.naming import (
+    EXTEND_ANNOTATION,
+    SCALED_DOWN_ANNOTATION,
+    STOP_ANNOTATION,
+    WAKE_ANNOTATION,
+)
 
 __all__ = [
+    "EXTEND_ANNOTATION",
     "SCALED_DOWN_ANNOTATION",
+    "STOP_ANNOTATION",
     "WAKE_ANNOTATION",
     "annotations_of",
     "parse_time",

@@ -54,6 +54,8 @@ class Assessment:
     snapshot: policy.ActivitySnapshot | None
     fresh: bool
     replicas: int
+    #: Bad request annotations, ignored: the status message says so.
+    problems: tuple[str, ...] = ()
 
 
 class ActivityView:
@@ -78,6 +80,7 @@ class ActivityView:
         )
         snapshot = self.monitor.snapshot(agent.agent_id, persisted)
         wake = timestamp_of(body, WAKE_ANNOTATION)
+        requests = plan.read_requests(annotations_of(body))
         desired = plan.Desired(
             ttl=agent.spec.ttl_duration,
             created_at=agent.metadata.creation_timestamp or now,
@@ -86,9 +89,10 @@ class ActivityView:
             wake_requested_at=wake,
             woken_at=wake,
             recorded_activity=None,  # the monitor's snapshot already includes it
+            extended_until=requests.extended_until,
         )
         replicas, decision = plan.verdict(desired, snapshot, now=now, max_staleness=self.max_age)
-        return Assessment(decision, snapshot, self.fresh(now), replicas)
+        return Assessment(decision, snapshot, self.fresh(now), replicas, requests.problems)
 
 
 def _runnable(
@@ -277,6 +281,7 @@ class StatusUpdater:
             snapshot=assessment.snapshot,
             fresh=assessment.fresh,
             seen_online_at=self._activity.monitor.seen_online_at(agent.agent_id),
+            problems=assessment.problems,
         )
 
     async def update(self) -> None:

@@ -9,7 +9,9 @@ stale annotation would undo a scale-down) and writes only what differs:
   mounted only for the owner and RDEAgent name it records, and patched only when its
   reclaimPolicy changes (an owner reference for `Delete`); the operator never deletes it;
 - replicas come from `policy.desired_replicas` over the RDEAgent's own annotations, so a
-  scaled-down agent stays at zero across resyncs and restarts, and a wake request scales it up.
+  scaled-down agent stays at zero across resyncs and restarts, and a wake request scales it up;
+- a stop request (`kuberde.io/stop-requested`, `plan.honour_stop`) becomes the scale-down
+  marker at the request's time and removes itself (and any extension) in one patch.
 
 All writes for one agent happen under that agent's lock: the TTL enforcer's scale-down and a
 reconcile of the same agent never interleave.
@@ -24,12 +26,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kuberde import naming, policy
+from kuberde import naming, plan, policy
 from kuberde.aio import KeyedLocks
 from kuberde.clock import Clock, utc_now
 from kuberde.kube import KubeApi, Paths
 from kuberde.operator.annotations import (
+    EXTEND_ANNOTATION,
     SCALED_DOWN_ANNOTATION,
+    STOP_ANNOTATION,
     WAKE_ANNOTATION,
     annotations_of,
     timestamp_of,
@@ -188,6 +192,7 @@ class Reconciler:
         if conflict is not None:
             await self._fail(body, "AgentIDConflict", conflict)
             return
+        body = await self._honour_stop(body)
         scaled_down_at = timestamp_of(body, SCALED_DOWN_ANNOTATION)
         wake = timestamp_of(body, WAKE_ANNOTATION)
         scaled_down = SCALED_DOWN_ANNOTATION in annotations_of(body)
@@ -288,6 +293,32 @@ class Reconciler:
         self._announced[name] = message
         if previous != self._results[name]:
             self._on_change()
+
+    async def _honour_stop(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Turn a pending stop request into the scale-down marker, or drop an overtaken one."""
+        outcome = plan.honour_stop(
+            plan.read_requests(annotations_of(body)),
+            scaled_down=SCALED_DOWN_ANNOTATION in annotations_of(body),
+            scaled_down_at=timestamp_of(body, SCALED_DOWN_ANNOTATION),
+            wake_requested_at=timestamp_of(body, WAKE_ANNOTATION),
+        )
+        if outcome is None:
+            return body
+        name = name_of(body)
+        changes: dict[str, str | None] = {STOP_ANNOTATION: None}
+        if outcome.scaled_down_at is not None:
+            changes[SCALED_DOWN_ANNOTATION] = policy.format_timestamp(outcome.scaled_down_at)
+            changes[EXTEND_ANNOTATION] = None
+        patched = await self._api.merge_patch(
+            self._paths.agent(name), {"metadata": {"annotations": changes}}
+        )
+        self._store.put(patched)
+        if outcome.scaled_down_at is None:
+            log.info("Agent %s: %s; not stopping", name, outcome.reason)
+            return patched
+        log.info("Stopping agent %s: %s, scaling to 0", name, outcome.reason)
+        await self._events.record(patched, "Normal", "Stopped", f"Scaled to zero: {outcome.reason}")
+        return patched
 
     async def _wake(self, body: dict[str, Any], wake: datetime | None) -> dict[str, Any]:
         """Clear the scale-down marker; `wake` becomes the agent's latest activity."""

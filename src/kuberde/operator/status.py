@@ -78,6 +78,8 @@ class StatusFacts:
     snapshot: ActivitySnapshot | None = None
     fresh: bool = False
     seen_online_at: datetime | None = None
+    #: Annotations the operator ignored (bad values), shown in the message until fixed.
+    problems: tuple[str, ...] = ()
 
 
 def _condition(kind: str, status: str, reason: str, message: str) -> dict[str, str]:
@@ -95,10 +97,10 @@ def _message(facts: StatusFacts, phase: Phase) -> str | None:
         base = f"{_NO_FRESH_DATA}: ONLINE unknown, nothing is scaled down"
     else:
         base = _MESSAGES.get(phase)
+    parts = [part for part in (base, *facts.problems) if part]
     if facts.failure:
-        failed = f"last reconcile failed: {facts.failure}"
-        return f"{base}; {failed}" if base else failed
-    return base
+        parts.append(f"last reconcile failed: {facts.failure}")
+    return "; ".join(parts) or None
 
 
 def _conditions(facts: StatusFacts, phase: Phase, message: str | None) -> list[dict[str, str]]:

@@ -72,7 +72,9 @@ def card(
         ]
     if row.open_connections:
         noun = "connection" if row.open_connections == 1 else "connections"
-        hold = f"{row.open_connections} open {noun} keep it up"
+        hold = f"held by {row.open_connections} open {noun}"
+        if row.extended_until is not None:
+            hold += f"; extended until {_iso(row.extended_until)}"
     elif row.idle_deadline is not None:
         hold = f"scales down {relative(row.idle_deadline, now)} if unused"
     elif not row.ttl:

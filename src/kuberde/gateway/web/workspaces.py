@@ -39,6 +39,8 @@ class WorkspaceRow:
     open_connections: int
     apps: tuple[App, ...]
     message: str
+    #: An extension still ahead: after the connections close it holds until then.
+    extended_until: datetime | None
 
 
 class Workspaces(Protocol):
