@@ -217,7 +217,7 @@ def decide(observation: Observation, *, max_staleness: timedelta) -> Plan:
 
 # ---- users' requests carried on the record (Kubernetes: annotations the gateway writes) -----
 
-#: How much of a bad annotation value a status message quotes.
+#: How much of a bad annotation value (its repr) a status message quotes.
 _QUOTED = 64
 
 
@@ -252,8 +252,9 @@ def read_requests(annotations: Mapping[str, str]) -> Requests:
             continue
         found[key] = _timestamp(raw) if isinstance(raw, str) else None
         if found[key] is None:
-            shown = raw[:_QUOTED] + "…" if isinstance(raw, str) and len(raw) > _QUOTED else raw
-            problems.append(f"annotation {key}={shown!r} is not an RFC 3339 time; ignored")
+            quoted = repr(raw)
+            shown = quoted[:_QUOTED] + "…" if len(quoted) > _QUOTED else quoted
+            problems.append(f"annotation {key}={shown} is not an RFC 3339 time; ignored")
     return Requests(found.get(STOP_ANNOTATION), found.get(EXTEND_ANNOTATION), tuple(problems))
 
 
