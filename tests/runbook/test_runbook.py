@@ -805,11 +805,29 @@ async def test_upgrade_and_rollback(cluster: Cluster, runbook: Runbook) -> None:
         ok,
         note="already v2.1: no change, no new pod",
     )
-    not_applicable(
-        "8",
-        "kubectl rollout undo deployment/kuberde-operator -n kuberde",
-        "the emulated Deployment controller keeps no ReplicaSet history",
+
+    def revisions_2_and_3(result: CommandResult) -> None:
+        ok(result)
+        assert result.lines[1].split() == ["REVISION", "CHANGE-CAUSE"], result.stdout
+        assert [line.split()[0] for line in result.lines[2:] if line.strip()] == ["2", "3"]
+
+    # v2.1 was revision 1, v2.2 revision 2, and v2.1 again revision 3 (1 is in its history).
+    history = await cluster.sh("kubectl rollout history deployment/kuberde-operator -n kuberde")
+    revisions_2_and_3(history)
+    before_undo = await _operator_pod(cluster)
+
+    def undone(result: CommandResult) -> None:
+        ok(result)
+        assert result.stdout.strip() == "deployment.apps/kuberde-operator rolled back"
+
+    await runbook.run("8", "kubectl rollout undo deployment/kuberde-operator -n kuberde", undone)
+    await runbook.run(
+        "8", image, image_is("soloking/kuberde-operator:v2.2"), note="back to revision 2"
     )
+    await runbook.run(
+        "8", "kubectl rollout status deployment/kuberde-operator -n kuberde", rolled_out
+    )
+    await _operator_reconciled(cluster, await _operator_pod(cluster, other_than=before_undo))
     await runbook.run(
         "8",
         "kubectl set image deployment/kuberde-operator -n kuberde operator=soloking/kuberde-operator:v2.1",  # noqa: E501

@@ -1,12 +1,13 @@
 """A kubelet and Deployment controller for the emulated API server, running real processes.
 
-For every Deployment in its namespace it keeps `spec.replicas` pods named
-`{deployment}-{pod-template-hash}-{suffix}`, the hash stable while the template is (a new
-template rolls the pods). Each container whose command is `kuberde …` runs as a real
-process (`python -m kuberde …`) with the pod's environment; its output is the pod's log
-(`kubectl logs`), a crash restarts it (`RESTARTS`, `--previous`), deleting the pod stops it
-and the controller starts a replacement. Other containers (workload images) count as
-running without a process.
+For every Deployment in its namespace it keeps one ReplicaSet per pod template
+(`{deployment}-{pod-template-hash}`, with revisions: `kuberde.testing.rollout`) and
+`spec.replicas` pods of the current one, named `{deployment}-{pod-template-hash}-{suffix}`,
+the hash stable while the template is (a new template rolls the pods). Each container
+whose command is `kuberde …` runs as a real process (`python -m kuberde …`) with the pod's
+environment; its output is the pod's log (`kubectl logs`), a crash restarts it (`RESTARTS`,
+`--previous`), deleting the pod stops it and the controller starts a replacement. Other
+containers (workload images) count as running without a process.
 
 In-cluster addresses are mapped to loopback: each Deployment's container ports get a free
 local port (stable across its pods), `0.0.0.0:PORT` in a command and `SERVICE.NS.svc:PORT`
@@ -34,11 +35,13 @@ from typing import Any
 
 import aiohttp
 
+from kuberde.testing import rollout
 from kuberde.testing.kube import ApiServer, ContainerLog, now_rfc3339
 
 __all__ = ["ContainerExtras", "Kubelet", "pod_template_hash"]
 
 DEPLOYMENTS = "apps/v1/deployments"
+REPLICASETS = "apps/v1/replicasets"
 PODS = "v1/pods"
 SECRETS = "v1/secrets"
 SERVICES = "v1/services"
@@ -49,9 +52,22 @@ _STOP_GRACE = 10.0
 
 
 def pod_template_hash(template: Mapping[str, Any]) -> str:
-    """A stable 10-character hash of a pod template, in Kubernetes' alphabet."""
-    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).digest()
+    """A stable 10-character hash of a pod template, in Kubernetes' alphabet.
+
+    Empty and null fields do not count: a template that went through a typed client (the one
+    `kubectl rollout undo` sends back) is the same template, as after a real server's defaulting.
+    """
+    digest = hashlib.sha256(json.dumps(_without_empty(template), sort_keys=True).encode()).digest()
     return "".join(_ALPHABET[byte % len(_ALPHABET)] for byte in digest[:10])
+
+
+def _without_empty(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        kept = {key: _without_empty(item) for key, item in value.items()}
+        return {key: item for key, item in kept.items() if item not in (None, {}, [])}
+    if isinstance(value, list):
+        return [_without_empty(item) for item in value]
+    return value
 
 
 def _suffix() -> str:
@@ -276,7 +292,9 @@ class Kubelet:
                     probe = (str(http_get["path"]), self.local_port(name, item["containerPort"]))
         return _Container(spec["name"], argv, env, probe=probe)
 
-    async def _start_pod(self, deployment: Mapping[str, Any], template_hash: str) -> None:
+    async def _start_pod(
+        self, deployment: Mapping[str, Any], template_hash: str, owner: Mapping[str, Any]
+    ) -> None:
         name = deployment["metadata"]["name"]
         pod_name = f"{name}-{template_hash}-{_suffix()}"
         template = deployment["spec"]["template"]
@@ -298,6 +316,16 @@ class Kubelet:
                 "labels": labels,
                 "uid": str(uuid.uuid4()),
                 "creationTimestamp": now_rfc3339(),
+                "ownerReferences": [
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "ReplicaSet",
+                        "name": owner["metadata"]["name"],
+                        "uid": owner["metadata"]["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
             },
             "spec": {**template["spec"], "nodeName": "emulated-node"},
             "status": {"phase": "Pending"},
@@ -306,7 +334,7 @@ class Kubelet:
         await self._event(
             {**deployment, "kind": "Deployment", "apiVersion": "apps/v1"},
             "ScalingReplicaSet",
-            f"Scaled up replica set {name}-{template_hash} to {replicas}",
+            f"Scaled up replica set {owner['metadata']['name']} to {replicas}",
             "deployment-controller",
         )
         await self.server.store(PODS, self.namespace, body)
@@ -425,6 +453,63 @@ class Kubelet:
         if stored is not None and stored.raw.get("status") != status:
             await self.server.patch_stored(PODS, self.namespace, pod.name, {"status": status})
 
+    def _replica_sets(self, deployment: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        stored = [item.raw for item in self.server.find_all(REPLICASETS, self.namespace)]
+        return rollout.owned_by(deployment, stored)
+
+    async def _replica_set(
+        self, deployment: Mapping[str, Any], template_hash: str, replicas: int
+    ) -> Mapping[str, Any]:
+        """The ReplicaSet of the Deployment's template, created or made the latest revision
+        (`kuberde.testing.rollout`); the Deployment's own revision annotation follows it."""
+        name = f"{deployment['metadata']['name']}-{template_hash}"
+        owned = self._replica_sets(deployment)
+        others = [rs for rs in owned if rs["metadata"]["name"] != name]
+        if len(others) == len(owned):
+            number = rollout.next_revision(others)
+            body = rollout.replica_set(deployment, template_hash, number, replicas)
+            await self.server.store(REPLICASETS, self.namespace, body)
+        else:
+            [current] = [rs for rs in owned if rs["metadata"]["name"] == name]
+            promoted = rollout.promotion(current, others)
+            if promoted is not None:
+                patch = {"metadata": {"annotations": promoted}}
+                await self.server.patch_stored(REPLICASETS, self.namespace, name, patch)
+        stored = self.server.find(REPLICASETS, self.namespace, name)
+        assert stored is not None
+        current_revision = str(rollout.revision(stored.raw))
+        annotations = deployment["metadata"].get("annotations") or {}
+        if annotations.get(rollout.REVISION) != current_revision:
+            patch = {"metadata": {"annotations": {rollout.REVISION: current_revision}}}
+            await self.server.patch_stored(
+                DEPLOYMENTS, self.namespace, deployment["metadata"]["name"], patch
+            )
+        return stored.raw
+
+    async def _report_replica_sets(self, deployment: Mapping[str, Any], pods: list[_Pod]) -> None:
+        """Each ReplicaSet's replicas: the template's wanted count, 0 for the old ones."""
+        template_hash = pod_template_hash(deployment["spec"]["template"])
+        wanted = int(deployment["spec"].get("replicas", 1))
+        for rs in self._replica_sets(deployment):
+            rs_hash = rs["metadata"]["labels"].get(rollout.HASH_LABEL)
+            mine = [pod for pod in pods if pod.template_hash == rs_hash]
+            ready = [pod for pod in mine if all(c.ready for c in pod.containers)]
+            replicas = wanted if rs_hash == template_hash else 0
+            patch: dict[str, Any] = {
+                "spec": {"replicas": replicas},
+                "status": {
+                    "replicas": len(mine),
+                    "fullyLabeledReplicas": len(mine),
+                    "readyReplicas": len(ready),
+                    "availableReplicas": len(ready),
+                    "observedGeneration": rs["metadata"].get("generation", 1),
+                },
+            }
+            if rs["spec"].get("replicas") != replicas or rs.get("status") != patch["status"]:
+                await self.server.patch_stored(
+                    REPLICASETS, self.namespace, rs["metadata"]["name"], patch
+                )
+
     async def _report_deployment(self, deployment: Mapping[str, Any], pods: list[_Pod]) -> None:
         template_hash = pod_template_hash(deployment["spec"]["template"])
         ready = [pod for pod in pods if all(c.ready for c in pod.containers)]
@@ -457,14 +542,16 @@ class Kubelet:
             wanted = int(deployment["spec"].get("replicas", 1))
             for pod in pods[wanted:]:
                 await self._stop_pod(pod)
+            owner = await self._replica_set(deployment, template_hash, wanted)
             for _ in range(wanted - len(pods)):
-                await self._start_pod(deployment, template_hash)
+                await self._start_pod(deployment, template_hash, owner)
             pods = [pod for pod in self.pods.values() if pod.deployment == name]
             for pod in pods:
                 for container in pod.containers:
                     if container.argv is not None:
                         container.ready = await self._probe(container)
                 await self._report(pod)
+            await self._report_replica_sets(deployment, pods)
             await self._report_deployment(deployment, pods)
 
     async def run(self) -> None:

@@ -230,6 +230,16 @@ BUILT_IN: dict[str, list[Column]] = {
         Column("Images", "string", lambda obj, _: _containers(obj, "image"), priority=1),
         Column("Selector", "string", _selector, priority=1),
     ],
+    "ReplicaSet": [
+        NAME,
+        Column("Desired", "integer", _field(".spec.replicas", 0)),
+        Column("Current", "integer", _field(".status.replicas", 0)),
+        Column("Ready", "integer", _field(".status.readyReplicas", 0)),
+        AGE,
+        Column("Containers", "string", lambda obj, _: _containers(obj, "name"), priority=1),
+        Column("Images", "string", lambda obj, _: _containers(obj, "image"), priority=1),
+        Column("Selector", "string", _selector, priority=1),
+    ],
     "Event": [
         Column("Last Seen", "string", _event_last_seen),
         Column("Type", "string", _field(".type", "")),
