@@ -441,6 +441,15 @@ class Kubelet:
             name=f"agent-{pod.name}",
         )
 
+    async def kill_agent(self, agent_id: str) -> None:
+        """The agent process dies while its pod stays Running (its link just drops)."""
+        pod = self.pods[agent_id]
+        assert pod.task is not None, f"{agent_id} runs no agent"
+        pod.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(pod.task, WAIT)
+        pod.stop = pod.task = None
+
     async def _stop_agent(self, pod: _Pod) -> None:
         if pod.stop is not None and pod.task is not None:
             pod.stop.set()

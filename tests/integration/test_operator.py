@@ -250,7 +250,8 @@ async def test_steady_state_writes_nothing_across_resyncs_and_a_restart(
     assert kube.replicas("user-testuser-ssh-server") == 1
     assert kube.status("ssh-server") == running_status
     assert running_status["pod"].startswith("user-testuser-ssh-server-")
-    assert running_status["lastActivitySource"] == "connected"
+    # Its agent connecting is not activity: the idle clock runs from the creation.
+    assert running_status["lastActivitySource"] == "created"
     assert "Agent jupyter-notebook is scaled down by TTL, preserving replicas=0" in caplog.text
     assert "deploymentSpecChanged returned: true" not in caplog.text
     assert "deploymentSpecChanged returned: false" in caplog.text

@@ -26,9 +26,9 @@ from kuberde.activity import (
 )
 from kuberde.auth import AuthError, Principal, TokenVerifier, bearer_token
 from kuberde.clock import utc_now
-from kuberde.gateway.activity import ActivitySource
+from kuberde.gateway.agent_watch import serve_watch
 from kuberde.gateway.connections import ConnectionLimits, mark_authenticated
-from kuberde.gateway.directory import AgentDirectory, WakeError
+from kuberde.gateway.directory import AgentDirectory, AgentRecord, WakeError
 from kuberde.gateway.guard import StreamGuard
 from kuberde.gateway.limits import LimitExceeded, StreamQuota, StreamQuotaSettings
 from kuberde.gateway.metrics import GatewayMetrics
@@ -82,6 +82,10 @@ class GatewaySettings:
     #: All user sockets and agent sessions are closed together within this on shutdown.
     shutdown_deadline: float = 3.0
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    #: Concurrent `/mgmt/agents?watch=1` streams (the operator holds one; a few for tools).
+    max_watches: int = 8
+    #: Agents one watch may have pending before it gets a full list instead (coalescing).
+    watch_backlog: int = 10_000
     streams: StreamQuotaSettings = field(default_factory=StreamQuotaSettings)
     mux: SessionConfig = field(
         default_factory=lambda: SessionConfig(
@@ -187,7 +191,8 @@ class Gateway:
             retire.add_done_callback(self._background.discard)
         else:
             log.info("agent %s connected from %s", principal.name, request.remote)
-        self.activity.record(principal.name, ActivitySource.CONNECTED)
+        # Known from now on, but not used: a reconnect (a gateway restart) is not activity.
+        self.activity.track(principal.name)
         self.metrics.agents_online.set(len(self.registry))
         serving = asyncio.create_task(session.run())
         try:
@@ -444,19 +449,33 @@ class Gateway:
 
     # ---- management and health -----------------------------------------------------------
 
+    @staticmethod
+    def _with_record(
+        agent_id: str, status: AgentStatus | None, record: AgentRecord | None
+    ) -> AgentStatus | None:
+        """The gateway's view of an agent completed by the directory: offline agents it
+        has not seen, and the owner of ones it only knows from their activity."""
+        if record is None:
+            return status
+        if status is None:
+            return AgentStatus(agent_id, record.owner, False, 0, None, None, None)
+        if status.owner is None:
+            return dataclasses.replace(status, owner=record.owner)
+        return status
+
+    def agent_status(self, agent_id: str) -> AgentStatus | None:
+        record = self.directory.lookup(agent_id) if self.directory else None
+        return self._with_record(agent_id, self.presence.status(agent_id), record)
+
     def report(self) -> ActivityReport:
         """The activity feed's report plus the directory's offline agents (with their owner)."""
         self._forget_deleted()
         live = self.presence.report()
         agents = dict(live.agents)
         for record in self.directory.records() if self.directory else []:
-            status = agents.get(record.agent_id)
-            if status is None:
-                agents[record.agent_id] = AgentStatus(
-                    record.agent_id, record.owner, False, 0, None, None, None
-                )
-            elif status.owner is None:
-                agents[record.agent_id] = dataclasses.replace(status, owner=record.owner)
+            status = self._with_record(record.agent_id, agents.get(record.agent_id), record)
+            assert status is not None
+            agents[record.agent_id] = status
         return ActivityReport(agents, live.observed_at)
 
     def _forget_deleted(self) -> None:
@@ -469,13 +488,16 @@ class Gateway:
             if agent not in known and self.registry.get(agent) is None and not activity.sessions:
                 self.activity.forget(agent)
 
-    async def list_agents(self, request: web.Request) -> web.Response:
+    async def list_agents(self, request: web.Request) -> web.StreamResponse:
+        """`GET /mgmt/agents`; with `?watch=1`, a stream of changes (`agent_watch`)."""
         await self.authenticate(request, "management")
+        if request.query.get("watch") in ("1", "true"):
+            return await serve_watch(self, request)
         return web.json_response(encode_report(self.report()))
 
     async def get_agent(self, request: web.Request) -> web.Response:
         await self.authenticate(request, "management")
-        status = self.report().agents.get(request.match_info["agent"])
+        status = self.agent_status(request.match_info["agent"])
         if status is None:
             raise json_error(web.HTTPNotFound, "no such agent", "not_found")
         return web.json_response(encode_status(status))
@@ -516,6 +538,7 @@ class Gateway:
         """Close every user socket, user session and agent session at once, under one
         deadline, then cancel background work: a thousand sessions must not take a thousand
         timeouts."""
+        self.presence.end_watches()
         sessions = [c.session for c in self.registry.connections()] + list(self.user_sessions)
         closing = [
             *(

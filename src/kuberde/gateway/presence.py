@@ -2,17 +2,21 @@
 
 It owns the registry of connected agents and the activity tracker, reports both as one
 `ActivityReport`, and tells subscribers (the local runtime) the moment an agent connects or
-goes, so a workspace's status follows its agent instead of waiting for a sweep.
+goes, so a workspace's status follows its agent instead of waiting for a sweep. Watchers
+(`/mgmt/agents?watch=1`, the operator's push) also hear when an agent becomes held or released.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 from kuberde import policy
 from kuberde.activity import ActivityReport, AgentListener, AgentStatus
 from kuberde.clock import Clock, utc_now
 from kuberde.gateway.activity import ActivityTracker
+from kuberde.gateway.changes import AgentChanges
 from kuberde.gateway.registry import AgentRegistry
 
 __all__ = ["Presence"]
@@ -24,13 +28,38 @@ class Presence:
     def __init__(self, *, clock: Clock = utc_now) -> None:
         self._clock = clock
         self._listeners: list[AgentListener] = []
-        self.registry = AgentRegistry(on_change=self._changed)
-        self.activity = ActivityTracker(clock=clock)
+        self._watchers: set[AgentChanges] = set()
+        self.registry = AgentRegistry(on_change=self._connection_changed)
+        self.activity = ActivityTracker(clock=clock, on_held=self._tell_watchers)
 
     def subscribe(self, listener: AgentListener) -> None:
         self._listeners.append(listener)
 
-    def _changed(self, agent_id: str) -> None:
+    @property
+    def watchers(self) -> int:
+        return len(self._watchers)
+
+    @contextlib.contextmanager
+    def watching(self, limit: int) -> Iterator[AgentChanges]:
+        """Collect changes for one watcher until the block ends (at most `limit` pending)."""
+        changes = AgentChanges(limit)
+        self._watchers.add(changes)
+        try:
+            yield changes
+        finally:
+            self._watchers.discard(changes)
+
+    def end_watches(self) -> None:
+        """Gateway shutdown: every watcher's stream ends now."""
+        for changes in self._watchers:
+            changes.close()
+
+    def _tell_watchers(self, agent_id: str) -> None:
+        for changes in self._watchers:
+            changes.add(agent_id)
+
+    def _connection_changed(self, agent_id: str) -> None:
+        self._tell_watchers(agent_id)
         for listener in self._listeners:
             try:
                 listener(agent_id)

@@ -165,7 +165,7 @@ class TTLEnforcer:
             self._log_decision(name, assessment)
             deadline = assessment.decision.idle_deadline
             if assessment.decision.scale_down:
-                await self._scale_down(name, now)
+                await self._scale_down(name, agent.agent_id, now)
             elif assessment.replicas > 0 and deadline is not None and deadline > now:
                 deadlines[name] = deadline
         if only is None:
@@ -174,7 +174,12 @@ class TTLEnforcer:
             log.info("TTL enforcer completed %d agents in %.0fms", len(agents), elapsed * 1000)
         return deadlines
 
-    async def _scale_down(self, name: str, now: datetime) -> None:
+    async def _scale_down(self, name: str, agent_id: str, now: datetime) -> None:
+        # The snapshot may predate a session that just opened: ask the gateway once more, and
+        # decide on its answer (no answer, no scale-down).
+        if not await self._activity.monitor.refresh(agent_id):
+            return
+
         def decide(body: Mapping[str, Any], agent: RDEAgent) -> policy.ScaleDecision:
             return self._activity.assess(body, agent, now).decision
 

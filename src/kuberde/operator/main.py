@@ -164,6 +164,14 @@ class Operator:
     ) -> None:
         """Watch and reconcile until stopped; the leader's whole job."""
         settings = self.settings
+        events = EventRecorder(api, self.paths, instance=settings.identity)
+        status_wanted = Kick()
+        ttl_wanted = Kick()
+
+        def changed() -> None:
+            status_wanted.set()
+            ttl_wanted.set()
+
         monitor = GatewayMonitor(
             server_api=settings.server_api,
             token=ManagementToken(
@@ -171,15 +179,10 @@ class Operator:
             ),
             timeout=settings.monitor_timeout,
             metrics=self.metrics,
+            # An agent that connects, goes, or gets or loses its last session: its status now.
+            on_change=changed,
         )
-        events = EventRecorder(api, self.paths, instance=settings.identity)
         activity = ActivityView(monitor, timedelta(seconds=settings.max_activity_age))
-        status_wanted = Kick()
-        ttl_wanted = Kick()
-
-        def changed() -> None:
-            status_wanted.set()
-            ttl_wanted.set()
 
         reconciler = Reconciler(
             api=api,
@@ -218,6 +221,7 @@ class Operator:
         loops = {
             asyncio.create_task(queue.run(), name="reconcile-workers"): "reconcile workers",
             asyncio.create_task(monitor.run(settings.monitor_interval), name="monitor"): "monitor",
+            asyncio.create_task(monitor.watch(settings.watch_heartbeat), name="watch"): "watch",
             asyncio.create_task(enforcer.run(settings.ttl_interval), name="ttl"): "TTL enforcer",
             asyncio.create_task(status.run(settings.status_interval), name="status"): "status",
             asyncio.create_task(self._resync(queue), name="resync"): "resync",

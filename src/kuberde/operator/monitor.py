@@ -1,23 +1,30 @@
-"""The gateway monitor: one batch `GET /mgmt/agents` per cycle, kept as the latest snapshot.
+"""The gateway monitor: the gateway's view of every agent, kept as the latest snapshot.
 
-The TTL enforcer and the status updater read the snapshot; neither calls the gateway. A failed
-fetch keeps the previous data but not its freshness (`observed_at` stays put), so the policy
-sees it age and refuses to scale anything down on it.
+Two ways in. A watch (`GET /mgmt/agents?watch=1`) held open pushes each agent's change the
+moment it happens (connected, gone, held, released), so ONLINE follows the agent within a
+second; one batch `GET /mgmt/agents` per cycle is the safety net. Both keep `observed_at`: a
+list answered, or a watch event or heartbeat arrived (the view is complete as of then). A
+failure keeps the previous data but not its freshness, so the policy sees it age and refuses
+to scale anything down on it. A scale-down asks once more for that one agent (`refresh`).
+
+The TTL enforcer and the status updater read the snapshot; neither calls the gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import aiohttp
 
+from kuberde.agent.backoff import Backoff
 from kuberde.clock import Clock, utc_now
 from kuberde.operator.annotations import parse_time
 from kuberde.operator.credentials import ManagementToken
@@ -25,7 +32,7 @@ from kuberde.operator.metrics import OperatorMetrics
 from kuberde.policy import Activity, ActivitySnapshot
 from kuberde.tls import client_ssl_context
 
-__all__ = ["GatewayAgent", "GatewayMonitor", "parse_agents"]
+__all__ = ["GatewayAgent", "GatewayMonitor", "WatchEvent", "parse_agents", "parse_watch_event"]
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +47,53 @@ class GatewayAgent:
     last_activity_source: str | None
 
 
+def _parse_entry(entry: object) -> tuple[str, GatewayAgent] | None:
+    """One agent's entry (`/mgmt/agents/{id}`); None if it is malformed."""
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("id"), str):
+        return None
+    sessions = entry.get("sessions")
+    source = entry.get("last_activity_source")
+    return entry["id"], GatewayAgent(
+        online=entry.get("online") is True,
+        sessions=sessions if isinstance(sessions, int) and sessions > 0 else 0,
+        last_activity=parse_time(entry.get("last_activity")),
+        last_activity_source=source if isinstance(source, str) else None,
+    )
+
+
 def parse_agents(document: object) -> dict[str, GatewayAgent]:
     """The entries of a `/mgmt/agents` response by agent ID; malformed entries are skipped."""
     if not isinstance(document, Mapping) or not isinstance(document.get("agents"), list):
         raise ValueError("response has no 'agents' list")
-    agents: dict[str, GatewayAgent] = {}
-    for entry in document["agents"]:
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("id"), str):
-            continue
-        sessions = entry.get("sessions")
-        source = entry.get("last_activity_source")
-        agents[entry["id"]] = GatewayAgent(
-            online=entry.get("online") is True,
-            sessions=sessions if isinstance(sessions, int) and sessions > 0 else 0,
-            last_activity=parse_time(entry.get("last_activity")),
-            last_activity_source=source if isinstance(source, str) else None,
-        )
-    return agents
+    return dict(parsed for entry in document["agents"] if (parsed := _parse_entry(entry)))
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One line of the gateway's watch: a full list, one agent (None: the gateway no longer
+    knows `agent_id`), or a heartbeat (neither)."""
+
+    agents: dict[str, GatewayAgent] | None = None
+    agent_id: str | None = None
+    agent: GatewayAgent | None = None
+
+
+def parse_watch_event(line: bytes) -> WatchEvent:
+    """One line of `GET /mgmt/agents?watch=1`; ValueError for anything else."""
+    document = json.loads(line)
+    kind = document.get("type") if isinstance(document, Mapping) else None
+    if kind == "list":
+        return WatchEvent(agents=parse_agents(document))
+    if kind == "agent":
+        parsed = _parse_entry(document.get("agent"))
+        if parsed is None:
+            raise ValueError("agent event without a well-formed agent")
+        return WatchEvent(agent_id=parsed[0], agent=parsed[1])
+    if kind == "gone" and isinstance(document.get("id"), str):
+        return WatchEvent(agent_id=document["id"])
+    if kind == "heartbeat":
+        return WatchEvent()
+    raise ValueError(f"unknown watch event {str(kind)[:40]!r}")
 
 
 class GatewayMonitor:
@@ -67,12 +104,15 @@ class GatewayMonitor:
         token: ManagementToken,
         timeout: float,
         metrics: OperatorMetrics,
+        on_change: Callable[[], None] | None = None,
         clock: Clock = utc_now,
     ) -> None:
+        """`on_change` is called when the watch reports a change (the status is due now)."""
         self._url = server_api.rstrip("/") + "/mgmt/agents"
         self._token = token
         self._timeout = timeout
         self._metrics = metrics
+        self._on_change = on_change or (lambda: None)
         self._clock = clock
         self._ssl: ssl.SSLContext | None = (
             client_ssl_context() if server_api.startswith("https://") else None
@@ -81,6 +121,7 @@ class GatewayMonitor:
         self._observed_at: datetime | None = None
         self._seen_online: dict[str, datetime] = {}
         self._failing = False
+        self._watch_failing = False
         self._attempted = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
 
@@ -118,6 +159,16 @@ class GatewayMonitor:
             )
             self._failing = True
             return False
+        self._apply_list(agents)
+        if self._failing:
+            log.info("Server monitor: the gateway answers again")
+            self._failing = False
+        self._metrics.gateway_up.set(1)
+        elapsed = self._observe(started)
+        log.info("Server monitor checked in %.0fms (%d agents)", elapsed, len(agents))
+        return True
+
+    def _apply_list(self, agents: dict[str, GatewayAgent]) -> None:
         now = self._clock()
         self._agents = agents
         self._observed_at = now
@@ -127,13 +178,25 @@ class GatewayMonitor:
             for agent_id, agent in agents.items()
             if agent.online or agent_id in self._seen_online
         }
-        if self._failing:
-            log.info("Server monitor: the gateway answers again")
-            self._failing = False
-        self._metrics.gateway_up.set(1)
-        elapsed = self._observe(started)
-        log.info("Server monitor checked in %.0fms (%d agents)", elapsed, len(agents))
-        return True
+
+    def _apply_agent(self, agent_id: str, agent: GatewayAgent | None) -> None:
+        if agent is None:
+            self._agents.pop(agent_id, None)
+            self._seen_online.pop(agent_id, None)
+            return
+        self._agents[agent_id] = agent
+        if agent.online:
+            self._seen_online[agent_id] = self._clock()
+
+    def _apply(self, event: WatchEvent) -> None:
+        if event.agents is not None:
+            self._apply_list(event.agents)
+        else:
+            self._observed_at = self._clock()
+            if event.agent_id is not None:
+                self._apply_agent(event.agent_id, event.agent)
+        if event.agents is not None or event.agent_id is not None:
+            self._on_change()
 
     def _observe(self, started: float) -> float:
         """Record the cycle's duration; return it in milliseconds for the log line."""
@@ -141,26 +204,87 @@ class GatewayMonitor:
         self._metrics.loop_seconds.labels(loop="monitor").observe(elapsed)
         return elapsed * 1000
 
-    async def _fetch(self) -> dict[str, GatewayAgent]:
+    def _request(
+        self, url: str, timeout: aiohttp.ClientTimeout, accept: str = "application/json"
+    ) -> Any:
+        """A GET of the management API with the current credential (an async context)."""
         if self._http is None:
             self._http = aiohttp.ClientSession()
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         token = self._token.current()
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        return self._http.get(
+            url, headers=headers, ssl=self._ssl if self._ssl is not None else True, timeout=timeout
+        )
+
+    async def _get(self, url: str) -> tuple[int, Any]:
+        """Status and JSON body (None unless 200) of one bounded GET."""
         async with (
             asyncio.timeout(self._timeout),
-            self._http.get(
-                self._url,
-                headers=headers,
-                ssl=self._ssl if self._ssl is not None else True,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-            ) as response,
+            self._request(url, aiohttp.ClientTimeout(total=self._timeout)) as response,
         ):
             if response.status != 200:
-                raise ValueError(f"HTTP {response.status} {response.reason}")
-            document: Any = await response.json(content_type=None)
+                return response.status, None
+            return 200, await response.json(content_type=None)
+
+    async def _fetch(self) -> dict[str, GatewayAgent]:
+        status, document = await self._get(self._url)
+        if status != 200:
+            raise ValueError(f"HTTP {status}")
         return parse_agents(document)
+
+    async def refresh(self, agent_id: str) -> bool:
+        """Ask the gateway about one agent now (before a scale-down); True if it answered."""
+        try:
+            status, document = await self._get(f"{self._url}/{agent_id}")
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            why = str(exc) or type(exc).__name__
+            log.warning("Server monitor: cannot confirm agent %s: %s", agent_id, why)
+            return False
+        parsed = _parse_entry(document) if status == 200 else None
+        if status not in (200, 404) or (status == 200 and parsed is None):
+            log.warning("Server monitor: cannot confirm agent %s: HTTP %d", agent_id, status)
+            return False
+        self._apply_agent(agent_id, parsed[1] if parsed is not None else None)
+        return True
+
+    async def _watch_once(self, heartbeat: float) -> None:
+        """Hold one watch until it fails; raises what ended it."""
+        url = f"{self._url}?watch=1&heartbeat={heartbeat:g}"
+        # A heartbeat missed by more than a request timeout: the link is dead.
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self._timeout, sock_read=heartbeat + self._timeout
+        )
+        async with self._request(url, timeout, accept="application/x-ndjson") as response:
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status} {response.reason}")
+            opened = False
+            async for line in response.content:
+                if not line.strip():
+                    continue
+                self._apply(parse_watch_event(line))
+                if not opened:
+                    opened = True
+                    level = logging.INFO if self._watch_failing else logging.DEBUG
+                    log.log(level, "Server monitor: watching %s for agent changes", self._url)
+                    self._watch_failing = False
+        raise ConnectionError("the gateway ended the watch")
+
+    async def watch(self, heartbeat: float, backoff: Backoff | None = None) -> None:
+        """Keep one watch open for good, reconnecting with backoff after each failure."""
+        backoff = backoff or Backoff(base=0.2, cap=10.0, stable_after=3 * heartbeat)
+        while True:
+            started = time.monotonic()
+            try:
+                await self._watch_once(heartbeat)
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                level = logging.DEBUG if self._watch_failing else logging.WARNING
+                why = str(exc) or type(exc).__name__
+                log.log(level, "Server monitor: watch of %s failed: %s", self._url, why)
+                self._watch_failing = True
+            backoff.session_ended(time.monotonic() - started)
+            await asyncio.sleep(backoff.next_delay())
 
     def snapshot(self, agent_id: str, persisted: Activity | None = None) -> ActivitySnapshot | None:
         """What the gateway last said about `agent_id`, or None if it never answered.

@@ -69,6 +69,9 @@ class OperatorSettings:
     mgmt_token_file: Path | None = None
     monitor_interval: float = 15.0
     monitor_timeout: float = 5.0
+    #: The gateway's watch sends a heartbeat this often while nothing changes; a watch silent
+    #: for this plus `monitor_timeout` is reopened.
+    watch_heartbeat: float = 5.0
     #: Activity data older than this never justifies a scale-down (default: 3 monitor cycles).
     activity_max_age: float | None = None
     #: The logged sweep (the runbook: about every 60 s); each deadline is also checked on time.
@@ -93,6 +96,7 @@ class OperatorSettings:
         for name in (
             "monitor_interval",
             "monitor_timeout",
+            "watch_heartbeat",
             "ttl_interval",
             "status_interval",
             "resync_interval",
