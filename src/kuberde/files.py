@@ -13,7 +13,7 @@ import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["write_private"]
+__all__ = ["create_private", "write_private"]
 
 
 def _sync_directory(directory: Path) -> None:
@@ -22,6 +22,13 @@ def _sync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def create_private(path: Path) -> None:
+    """Create `path` 0600 (empty) unless it exists, e.g. before SQLite opens it: SQLite gives
+    its WAL files the same mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
 
 
 def write_private(

@@ -1,6 +1,14 @@
 from __future__ import annotations
 
+import hashlib
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
 from kuberde.auth import Principal
+from kuberde.gateway.session_file import SESSIONS_FILE, SessionFile, SessionFileError
 from kuberde.gateway.sessions import SessionLimits, SessionStore
 
 ALICE = Principal(kind="user", name="alice")
@@ -73,3 +81,77 @@ def test_the_tables_are_bounded() -> None:
     sessions, _ = store(max_sessions=3)
     cookies = [sessions.create(ALICE)[0] for _ in range(5)]
     assert [sessions.get(c) is not None for c in cookies] == [False, False, True, True, True]
+
+
+# ---- kept on disk: a restart signs nobody out -------------------------------------------------
+
+
+def on_disk(path: Path, clock: Clock, **limits: float) -> SessionStore:
+    return SessionStore(SessionLimits(**limits), clock=clock, backend=SessionFile(path))  # type: ignore[arg-type]
+
+
+def test_sessions_and_tickets_survive_a_restart_and_sign_out_ends_them(tmp_path: Path) -> None:
+    path, clock = tmp_path / SESSIONS_FILE, Clock()
+    admin = Principal(kind="user", name="root", admin=True)
+    first = on_disk(path, clock)
+    cookie, session = first.create(ALICE)
+    other, _ = first.create(admin)
+    ticket = first.redeem(first.handshake_code(session, HOST), HOST)
+    assert ticket is not None
+
+    second = on_disk(path, clock)
+    assert second.get(cookie) == session
+    restored = second.get(other)
+    assert restored is not None and restored.user == admin
+    held = second.ticket(ticket, HOST)
+    assert held is not None and held.user == ALICE
+    assert second.ticket(ticket, "other--alice.localhost:8080") is None
+
+    second.end(cookie)
+    third = on_disk(path, clock)
+    assert third.get(cookie) is None and third.ticket(ticket, HOST) is None
+    assert third.get(other) is not None
+
+
+def test_only_hashes_are_on_disk_and_the_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / SESSIONS_FILE
+    sessions = on_disk(path, Clock())
+    cookie, session = sessions.create(ALICE)
+    ticket = sessions.redeem(sessions.handshake_code(session, HOST), HOST)
+    assert ticket is not None
+    written = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert cookie.encode() not in written and ticket.encode() not in written
+    assert hashlib.sha256(cookie.encode()).hexdigest().encode() in written
+    for file in tmp_path.iterdir():
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+
+
+def test_expired_and_evicted_entries_are_not_restored(tmp_path: Path) -> None:
+    path, clock = tmp_path / SESSIONS_FILE, Clock()
+    first = on_disk(path, clock, session_ttl=100, max_sessions=2)
+    old, _ = first.create(ALICE)
+    clock.now += 60
+    kept = [first.create(ALICE)[0] for _ in range(2)]  # the first one is pushed out
+    assert on_disk(path, clock).get(old) is None
+    clock.now += 50  # past the first of the two
+    later = on_disk(path, clock)
+    assert [later.get(c) is not None for c in kept] == [True, True]
+    clock.now += 60
+    assert [on_disk(path, clock).get(c) is not None for c in kept] == [False, False]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (0,)
+
+
+def test_a_file_that_is_not_ours_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / SESSIONS_FILE
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    before = path.read_bytes()
+    with pytest.raises(SessionFileError, match="not a KubeRDE browser session file"):
+        SessionFile(path)
+    assert path.read_bytes() == before
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(SessionFileError, match="move it aside"):
+        SessionFile(garbage)
+    assert garbage.read_bytes() == b"not sqlite at all" * 100

@@ -46,6 +46,7 @@ from kuberde.gateway.app import GATEWAY_KEY, GatewaySettings, create_app
 from kuberde.gateway.connections import ConnectionLimits, GuardedSite, raise_fd_limit
 from kuberde.gateway.directory import AgentDirectory
 from kuberde.gateway.kubernetes import KubernetesDirectory
+from kuberde.gateway.session_file import SESSIONS_FILE
 from kuberde.gateway.web import BrowserSettings, add_browser
 from kuberde.gateway.web.actions_api import add_action_routes
 from kuberde.gateway.web.directory_workspaces import DirectoryWorkspaces
@@ -245,6 +246,7 @@ async def run_gateway(
                 apps_domain=browser.apps_domain,
                 public_url=browser.public_url,
                 wake_timeout=settings.wake_timeout,
+                sessions_file=state_dir / SESSIONS_FILE,
             ),
             workspaces,
         )

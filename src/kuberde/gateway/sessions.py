@@ -10,7 +10,10 @@ so a memory dump or a log of this table reveals no usable cookie. Three kinds:
   own host only, so JavaScript in one app can neither read the dashboard's session nor use
   its own credential anywhere else. Signing out ends the session and its tickets.
 
-Pure bookkeeping with an injectable clock; everything is bounded (oldest entries go first).
+Bookkeeping with an injectable clock; everything is bounded (oldest entries go first).
+Sessions and tickets are written through to a `SessionBackend` when there is one (the
+gateway's `session_file.SessionFile`), so they survive a restart; logins in progress and
+handshake codes live a minute or ten and stay in memory.
 """
 
 from __future__ import annotations
@@ -19,13 +22,20 @@ import hashlib
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from kuberde.auth import Principal
 
-__all__ = ["AppTicket", "BrowserSession", "PendingLogin", "SessionLimits", "SessionStore"]
+__all__ = [
+    "AppTicket",
+    "BrowserSession",
+    "PendingLogin",
+    "SessionBackend",
+    "SessionLimits",
+    "SessionStore",
+]
 
 
 def _hash(value: str) -> str:
@@ -74,6 +84,19 @@ class _Code:
     expires_at: float
 
 
+class SessionBackend(Protocol):
+    """Durable storage of sessions and tickets by hashed handle (`evicted`: session or
+    ticket keys the memory bound just dropped, to drop with them)."""
+
+    def load(self, now: float) -> tuple[list[BrowserSession], list[tuple[str, AppTicket]]]: ...
+
+    def put_session(self, session: BrowserSession, evicted: Iterable[str] = ()) -> None: ...
+
+    def put_ticket(self, key: str, ticket: AppTicket, evicted: Iterable[str] = ()) -> None: ...
+
+    def end(self, session_key: str) -> None: ...
+
+
 V = TypeVar("V")
 
 
@@ -84,10 +107,13 @@ class _Bounded(Generic[V]):
         self._items: OrderedDict[str, V] = OrderedDict()
         self._limit = limit
 
-    def put(self, key: str, value: V) -> None:
+    def put(self, key: str, value: V) -> list[str]:
+        """Add an entry; returns the keys of the oldest ones it pushed out."""
         self._items[key] = value
+        evicted = []
         while len(self._items) > self._limit:
-            self._items.popitem(last=False)
+            evicted.append(self._items.popitem(last=False)[0])
+        return evicted
 
     def get(self, key: str) -> V | None:
         return self._items.get(key)
@@ -105,14 +131,25 @@ class _Bounded(Generic[V]):
 
 class SessionStore:
     def __init__(
-        self, limits: SessionLimits | None = None, clock: Callable[[], float] = time.time
+        self,
+        limits: SessionLimits | None = None,
+        clock: Callable[[], float] = time.time,
+        backend: SessionBackend | None = None,
     ) -> None:
+        """With a `backend`, the sessions and tickets it holds are loaded now."""
         self.limits = limits or SessionLimits()
         self._clock = clock
+        self._backend = backend
         self._logins: _Bounded[PendingLogin] = _Bounded(self.limits.max_logins)
         self._sessions: _Bounded[BrowserSession] = _Bounded(self.limits.max_sessions)
         self._codes: _Bounded[_Code] = _Bounded(self.limits.max_logins)
         self._tickets: _Bounded[AppTicket] = _Bounded(self.limits.max_tickets)
+        if backend is not None:
+            sessions, tickets = backend.load(clock())
+            for session in sessions:
+                self._sessions.put(session.key, session)
+            for key, ticket in tickets:
+                self._tickets.put(key, ticket)
 
     # ---- sign-in -------------------------------------------------------------------------
 
@@ -144,7 +181,9 @@ class SessionStore:
             csrf_token=secrets.token_urlsafe(24),
             expires_at=self._clock() + self.limits.session_ttl,
         )
-        self._sessions.put(session.key, session)
+        evicted = self._sessions.put(session.key, session)
+        if self._backend is not None:
+            self._backend.put_session(session, evicted)
         return cookie, session
 
     def get(self, cookie: str | None) -> BrowserSession | None:
@@ -163,6 +202,8 @@ class SessionStore:
         self._sessions.pop(key)
         self._tickets.drop_where(lambda ticket: ticket.session_key == key)
         self._codes.drop_where(lambda code: code.session_key == key)
+        if self._backend is not None:
+            self._backend.end(key)
 
     # ---- app hosts -----------------------------------------------------------------------
 
@@ -183,7 +224,10 @@ class SessionStore:
             return None
         ticket = secrets.token_urlsafe(32)
         expires = min(session.expires_at, now + self.limits.ticket_ttl)
-        self._tickets.put(_hash(ticket), AppTicket(session.key, host, session.user, expires))
+        key, minted = _hash(ticket), AppTicket(session.key, host, session.user, expires)
+        evicted = self._tickets.put(key, minted)
+        if self._backend is not None:
+            self._backend.put_ticket(key, minted, evicted)
         return ticket
 
     def ticket(self, value: str | None, host: str) -> AppTicket | None:

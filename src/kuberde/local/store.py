@@ -15,16 +15,17 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
-import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from kuberde.files import create_private
 from kuberde.policy import Phase
+from kuberde.sqlitefiles import prepare_private, transaction
 
 __all__ = [
     "LIFECYCLE_FIELDS",
@@ -183,12 +184,6 @@ def _row_to_state(row: sqlite3.Row) -> WorkspaceState:
     )
 
 
-def _create_private(path: Path) -> None:
-    """Create the file 0600 before SQLite opens it; SQLite gives its WAL files the same mode."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-
-
 class StateStore:
     """The workspaces table in one SQLite file (normally `<state dir>/state.db`).
 
@@ -199,7 +194,7 @@ class StateStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            _create_private(path)
+            create_private(path)
         except OSError as exc:
             raise StateStoreError(f"cannot create state database {path}: {exc}") from exc
         try:
@@ -229,13 +224,9 @@ class StateStore:
     def _prepare(self) -> None:
         # Identify the file before anything writes to it: switching to WAL rewrites the header.
         self._schema_version()
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(f"{self.path}{suffix}", 0o600)
-        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
+        mode = prepare_private(self._conn, self.path)
+        if mode != "wal":
             raise StateStoreError(f"state database {self.path}: cannot enable WAL mode ({mode})")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
         # Cheap at our size, and it turns a damaged file into one clear error at startup
         # instead of failures in the middle of a lifecycle step.
         problems = [row[0] for row in self._conn.execute("PRAGMA quick_check(5)")]
@@ -279,18 +270,8 @@ class StateStore:
             self._conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
             self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        # IMMEDIATE takes the write lock up front, so a read-then-write cannot be interleaved.
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            # SQLite may already have rolled back (disk full, I/O error); do not mask that error.
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._conn)
 
     def _fetch(self, conn: sqlite3.Connection, name: str) -> WorkspaceState | None:
         row = conn.execute("SELECT * FROM workspaces WHERE name = ?", (name,)).fetchone()

@@ -29,6 +29,7 @@ from kuberde.auth.users import USERS_FILE, UsersFile, UsersFileError
 from kuberde.gateway.app import GatewaySettings, create_app
 from kuberde.gateway.presence import Presence
 from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start_site
+from kuberde.gateway.session_file import SESSIONS_FILE
 from kuberde.gateway.web import BrowserSettings, add_browser
 from kuberde.gateway.web.actions_api import add_action_routes
 from kuberde.local.accounts import DEFAULT_HOMES_DIR, AccountError, Accounts
@@ -163,6 +164,7 @@ async def run_up(
             client_id=BUILTIN_CLIENT_ID,
             apps_domain=apps_domain,
             public_url=browser_url,
+            sessions_file=state_dir / SESSIONS_FILE,
         ),
         workspaces,
     )

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from kuberde.gateway.app import GATEWAY_KEY
 from kuberde.gateway.apps import AppProxy
+from kuberde.gateway.session_file import SessionFile
 from kuberde.gateway.sessions import SessionStore
 from kuberde.gateway.web.dashboard import Dashboard
 from kuberde.gateway.web.settings import BrowserSettings
@@ -20,7 +21,14 @@ SESSIONS_KEY = web.AppKey("browser_sessions", SessionStore)
 def add_browser(app: web.Application, settings: BrowserSettings, workspaces: Workspaces) -> None:
     """Serve the dashboard and sign-in on the gateway's host, and apps on their own hosts."""
     gateway = app[GATEWAY_KEY]
-    sessions = SessionStore(settings.limits)
+    backend = SessionFile(settings.sessions_file) if settings.sessions_file else None
+    sessions = SessionStore(settings.limits, backend=backend)
+    if backend is not None:
+
+        async def close(_: web.Application) -> None:
+            backend.close()
+
+        app.on_cleanup.append(close)
     signin = SignIn(gateway, sessions, settings)
     app[SESSIONS_KEY] = sessions
     app.router.add_routes([*signin.routes(), *Dashboard(signin, settings, workspaces).routes()])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -42,6 +43,9 @@ class BrowserSettings:
     wake_timeout: float = 120.0
     max_message_size: int = 4 * 1024 * 1024
     limits: SessionLimits = field(default_factory=SessionLimits)
+    #: Where sessions are kept across restarts (`<state dir>/browser-sessions.db`); None:
+    #: in memory only.
+    sessions_file: Path | None = None
 
     def tls(self, request: web.Request) -> bool:
         if self.public_url is not None:
