@@ -676,6 +676,55 @@ async def test_operator_restart(cluster: Cluster, runbook: Runbook) -> None:
     )
 
 
+def _lease_holder(cluster: Cluster) -> str:
+    lease = cluster.get("coordination.k8s.io/v1/leases", "kuberde-operator") or {}
+    return str((lease.get("spec") or {}).get("holderIdentity") or "")
+
+
+def _scaled_down_by(cluster: Cluster, name: str) -> list[str]:
+    """The operator instances that reported scaling `name` to zero (its Events)."""
+    return [
+        str(event.raw.get("reportingInstance"))
+        for event in cluster.server.find_all("v1/events", NAMESPACE)
+        if event.raw.get("reason") == "ScaledDown"
+        and (event.raw.get("involvedObject") or {}).get("name") == name
+    ]
+
+
+async def _survivor_acts(cluster: Cluster, crashed_holder: str) -> None:
+    """The operator that replaced a crashed one (which never handed the Lease over) acts:
+    it waits the Lease out, then scales an idle workspace down and wakes it for a user."""
+    before = _scaled_down_by(cluster, "ssh-server")
+    await cluster.kubectl(
+        "patch", "rdeagent", "ssh-server", "-n", NAMESPACE, "--type=merge", "-p",
+        '{"spec":{"ttl":"1s"}}',
+    )  # fmt: skip
+
+    async def scaled_down() -> bool:
+        return cluster.agent_status("ssh-server").get("phase") == "ScaledDown"
+
+    await eventually(scaled_down, "the new operator to scale the idle ssh-server down")
+    [by] = _scaled_down_by(cluster, "ssh-server")[len(before) :]
+    assert by == _lease_holder(cluster) and by != crashed_holder, (by, crashed_holder)
+    await cluster.kubectl(
+        "patch", "rdeagent", "ssh-server", "-n", NAMESPACE, "--type=merge", "-p",
+        '{"spec":{"ttl":"5m"}}',
+    )  # fmt: skip
+    banner = await _open_session(cluster, "user-testuser-ssh-server", 2222)
+    assert banner.startswith(b"SSH-2.0-"), banner
+
+    async def online() -> bool:
+        status = cluster.agent_status("ssh-server")
+        return status.get("phase") == "Running" and status.get("online") is True
+
+    await eventually(online, "ssh-server woken by the new operator")
+    record(
+        "3 crashloop",
+        "(operator crash, the Lease not released) the restarted operator acts",
+        "holds (it took the Lease over, scaled an idle workspace down and woke it)",
+    )
+
+
 async def test_operator_crash_and_previous_logs(cluster: Cluster, runbook: Runbook) -> None:
     pod = await _operator_pod(cluster)
     [container] = cluster.kubelet.pods[pod].containers
@@ -687,7 +736,9 @@ async def test_operator_crash_and_previous_logs(cluster: Cluster, runbook: Runbo
         rows = table(result.stdout)
         return bool(rows) and rows[0]["RESTARTS"] == "1" and rows[0]["READY"] == "1/1"
 
+    crashed_holder = _lease_holder(cluster)
     await eventually(restarted, "the crashed operator to be restarted in its pod")
+    await _survivor_acts(cluster, crashed_holder)
 
     current = await cluster.sh("kubectl logs -n kuberde -l app=kuberde-operator --tail=-1")
 
