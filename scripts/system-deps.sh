@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what KubeRDE's demo and tests use beyond Python: OpenSSH (client and server) from
-# Debian, useradd and setpriv (a root `kuberde up` gives each owner an OS account), and, with
+# Debian, useradd and setpriv (a root `kuberde up` gives each owner an OS account), iproute2's
+# ip, nsenter and slirp4netns (and each owner a network namespace, with outbound access), and, with
 # --tests, kubectl (for the runbook tests), a system python3 (test workloads run as other
 # accounts, which may not reach ours), Node.js and the npm OIDC provider the authentication
 # tests run against, and Chromium for the browser tests.
@@ -39,6 +40,8 @@ if ! installed openssh-server sshd; then
 fi
 installed passwd useradd || packages+=(passwd)
 installed util-linux setpriv || packages+=(util-linux)
+installed iproute2 ip || packages+=(iproute2)
+installed slirp4netns slirp4netns || packages+=(slirp4netns)
 if $tests; then
   [ -x /usr/bin/python3 ] || packages+=(python3)
   command -v node >/dev/null 2>&1 || packages+=(nodejs)

@@ -8,13 +8,18 @@ define workloads. And a workspace's home keeps its files through every lifecycle
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pwd
+import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,12 +34,14 @@ from kuberde.auth.issuer import BUILTIN_USER_CLAIMS, BuiltinIssuer
 from kuberde.auth.oidc import OidcProvider, OidcUserVerifier
 from kuberde.auth.users import USERS_FILE, UsersFile, set_user
 from kuberde.local.accounts import Account, account_name
+from kuberde.local.netns import installation_tag
 from tests.e2e.up_fixtures import (
     ISOLATED,
     UP_PYTHON,
     WAIT,
     WORKLOAD_PYTHON,
     KubeRDE,
+    descendants,
     echo_command,
     free_port,
     wait_until,
@@ -130,7 +137,7 @@ def _user_token(rde: KubeRDE, url: str, username: str, *, admin: bool = False) -
 
 
 def _as(
-    rde: KubeRDE, token: str, *args: str, input: str | None = None
+    rde: KubeRDE, token: str, *args: str, input: str | None = None, timeout: float = WAIT
 ) -> subprocess.CompletedProcess[str]:
     """`kuberde ARGS` with another user's token."""
     return subprocess.run(
@@ -140,8 +147,20 @@ def _as(
         stdin=None if input is not None else subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=WAIT,
+        timeout=timeout,
     )
+
+
+def _probe_output(rde: KubeRDE, token: str, name: str) -> str:
+    """A probe workload's log (`kuberde logs` as its owner), once it says `PROBE done`."""
+
+    def logs() -> str:
+        result = _as(rde, token, "logs", name)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    wait_until(lambda: "PROBE done" in logs(), f"{name}'s probe finishing")
+    return logs()
 
 
 def _probe_lines(output: str) -> dict[str, list[str]]:
@@ -200,13 +219,7 @@ def test_a_workload_reads_nothing_of_the_gateway_or_other_owners(
     applied = _as(rde, bob_token, "apply", "-f", str(bob_file))
     assert applied.returncode == 0, applied.stderr
 
-    def logs() -> str:
-        result = _as(rde, bob_token, "logs", "bob-probe")
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    wait_until(lambda: "PROBE done" in logs(), "bob's probe finishing")
-    output = logs()
+    output = _probe_output(rde, bob_token, "bob-probe")
     probes = _probe_lines(output)
     for label in ("signing-key", "database", "users", "alice-log", "alice-home", "state-listing"):
         assert probes.get(label) and all(r.startswith("denied") for r in probes[label]), output
@@ -362,3 +375,180 @@ def test_without_root_only_the_machine_user_and_admins_define_workloads(
     assert again.returncode == 0, again.stderr
     assert rde.run_as is not None
     assert _uid(int(rde.wait_phase("bobs", "Running")["pod"])) == rde.run_as.uid
+
+
+# ---- networks ------------------------------------------------------------------------------
+
+#: From a workload: connects to each HOST:PORT given, prints one line per attempt (the
+#: first bytes read, or why not), then stays up. argv: [label=host:port ...].
+_NET_PROBE = r"""
+import socket, sys, time
+for item in sys.argv[1:]:
+    label, _, address = item.partition("=")
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            conn.settimeout(5)
+            print("PROBE", label, "READ", conn.recv(64).decode(errors="replace"), flush=True)
+    except OSError as exc:
+        print("PROBE", label, "denied", type(exc).__name__, exc, flush=True)
+for label, path in (("alice-socket", "@ALICE@"), ("own-socket-mgmt", "@BOB@")):
+    try:
+        with socket.socket(socket.AF_UNIX) as unix:
+            unix.settimeout(5)
+            unix.connect(path)
+            unix.sendall(b"GET /mgmt/agents HTTP/1.0\r\n\r\n")
+            print("PROBE", label, "READ", unix.recv(64).decode().splitlines()[0], flush=True)
+    except OSError as exc:
+        print("PROBE", label, "denied", type(exc).__name__, flush=True)
+print("PROBE done", flush=True)
+time.sleep(3600)
+"""
+
+
+def _outward_address() -> str | None:
+    """This machine's address on its default route (a UDP connect sends nothing), if any."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address: str = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+@contextlib.contextmanager
+def _greeter(host: str, text: bytes) -> Iterator[int]:
+    """A host-side TCP listener on `host` that sends `text` to every connection."""
+    server = socket.create_server((host, 0))
+    server.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                conn, _ = server.accept()
+                with conn:
+                    conn.sendall(text)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        done.set()
+        thread.join(timeout=WAIT)
+        server.close()
+
+
+def _netns_of(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/net")
+
+
+def _ours(tag: str) -> list[str]:
+    netns = Path("/run/netns")
+    return sorted(p.name for p in netns.iterdir() if p.name.startswith(f"kuberde-{tag}-"))
+
+
+@pytest.mark.skipif(
+    not ISOLATED, reason="owners get network namespaces of their own only under root"
+)
+@pytest.mark.timeout(180)
+def test_owners_workloads_cannot_reach_each_other_over_the_network(
+    rde: KubeRDE, tmp_path: Path
+) -> None:
+    alice_port = free_port()
+    alice_file = write_documents(
+        tmp_path / "alice.yaml",
+        [
+            workspace(
+                "alice-ws", echo_command(alice_port, "alice"), local_port=alice_port, owner="alice"
+            )
+        ],
+    )
+    url = rde.start_up(alice_file)
+    rde.env = rde.env | {"KUBERDE_TOKEN": _user_token(rde, url, "admin", admin=True)}
+    alice_pid = int(rde.wait_phase("alice-ws", "Running")["pod"])
+    tag = installation_tag(rde.state_dir)
+    slirp = shutil.which("slirp4netns", path="/usr/sbin:/sbin:/usr/bin:/bin") is not None
+    if slirp:
+        assert "outbound through slirp4netns" in rde.up_stderr()
+    else:
+        assert "slirp4netns is not installed" in rde.up_stderr()
+    gateway_port = int(url.rsplit(":", 1)[1])
+    outward = _outward_address()
+    bob_token = _user_token(rde, url, "bob")
+    with _greeter(outward or "127.0.0.1", b"outbound-ok") as greeter_port:
+        targets = [
+            f"alice=127.0.0.1:{alice_port}",
+            f"gateway=127.0.0.1:{gateway_port}",
+            f"gateway-via-slirp=10.0.2.2:{gateway_port}",
+        ]
+        if outward is not None:
+            targets.append(f"outbound={outward}:{greeter_port}")
+        probe = [
+            WORKLOAD_PYTHON,
+            "-u",
+            "-c",
+            _NET_PROBE.replace("@ALICE@", f"/run/kuberde/{tag}/alice.sock").replace(
+                "@BOB@", f"/run/kuberde/{tag}/bob.sock"
+            ),
+            *targets,
+        ]
+        bob_file = write_documents(
+            tmp_path / "bob.yaml",
+            [
+                workspace("bob-probe", probe, local_port=free_port(), owner="bob"),
+                # Bad input: bob points his workspace at alice's port.
+                workspace("bob-steal", ["sleep", "600"], workspace_port=alice_port, owner="bob"),
+            ],
+        )
+        applied = _as(rde, bob_token, "apply", "-f", str(bob_file))
+        assert applied.returncode == 0, applied.stderr
+        rde.wait_phase("bob-steal", "Running")
+        stolen = _as(rde, bob_token, "connect", "bob-steal", input="steal\n", timeout=WAIT + 40)
+        output = _probe_output(rde, bob_token, "bob-probe")
+    probes = _probe_lines(output)
+    bob_pid = int(rde.wait_phase("bob-probe", "Running")["pod"])
+    assert len({_netns_of(pid) for pid in (os.getpid(), alice_pid, bob_pid)}) == 3
+    for label in ("alice", "gateway", "gateway-via-slirp", "alice-socket"):
+        assert probes.get(label) and probes[label][0].startswith("denied"), output
+    # Bob's own socket serves his agent's endpoint, and nothing else of the gateway's.
+    assert re.fullmatch(r"READ HTTP/1\.[01] 404 Not Found", probes["own-socket-mgmt"][0]), output
+    if outward is not None:
+        expected = "READ outbound-ok" if slirp else "denied"
+        assert probes["outbound"][0].startswith(expected), output
+    assert stolen.returncode != 0
+    assert f"connection refused by 127.0.0.1:{alice_port} in the workspace" in stolen.stderr
+    assert "steal" not in stolen.stdout
+    # Alice still reaches her own workload through the gateway.
+    alice_token = _user_token(rde, url, "alice")
+    reply = _as(rde, alice_token, "connect", "alice-ws", input="alice's own\n")
+    assert reply.returncode == 0, reply.stderr
+    assert reply.stdout == "alice's own\n"
+    assert _ours(tag) == [f"kuberde-{tag}-alice", f"kuberde-{tag}-bob"]
+
+    # Bob's last workspace deleted: his namespace goes, alice's stays.
+    for name in ("bob-probe", "bob-steal"):
+        assert _as(rde, bob_token, "delete", name).returncode == 0
+    wait_until(lambda: _ours(tag) == [f"kuberde-{tag}-alice"], "bob's namespace removed")
+    # A crash leaves alice's namespace behind (its slirp4netns exits by itself); the next
+    # start removes it, and the normal exit removes the new one.
+    slirps = {p for p in descendants(rde.up_pid) if "slirp4netns" in p.describe()}
+    assert len(slirps) == (1 if slirp else 0)
+    left = rde.crash_up()
+    wait_until(lambda: not any(p.alive for p in slirps), "slirp4netns exiting after the crash")
+    rde.kill(left)
+    assert _ours(tag) == [f"kuberde-{tag}-alice"]
+    url = rde.start_up(write_documents(tmp_path / "none.yaml", []))
+    rde.env = rde.env | {"KUBERDE_TOKEN": _user_token(rde, url, "admin", admin=True)}
+    assert f"removing network namespace kuberde-{tag}-alice left by a previous run" in (
+        rde.up_stderr()
+    )
+    row = rde.wait_phase("alice-ws", "Running")
+    assert _netns_of(int(row["pod"])) == _netns_of(rde.wait_agent(row["agent_id"]).pid)
+    again = _as(rde, _user_token(rde, url, "alice"), "connect", "alice-ws", input="again\n")
+    assert (again.returncode, again.stdout) == (0, "again\n"), again.stderr
+    rde.stop_up()
+    assert _ours(tag) == []
+    assert not Path(f"/run/kuberde/{tag}").exists()

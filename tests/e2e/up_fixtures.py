@@ -52,6 +52,7 @@ __all__ = [
     "Row",
     "SshServer",
     "current_owner",
+    "descendants",
     "echo_command",
     "free_port",
     "running_demo",
@@ -486,6 +487,24 @@ class KubeRDE:
         assert code == 0, f"kuberde up exited {code}:\n{self.up_stderr()}"
         assert "Traceback" not in self.up_stderr(), self.up_stderr()
 
+    def crash_up(self) -> set[ProcessId]:
+        """SIGKILL `kuberde up`, as a crash would; return what it left running, for the
+        caller to watch and then `kill`."""
+        process = self._up
+        assert process is not None, "kuberde up is not running"
+        self._up = None
+        self._see(descendants(process.pid))
+        process.kill()
+        process.wait(timeout=WAIT)
+        self._see(self._marked())
+        return {p for p in self._seen if p.alive}
+
+    def kill(self, processes: Iterable[ProcessId]) -> None:
+        for process in processes:
+            if process.alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGKILL)
+
     def _see(self, processes: Iterable[ProcessId]) -> None:
         for process in processes:
             self._seen.add(process)
@@ -505,10 +524,7 @@ class KubeRDE:
 
     def _kill_leftovers(self) -> list[str]:
         leftovers = [p.describe() for p in self._seen if p.alive]
-        for process in self._seen:
-            if process.alive:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGKILL)
+        self.kill(self._seen)
         return leftovers
 
     # ---- accounts and sshd ---------------------------------------------------------------

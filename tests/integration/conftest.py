@@ -263,6 +263,7 @@ class RunningGateway:
     http: aiohttp.ClientSession
     app: web.Application
     settings: GatewaySettings
+    runner: web.AppRunner
     #: Called with the gateway's own socket of each upgraded connection, so a test can
     #: inspect or tune the server side (the slow-reader test measures its kernel queue).
     server_socket_hooks: list[ServerSocketHook] = field(default_factory=list)
@@ -394,7 +395,9 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         url = socket_url(sock, tls=False)
         stack.push_async_callback(runner.cleanup)
         http = await stack.enter_async_context(aiohttp.ClientSession())
-        gateway = RunningGateway(url, state_dir, key, TokenIssuer(key), http, app, settings, hooks)
+        gateway = RunningGateway(
+            url, state_dir, key, TokenIssuer(key), http, app, settings, runner, hooks
+        )
 
         async def close_peers() -> None:
             for peer in gateway.peers:

@@ -14,13 +14,16 @@ import struct
 import termios
 import tracemalloc
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from kuberde.agent.client import run_agent
+from kuberde.agent.config import from_env
 from kuberde.gateway.app import GATEWAY_KEY, GatewaySettings
-from kuberde.gateway.connections import ConnectionLimits
+from kuberde.gateway.connections import ConnectionLimits, GuardedSite
 from kuberde.gateway.limits import StreamLimits, StreamQuotaSettings
 from kuberde.gateway.user_session import USER_SESSION_CONFIG
 from kuberde.mux import (
@@ -662,3 +665,53 @@ async def test_an_abrupt_user_disconnect_is_one_log_line_without_a_traceback(
 
     tracebacks = [r for r in caplog.records if r.exc_info or r.stack_info]
     assert tracebacks == [], [r.getMessage() for r in tracebacks]
+
+
+# ---- Unix sockets (the local runtime's per-owner agent sockets) ------------------------------
+
+
+async def test_each_unix_socket_has_its_own_share_of_unauthenticated_connections(
+    start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """Unix peers have no address; each socket is a site of its own with its own counts, so
+    one owner's workload holding its socket's share locks no other owner's agent out."""
+    limits = ConnectionLimits(header_timeout=WAIT * 6, max_unauthenticated_per_address=2)
+    gateway = await start_gateway(GatewaySettings(connections=limits))
+    paths = [tmp_path / "alice.sock", tmp_path / "bob.sock"]
+    sites = []
+    for path in paths:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(path))
+        sock.listen()
+        site = GuardedSite(gateway.runner, sock, limits=limits)
+        await site.start()
+        sites.append(site)
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(2):
+            idle.append((await asyncio.wait_for(asyncio.open_unix_connection(paths[0]), WAIT))[1])
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(paths[0]), WAIT)
+        idle.append(writer)
+        refused = await asyncio.wait_for(reader.read(), WAIT)
+        assert refused.startswith(b"HTTP/1.1 429 "), refused
+
+        # Bob's socket is served, and an agent dials in over it (SERVER_URL=ws+unix:...).
+        stop = asyncio.Event()
+        config = from_env(
+            {
+                "SERVER_URL": f"ws+unix:{paths[1]}",
+                "AGENT_TOKEN": gateway.issuer.mint_agent("bob", "dev"),
+                "AGENT_ID": "user-bob-dev",
+            }
+        )
+        agent = asyncio.create_task(run_agent(config, stop=stop))
+        try:
+            await gateway.wait_agent("user-bob-dev", lambda a: a["online"])
+        finally:
+            stop.set()
+            assert await asyncio.wait_for(agent, WAIT) == 0
+    finally:
+        for writer in idle:
+            writer.close()
+        for site in sites:
+            await site.stop()

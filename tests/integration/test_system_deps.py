@@ -10,8 +10,9 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "system-deps.sh"
 
-#: Packages these cases are not about (the local isolation's useradd and setpriv).
-ALWAYS_INSTALLED = "passwd util-linux"
+#: Packages these cases are not about (the local isolation's useradd, setpriv, nsenter, ip
+#: and slirp4netns).
+ALWAYS_INSTALLED = "passwd util-linux iproute2 slirp4netns"
 
 FAKES = {
     # Reports the packages listed in $INSTALLED as installed, at version 1:9.2p1-2.

@@ -68,6 +68,19 @@ def test_server_url(value: str, expected: str) -> None:
     config = from_env(env(SERVER_URL=value))
     assert config.server_url == expected
     assert config.uses_tls == expected.startswith("wss://")
+    assert config.unix_socket is None
+    assert config.dial_url == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["ws+unix:/run/kuberde/ab/alice.sock", "WS+UNIX:///run/kuberde/ab/alice.sock"]
+)
+def test_a_unix_socket_server_url(value: str) -> None:
+    config = from_env(env(SERVER_URL=value))
+    assert config.server_url == "ws+unix:/run/kuberde/ab/alice.sock"
+    assert config.unix_socket == "/run/kuberde/ab/alice.sock"
+    assert config.dial_url == "ws://kuberde-gateway/ws"
+    assert not config.uses_tls
 
 
 @pytest.mark.parametrize(
@@ -84,6 +97,10 @@ def test_server_url(value: str, expected: str) -> None:
         ("ws://gw:8080/ws?agent=user-alice-dev", "must not carry"),
         ("ws://gw:8080/ws#x", "must not carry"),
         ("ws://user:secret@gw:8080/ws", "must not carry"),
+        ("ws+unix:relative.sock", "absolute/path"),
+        ("ws+unix://host/run/x.sock", "absolute/path"),
+        ("ws+unix:/run/x.sock?agent=x", "absolute/path"),
+        ("ws+unix:/run/dir/", "absolute/path"),
     ],
 )
 def test_bad_server_url(value: str, message: str) -> None:

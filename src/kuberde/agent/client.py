@@ -137,8 +137,10 @@ class Agent:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=HANDSHAKE_TIMEOUT, sock_read=HANDSHAKE_TIMEOUT
         )
+        socket_path = self._config.unix_socket
+        connector = aiohttp.UnixConnector(socket_path) if socket_path is not None else None
         async with aiohttp.ClientSession(
-            timeout=timeout, raise_for_status=_raise_if_rejected
+            connector=connector, timeout=timeout, raise_for_status=_raise_if_rejected
         ) as http:
             while not self._stop.is_set():
                 try:
@@ -266,7 +268,7 @@ class Agent:
         """Open the WebSocket unless a stop request comes first (then None)."""
         dial = asyncio.ensure_future(
             http.ws_connect(
-                self._config.server_url,
+                self._config.dial_url,
                 headers={"Authorization": f"Bearer {token}"},
                 autoping=True,
                 heartbeat=None,

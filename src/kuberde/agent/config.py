@@ -9,6 +9,10 @@ credential is the one value read from disk, before every dial: the Kubernetes Se
 `AGENT_TOKEN_FILE` rotates while the pod runs. The local runtime passes it as an inherited
 descriptor instead (`AGENT_TOKEN_FD`), read from its start each time, so no path leads to it
 that a workload of the same account could open.
+
+`SERVER_URL=ws+unix:/path/to/socket` dials the gateway's WebSocket endpoint over a Unix
+socket instead of TCP: under a root `kuberde up` each owner's agent runs in that owner's own
+network namespace, where the gateway's TCP port does not exist, but a socket file does.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ DEFAULT_SHUTDOWN_GRACE = 10.0
 #: How long a refused local dial is retried: right after a wake the workload may still start.
 DEFAULT_CONNECT_PATIENCE = 30.0
 DEFAULT_WS_PATH = "/ws"
+UNIX_SCHEME = "ws+unix"
+#: What a Unix-socket dial asks for: any host would do, the socket decides where it goes.
+_UNIX_DIAL_URL = "ws://kuberde-gateway" + DEFAULT_WS_PATH
 LOOPBACK = "127.0.0.1"
 _SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 _PORT_SEPARATORS = re.compile(r"[\s,]+")
@@ -84,6 +91,18 @@ class AgentConfig:
     @property
     def uses_tls(self) -> bool:
         return self.server_url.startswith("wss://")
+
+    @property
+    def unix_socket(self) -> str | None:
+        """The gateway's Unix socket for a `ws+unix:` SERVER_URL, else None (TCP)."""
+        if self.server_url.startswith(UNIX_SCHEME + ":"):
+            return self.server_url.removeprefix(UNIX_SCHEME + ":")
+        return None
+
+    @property
+    def dial_url(self) -> str:
+        """The URL the WebSocket request goes to (over `unix_socket` when there is one)."""
+        return _UNIX_DIAL_URL if self.unix_socket is not None else self.server_url
 
     def target_for(self, port: int | None) -> tuple[str, int] | None:
         """Where a stream asking for `port` goes, or None if this agent must refuse it."""
@@ -234,10 +253,13 @@ def _server_url(value: str | None) -> str:
         raise ConfigError(f"SERVER_URL {value!r} is not a valid URL: {exc}") from None
     if port == 0:
         raise ConfigError(f"SERVER_URL {value!r} has port 0")
+    if parts.scheme.lower() == UNIX_SCHEME:
+        return _unix_server_url(value, parts.netloc, parts.path, parts.query or parts.fragment)
     scheme = _SCHEMES.get(parts.scheme.lower())
     if scheme is None:
         raise ConfigError(
-            f"SERVER_URL {value!r} must start with ws://, wss://, http:// or https:// ({example})"
+            f"SERVER_URL {value!r} must start with ws://, wss://, http://, https:// or "
+            f"{UNIX_SCHEME}: ({example})"
         )
     if not parts.hostname:
         raise ConfigError(f"SERVER_URL {value!r} has no host ({example})")
@@ -248,6 +270,15 @@ def _server_url(value: str | None) -> str:
         )
     path = parts.path if parts.path not in ("", "/") else DEFAULT_WS_PATH
     return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def _unix_server_url(value: str, netloc: str, path: str, extra: str) -> str:
+    if netloc or extra or not path.startswith("/") or path.endswith("/"):
+        raise ConfigError(
+            f"SERVER_URL {value!r} must be {UNIX_SCHEME}:/absolute/path/of/the/socket, "
+            "with no host, query or fragment"
+        )
+    return f"{UNIX_SCHEME}:{path}"
 
 
 _CLIENT_VARIABLES = ("AUTH_CLIENT_ID", "AUTH_CLIENT_SECRET", "AUTH_TOKEN_URL")

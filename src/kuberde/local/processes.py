@@ -5,7 +5,8 @@ makes the agent's credential; the engine decides when (`kuberde.plan`), this doe
 the local counterpart of the operator writing a Deployment's replicas.
 
 Both processes run as the owner's OS account (`kuberde.local.accounts`) from a clean
-environment. The credential is an anonymous memory file only the agent holds (see
+environment, in the owner's network namespace when there is one (`kuberde.local.netns`).
+The credential is an anonymous memory file only the agent holds (see
 `_credential`); the agent starts as root and drops to the account itself.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from kuberde.agent.privileges import RUN_AS_ENV
 from kuberde.auth import TokenIssuer
 from kuberde.local.accounts import Accounts, clean_environment
+from kuberde.local.netns import OwnerNetworks
 from kuberde.local.supervisor import ProcessSpec, SupervisedProcess
 from kuberde.plan import Running
 from kuberde.resource import RDEAgent
@@ -86,7 +88,7 @@ class LocalActuator:
         *,
         logs_dir: Path,
         accounts: Accounts,
-        gateway_ws_url: str,
+        networks: OwnerNetworks,
         agent_command: tuple[str, ...],
         issuer: TokenIssuer,
         min_uptime: float,
@@ -94,7 +96,7 @@ class LocalActuator:
     ) -> None:
         self._logs_dir = logs_dir
         self._accounts = accounts
-        self._gateway_ws_url = gateway_ws_url
+        self._networks = networks
         self._agent_command = agent_command
         self._issuer = issuer
         self._min_uptime = min_uptime
@@ -116,13 +118,17 @@ class LocalActuator:
         os.write(fd, self._issuer.mint_agent(agent.spec.owner, agent.metadata.name).encode())
         return fd
 
-    def start(self, agent: RDEAgent, now: datetime, on_change: Callable[[], None]) -> Processes:
-        """Start both processes as the owner's account; AccountError if there is none."""
+    async def start(
+        self, agent: RDEAgent, now: datetime, on_change: Callable[[], None]
+    ) -> Processes:
+        """Start both processes as the owner's account, in the owner's network; AccountError
+        if there is no account, NetworkError if there is no network."""
         name = agent.metadata.name
-        account = self._accounts.for_owner(agent.spec.owner)
+        spec = agent.spec
+        account = self._accounts.for_owner(spec.owner)
+        network = await self._networks.join(spec.owner, name, account)
         isolated = self._accounts.isolated
         log.info("%s: starting as %s", name, account.name)
-        spec = agent.spec
         workload = None
         if spec.workload is not None:
             workload = SupervisedProcess(
@@ -135,13 +141,14 @@ class LocalActuator:
                     cwd=spec.workload.working_dir or str(account.home),
                     log_path=self._logs_dir / f"{name}.log",
                     run_as=account if isolated else None,
+                    netns=network.netns,
                 ),
                 min_uptime=self._min_uptime,
                 on_change=on_change,
             )
         credential = self._credential(agent)
         agent_config = {
-            "SERVER_URL": self._gateway_ws_url,
+            "SERVER_URL": network.gateway_url,
             "AGENT_ID": agent.agent_id,
             "AGENT_TOKEN_FD": str(credential),
             "LOCAL_TARGET": spec.local_target,
@@ -162,6 +169,7 @@ class LocalActuator:
                 cwd="/",
                 log_path=self._logs_dir / f"{name}.agent.log",
                 pass_fds=(credential,),
+                netns=network.netns,
             ),
             min_uptime=self._min_uptime,
             on_change=on_change,
@@ -189,3 +197,8 @@ class LocalActuator:
         if self._running.get(name) is processes:
             del self._running[name]
             os.close(processes.credential_fd)
+
+    async def remove(self, name: str, owner: str) -> None:
+        """Stop a deleted workspace's processes; its owner's network goes with their last."""
+        await self.stop(name)
+        await self._networks.leave(owner, name)

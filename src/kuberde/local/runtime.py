@@ -34,6 +34,7 @@ from kuberde.clock import Clock, utc_now
 from kuberde.engine import Engine
 from kuberde.gateway.directory import AgentRecord, WakeError
 from kuberde.local.accounts import AccountError, Accounts
+from kuberde.local.netns import NetworkError, OwnerNetworks
 from kuberde.local.processes import LOCAL_PORTS_ANNOTATION, LocalActuator, Processes
 from kuberde.local.store import StateStore, WorkspaceState
 from kuberde.plan import Action, Desired, Observation, Plan, Running, decide
@@ -60,7 +61,6 @@ class UnknownWorkspace(KeyError):
 @dataclass(frozen=True)
 class RuntimeSettings:
     state_dir: Path
-    gateway_ws_url: str
     sweep_interval: float = 1.0
     #: A workload that exits sooner than this after starting is failing, not running.
     min_uptime: float = 3.0
@@ -133,6 +133,7 @@ class LocalRuntime:
         issuer: TokenIssuer,
         activity: ActivityFeed,
         accounts: Accounts,
+        networks: OwnerNetworks,
         clock: Clock = utc_now,
     ) -> None:
         self.settings = settings
@@ -144,7 +145,7 @@ class LocalRuntime:
         self._actuator = LocalActuator(
             logs_dir=settings.logs_dir,
             accounts=accounts,
-            gateway_ws_url=settings.gateway_ws_url,
+            networks=networks,
             agent_command=settings.agent_command,
             issuer=issuer,
             min_uptime=settings.min_uptime,
@@ -277,7 +278,7 @@ class LocalRuntime:
     async def delete(self, name: str) -> None:
         async with self._engine.exclusive(name):
             state = self._existing(name)
-            await self._actuator.stop(name)
+            await self._actuator.remove(name, state.owner)
             await self._call(self._store.delete, name)
             self._forget(state)
 
@@ -401,11 +402,14 @@ class LocalRuntime:
             await self._actuator.stop(name)
         if plan.action in (Action.START, Action.RESTART) and agent is not None:
             try:
-                processes = self._actuator.start(
+                processes = await self._actuator.start(
                     agent, now, functools.partial(self._engine.kick, name)
                 )
             except AccountError as exc:
-                await self._account_failed(name, str(exc))
+                await self._start_failed(name, f"cannot run as its OS account: {exc}")
+                return
+            except NetworkError as exc:
+                await self._start_failed(name, f"cannot set up its network: {exc}")
                 return
             await self._update(name, started_at=processes.started_at)
         state = self._states.get(name)
@@ -413,10 +417,9 @@ class LocalRuntime:
             return
         await self._record_status(state, plan)
 
-    async def _account_failed(self, name: str, reason: str) -> None:
-        """Nothing can start without its account: Error, retried at every sweep."""
+    async def _start_failed(self, name: str, message: str) -> None:
+        """Nothing can start without its account and network: Error, retried every sweep."""
         state = self._states.get(name)
-        message = f"cannot run as its OS account: {reason}"
         if state is not None and (state.phase != policy.Phase.ERROR or state.message != message):
             log.error("%s: %s", name, message)
             await self._update(name, phase=str(policy.Phase.ERROR), message=message)

@@ -59,7 +59,8 @@ log = logging.getLogger(__name__)
 class ProcessSpec:
     """What to run. `env` is the child's whole environment (plus `RUN_MARKER`): nothing is
     inherited implicitly, so the caller decides which of its variables a workload sees.
-    `run_as` is the account the child runs as (we must be root); `pass_fds` stay open in it."""
+    `run_as` is the account the child runs as (we must be root); `pass_fds` stay open in it;
+    `netns` is the network namespace it runs in (entered with nsenter, as root)."""
 
     name: str
     argv: list[str]
@@ -68,6 +69,7 @@ class ProcessSpec:
     log_path: Path
     run_as: Account | None = None
     pass_fds: tuple[int, ...] = ()
+    netns: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.argv or not self.argv[0]:
@@ -188,15 +190,17 @@ def _describe_exit(code: int) -> str:
 
 
 def _command(spec: ProcessSpec) -> list[str]:
-    """The argv to exec: under another account, setpriv first, and the command looked up
-    here so that a missing one is reported as such rather than as setpriv's exit."""
-    if spec.run_as is None:
+    """The argv to exec: in a network namespace, nsenter first; under another account,
+    setpriv (after nsenter, which needs root). The command is looked up here then, so that a
+    missing one is reported as such rather than as their exit."""
+    if spec.run_as is None and spec.netns is None:
         return spec.argv
     command = spec.argv[0]
     found = command if os.sep in command else shutil.which(command, path=spec.env.get("PATH"))
     if found is None or not os.path.exists(found):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
-    return run_as_argv(spec.run_as, spec.argv)
+    argv = spec.argv if spec.run_as is None else run_as_argv(spec.run_as, spec.argv)
+    return argv if spec.netns is None else ["nsenter", f"--net={spec.netns}", "--", *argv]
 
 
 def _describe_start_error(spec: ProcessSpec, exc: OSError) -> str:

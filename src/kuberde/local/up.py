@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+
+from aiohttp import web
 
 from kuberde.aio import wait_for_signal
 from kuberde.auth import LocalTokenVerifier, TokenIssuer, load_or_create_signing_key
@@ -27,6 +30,7 @@ from kuberde.auth.issuer import (
 from kuberde.auth.oidc import CompositeVerifier, OidcProvider, OidcUserVerifier, auth_config_route
 from kuberde.auth.users import USERS_FILE, UsersFile, UsersFileError
 from kuberde.gateway.app import GatewaySettings, create_app
+from kuberde.gateway.connections import GuardedSite
 from kuberde.gateway.presence import Presence
 from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start_site
 from kuberde.gateway.session_file import SESSIONS_FILE
@@ -35,6 +39,7 @@ from kuberde.gateway.web.actions_api import add_action_routes
 from kuberde.local.accounts import DEFAULT_HOMES_DIR, AccountError, Accounts
 from kuberde.local.api import add_workspace_routes
 from kuberde.local.demo import DemoWorkspace, current_user, demo_workspace
+from kuberde.local.netns import OwnerNetworks
 from kuberde.local.runtime import LocalRuntime, RuntimeSettings
 from kuberde.local.store import STATE_DB_NAME, StateStore
 from kuberde.local.web import LocalWorkspaces
@@ -106,6 +111,31 @@ def issuer_settings_for(public_url: str | None) -> IssuerSettings:
     )
 
 
+@web.middleware
+async def _agents_only_on_unix_sockets(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """An owner's Unix socket (`kuberde.local.netns`) is for their agent: /ws, nothing else."""
+    transport = request.transport
+    on_unix_socket = transport is not None and isinstance(transport.get_extra_info("sockname"), str)
+    if on_unix_socket and request.path != "/ws":
+        raise web.HTTPNotFound(text="only the agent endpoint /ws is served here")
+    return await handler(request)
+
+
+def _agent_sites(
+    gateway: asyncio.Future[web.AppRunner], settings: GatewaySettings
+) -> Callable[[socket.socket], Awaitable[Callable[[], Awaitable[None]]]]:
+    """Serving an owner's agent socket, by the gateway once it runs (`gateway` resolves then)."""
+
+    async def serve(sock: socket.socket) -> Callable[[], Awaitable[None]]:
+        site = GuardedSite(await gateway, sock, limits=settings.connections)
+        await site.start()
+        return site.stop
+
+    return serve
+
+
 async def run_up(
     *,
     files: list[Path],
@@ -135,18 +165,20 @@ async def run_up(
     presence = Presence()
     users_file = UsersFile(state_dir / USERS_FILE)
     store = StateStore(state_dir / STATE_DB_NAME)
-    runtime = LocalRuntime(
-        RuntimeSettings(
-            state_dir=state_dir,
-            gateway_ws_url=url.replace("http", "ws", 1) + "/ws",
-            sweep_interval=sweep_interval,
-        ),
-        store,
-        issuer,
-        presence,
-        Accounts.for_this_process(homes_dir, _mapped_account(users_file)),
+    settings = RuntimeSettings(state_dir=state_dir, sweep_interval=sweep_interval)
+    accounts = Accounts.for_this_process(homes_dir, _mapped_account(users_file))
+    gateway_settings = GatewaySettings()
+    gateway: asyncio.Future[web.AppRunner] = asyncio.get_running_loop().create_future()
+    networks = OwnerNetworks.prepare(
+        state_dir=state_dir,
+        root=accounts.isolated,
+        host_gateway_url=url.replace("http", "ws", 1) + "/ws",
+        serve=_agent_sites(gateway, gateway_settings),
+        logs_dir=settings.logs_dir,
     )
-    app = create_app(verifier, GatewaySettings(), directory=runtime, presence=presence)
+    runtime = LocalRuntime(settings, store, issuer, presence, accounts, networks)
+    app = create_app(verifier, gateway_settings, directory=runtime, presence=presence)
+    app.middlewares.insert(0, _agents_only_on_unix_sockets)
     browser_url = issuer_settings.browser_url or url
     oidc = BuiltinIssuer(
         url, key, state_dir, users=users_file, user_verifier=users, settings=issuer_settings
@@ -179,11 +211,13 @@ async def run_up(
             demo = demo_workspace(state_dir, user, runtime.accounts.for_owner(user))
         except AccountError as exc:
             print(f"kuberde: cannot set up the demo workspace: {exc}", file=sys.stderr)
+            await networks.close()
             store.close()
             return 1
         await runtime.apply(parse_agent(demo.document))
 
     runner = await start_site(app, sock, None)
+    gateway.set_result(runner)
     on_ready(Ready(url, oidc.mint_access_token(user, ttl=LOCAL_USER_TOKEN_TTL), demo))
     loop_task = asyncio.create_task(runtime.run())
     try:
@@ -199,6 +233,7 @@ async def run_up(
         with contextlib.suppress(asyncio.CancelledError):
             await loop_task
         await runtime.shutdown()
+        await networks.close()
         await runner.cleanup()
         store.close()
     return 0
