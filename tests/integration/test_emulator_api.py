@@ -97,9 +97,32 @@ async def test_lists_carry_their_kind_and_honour_selectors(api: aiohttp.ClientSe
         assert response.status == 404
 
 
-async def test_protobuf_bodies_are_refused_with_415(api: aiohttp.ClientSession) -> None:
+def _field(number: int, value: bytes) -> bytes:
+    """One length-delimited protobuf field (lengths under 128 here)."""
+    return bytes([number << 3 | 2, len(value)]) + value
+
+
+def _envelope(api_version: str, kind: str, raw: bytes) -> bytes:
+    type_meta = _field(1, api_version.encode()) + _field(2, kind.encode())
+    return b"k8s\x00" + _field(1, type_meta) + _field(2, raw)
+
+
+async def test_protobuf_is_read_for_the_kinds_kubectl_creates(api: aiohttp.ClientSession) -> None:
     headers = {"Content-Type": "application/vnd.kubernetes.protobuf"}
-    async with api.post(PODS, data=b"k8s\x00\n\x0c", headers=headers) as response:
+    metadata = _field(1, b"key") + _field(11, _field(1, b"app") + _field(2, b"x"))
+    secret = _field(1, metadata) + _field(2, _field(1, b"pem") + _field(2, b"\x00\x01"))
+    body = _envelope("v1", "Secret", secret)
+    async with api.post("/api/v1/namespaces/kuberde/secrets", data=body, headers=headers) as r:
+        assert r.status in (200, 201), await r.text()
+    async with api.get("/api/v1/namespaces/kuberde/secrets/key") as response:
+        stored = await response.json()
+    assert stored["data"] == {"pem": "AAE="} and stored["metadata"]["labels"] == {"app": "x"}
+    assert stored["type"] == "Opaque", "defaulted, as a real API server does"
+    pod = _envelope("v1", "Pod", _field(1, _field(1, b"p")))
+    async with api.post(PODS, data=pod, headers=headers) as response:
         assert response.status == 415
+        assert "no protobuf for Pod" in (await response.json())["message"]
+    async with api.post(PODS, data=b"k8s\x00\n\x0c", headers=headers) as response:
+        assert response.status == 415, "a truncated body"
     async with api.get(PODS) as response:
         assert response.status == 200, "the server keeps serving"

@@ -426,11 +426,21 @@ async def test_permissions(runbook: Runbook) -> None:
         "kubectl get rolebinding,clusterrolebinding -n kuberde | grep kuberde-operator",
         both_bindings,
     )
-    not_applicable(
+
+    def yes(result: CommandResult) -> None:
+        ok(result)
+        assert result.stdout == "yes\n", result.stdout
+
+    await runbook.run(
         "3 crashloop",
         "kubectl auth can-i get rdeagents --as=system:serviceaccount:kuberde:kuberde-operator",
-        "the emulated API server has no authorizer (SubjectAccessReview)",
+        yes,
+        note="RBAC evaluated over deploy/rbac.yaml",
     )
+    denied = await runbook.cluster.sh(
+        "kubectl auth can-i delete rdeagents --as=system:serviceaccount:kuberde:kuberde-operator"
+    )
+    assert (denied.returncode, denied.stdout) == (1, "no\n"), "least privilege: no delete"
     for section, command in (
         ("3 crashloop", "kubectl top pod -n kuberde -l app=kuberde-operator"),
         ("4.1", "kubectl top pod -n kuberde -l app=kuberde-operator"),

@@ -225,12 +225,15 @@ async def installed_cluster(
             key_file = work_dir / "signing-key.pem"
             key_file.write_bytes(key.to_pem())
             await cluster.kubectl("apply", "-k", str(REPOSITORY / "deploy"))
-            # As the README's `kubectl create secret generic`, sent as JSON (kubectl's typed
-            # create sends protobuf, which the emulated API server does not read).
-            await cluster.sh(
-                f"kubectl -n {NAMESPACE} create secret generic kuberde-signing-key"
-                f" --from-file=signing-key.pem={key_file} --dry-run=client -o json"
-                " | kubectl apply -f -"
+            # The README's command (kubectl sends it as protobuf), with the key the tests hold.
+            await cluster.kubectl(
+                "-n",
+                NAMESPACE,
+                "create",
+                "secret",
+                "generic",
+                "kuberde-signing-key",
+                f"--from-file=signing-key.pem={key_file}",
             )
             if examples:
                 await cluster.kubectl("apply", "-f", str(REPOSITORY / "deploy" / "examples"))

@@ -22,7 +22,12 @@ And what `kubectl` needs to believe it (the runbook's commands run against it ve
 - server-side Table printing (`kuberde.testing.printing`) from the stored CRD's
   `additionalPrinterColumns`, and for the built-in kinds the runbook lists;
 - strategic merge patches (`kubectl set image`, client-side apply) and server-side apply;
-- pod logs (`PodLogs`) that a kubelet fixture writes, with follow, tail, since and previous.
+- pod logs (`PodLogs`) that a kubelet fixture writes, with follow, tail, since and previous;
+- protobuf request bodies for the kinds kubectl's typed creates send (`kuberde.testing.protobuf`):
+  kubectl does not fall back to JSON on 415;
+- (Self)SubjectAccessReviews answered by RBAC over the stored roles and bindings
+  (`kuberde.testing.rbac`), with `Impersonate-User` (`kubectl auth can-i --as=…`); the
+  kubeconfig's own user is an admin (`system:masters`).
 
 It also keeps its own request log (`calls`). KMock matches every request against its whole
 request log, which makes a long run quadratic in its request count; here KMock sees only the
@@ -46,8 +51,9 @@ from typing import Any, cast
 import aiohttp.web
 import kmock
 import yaml
+from multidict import CIMultiDict
 
-from kuberde.testing import printing
+from kuberde.testing import printing, protobuf, rbac
 from kuberde.testing.patching import merge_patch_between, strategic_merge
 from kuberde.testing.selectors import (
     Selector,
@@ -74,7 +80,10 @@ __all__ = [
 
 RDEAGENTS = "kuberde.io/v1/rdeagents"
 CRDS = "apiextensions.k8s.io/v1/customresourcedefinitions"
+SECRETS = "v1/secrets"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Access reviews: answered from the stored RBAC objects (`kuberde.testing.rbac`), not stored.
+REVIEWS = ("selfsubjectaccessreviews", "subjectaccessreviews")
 #: Well inside Kopf's watch inactivity timeout (70 s), as a real API server's bookmarks are.
 BOOKMARK_INTERVAL = 30.0
 
@@ -239,6 +248,30 @@ async def _namespace_request(raw: aiohttp.web.BaseRequest, name: str | None) -> 
     )
 
 
+async def _as_json(raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.BaseRequest:
+    """A protobuf request as the same request in JSON (415 for a kind this server cannot read)."""
+    headers = CIMultiDict(raw_request.headers)
+    headers["Content-Type"] = "application/json"
+    headers.pop("Content-Length", None)
+    request = raw_request.clone(headers=headers)
+    try:
+        data = protobuf.decode(await request.read())
+    except protobuf.ProtobufError as exc:
+        raise _status_error(415, "UnsupportedMediaType", str(exc)) from None
+    # The body is read: the JSON takes its place, as if the client had sent it.
+    request._read_bytes = json.dumps(data).encode()
+    return request
+
+
+def _user(request: kmock.Request) -> rbac.User:
+    """Who is asking: the impersonated user (`kubectl --as`), else the kubeconfig's admin."""
+    raw = request._raw_request
+    impersonated = raw.headers.get("Impersonate-User") if raw is not None else None
+    if not impersonated or raw is None:
+        return rbac.User("emulator-admin", (rbac.SUPERUSERS, "system:authenticated"))
+    return rbac.service_account(impersonated, raw.headers.getall("Impersonate-Group", []))
+
+
 def _wants_table(request: kmock.Request) -> bool:
     return "as=Table" in str(request.headers.get("Accept", ""))
 
@@ -365,6 +398,8 @@ class ApiServer(kmock.KubernetesEmulator):
                 data.pop("status", None)
             if request.namespace and not metadata.get("namespace"):
                 metadata["namespace"] = request.namespace
+            if request.resource == SECRETS:
+                data.setdefault("type", "Opaque")
             return
         if request.action != kmock.action.UPDATE or request.resource is None or not request.name:
             return
@@ -615,6 +650,43 @@ class ApiServer(kmock.KubernetesEmulator):
             )
         return aiohttp.web.json_response(raw, status=201)
 
+    def _everywhere(self, resource: str) -> list[dict[str, Any]]:
+        wanted = kmock.resource(resource)
+        return [
+            stored.raw
+            for (stored_resource, _, _), stored in list(self.objects.items())
+            if stored_resource == wanted and not stored.deleted
+        ]
+
+    def _review(self, request: kmock.Request) -> dict[str, Any]:
+        """A (Self)SubjectAccessReview answered by RBAC over the stored roles and bindings."""
+        review = request.data if isinstance(request.data, dict) else {}
+        spec = review.get("spec") or {}
+        if not isinstance(spec, dict) or not (
+            spec.get("resourceAttributes") or spec.get("nonResourceAttributes")
+        ):
+            raise _status_error(
+                400, "BadRequest", "spec.resourceAttributes or nonResourceAttributes is required"
+            )
+        assert request.resource is not None
+        if request.resource.plural == "subjectaccessreviews":
+            user = rbac.service_account(str(spec.get("user", "")), spec.get("groups") or [])
+        else:
+            user = _user(request)
+        policy = rbac.Policy(
+            roles=self._everywhere("rbac.authorization.k8s.io/v1/roles"),
+            cluster_roles=self._everywhere("rbac.authorization.k8s.io/v1/clusterroles"),
+            role_bindings=self._everywhere("rbac.authorization.k8s.io/v1/rolebindings"),
+            cluster_role_bindings=self._everywhere(
+                "rbac.authorization.k8s.io/v1/clusterrolebindings"
+            ),
+        )
+        decision = rbac.decide(policy, user, rbac.Attributes.from_review(spec))
+        status: dict[str, Any] = {"allowed": decision.allowed}
+        if decision.reason:
+            status["reason"] = decision.reason
+        return {**review, "metadata": {"creationTimestamp": None}, "status": status}
+
     async def _serve_log(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         """`GET pods/NAME/log`: what the kubelet fixture recorded for the pod's container."""
         namespace, name = request.namespace or "", request.name or ""
@@ -807,15 +879,17 @@ class ApiServer(kmock.KubernetesEmulator):
         self.history.record(resource, {**event, "object": obj}, version)
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        if "protobuf" in raw_request.headers.get("Content-Type", ""):
-            # kubectl's typed clients send protobuf; on 415 they send JSON instead.
-            error = _status_error(415, "UnsupportedMediaType", "send application/json")
-            return await self._render_error(error)
         namespace_path = _NAMESPACE_PATH.fullmatch(raw_request.path)
-        if namespace_path is None:
+        protobuf = "protobuf" in raw_request.headers.get("Content-Type", "")
+        if namespace_path is None and not protobuf:
             return await super().__call__(raw_request)
-        request = await _namespace_request(raw_request, namespace_path.group(1))
         try:
+            if protobuf:
+                raw_request = await _as_json(raw_request)
+            if namespace_path is not None:
+                request = await _namespace_request(raw_request, namespace_path.group(1))
+            else:
+                request = await kmock.Request._parse(raw_request)
             return await self._handle(request)
         except Exception as exc:
             return await self._render_error(exc)
@@ -830,6 +904,13 @@ class ApiServer(kmock.KubernetesEmulator):
                 return await self._serve_log(request)
             if request.resource is not None and request.action == kmock.action.WATCH:
                 return await self._serve_watch_stream(request)
+            if (
+                request.resource is not None
+                and request.resource.group == "authorization.k8s.io"
+                and request.resource.plural in REVIEWS
+                and request.action == kmock.action.CREATE
+            ):
+                return aiohttp.web.json_response(self._review(request), status=201)
             if request.resource is not None:
                 self._check_preconditions(request)
                 if self._rewrite_patch(request):
