@@ -1,0 +1,361 @@
+"""`python -m bench.soakpeers CONFIG`: one worker process of the soak (`bench.soak`).
+
+A thousand agents and two hundred users that hash every byte are more than one Python event
+loop can serve without its own lag swamping the gateway's, so the soak runs them in a few
+worker processes. A worker is either `agents` (its slice of the agents: echo every stream and
+check the SHA-256 trailer the user put after the payload; kill and restart its agents at
+random) or `users` (its slice of the honest users: streams of random sizes, each echo checked
+against the SHA-256 of what was sent, retried on failure). It records what happened with
+`time.monotonic()` times, which are the same clock in every process, writes them as JSON to
+the config's `results` path and exits; the orchestrator explains and reports.
+
+Payloads are generated chunk by chunk and hashed as they go: nothing holds a whole payload,
+so 200 users of up to 64 MiB each cost a few chunks apiece, not gigabytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from kuberde.auth import TokenIssuer, load_or_create_signing_key
+from kuberde.gateway.connections import raise_fd_limit
+from kuberde.mux import BULK_FRAME, BULK_WINDOW, PreambleReader, Session, SessionConfig, Stream
+from kuberde.wslink import WebSocketLink
+
+KIB = 1024
+MIB = 1024 * KIB
+#: Every network wait in the soak is bounded by this.
+WAIT = 60.0
+CHUNK = 256 * KIB
+DIGEST = 32
+AGENT_CONFIG = SessionConfig(receive_window=BULK_WINDOW, max_frame_payload=BULK_FRAME)
+#: Attempts per transfer, with a doubling pause between them (1 s up to 16 s): a client
+#: rides out a gateway restart of about a minute, as a real one would.
+ATTEMPTS = 8
+MAX_PAUSE = 16.0
+
+
+def agent_address(index: int) -> str:
+    """Agents dial from 200 loopback addresses (5 each), as pods would from many: the
+    gateway's cap on unauthenticated connections per address must not see one crowd."""
+    return f"127.1.0.{index % 200 + 1}"
+
+
+def user_address(index: int) -> str:
+    return f"127.2.{index // 250}.{index % 250 + 1}"
+
+
+@dataclass
+class WorkerConfig:
+    role: str
+    url: str
+    state_dir: str
+    results: str
+    #: `time.monotonic()` values, shared by every process on the machine.
+    started: float
+    deadline: float
+    seed: int
+    max_size: int
+    #: (index, owner, name) of the agents this worker keeps up, or of the users' workspaces.
+    agents: list[tuple[int, str, str]] = field(default_factory=list)
+    #: (index, owner) of the users this worker runs.
+    users: list[tuple[int, str]] = field(default_factory=list)
+    #: All (owner, name) of the run, so users know their workspaces.
+    workspaces: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class WorkerResults:
+    completed: int = 0
+    corrupted: int = 0
+    #: (time, agent ID, what went wrong) of each failed attempt.
+    failures: list[tuple[float, str, str]] = field(default_factory=list)
+    #: (time the setup started, seconds to the `connected` event)
+    setups: list[tuple[float, float]] = field(default_factory=list)
+    #: (time, agent ID) of each kill.
+    kills: list[tuple[float, str]] = field(default_factory=list)
+    #: Transfers that failed every attempt.
+    gave_up: int = 0
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.rng = random.Random(f"{config.seed}-{Path(config.results).name}")
+        self.issuer = TokenIssuer(load_or_create_signing_key(Path(config.state_dir)))
+        self.results = WorkerResults()
+        self.ws_url = config.url.replace("http", "ws", 1)
+        self._clients: dict[str, aiohttp.ClientSession] = {}
+
+    def client(self, address: str) -> aiohttp.ClientSession:
+        """One HTTP client per source address (a connector binds one local address)."""
+        client = self._clients.get(address)
+        if client is None:
+            connector = aiohttp.TCPConnector(limit=0, local_addr=(address, 0))
+            client = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+            )
+            self._clients[address] = client
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+
+    def running(self) -> bool:
+        return time.monotonic() < self.config.deadline
+
+    # ---- agents ---------------------------------------------------------------------------
+
+    async def run_agents(self) -> None:
+        tasks = {
+            name: asyncio.create_task(self.agent(index, owner, name))
+            for index, owner, name in self.config.agents
+        }
+        killer = asyncio.create_task(self.killer(tasks))
+        await asyncio.sleep(max(0.0, self.config.deadline - time.monotonic() + WAIT))
+        for task in (killer, *tasks.values()):
+            task.cancel()
+        await asyncio.gather(killer, *tasks.values(), return_exceptions=True)
+
+    async def agent(self, index: int, owner: str, name: str) -> None:
+        """One agent: dial, serve echo streams, redial with backoff until cancelled."""
+        token = self.issuer.mint_agent(owner, name)
+        client = self.client(agent_address(index))
+        delay = 0.2
+        while True:
+            try:
+                ws = await asyncio.wait_for(
+                    client.ws_connect(
+                        self.config.url + "/ws",
+                        headers={"Authorization": f"Bearer {token}"},
+                        max_msg_size=0,
+                    ),
+                    WAIT,
+                )
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                await asyncio.sleep(delay * (1 + self.rng.random()))
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.2
+            session = Session(WebSocketLink(ws), is_client=True, config=AGENT_CONFIG, name=name)
+            running = asyncio.create_task(session.run())
+            served: set[asyncio.Task[None]] = set()
+            try:
+                while True:
+                    stream = await session.accept()
+                    task = asyncio.create_task(self.echo(stream))
+                    served.add(task)
+                    task.add_done_callback(served.discard)
+            except ConnectionError:
+                pass
+            finally:
+                for task in (running, *served):
+                    task.cancel()
+                await asyncio.gather(running, *served, return_exceptions=True)
+                await ws.close()
+
+    async def echo(self, stream: Stream) -> None:
+        """Echo the stream; its last 32 bytes are the SHA-256 of the bytes before them."""
+        reader = PreambleReader()
+        parsed = None
+        with contextlib.suppress(ConnectionError):
+            while parsed is None:
+                chunk = await stream.read()
+                if not chunk:
+                    return
+                parsed = reader.feed(chunk)
+            digest = hashlib.sha256()
+            tail = b""
+            pending = parsed[1]
+            while True:
+                if pending:
+                    held = tail + pending
+                    digest.update(held[:-DIGEST])
+                    tail = held[-DIGEST:]
+                    stream.write(pending)
+                    await stream.drain()
+                pending = await stream.read(BULK_FRAME)
+                if not pending:
+                    break
+            if digest.digest() != tail:
+                self.results.corrupted += 1
+            stream.close_write()
+            await stream.wait_closed()
+
+    async def killer(self, tasks: dict[str, asyncio.Task[None]]) -> None:
+        """Kill one of this worker's agents now and then; it dials again after a while.
+        Each worker kills at its share of the run's rate (one every 2-6 s in all)."""
+        share = len(self.config.agents) / max(1, len(self.config.workspaces))
+        agents = {name: (index, owner) for index, owner, name in self.config.agents}
+        while self.running():
+            await asyncio.sleep(self.rng.uniform(2.0, 6.0) / max(share, 1e-3))
+            name = self.rng.choice(list(agents))
+            index, owner = agents[name]
+            self.results.kills.append((time.monotonic(), f"user-{owner}-{name}"))
+            tasks[name].cancel()
+            await asyncio.sleep(self.rng.uniform(0.5, 3.0))
+            tasks[name] = asyncio.create_task(self.agent(index, owner, name))
+
+    # ---- honest users ---------------------------------------------------------------------
+
+    async def run_users(self) -> None:
+        users = [asyncio.create_task(self.user(index, owner)) for index, owner in self.config.users]
+        await asyncio.wait(users, timeout=max(0.0, self.config.deadline - time.monotonic()) + WAIT)
+        for task in users:
+            task.cancel()
+        await asyncio.gather(*users, return_exceptions=True)
+
+    def size(self) -> int:
+        low, high = math.log(KIB), math.log(self.config.max_size)
+        return int(math.exp(self.rng.uniform(low, high)))
+
+    async def user(self, index: int, owner: str) -> None:
+        mine = [name for o, name in self.config.workspaces if o == owner]
+        token = self.issuer.mint_user(owner)
+        client = self.client(user_address(index))
+        slow = index % 10 == 0  # every tenth user is a slow reader
+        while self.running():
+            agent = f"user-{owner}-{self.rng.choice(mine)}"
+            size = self.size()
+            for attempt in range(ATTEMPTS):
+                outcome = await self.transfer(client, agent, token, size, slow)
+                if outcome is None:
+                    break
+                self.results.failures.append((time.monotonic(), agent, outcome))
+                await asyncio.sleep(min(2.0**attempt, MAX_PAUSE) * (1 + self.rng.random() / 2))
+            else:
+                self.results.gave_up += 1
+
+    async def transfer(
+        self, client: aiohttp.ClientSession, agent: str, token: str, size: int, slow: bool
+    ) -> str | None:
+        """One stream: send payload + its SHA-256 + EOF, check the echo; None when it worked."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(WAIT + size / MIB):
+                ws = await client.ws_connect(
+                    f"{self.ws_url}/connect/{agent}?port=22",
+                    headers={"Authorization": f"Bearer {token}"},
+                    max_msg_size=0,
+                )
+                try:
+                    return await self._exchange(ws, size, slow, started)
+                finally:
+                    await ws.close()
+        except aiohttp.WSServerHandshakeError as exc:
+            return f"HTTP {exc.status}"
+        except (aiohttp.ClientError, OSError, ConnectionError, TimeoutError) as exc:
+            return type(exc).__name__
+
+    async def _exchange(
+        self, ws: aiohttp.ClientWebSocketResponse, size: int, slow: bool, started: float
+    ) -> str | None:
+        first = await ws.receive()
+        if first.type is not aiohttp.WSMsgType.TEXT or json.loads(first.data) != {
+            "event": "connected"
+        }:
+            return f"not connected: {first.type.name} {first.extra or first.data!r}"
+        self.results.setups.append((started, time.monotonic() - started))
+        sent = hashlib.sha256()
+
+        async def send() -> None:
+            payload = hashlib.sha256()
+            left = size
+            while left:
+                chunk = os.urandom(min(CHUNK, left))
+                left -= len(chunk)
+                payload.update(chunk)
+                sent.update(chunk)
+                await ws.send_bytes(chunk)
+            trailer = payload.digest()
+            sent.update(trailer)
+            await ws.send_bytes(trailer)
+            await ws.send_str('{"event":"eof"}')
+
+        sender = asyncio.create_task(send())
+        echoed = hashlib.sha256()
+        received = 0
+        try:
+            async for message in ws:
+                if message.type is aiohttp.WSMsgType.BINARY:
+                    echoed.update(message.data)
+                    received += len(message.data)
+                    if slow:
+                        await asyncio.sleep(0.01)
+                elif message.type is aiohttp.WSMsgType.TEXT:
+                    event = json.loads(message.data)
+                    if event.get("event") == "eof":
+                        break
+                    if event.get("event") == "error":
+                        return str(event.get("message"))
+            else:
+                return f"closed early: {ws.close_code}"
+            await sender
+        finally:
+            sender.cancel()
+        if received != size + DIGEST or echoed.digest() != sent.digest():
+            self.results.corrupted += 1
+            return None
+        self.results.completed += 1
+        return None
+
+
+async def _work(config: WorkerConfig) -> WorkerResults:
+    worker = Worker(config)
+    try:
+        if config.role == "agents":
+            await worker.run_agents()
+        else:
+            await worker.run_users()
+    finally:
+        await worker.close()
+    return worker.results
+
+
+def load_results(path: Path) -> WorkerResults:
+    raw: dict[str, Any] = json.loads(path.read_text())
+    return WorkerResults(
+        completed=raw["completed"],
+        corrupted=raw["corrupted"],
+        failures=[(at, agent, what) for at, agent, what in raw["failures"]],
+        setups=[(at, seconds) for at, seconds in raw["setups"]],
+        kills=[(at, agent) for at, agent in raw["kills"]],
+        gave_up=raw["gave_up"],
+    )
+
+
+def main() -> None:
+    raw = json.loads(Path(sys.argv[1]).read_text())
+    config = WorkerConfig(
+        **{
+            **raw,
+            "agents": [tuple(a) for a in raw["agents"]],
+            "users": [tuple(u) for u in raw["users"]],
+            "workspaces": [tuple(w) for w in raw["workspaces"]],
+        }
+    )
+    raise_fd_limit()
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    results = asyncio.run(_work(config))
+    Path(config.results).write_text(json.dumps(asdict(results)))
+
+
+if __name__ == "__main__":
+    main()
