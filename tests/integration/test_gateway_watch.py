@@ -118,6 +118,7 @@ async def test_watches_are_limited(start_gateway: GatewayFactory) -> None:
     token = gateway.issuer.mint_management()
     async with watching(gateway.http, gateway.url, token) as first:
         assert (await next_event(first))["type"] == "list"
+        assert "kuberde_mgmt_watches 1.0" in await gateway.metrics()
         async with gateway.http.get(
             f"{gateway.url}/mgmt/agents?watch=1", headers=bearer(token)
         ) as refused:
@@ -130,7 +131,7 @@ async def test_watches_are_limited(start_gateway: GatewayFactory) -> None:
     async def admitted() -> None:
         while True:
             async with gateway.http.get(
-                f"{gateway.url}/mgmt/agents?watch=1", headers=bearer(token)
+                f"{gateway.url}/mgmt/agents?watch=1&heartbeat=0.2", headers=bearer(token)
             ) as response:
                 if response.status == 200:
                     assert json.loads(await response.content.readline())["type"] == "list"
@@ -139,6 +140,15 @@ async def test_watches_are_limited(start_gateway: GatewayFactory) -> None:
             await asyncio.sleep(0.05)
 
     await asyncio.wait_for(admitted(), WAIT)
+
+    async def none_open() -> None:
+        # A watcher that left is noticed at the next write: a heartbeat at the latest.
+        while True:
+            if "kuberde_mgmt_watches 0.0" in await gateway.metrics():
+                return
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(none_open(), WAIT)
 
 
 async def test_gateway_shutdown_ends_the_watch(gateway: RunningGateway) -> None:

@@ -17,7 +17,12 @@ from typing import Any
 
 import pytest
 
-from kuberde.auth import LocalTokenVerifier, SigningKey, TokenIssuer
+from kuberde.auth import (
+    LocalTokenVerifier,
+    SigningKey,
+    TokenIssuer,
+    load_or_create_signing_key,
+)
 from kuberde.gateway.app import create_app
 from kuberde.gateway.server import ListenAddress, bind_socket, start_site
 from tests.integration.conftest import RunningGateway, bearer, next_message, read_bytes
@@ -108,12 +113,13 @@ async def test_online_follows_the_agent_through_the_watch(
     assert "Server monitor checked" in caplog.text
 
 
-async def test_a_gateway_that_goes_silent_leaves_online_unknown_and_scales_nothing_down(
+async def test_a_gateway_that_goes_away_leaves_online_unknown_and_scales_nothing_down(
     kube: Kube, tmp_path: Path, workspace_port: int
 ) -> None:
-    """Watch and list both gone past the staleness bound: ONLINE unknown, nothing scaled."""
+    """Watch and list both fail past the staleness bound: ONLINE unknown, nothing scaled."""
     port = free_port()
     gateway_dir = tmp_path / "gateway"
+    load_or_create_signing_key(gateway_dir)  # the key the gateway and operator share
     settings = fast_settings(
         kube,
         signing_key_file=gateway_dir / "signing-key.pem",
@@ -123,14 +129,13 @@ async def test_a_gateway_that_goes_silent_leaves_online_unknown_and_scales_nothi
         activity_max_age=2.0,
     )
     async with (
-        serving_gateway(gateway_dir, port),
         kubelet_running(kube, tmp_path, run_agents=True, port_map={2222: workspace_port}),
         operator_running(settings) as runner,
     ):
-        await kube.create_agent(NAME, spec("0"))
-        await eventually(partial(status_in, kube, NAME, "Running"), "the agent Running")
-    # The gateway is gone; so are watch and list, while the agent is idle with a 1s TTL.
-    async with operator_running(settings) as runner:
+        async with serving_gateway(gateway_dir, port):
+            await kube.create_agent(NAME, spec("0"))
+            await eventually(partial(status_in, kube, NAME, "Running"), "the agent Running")
+        # The gateway is gone, and with it the watch; the agent is idle, with a 1s TTL.
         await kube.patch_agent(NAME, {"spec": {"ttl": "1s"}})
         await eventually(lambda: connected(kube) == "Unknown", "ONLINE unknown")
         await loops_after(runner, "ttl", 3)
@@ -143,8 +148,6 @@ async def test_a_gateway_that_goes_silent_leaves_online_unknown_and_scales_nothi
 @contextlib.asynccontextmanager
 async def serving_gateway(state_dir: Path, port: int) -> AsyncIterator[SigningKey]:
     """A gateway on a fixed port, to be stopped and started again (its key on disk)."""
-    from kuberde.auth import load_or_create_signing_key
-
     key = load_or_create_signing_key(state_dir)
     app = create_app(LocalTokenVerifier.from_signing_key(key))
     runner = await start_site(app, bind_socket(ListenAddress("127.0.0.1", port)), None)

@@ -93,6 +93,7 @@ async def serve_watch(gateway: Gateway, request: web.Request) -> web.StreamRespo
     with gateway.presence.watching(settings.watch_backlog) as changes:
         await response.prepare(request)
         log.info("management watch opened from %s", request.remote)
+        gateway.metrics.watches.inc()
         batch: Batch | None = Batch((), resync=True)
         try:
             while batch is not None:
@@ -101,5 +102,7 @@ async def serve_watch(gateway: Gateway, request: web.Request) -> web.StreamRespo
         except ConnectionError:
             log.info("management watch from %s went away", request.remote)
             return response
+        finally:
+            gateway.metrics.watches.dec()
     log.info("management watch from %s ended: the gateway is shutting down", request.remote)
     return response

@@ -38,6 +38,11 @@ class GatewayMetrics:
             ["endpoint", "reason"],
             registry=self.registry,
         )
+        self.watches = Gauge(
+            "kuberde_mgmt_watches",
+            "Open GET /mgmt/agents?watch=1 streams (the operator holds one)",
+            registry=self.registry,
+        )
         self.wakes = Counter(
             "kuberde_wake_requests", "Wake requests sent for offline agents", registry=self.registry
         )
