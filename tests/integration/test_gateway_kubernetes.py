@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 import kmock
 import pytest
+from aiohttp import web
 
 from kuberde.auth import SIGNING_KEY_FILE, load_or_create_signing_key
 from kuberde.gateway.directory import AgentRecord, WakeError
@@ -51,6 +52,7 @@ from tests.integration.kube import (
     running_kube,
     status_in,
 )
+from tests.oidc_provider.harness import device_login, running_provider
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:kmock")
 
@@ -451,10 +453,16 @@ async def kuberde(
 
 @contextlib.asynccontextmanager
 async def gateway_running(
-    kube: Kube, state_dir: Path, env: dict[str, str], *, port: int = 0
+    kube: Kube,
+    state_dir: Path,
+    env: dict[str, str],
+    *,
+    port: int = 0,
+    wake_timeout: float = 45,
+    extra: tuple[str, ...] = (),
 ) -> AsyncIterator[GatewayProcess]:
-    """Start the gateway against the emulator; on a clean exit from the block it must stop
-    on SIGTERM with exit code 0."""
+    """Start the gateway against the emulator (`extra`: more `kuberde server` flags); on a
+    clean exit from the block it must stop on SIGTERM with exit code 0."""
     process = await asyncio.create_subprocess_exec(
         *KUBERDE,
         "server",
@@ -468,7 +476,8 @@ async def gateway_running(
         "--state-dir",
         str(state_dir),
         "--wake-timeout",
-        "45",
+        str(wake_timeout),
+        *extra,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -734,3 +743,91 @@ async def test_stop_and_extend_from_the_cli_through_the_operator(
             assert (code, out) == (0, BANNER + PAYLOAD), err
             assert "waking ssh-server" in err
             assert kube.replicas(agent_id) == 1
+
+
+async def test_non_browser_clients_are_held_through_a_wake_or_get_503(
+    kube: Kube, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A `curl`-like request (a bearer token, no `Accept: text/html`) to the app of a
+    workspace that is not up is held: through a wake it gets the app's own answer; from a
+    gateway with a short wake deadline, for a workspace whose agent never connects, 503
+    with Retry-After."""
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=f"hello from the app at {request.path}")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    app_port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    lab = {**spec("1h"), "apps": [{"name": "web", "port": 8888}]}
+
+    async def app_request(gateway: GatewayProcess, token: str) -> tuple[int, str, str | None]:
+        port = gateway.url.rsplit(":", 1)[1]
+        async with (
+            asyncio.timeout(CLI_WAIT),
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"{gateway.url}/notebooks?x=1",
+                headers={
+                    "Host": f"lab--{OWNER}.localhost:{port}",
+                    "Authorization": f"Bearer {token}",
+                    "Accept": "application/json",
+                },
+            ) as response,
+        ):
+            return response.status, await response.text(), response.headers.get("Retry-After")
+
+    try:
+        async with running_provider(tmp_path) as idp:
+            browser = ("--oidc-issuer", idp.issuer, "--apps-domain", "localhost")
+            async with (
+                gateway_running(kube, tmp_path / "gateway", env, extra=browser) as gateway,
+                gateway_running(
+                    kube, tmp_path / "short", env, wake_timeout=2, extra=browser
+                ) as short,
+                aiohttp.ClientSession() as http,
+            ):
+                token = (await device_login(http, idp.issuer, OWNER))["access_token"]
+                settings = fast_settings(
+                    kube,
+                    signing_key_file=gateway.state_dir / SIGNING_KEY_FILE,
+                    server_api=gateway.url,
+                )
+                async with operator_running(settings):
+                    await kube.create_agent("lab", lab)
+                    # Pods run, but no agent ever connects: held to the deadline, then 503.
+                    async with kubelet_running(kube, tmp_path) as kubelet:
+                        await eventually(lambda: kubelet.pods, "the workspace pod")
+                        status, body, retry = await app_request(short, token)
+                        assert status == 503, body
+                        assert retry is not None and int(retry) > 0
+                        assert json.loads(body) == {"error": "workspace lab is not ready yet"}
+                        assert WAKE_ANNOTATION in agent_annotations(kube, "lab")
+
+                    async with kubelet_running(
+                        kube, tmp_path, run_agents=True, port_map={8888: app_port}
+                    ):
+                        await eventually(partial(status_in, kube, "lab", "Running"), "Running")
+                        async with http.post(
+                            f"{gateway.url}/api/workspaces/lab/stop",
+                            headers={"Authorization": f"Bearer {token}"},
+                        ) as response:
+                            assert response.status == 200, await response.text()
+                        await eventually(partial(status_in, kube, "lab", "ScaledDown"), "down")
+                        await eventually(
+                            lambda: kube.replicas("user-testuser-lab") == 0, "replicas 0"
+                        )
+                        mark = kube.mark()
+                        # Scaled down: this one request wakes it and waits for its answer.
+                        status, body, _ = await app_request(gateway, token)
+                        assert (status, body) == (200, "hello from the app at /notebooks"), body
+                        assert gateway_writes(kube, mark) == [
+                            f"PATCH /apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents/lab"
+                        ]
+                        assert kube.replicas("user-testuser-lab") == 1
+    finally:
+        await runner.cleanup()

@@ -11,9 +11,11 @@ from kuberde.gateway.apphost import (
     app_host,
     app_url,
     base_label,
+    candidate_agent_ids,
     resolve_label,
     split_host,
 )
+from kuberde.naming import InvalidName, agent_id
 
 LABEL = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?", fullmatch=True)
 
@@ -95,3 +97,39 @@ def test_app_url_leaves_out_default_ports() -> None:
     assert app_url("https", "apps.example.com", 443, AppAddress("dev", "alice", 3000)) == (
         "https://3000--dev--alice.apps.example.com/"
     )
+
+
+@given(LABEL, LABEL, st.one_of(st.none(), st.integers(1, 65535)))
+def test_a_users_own_app_host_names_its_agent_id_before_the_directory_knows_it(
+    name: str, owner: str, port: int | None
+) -> None:
+    """What the app proxy catches up on when a label misses: the owner's agent ID it names
+    (unless the label is the short form, which only the directory can resolve)."""
+    host = app_host(name, owner, port, "apps.example.com")
+    label = split_host(host, "apps.example.com")
+    assert label is not None
+    candidates = candidate_agent_ids(label, owner)
+    if base_label(name, owner).startswith("w") and "--" not in base_label(name, owner):
+        assert candidates == []
+    else:
+        try:
+            expected = agent_id(owner, name)
+        except InvalidName:
+            assert candidates == []
+        else:
+            assert expected in candidates
+    assert all(candidate.startswith(f"user-{owner}-") for candidate in candidates)
+
+
+@pytest.mark.parametrize(
+    ("label", "owner", "candidates"),
+    [
+        ("lab--alice", "alice", ["user-alice-lab"]),
+        ("8888--lab--alice", "alice", ["user-alice-8888--lab", "user-alice-lab"]),
+        ("lab--bob", "alice", []),
+        ("--alice", "alice", []),
+        ("w0123456789abcdef0123", "alice", []),
+    ],
+)
+def test_candidate_agent_ids(label: str, owner: str, candidates: list[str]) -> None:
+    assert candidate_agent_ids(label, owner) == candidates

@@ -17,12 +17,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kuberde.naming import InvalidName, agent_id
+
 __all__ = [
     "AppAddress",
     "BadHost",
     "app_host",
     "app_url",
     "base_label",
+    "candidate_agent_ids",
     "resolve_label",
     "split_host",
     "workspace_app_urls",
@@ -135,3 +138,20 @@ def resolve_label(label: str, workspaces: Iterable[tuple[str, str]]) -> AppAddre
         name, owner = known[ported[2]]
         return AppAddress(name, owner, int(ported[1]))
     return None
+
+
+def candidate_agent_ids(label: str, owner: str) -> list[str]:
+    """The agent IDs of `owner`'s that `label` may name (`name--owner`, with or without a
+    port), so a workspace created a moment ago is looked for before its app is called
+    missing. The short form names no ID: it waits for the next directory refresh."""
+    suffix = f"--{owner}"
+    ported = _PORTED.fullmatch(label)
+    forms = [label, ported[2]] if ported is not None else [label]
+    candidates = []
+    for form in forms:
+        if form.endswith(suffix) and len(form) > len(suffix):
+            try:
+                candidates.append(agent_id(owner, form[: -len(suffix)]))
+            except InvalidName:
+                continue
+    return candidates

@@ -26,7 +26,13 @@ from aiohttp import WSMsgType, web
 
 from kuberde.auth import AuthError, Principal, bearer_token
 from kuberde.gateway.app import Gateway, limit_error
-from kuberde.gateway.apphost import AppAddress, BadHost, resolve_label, split_host
+from kuberde.gateway.apphost import (
+    AppAddress,
+    BadHost,
+    candidate_agent_ids,
+    resolve_label,
+    split_host,
+)
 from kuberde.gateway.directory import AgentRecord, WakeError
 from kuberde.gateway.guard import StreamGuard
 from kuberde.gateway.limits import LimitExceeded
@@ -153,6 +159,20 @@ class AppProxy:
             return None
         return address, records[(address.name, address.owner)]
 
+    async def _locate_fresh(
+        self, label: str, user: Principal
+    ) -> tuple[AppAddress, AgentRecord] | None:
+        """A miss gets one more look once the directory has caught up with the user's IDs the
+        label may name (a workspace applied a moment ago), as `/connect` does."""
+        directory = self.gateway.directory
+        candidates = candidate_agent_ids(label, user.name)
+        if directory is None or not candidates:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.gateway.settings.directory_catch_up):
+                await directory.catch_up(*candidates)
+        return self._locate(label)
+
     async def serve(self, request: web.Request, label: str) -> web.StreamResponse:
         host = request.host.lower()
         if request.path.startswith(RESERVED + "static/"):
@@ -162,7 +182,7 @@ class AppProxy:
         user = await self._user(request, host)
         if user is None:
             return self._sign_in(request, host)
-        found = self._locate(label)
+        found = self._locate(label) or await self._locate_fresh(label, user)
         if found is None or (found[1].owner != user.name and not user.admin):
             return self._not_found(request)
         address, record = found
