@@ -485,7 +485,9 @@ def start_gateway(processes: Processes, tmp_path: Path) -> GatewayFactory:
         port: int = 0,
         tls: TlsFiles | None = None,
         log_level: str = "info",
+        options: Sequence[str] = (),
     ) -> Gateway:
+        """`options` are more `kuberde server` flags (limits, for instance)."""
         directory = state_dir or tmp_path / "gateway-state"
         argv = [
             KUBERDE,
@@ -499,6 +501,7 @@ def start_gateway(processes: Processes, tmp_path: Path) -> GatewayFactory:
         ]
         if tls is not None:
             argv += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
+        argv += options
         proc = processes.start("gateway", argv, clean_env())
         url = proc.wait_for_log(r"KubeRDE gateway listening on (https?://\S+)").group(1)
         return Gateway(

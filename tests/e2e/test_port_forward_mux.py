@@ -89,6 +89,41 @@ async def test_data_sent_and_closed_before_the_session_is_up_arrives(
     assert forward.returncode is None, forward.describe()
 
 
+async def test_a_connection_past_the_stream_limit_is_refused_and_the_cli_says_why(
+    start_gateway: GatewayFactory,
+    start_agent: AgentFactory,
+    targets: Targets,
+    processes: Processes,
+) -> None:
+    """Over the cap, the session refuses that one stream at once with the reason, and
+    `port-forward` prints it; the session and the connections within the cap carry on."""
+    gateway = await asyncio.to_thread(start_gateway, options=["--max-streams-per-user", "2"])
+    port = targets.serve(echo_handler)
+    await asyncio.to_thread(start_agent, gateway, allowed_ports=[port])
+    token = await asyncio.to_thread(gateway.user_token)
+    forward, local = await asyncio.to_thread(start_port_forward, processes, gateway, token, port)
+    held = [await asyncio.wait_for(asyncio.open_connection("127.0.0.1", local), STEP) for _ in "ab"]
+    for reader, writer in held:
+        writer.write(b"within the limit\n")
+        assert await asyncio.wait_for(reader.readline(), STEP) == b"within the limit\n"
+
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", local), STEP)
+    writer.write(b"one too many\n")
+    assert await asyncio.wait_for(reader.read(), STEP) == b""  # closed, nothing echoed
+    writer.close()
+    await asyncio.to_thread(
+        forward.wait_for_log,
+        r"connection from 127\.0\.0\.1:\d+ ended: "
+        r"stream limit: 2 concurrent streams per user; close some first",
+    )
+    for reader, writer in held:
+        writer.write(b"still served\n")
+        assert await asyncio.wait_for(reader.readline(), STEP) == b"still served\n"
+        writer.close()
+    assert connections_to(forward.pid, gateway.port) == 1
+    assert forward.returncode is None, forward.describe()
+
+
 def test_agent_restart_keeps_the_session_and_gateway_restart_redials(
     start_gateway: GatewayFactory,
     start_agent: AgentFactory,
