@@ -12,11 +12,12 @@ class MemoryLink:
         self.closed = False
         self.sent: list[bytes] = []
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes | bytearray) -> None:
         if self.closed or self.peer is None or self.peer.closed:
             raise ConnectionResetError("link closed")
-        self.sent.append(data)
-        self.peer.inbox.put_nowait(data)
+        message = bytes(data)  # a WebSocket delivers bytes, whatever was sent
+        self.sent.append(message)
+        self.peer.inbox.put_nowait(message)
 
     async def receive(self) -> bytes | None:
         if self.closed:

@@ -1,6 +1,6 @@
 """The asyncio yamux session over in-memory links: real `Session.run()` tasks on both ends.
 
-Some assertions look at a stream's buffered byte count (`_recv_buffered`, `_send_buffer`):
+Some assertions look at a stream's buffered byte count (`_recv_buffered`, `_send_size`):
 flow control is about how much memory each side holds, and nothing public reports it.
 """
 
@@ -467,7 +467,7 @@ async def test_a_pending_read_and_drain_are_woken_by_a_peer_reset() -> None:
         for task in (reader, drainer):
             with pytest.raises(StreamReset, match="gone"):
                 await asyncio.wait_for(task, TIMEOUT)
-        assert stream._send_buffer == b""
+        assert stream._send_size == 0
 
 
 # ---- flow control ----------------------------------------------------------------------
@@ -497,7 +497,7 @@ async def test_a_reader_that_never_reads_bounds_both_sides_by_the_window() -> No
         await quiesce(*pair.links)
         assert stalled_peer._recv_buffered == INITIAL_WINDOW
         assert data_bytes_on_link(pair.client_link, stalled.id) == INITIAL_WINDOW
-        assert len(stalled._send_buffer) == len(payload) - INITIAL_WINDOW
+        assert stalled._send_size == len(payload) - INITIAL_WINDOW
         assert not drainer.done()
 
         assert await asyncio.wait_for(stalled_peer.read(), TIMEOUT) == payload[:INITIAL_WINDOW]
@@ -659,8 +659,8 @@ async def test_producer_is_paused_above_the_send_buffer_limit_and_resumed_below_
         accepted = await asyncio.wait_for(pair.server.accept(), TIMEOUT)
         events: list[tuple[str, int]] = []
         stream.set_producer(
-            lambda: events.append(("pause", len(stream._send_buffer))),
-            lambda: events.append(("resume", len(stream._send_buffer))),
+            lambda: events.append(("pause", stream._send_size)),
+            lambda: events.append(("resume", stream._send_size)),
         )
         chunk = b"p" * 16 * 1024
         written = 0

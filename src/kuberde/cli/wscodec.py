@@ -28,6 +28,7 @@ __all__ = [
     "accept_for",
     "close_payload",
     "encode_frame",
+    "frame_head",
     "handshake_key",
     "mask",
     "parse_close",
@@ -125,16 +126,22 @@ def mask(key: bytes, data: bytes | bytearray | memoryview) -> bytes:
     return (int.from_bytes(data, "little") ^ int.from_bytes(pad, "little")).to_bytes(size, "little")
 
 
+def frame_head(opcode: int, size: int, key: bytes = b"") -> bytes:
+    """The head of one final frame of `size` payload bytes: masked with the 4-byte `key`
+    (what a client sends, RFC 6455 §5.3), or unmasked without one (a server's)."""
+    bit = 0x80 if key else 0
+    if size < 126:
+        head = struct.pack("!BB", 0x80 | opcode, bit | size)
+    elif size < 1 << 16:
+        head = struct.pack("!BBH", 0x80 | opcode, bit | 126, size)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, bit | 127, size)
+    return head + key
+
+
 def encode_frame(opcode: int, payload: bytes | bytearray | memoryview, key: bytes) -> bytes:
     """One final, masked frame (clients must mask every frame, RFC 6455 §5.3)."""
-    size = len(payload)
-    if size < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
-    elif size < 1 << 16:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
-    return head + key + mask(key, payload)
+    return frame_head(opcode, len(payload), key) + mask(key, payload)
 
 
 def close_payload(code: int, reason: str = "") -> bytes:

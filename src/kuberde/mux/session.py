@@ -61,7 +61,9 @@ _MAX_RESET_REASON = 1024
 class Link(Protocol):
     """A reliable, ordered message transport — in practice a WebSocket."""
 
-    async def send(self, data: bytes) -> None: ...
+    async def send(self, data: bytes | bytearray) -> None:
+        """Send one message; a bytearray is the link's from then on (it may mask it in place)."""
+        ...
 
     async def receive(self) -> bytes | None:
         """The next message, or None once the link is closed."""
@@ -136,7 +138,11 @@ class Stream:
         # Outbound side.
         self._scheduled = False
         self._send_window = INITIAL_WINDOW
-        self._send_buffer = bytearray()
+        #: What `write` was given, kept as given: a frame's payload is sliced out of these
+        #: without a copy, and the link message is the one join (DESIGN.md §9: copies of
+        #: 256 KiB chunks are a visible share of the CPU per GB).
+        self._send_chunks: deque[bytes | memoryview] = deque()
+        self._send_size = 0
         self._local_fin = False
         self._fin_sent = False
         self._syn_pending = opened_locally
@@ -215,28 +221,30 @@ class Stream:
 
     # ---- writing -------------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
-        """Queue `data`; it leaves as the peer's window allows. Use `drain` for backpressure."""
+    def write(self, data: bytes | memoryview) -> None:
+        """Queue `data` (not copied: a caller must not change it afterwards); it leaves as
+        the peer's window allows. Use `drain` for backpressure."""
         if self._error is not None:
             raise self._error
         if self._local_fin:
             raise StreamReset("write after close_write")
         if not data:
             return
-        self._send_buffer += data
+        self._send_chunks.append(data)
+        self._send_size += len(data)
         self._note_held()
         self._session._schedule(self)
         if (
             self._producer is not None
             and not self._producer_paused
-            and len(self._send_buffer) > self._session.config.send_buffer_limit
+            and self._send_size > self._session.config.send_buffer_limit
         ):
             self._producer_paused = True
             self._producer[0]()
 
     async def drain(self) -> None:
         """Wait until the send buffer is below its limit (or raise if the stream died)."""
-        while len(self._send_buffer) > self._session.config.send_buffer_limit:
+        while self._send_size > self._session.config.send_buffer_limit:
             if self._error is not None:
                 raise self._error
             self._drain_waiter = self._session.loop.create_future()
@@ -260,7 +268,7 @@ class Stream:
     def _note_held(self) -> None:
         watcher = self._held_watcher
         if watcher is not None:
-            held = len(self._send_buffer) + self._recv_buffered
+            held = self._send_size + self._recv_buffered
             if held != self._held_reported:
                 delta = held - self._held_reported
                 self._held_reported = held
@@ -330,14 +338,15 @@ class Stream:
         self._send_window += delta
         if self._send_window > MAX_WINDOW + INITIAL_WINDOW:
             raise ProtocolError(f"stream {self.id} send window grew past {MAX_WINDOW}")
-        if self._send_buffer or (self._local_fin and not self._fin_sent):
+        if self._send_size or (self._local_fin and not self._fin_sent):
             self._session._schedule(self)
 
     def _fail(self, error: StreamReset) -> None:
         if self._error is not None:
             return
         self._error = error
-        self._send_buffer.clear()
+        self._send_chunks.clear()
+        self._send_size = 0
         self._note_held()
         if self._sink is not None:
             self._sink.stream_reset(error)
@@ -345,12 +354,13 @@ class Stream:
         self._wake_drainer()
         self._finish()
 
-    def _take_frame(self, budget: int) -> tuple[bytes, bytes] | None:
-        """The next DATA frame (header, payload) of at most `budget` payload bytes, if any."""
+    def _take_frame(self, budget: int, parts: list[bytes | memoryview]) -> int | None:
+        """Append the next DATA frame of at most `budget` payload bytes to `parts` (header,
+        then the payload's pieces); its payload size, or None if there is none to send."""
         if self._error is not None:
             return None
-        size = min(len(self._send_buffer), self._send_window, budget)
-        fin = self._local_fin and not self._fin_sent and size == len(self._send_buffer)
+        size = min(self._send_size, self._send_window, budget)
+        fin = self._local_fin and not self._fin_sent and size == self._send_size
         if size == 0 and not fin and not self._syn_pending:
             return None
         flags = Flag.NONE
@@ -360,18 +370,35 @@ class Stream:
         if fin:
             flags |= Flag.FIN
             self._fin_sent = True
-        payload = bytes(self._send_buffer[:size])
-        del self._send_buffer[:size]
+        parts.append(encode_header(FrameType.DATA, flags, self.id, size))
+        self._take_payload(size, parts)
         self._note_held()
         self._send_window -= size
         self._after_send()
         if fin:
             self._maybe_finished()
-        return encode_header(FrameType.DATA, flags, self.id, size), payload
+        return size
+
+    def _take_payload(self, size: int, parts: list[bytes | memoryview]) -> None:
+        """Move the first `size` queued bytes to `parts`: whole chunks as they are, a split
+        one as two views of it."""
+        chunks = self._send_chunks
+        self._send_size -= size
+        while size:
+            chunk = chunks[0]
+            if len(chunk) <= size:
+                chunks.popleft()
+                parts.append(chunk)
+                size -= len(chunk)
+            else:
+                view = memoryview(chunk)
+                parts.append(view[:size])
+                chunks[0] = view[size:]
+                size = 0
 
     def _after_send(self) -> None:
         limit = self._session.config.send_buffer_limit
-        if len(self._send_buffer) <= limit:
+        if self._send_size <= limit:
             self._wake_drainer()
             if self._producer is not None and self._producer_paused:
                 self._producer_paused = False
@@ -383,9 +410,9 @@ class Stream:
             return False
         if self._syn_pending:
             return True
-        if self._send_buffer and self._send_window > 0:
+        if self._send_size and self._send_window > 0:
             return True
-        return self._local_fin and not self._fin_sent and not self._send_buffer
+        return self._local_fin and not self._fin_sent and not self._send_size
 
     def _wake_reader(self) -> None:
         if self._read_waiter is not None and not self._read_waiter.done():
@@ -602,27 +629,25 @@ class Session:
                 log.warning("session %s: %s", self.name, self.close_reason)
                 return
 
-    def _next_message(self) -> bytes:
-        """Coalesce queued control frames and ready data into one link message."""
+    def _next_message(self) -> bytearray:
+        """Coalesce queued control frames and ready data into one link message (a bytearray,
+        so the link may mask it in place instead of copying it again)."""
         budget = self.config.max_message_size
-        parts = self._control.take(budget)
+        parts: list[bytes | memoryview] = list(self._control.take(budget))
         size = sum(len(part) for part in parts)
         ready = self._ready
         while ready and size < budget:
             stream = ready.popleft()
             stream._scheduled = False
             room = min(self.config.max_frame_payload, max(budget - size - HEADER_SIZE, 1))
-            frame = stream._take_frame(room)
-            if frame is None:
+            payload_size = stream._take_frame(room, parts)
+            if payload_size is None:
                 continue
-            header, payload = frame
-            parts.append(header)
-            parts.append(payload)
-            size += HEADER_SIZE + len(payload)
+            size += HEADER_SIZE + payload_size
             if stream._sendable:
                 stream._scheduled = True
                 ready.append(stream)
-        return b"".join(parts)
+        return bytearray().join(parts)
 
     # ---- frame handling ------------------------------------------------------------------
 
