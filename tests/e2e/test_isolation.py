@@ -23,6 +23,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -342,6 +343,7 @@ def test_without_root_only_the_machine_user_and_admins_define_workloads(
 ) -> None:
     rde = unprivileged
     url = rde.start_up(write_documents(rde.root / "none.yaml", []))
+    assert rde.up_stderr().count("not running as root: every workload runs as you") == 1
     bob = _user_token(rde, url, "bob")
     admin = _user_token(rde, url, "admin", admin=True)
     rde.env = rde.env | {"KUBERDE_TOKEN": admin}
@@ -455,7 +457,7 @@ def _ours(tag: str) -> list[str]:
 )
 @pytest.mark.timeout(180)
 def test_owners_workloads_cannot_reach_each_other_over_the_network(
-    rde: KubeRDE, tmp_path: Path
+    rde: KubeRDE, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     alice_port = free_port()
     alice_file = write_documents(
@@ -478,6 +480,8 @@ def test_owners_workloads_cannot_reach_each_other_over_the_network(
     gateway_port = int(url.rsplit(":", 1)[1])
     outward = _outward_address()
     bob_token = _user_token(rde, url, "bob")
+    pool = ThreadPoolExecutor(max_workers=1)
+    request.addfinalizer(pool.shutdown)
     with _greeter(outward or "127.0.0.1", b"outbound-ok") as greeter_port:
         targets = [
             f"alice=127.0.0.1:{alice_port}",
@@ -506,7 +510,11 @@ def test_owners_workloads_cannot_reach_each_other_over_the_network(
         applied = _as(rde, bob_token, "apply", "-f", str(bob_file))
         assert applied.returncode == 0, applied.stderr
         rde.wait_phase("bob-steal", "Running")
-        stolen = _as(rde, bob_token, "connect", "bob-steal", input="steal\n", timeout=WAIT + 40)
+        # The agent retries a refused dial for its patience (30 s, for a workload that is
+        # still starting): the other checks run meanwhile.
+        stealing = pool.submit(
+            _as, rde, bob_token, "connect", "bob-steal", input="steal\n", timeout=WAIT + 40
+        )
         output = _probe_output(rde, bob_token, "bob-probe")
     probes = _probe_lines(output)
     bob_pid = int(rde.wait_phase("bob-probe", "Running")["pod"])
@@ -518,14 +526,15 @@ def test_owners_workloads_cannot_reach_each_other_over_the_network(
     if outward is not None:
         expected = "READ outbound-ok" if slirp else "denied"
         assert probes["outbound"][0].startswith(expected), output
-    assert stolen.returncode != 0
-    assert f"connection refused by 127.0.0.1:{alice_port} in the workspace" in stolen.stderr
-    assert "steal" not in stolen.stdout
     # Alice still reaches her own workload through the gateway.
     alice_token = _user_token(rde, url, "alice")
     reply = _as(rde, alice_token, "connect", "alice-ws", input="alice's own\n")
     assert reply.returncode == 0, reply.stderr
     assert reply.stdout == "alice's own\n"
+    stolen = stealing.result(timeout=WAIT + 60)
+    assert stolen.returncode != 0
+    assert f"connection refused by 127.0.0.1:{alice_port} in the workspace" in stolen.stderr
+    assert "steal" not in stolen.stdout
     assert _ours(tag) == [f"kuberde-{tag}-alice", f"kuberde-{tag}-bob"]
 
     # Bob's last workspace deleted: his namespace goes, alice's stays.
@@ -552,3 +561,38 @@ def test_owners_workloads_cannot_reach_each_other_over_the_network(
     rde.stop_up()
     assert _ours(tag) == []
     assert not Path(f"/run/kuberde/{tag}").exists()
+
+
+@pytest.mark.skipif(not ISOLATED, reason="only root can be denied CAP_SYS_ADMIN")
+@pytest.mark.timeout(120)
+def test_without_cap_sys_admin_owners_share_the_network_and_are_told_so(tmp_path: Path) -> None:
+    # Like a container without CAP_SYS_ADMIN: root, but no namespaces.
+    wrapper = ["setpriv", "--bounding-set", "-sys_admin", "--"]
+    with KubeRDE(tmp_path / "kuberde", wrapper=wrapper) as rde:
+        try:
+            port = free_port()
+            file = write_documents(
+                tmp_path / "alice.yaml",
+                [
+                    workspace(
+                        "alice-ws", echo_command(port, "alice"), local_port=port, owner="alice"
+                    )
+                ],
+            )
+            url = rde.start_up(file)
+            rde.env = rde.env | {"KUBERDE_TOKEN": _user_token(rde, url, "admin", admin=True)}
+            row = rde.wait_phase("alice-ws", "Running")
+            reply = _as(rde, _user_token(rde, url, "alice"), "connect", "alice-ws", input="hi\n")
+            assert (reply.returncode, reply.stdout) == (0, "hi\n"), reply.stderr
+            stderr = rde.up_stderr()
+            assert stderr.count("cannot give owners network namespaces of their own") == 1, stderr
+            assert "one owner's workload can connect to another's ports on 127.0.0.1" in stderr
+            # As it says: the workload is on this machine's network, its account still its own.
+            assert _netns_of(int(row["pod"])) == _netns_of(os.getpid())
+            assert _uid(int(row["pod"])) == rde.account("alice").uid
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as conn:
+                conn.sendall(b"direct")
+                assert conn.recv(64) == b"direct"
+            assert _ours(installation_tag(rde.state_dir)) == []
+        finally:
+            print(rde.diagnostics())

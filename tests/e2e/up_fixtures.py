@@ -352,16 +352,19 @@ class KubeRDE:
         sweep_interval: float = 0.2,
         default_paths: bool = False,
         run_as: Account | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         """`default_paths`: as a new user runs it, with every file where it goes by default
         under the (empty) home, and the venv's `kuberde` on PATH. `run_as`: run `kuberde up`
-        as that (unprivileged) account, which owns `root`."""
+        as that (unprivileged) account, which owns `root`. `wrapper`: a command that execs
+        `kuberde up` (e.g. setpriv dropping a capability)."""
         self.root = root
         self.home = root / "home"
         self.home.mkdir(parents=True, exist_ok=True)
         self.default_paths = default_paths
         self.state_dir = self.home / ".local/state/kuberde" if default_paths else root / "state"
         self.run_as = run_as
+        self.wrapper = list(wrapper)
         self.isolated = ISOLATED and run_as is None
         if run_as is not None:
             for owned in (root, self.home):
@@ -422,7 +425,7 @@ class KubeRDE:
             assert UP_PYTHON is not None, "no Python here that other accounts may run"
             argv = run_as_argv(self.run_as, [UP_PYTHON, "-m", "kuberde"])
             env["PYTHONPATH"] = UP_PYTHONPATH
-        argv += ["up", "--listen", "127.0.0.1:0"]
+        argv = [*self.wrapper, *argv, "up", "--listen", "127.0.0.1:0"]
         if not self.default_paths:
             argv += ["--state-dir", str(self.state_dir)]
         argv += ["--sweep-interval", str(self.sweep_interval), "--homes-dir", str(self.homes)]
