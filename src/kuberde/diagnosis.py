@@ -24,8 +24,10 @@ from kuberde.clock import parse_timestamp
 __all__ = [
     "LOOP_THRESHOLDS_MS",
     "Finding",
+    "LocalObservation",
     "Observation",
     "diagnose",
+    "diagnose_local",
     "log_lines",
 ]
 
@@ -112,8 +114,6 @@ class Observation:
     agent_logs: Mapping[str, str] = field(default_factory=dict)
     gateway: tuple[bool, str] | None = None
     ttl_interval: float = 60.0
-    #: Where the operator is not a pod (a local `kuberde up`): skip the operator checks.
-    local: bool = False
 
 
 def _age(value: object, now: datetime) -> str:
@@ -318,16 +318,129 @@ def check_authentication(observation: Observation) -> Finding:
 
 def diagnose(observation: Observation) -> list[Finding]:
     """Every check of the runbook's daily procedures, in the runbook's order."""
-    findings: list[Finding] = []
-    if not observation.local:
-        findings.append(check_operator_pod(observation))
-    findings.append(check_gateway(observation))
-    findings += check_agents(observation)
-    if not observation.local:
-        findings.append(check_stability(observation))
-    findings.append(check_ttl_values(observation))
-    if not observation.local:
-        findings.append(check_ttl_loop(observation))
-        findings += check_loop_timings(observation)
-        findings.append(check_authentication(observation))
-    return findings
+    return [
+        check_operator_pod(observation),
+        check_gateway(observation),
+        *check_agents(observation),
+        check_stability(observation),
+        check_ttl_values(observation),
+        check_ttl_loop(observation),
+        *check_loop_timings(observation),
+        check_authentication(observation),
+    ]
+
+
+# ---- a local `kuberde up` ----------------------------------------------------------------
+
+LOCAL_FIX = {
+    "gateway": "is `kuberde up` running? Start it with `kuberde up` (or `make run` in a clone)",
+    "error": "kuberde logs {name} (the workload's log); fix the RDEAgent and "
+    "`kuberde apply -f FILE`",
+    "starting": "its agent never came online: kuberde logs {name} --container agent",
+    "online-no-pod": "its processes are gone: kuberde stop {name}, then kuberde wake {name}",
+    "disagree": "kuberde logs {name} --container agent; `kuberde ls -o wide` says why",
+    "ttl-loop": "the lifecycle loop of `kuberde up` is stuck: its stderr says why; restart it",
+    "timings": "the machine is overloaded or a workspace's processes are slow to stop",
+    "auth": "an agent credential was refused: a workspace's agent gets a fresh one at each "
+    "start (kuberde stop NAME, then kuberde wake NAME); anything else dialling /ws is not ours",
+}
+_NOT_LOCAL = "n/a locally: `kuberde up` runs the lifecycle itself"
+
+
+@dataclass(frozen=True)
+class LocalObservation:
+    """What `kuberde doctor` read from a local `kuberde up`: whether the gateway answered,
+    and its `/api/runtime` document (loop timings, refused agents, workspaces)."""
+
+    now: datetime
+    gateway: tuple[bool, str]
+    runtime: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _local_workspace(item: Mapping[str, Any], now: datetime) -> Finding:
+    name = str(item.get("name"))
+    phase = str(item.get("phase") or "")
+    online = item.get("online") is True
+    pod = str(item.get("pod") or "")
+    shown = f"STATUS={phase or '<none>'} ONLINE={str(online).lower()} POD={pod or '<none>'}"
+    check = f"workspace {name}"
+
+    def failed(measured: str, fix: str) -> Finding:
+        return Finding(check, False, measured, LOCAL_FIX[fix].format(name=name))
+
+    if phase == "Error":
+        return failed(f"{shown}: {item.get('message') or ''}", "error")
+    since = parse_timestamp(item.get("since"))
+    if phase in ("Pending", "Starting") and since is not None and now - since > PENDING_LIMIT:
+        return failed(f"{shown}, {phase} for {policy.format_duration(now - since)}", "starting")
+    if online and not pod:
+        return failed(f"{shown}: online without a process", "online-no-pod")
+    expected = {"Running": (True, True), "ScaledDown": (False, False)}.get(phase)
+    if expected is not None and (online, bool(pod)) != expected:
+        return failed(f"{shown}: {phase} expects ONLINE={expected[0]}".lower(), "disagree")
+    return Finding(check, True, shown)
+
+
+def _local_ttl_loop(runtime: Mapping[str, Any]) -> Finding:
+    interval = float(runtime.get("sweep_interval_s") or 0)
+    age = runtime.get("last_sweep_age_s")
+    # Three intervals, as for the operator's loop; at least a few seconds on a busy machine.
+    limit = max(3 * interval, 5.0)
+    if not isinstance(age, int | float):
+        return Finding("TTL loop alive", False, "no sweep yet", LOCAL_FIX["ttl-loop"])
+    ok = age <= limit
+    measured = f"last sweep {age:.1f}s ago (every {interval:g}s; limit {limit:g}s)"
+    return Finding("TTL loop alive", ok, measured, "" if ok else LOCAL_FIX["ttl-loop"])
+
+
+def _local_timing(runtime: Mapping[str, Any]) -> Finding:
+    times = [float(value) for value in runtime.get("reconcile_ms") or []]
+    threshold = LOOP_THRESHOLDS_MS["TTL enforcer"]
+    if not times:
+        return Finding("sweep timing", True, "no workspace reconciled yet")
+    median = statistics.median(times)
+    ok = median < threshold
+    measured = (
+        f"median {median:.0f}ms, max {max(times):.0f}ms per workspace over {len(times)} "
+        f"reconciles (runbook: < {threshold:.0f}ms)"
+    )
+    return Finding("sweep timing", ok, measured, "" if ok else LOCAL_FIX["timings"])
+
+
+def _local_authentication(runtime: Mapping[str, Any]) -> Finding:
+    refusals = runtime.get("agent_refusals") or {}
+    reasons = [str(reason) for reason in refusals.get("reasons") or []]
+    window = policy.format_duration(timedelta(seconds=float(refusals.get("window_s") or 0)))
+    if not reasons:
+        return Finding("agent authentication", True, f"no agent credential refused in {window}")
+    counted = ", ".join(f"{r} ({reasons.count(r)})" for r in sorted(set(reasons)))
+    measured = f"{len(reasons)} agent credentials refused in the last {window}: {counted}"
+    return Finding("agent authentication", False, measured, LOCAL_FIX["auth"])
+
+
+def diagnose_local(observation: LocalObservation) -> list[Finding]:
+    """The same checks against a local `kuberde up`, in the same order; the cluster-only
+    ones (operator pod, Deployment stability) say they do not apply."""
+    reachable, detail = observation.gateway
+    runtime = observation.runtime
+    workspaces = sorted(runtime.get("workspaces") or [], key=lambda item: str(item.get("name")))
+    ttls = Observation(
+        now=observation.now,
+        agents=[{"metadata": {"name": w.get("name")}, "spec": {"ttl": w.get("ttl")}}
+                for w in workspaces],
+    )  # fmt: skip
+    findings = [
+        Finding("operator pod", True, _NOT_LOCAL),
+        Finding("gateway reachable", reachable, detail, "" if reachable else LOCAL_FIX["gateway"]),
+    ]
+    if not reachable:
+        return findings
+    return [
+        *findings,
+        *(_local_workspace(w, observation.now) for w in workspaces),
+        Finding("deployment stability", True, _NOT_LOCAL),
+        check_ttl_values(ttls),
+        _local_ttl_loop(runtime),
+        _local_timing(runtime),
+        _local_authentication(runtime),
+    ]

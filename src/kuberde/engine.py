@@ -17,13 +17,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 from kuberde.aio import KeyedLocks, Kick
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "Timings"]
 
 log = logging.getLogger(__name__)
+
+#: Reconcile durations kept for `timings` (what `kuberde doctor` judges the loop by).
+_DURATIONS_KEPT = 100
+
+
+@dataclass(frozen=True)
+class Timings:
+    """How the loop is doing: sweeps so far, seconds since the last one began (None before
+    the first), and the latest reconcile durations in milliseconds, oldest first."""
+
+    sweeps: int
+    last_sweep_age: float | None
+    reconcile_ms: tuple[float, ...]
 
 
 class Engine:
@@ -42,6 +58,13 @@ class Engine:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._sweep = Kick()
         self._closed = False
+        self._sweeps = 0
+        self._last_sweep: float | None = None
+        self._durations: deque[float] = deque(maxlen=_DURATIONS_KEPT)
+
+    def timings(self) -> Timings:
+        age = None if self._last_sweep is None else time.monotonic() - self._last_sweep
+        return Timings(self._sweeps, age, tuple(self._durations))
 
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[None]:
@@ -68,16 +91,20 @@ class Engine:
             while name in self._dirty and not self._closed:
                 self._dirty.discard(name)
                 async with self.exclusive(name):
+                    started = time.monotonic()
                     try:
                         await self._reconcile(name)
                     except Exception:
                         log.exception("reconciling %s failed", name)
+                    self._durations.append((time.monotonic() - started) * 1000)
         finally:
             del self._workers[name]
 
     async def run(self) -> None:
         """Sweep every workspace each interval, or at once after `kick_all`."""
         while not self._closed:
+            self._sweeps += 1
+            self._last_sweep = time.monotonic()
             for name in self._names():
                 self.kick(name)
             await self._sweep.wait(self._interval)

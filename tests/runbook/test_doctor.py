@@ -85,3 +85,26 @@ async def test_an_agent_in_error(cluster: Cluster) -> None:
         assert "✅ agent ssh-server: " in result.stdout, "the others keep passing"
     finally:
         await cluster.kubectl("delete", "rdeagent", "-n", "kuberde", "broken")
+
+
+async def test_a_cluster_gateway_in_the_cli_config_is_checked_as_a_cluster(
+    cluster: Cluster,
+) -> None:
+    configured = f"KUBERDE_SERVER={shlex.quote(cluster.gateway_url())} KUBERDE_TOKEN=unused "
+    result = await cluster.sh(configured + DOCTOR)
+    assert "✅ operator pod: " in result.stdout, result.stdout + result.stderr
+    local = await cluster.sh(configured + DOCTOR + " --local")
+    assert local.returncode == 1
+    assert local.stderr == (
+        f"kuberde: {cluster.gateway_url()} is not a local `kuberde up` (it has no /api/runtime)\n"
+    )
+
+
+async def test_doctor_local_with_no_gateway_configured_says_how_to_configure_one(
+    cluster: Cluster,
+) -> None:
+    result = await doctor(cluster, "--local")
+    assert result.returncode == 2
+    assert "no server configured: pass --server, set KUBERDE_SERVER or run `kuberde up`" in (
+        result.stderr
+    )

@@ -27,7 +27,7 @@ def _commands() -> list[list[str]]:
 COMMANDS = _commands()
 GATEWAY_COMMANDS = [
     "ls", "apply", "delete", "wake", "stop", "logs", "connect", "ssh", "port-forward", "version",
-    "extend", "open", "login", "whoami",
+    "extend", "open", "login", "whoami", "doctor",
 ]  # fmt: skip
 #: Gateway commands that only ever use the stored token, so take no `--token`.
 STORED_TOKEN_ONLY = ["logout"]
@@ -37,7 +37,6 @@ NO_GATEWAY = {
     "backup": "talks to the Kubernetes API",
     "completion": "prints a script",
     "config-ssh": "writes ~/.ssh/config from local files",
-    "doctor": "reads the cluster through the Kubernetes API",
     "operator": "talks to the Kubernetes API",
     "restore": "talks to the Kubernetes API",
     "server": "is the gateway",

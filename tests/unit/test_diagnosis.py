@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from kuberde.diagnosis import Finding, Observation, diagnose, log_lines
+from kuberde.diagnosis import (
+    Finding,
+    LocalObservation,
+    Observation,
+    diagnose,
+    diagnose_local,
+    log_lines,
+)
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -262,3 +269,102 @@ def test_log_lines_carry_their_time() -> None:
     [line] = log_lines(log_at(1.5, "Server monitor checked in 3ms (1 agents)") + "\nnoise")
     assert line.at == NOW - timedelta(seconds=1.5)
     assert line.message.startswith("Server monitor")
+
+
+# ---- a local `kuberde up` ----------------------------------------------------------------
+
+
+def local_workspace(
+    name: str, phase: str, online: bool, pod: str | None, since: timedelta = timedelta(0)
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "phase": phase,
+        "online": online,
+        "pod": pod,
+        "since": stamp(since),
+        "ttl": "5m",
+        "message": "",
+    }
+
+
+LOCAL_RUNTIME: dict[str, Any] = {
+    "runtime": "local",
+    "sweep_interval_s": 1.0,
+    "sweeps": 40,
+    "last_sweep_age_s": 0.4,
+    "reconcile_ms": [2.0, 3.5, 1.0],
+    "agent_refusals": {"window_s": 600.0, "reasons": []},
+    "workspaces": [
+        local_workspace("demo", "Running", True, "4242", timedelta(hours=1)),
+        local_workspace("idle", "ScaledDown", False, None),
+    ],
+}
+LOCAL_HEALTHY = LocalObservation(now=NOW, gateway=(True, "GET /healthz: ok"), runtime=LOCAL_RUNTIME)
+
+
+def with_runtime(**changes: Any) -> LocalObservation:
+    return replace(LOCAL_HEALTHY, runtime={**LOCAL_RUNTIME, **changes})
+
+
+def with_workspace(item: dict[str, Any]) -> LocalObservation:
+    return with_runtime(workspaces=[*LOCAL_RUNTIME["workspaces"], item])
+
+
+def test_a_healthy_local_up_passes_and_the_cluster_only_checks_do_not_apply() -> None:
+    findings = diagnose_local(LOCAL_HEALTHY)
+    assert all(finding.ok for finding in findings), findings
+    checks = [finding.check for finding in findings]
+    assert checks == [
+        "operator pod", "gateway reachable", "workspace demo", "workspace idle",
+        "deployment stability", "TTL values", "TTL loop alive", "sweep timing",
+        "agent authentication",
+    ]  # fmt: skip
+    by_check = {finding.check: finding for finding in findings}
+    for check in ("operator pod", "deployment stability"):
+        assert by_check[check].measured.startswith("n/a locally")
+
+
+@pytest.mark.parametrize(
+    ("observation", "check", "words"),
+    [
+        (with_workspace(local_workspace("bad", "Error", False, None)), "workspace bad",
+         "STATUS=Error"),
+        (with_workspace(local_workspace("slow", "Starting", False, "7", timedelta(minutes=6))),
+         "workspace slow", "Starting for 6m"),
+        (with_workspace(local_workspace("ghost", "Running", True, None)), "workspace ghost",
+         "online without a process"),
+        (with_workspace(local_workspace("odd", "Running", False, "9")), "workspace odd",
+         "expects online=true"),
+        (with_workspace({**local_workspace("off", "Running", True, "5"), "ttl": "0"}),
+         "TTL values", "off: TTL disabled"),
+        (with_runtime(last_sweep_age_s=30.0), "TTL loop alive", "last sweep 30.0s ago"),
+        (with_runtime(last_sweep_age_s=None), "TTL loop alive", "no sweep yet"),
+        (with_runtime(reconcile_ms=[900.0, 700.0, 10.0]), "sweep timing", "median 700ms"),
+        (with_runtime(agent_refusals={"window_s": 600.0, "reasons": ["invalid", "invalid"]}),
+         "agent authentication", "2 agent credentials refused in the last 10m: invalid (2)"),
+    ],
+)  # fmt: skip
+def test_each_local_red_flag_fails_its_check_with_a_fix(
+    observation: LocalObservation, check: str, words: str
+) -> None:
+    findings = [finding for finding in diagnose_local(observation) if not finding.ok]
+    assert [finding.check for finding in findings] == [check], findings
+    [finding] = findings
+    assert words in finding.measured
+    assert finding.fix
+
+
+def test_a_starting_workspace_within_five_minutes_is_fine() -> None:
+    young = with_workspace(local_workspace("new", "Starting", False, "8", timedelta(minutes=4)))
+    assert all(finding.ok for finding in diagnose_local(young))
+
+
+def test_an_unreachable_local_gateway_says_how_to_start_it_and_checks_nothing_more() -> None:
+    down = LocalObservation(now=NOW, gateway=(False, "connection refused"))
+    findings = diagnose_local(down)
+    assert [(f.check, f.ok) for f in findings] == [
+        ("operator pod", True),
+        ("gateway reachable", False),
+    ]
+    assert "is `kuberde up` running?" in findings[1].fix

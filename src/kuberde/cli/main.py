@@ -44,7 +44,7 @@ commands.register(app)
 auth_commands.register(app)
 backup.register(app)
 command(app, "operator")(operator)
-command(app, "doctor")(doctor)
+gateway_command(app, "doctor")(doctor)
 
 DEFAULT_STATE_DIR = Path.home() / ".local" / "state" / "kuberde"
 

@@ -142,7 +142,7 @@ class Gateway:
             else:
                 principal = await self.verifier.verify_management(token)
         except AuthError as exc:
-            self.metrics.auth_failures.labels(endpoint=kind, reason=exc.reason).inc()
+            self.metrics.refused(kind, exc.reason)
             log.info("refused %s credential from %s: %s", kind, request.remote, exc)
             raise json_error(web.HTTPUnauthorized, str(exc), exc.reason) from None
         mark_authenticated(request)
@@ -161,7 +161,7 @@ class Gateway:
         if (owner is not None and owner != principal.owner) or (
             record is not None and record.uid and principal.agent_uid != record.uid
         ):
-            self.metrics.auth_failures.labels(endpoint="agent", reason="not_this_agent").inc()
+            self.metrics.refused("agent", "not_this_agent")
             raise json_error(
                 web.HTTPForbidden,
                 f"credential does not belong to the current agent {principal.name}",

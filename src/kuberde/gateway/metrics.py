@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections import deque
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["GatewayMetrics"]
+
+#: Refused agent credentials remembered for `kuberde doctor` (time and reason each).
+_REFUSALS_KEPT = 256
 
 _OPEN_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30, 120)
 
@@ -46,6 +52,19 @@ class GatewayMetrics:
         self.wakes = Counter(
             "kuberde_wake_requests", "Wake requests sent for offline agents", registry=self.registry
         )
+
+        self._agent_refusals: deque[tuple[float, str]] = deque(maxlen=_REFUSALS_KEPT)
+
+    def refused(self, endpoint: str, reason: str) -> None:
+        """Count a refused credential; an agent's is also remembered with its time."""
+        self.auth_failures.labels(endpoint=endpoint, reason=reason).inc()
+        if endpoint == "agent":
+            self._agent_refusals.append((time.monotonic(), reason))
+
+    def recent_agent_refusals(self, window: float) -> list[str]:
+        """The reasons of the agent credentials refused in the last `window` seconds."""
+        since = time.monotonic() - window
+        return [reason for at, reason in self._agent_refusals if at >= since]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -28,6 +28,8 @@ from kuberde.resource import Workload, load_documents, parse_agent
 __all__ = ["add_workspace_routes", "apply_documents"]
 
 MAX_APPLY_BYTES = 1024 * 1024
+#: How far back `/api/runtime` reports refused agent credentials.
+REFUSALS_WINDOW = 600.0
 
 
 def view_json(view: WorkspaceView, apps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -141,6 +143,42 @@ class WorkspaceApi:
         ]
         return web.json_response({"workspaces": views})
 
+    async def runtime_status(self, request: web.Request) -> web.Response:
+        """What `kuberde doctor` checks locally: the lifecycle loop's sweeps and timings,
+        agent credentials the gateway refused lately, and the caller's workspaces as the
+        runtime sees them (the spec's TTL, since when its processes run)."""
+        user = await self._user(request)
+        timings = self.runtime.timings()
+        workspaces = []
+        for state in self.runtime.list():
+            if state.owner != user.name and not user.admin:
+                continue
+            view = self.runtime.view(state)
+            since = state.started_at or state.created_at
+            workspaces.append(
+                {
+                    "name": view.name,
+                    "phase": view.phase,
+                    "online": view.online,
+                    "pod": view.pod,
+                    "since": since.isoformat(),
+                    "ttl": (state.document.get("spec") or {}).get("ttl"),
+                    "message": view.message,
+                }
+            )
+        refusals = self.gateway.metrics.recent_agent_refusals(REFUSALS_WINDOW)
+        return web.json_response(
+            {
+                "runtime": "local",
+                "sweep_interval_s": self.runtime.settings.sweep_interval,
+                "sweeps": timings.sweeps,
+                "last_sweep_age_s": timings.last_sweep_age,
+                "reconcile_ms": list(timings.reconcile_ms),
+                "agent_refusals": {"window_s": REFUSALS_WINDOW, "reasons": refusals},
+                "workspaces": workspaces,
+            }
+        )
+
     async def get(self, request: web.Request) -> web.Response:
         user = await self._user(request)
         state = self._owned(user, request.match_info["name"])
@@ -193,6 +231,7 @@ def add_workspace_routes(
 ) -> None:
     api = WorkspaceApi(runtime, app[GATEWAY_KEY], apps_domain)
     app.router.add_get("/api/workspaces", api.list)
+    app.router.add_get("/api/runtime", api.runtime_status)
     app.router.add_post("/api/workspaces", api.apply)
     app.router.add_get("/api/workspaces/{name}", api.get)
     app.router.add_delete("/api/workspaces/{name}", api.delete)

@@ -31,7 +31,7 @@ from kuberde import policy
 from kuberde.activity import ActivityFeed
 from kuberde.auth import TokenIssuer
 from kuberde.clock import Clock, utc_now
-from kuberde.engine import Engine
+from kuberde.engine import Engine, Timings
 from kuberde.gateway.directory import AgentRecord, WakeError
 from kuberde.local.accounts import AccountError, Accounts
 from kuberde.local.netns import NetworkError, OwnerNetworks
@@ -358,6 +358,10 @@ class LocalRuntime:
     @property
     def _staleness(self) -> timedelta:
         return self.settings.max_staleness
+
+    def timings(self) -> Timings:
+        """The lifecycle loop's sweeps and reconcile times, for `kuberde doctor`."""
+        return self._engine.timings()
 
     async def run(self) -> None:
         """Reconcile every workspace each sweep, and at once after any command, wake or

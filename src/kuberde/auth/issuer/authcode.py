@@ -13,7 +13,6 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from ipaddress import ip_address
 from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
@@ -21,6 +20,7 @@ from aiohttp import web
 from kuberde.auth.issuer.pages import PAGE_HEADERS
 from kuberde.auth.issuer.protocol import Identity, OAuthError, granted_scope, sha256
 from kuberde.auth.issuer.refresh import RefreshTokens
+from kuberde.hosts import is_loopback_host
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,6 @@ def pkce_challenge(verifier: str) -> str:
 def valid_pkce_value(value: str) -> bool:
     """RFC 7636 §4.1: 43-128 characters of [A-Za-z0-9-._~]."""
     return 43 <= len(value) <= 128 and all(ch in _PKCE_ALPHABET for ch in value)
-
-
-def _loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _scheme_of_redirect(uri: str) -> tuple[str, str] | None:
@@ -61,7 +52,7 @@ def _scheme_of_redirect(uri: str) -> tuple[str, str] | None:
 def loopback_redirect(uri: str) -> bool:
     """RFC 8252 §7.3: http on a loopback address, any port (no registration needed)."""
     found = _scheme_of_redirect(uri)
-    return found is not None and found[0] == "http" and _loopback_host(found[1])
+    return found is not None and found[0] == "http" and is_loopback_host(found[1])
 
 
 def registrable_redirect(uri: str) -> bool:
