@@ -362,7 +362,9 @@ class _Pump:
         self._selector = selectors.DefaultSelector()
         self._registered: dict[int, int] = {}
 
-    def run(self) -> Outcome:
+    def run(self, on_end: Callable[[Outcome], None]) -> Outcome:
+        """Pump until both directions end; `on_end` hears the outcome while the local fds
+        are still open, so an error is told before the reader (ssh) sees them close."""
         restore = [_non_blocking(fd) for fd, poll in self._pollable.items() if poll]
         self._sock.setblocking(False)
         try:
@@ -371,6 +373,7 @@ class _Pump:
             self._flush_down()
             while not self._finished():
                 self._turn()
+            on_end(self._outcome())
         finally:
             self._selector.close()
             for fd in (self._stdin, self._stdout):
@@ -594,14 +597,17 @@ def connect_stdio(
         progress.end_line()
         report(str(exc), err)
         return 1
+
+    def tell(outcome: Outcome) -> None:
+        if outcome.message:
+            progress.end_line()
+            report(outcome.message, err)
+
     try:
         stdin_fd, stdout_fd = claim_stdio()
-        outcome = _Pump(link, stdin_fd, stdout_fd, progress).run()
+        outcome = _Pump(link, stdin_fd, stdout_fd, progress).run(tell)
     finally:
         link.sock.close()
-    if outcome.message:
-        progress.end_line()
-        report(outcome.message, err)
     return outcome.exit_code
 
 
