@@ -621,6 +621,53 @@ async def test_a_session_stream_past_the_cap_is_refused_with_the_reason_and_the_
         running.cancel()
 
 
+async def test_a_session_stream_whose_reader_stalls_is_cut_with_the_reason_the_rest_go_on(
+    start_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On /session, what the gateway holds for streams the user stopped reading counts
+    against the cap: the stream holding the most is reset with the reason, the other stream
+    and the session stay, and bob's transfer through the same workspace goes on."""
+    caplog.set_level(logging.INFO, "kuberde.gateway.user_session")
+    settings = GatewaySettings(
+        streams=StreamQuotaSettings(
+            per_user=StreamLimits(16, 6 * MIB, streams_per_second=1e6, burst=100)
+        )
+    )
+    gateway = await start_gateway(settings)
+    quota = gateway.app[GATEWAY_KEY].quota
+    await gateway.peer("alice", "dev", Blaster(os.urandom(BLAST_SIZE)))
+    await gateway.peer("bob", "dev", echo())
+    _, session, running = await _user_session(gateway, gateway.user("alice"))
+    try:
+        # Nobody reads these: the user side's window fills, then the gateway's buffers.
+        blasts = [
+            session.open_stream(encode_preamble(Preamble(BLAST_PORT, "tcp", ""))) for _ in range(2)
+        ]
+
+        async def cut() -> Stream:
+            while True:
+                reset = [stream for stream in blasts if stream.error is not None]
+                if reset:
+                    return reset[0]
+                await asyncio.sleep(0.02)
+
+        victim = await asyncio.wait_for(cut(), WAIT)
+        assert victim.error is not None
+        assert victim.error.reason.startswith(
+            "buffer limit: 6 MiB held for slow readers per user; read or close other"
+        ), victim.error.reason
+        assert any("cut a stream of alice" in r.getMessage() for r in caplog.records)
+        survivor = next(stream for stream in blasts if stream is not victim)
+        assert survivor.error is None and not session.is_closed
+
+        bob = await gateway.connect("dev", gateway.user("bob"))
+        await _stream_round_trip(bob, 8 * MIB)
+        assert survivor.error is None
+        assert quota.usage("user:alice")[1] <= 6 * MIB
+    finally:
+        running.cancel()
+
+
 # ---- shutdown --------------------------------------------------------------------------------
 
 

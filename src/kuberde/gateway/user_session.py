@@ -179,6 +179,8 @@ async def _serve_stream(
             return
         guard.attach(agent_stream)
         await _join(gateway, target, user_stream, agent_stream, rest)
+        if guard.exceeded is not None:
+            log.info("cut a stream of %s to %s: %s", user.name, target, guard.exceeded.reason)
 
 
 async def _open_agent_stream(gateway: Gateway, target: str, preamble: Preamble) -> Stream | str:
