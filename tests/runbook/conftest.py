@@ -58,12 +58,14 @@ class Runbook:
         stop_after: float | None = None,
         note: str = "",
         cwd: Path | None = None,
+        typed: bytes | None = None,
     ) -> CommandResult:
-        """Run `command` verbatim; `check` raises AssertionError if the runbook is wrong."""
+        """Run `command` verbatim (`typed` into it); `check` raises AssertionError if the
+        runbook is wrong."""
         if stop_after is None:
-            result = await self.cluster.sh(command, cwd=cwd)
+            result = await self.cluster.sh(command, cwd=cwd, typed=typed)
         else:
-            result = await self.cluster.sh(command, stop_after=stop_after, cwd=cwd)
+            result = await self.cluster.sh(command, stop_after=stop_after, cwd=cwd, typed=typed)
         try:
             check(result)
         except AssertionError as exc:

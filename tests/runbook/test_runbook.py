@@ -275,11 +275,20 @@ async def test_agent_diagnosis(cluster: Cluster, runbook: Runbook) -> None:
         "'{.spec.template.spec.containers[0].env[*]}'",
         agent_env,
     )
+    agent_pod = (await cluster.sh("kubectl get pods -n kuberde -l app=frp-agent -o name")).lines[0]
+    agent_pod = agent_pod.removeprefix("pod/")
+
+    def a_shell_in_the_pod(result: CommandResult) -> None:
+        ok(result)
+        assert result.stdout == f"inside {agent_pod}\n", result.stdout
+
     for section in ("3 not connecting", "8"):
-        not_applicable(
+        await runbook.run(
             section,
-            "kubectl exec -it -n kuberde <pod-name> -- /bin/sh",
-            "emulated pods have no container runtime to exec into",
+            f"kubectl exec -it -n kuberde {agent_pod} -- /bin/sh",
+            a_shell_in_the_pod,
+            typed=b"echo inside $POD_NAME\nexit\n",
+            note="typed: echo inside $POD_NAME; exit (stdin is no TTY here)",
         )
 
     def gateway_answers(result: CommandResult) -> None:
@@ -315,7 +324,7 @@ async def test_agent_diagnosis(cluster: Cluster, runbook: Runbook) -> None:
     not_applicable(
         "7 incident",
         "kubectl exec <agent-pod> -- ping frp-server.kuberde.svc",
-        "no container runtime, no cluster DNS",
+        "exec works, but pods run on loopback without cluster DNS: the name does not resolve",
     )
 
 

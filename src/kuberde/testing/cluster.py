@@ -97,12 +97,18 @@ class Cluster:
         }
 
     async def sh(
-        self, command: str, *, stop_after: float = COMMAND_TIMEOUT, cwd: Path | None = None
+        self,
+        command: str,
+        *,
+        stop_after: float = COMMAND_TIMEOUT,
+        cwd: Path | None = None,
+        typed: bytes | None = None,
     ) -> CommandResult:
         """Run a shell command line (a runbook command verbatim); stdin is never a TTY.
 
         A command still running after `stop_after` seconds is killed with what it printed
-        kept: that is how a test reads `kubectl logs -f` or `watch`.
+        kept: that is how a test reads `kubectl logs -f` or `watch`. `typed` is what the
+        user types into it (`kubectl exec -it … -- /bin/sh`), then the end of input.
         """
         process = await asyncio.create_subprocess_exec(
             "bash",
@@ -110,12 +116,17 @@ class Cluster:
             command,
             env=self.env,
             cwd=cwd or self.home,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL if typed is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
         assert process.stdout is not None and process.stderr is not None
+        if typed is not None:
+            assert process.stdin is not None
+            process.stdin.write(typed)
+            await process.stdin.drain()
+            process.stdin.close()
         # Read as it comes: what a stopped command printed must not be lost with it.
         reading = asyncio.gather(process.stdout.read(), process.stderr.read())
         try:

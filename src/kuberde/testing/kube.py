@@ -22,7 +22,8 @@ And what `kubectl` needs to believe it (the runbook's commands run against it ve
 - server-side Table printing (`kuberde.testing.printing`) from the stored CRD's
   `additionalPrinterColumns`, and for the built-in kinds the runbook lists;
 - strategic merge patches (`kubectl set image`, client-side apply) and server-side apply;
-- pod logs (`PodLogs`) that a kubelet fixture writes, with follow, tail, since and previous;
+- pod logs (`PodLogs`) that a kubelet fixture writes, with follow, tail, since and previous,
+  and `kubectl exec` into its pods (`kuberde.testing.streaming`);
 - protobuf request bodies for the kinds kubectl's typed creates send (`kuberde.testing.protobuf`):
   kubectl does not fall back to JSON on 415;
 - (Self)SubjectAccessReviews answered by RBAC over the stored roles and bindings
@@ -46,14 +47,14 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import aiohttp.web
 import kmock
 import yaml
 from multidict import CIMultiDict
 
-from kuberde.testing import printing, protobuf, rbac
+from kuberde.testing import printing, protobuf, rbac, streaming
 from kuberde.testing.patching import merge_patch_between, strategic_merge
 from kuberde.testing.selectors import (
     Selector,
@@ -178,6 +179,14 @@ def _status(code: int, reason: str, message: str) -> dict[str, Any]:
     }
 
 
+class PodRuntime(Protocol):
+    """A kubelet as the API server reaches it for `kubectl exec`."""
+
+    def exec_target(
+        self, namespace: str, pod_name: str, container_name: str
+    ) -> tuple[dict[str, str], Path] | None: ...
+
+
 class _Recorder:
     """Stands for KMock's event bus of one resource: each event goes into the history."""
 
@@ -298,6 +307,8 @@ class ApiServer(kmock.KubernetesEmulator):
         self.calls: list[ApiCall] = []
         #: Container logs, written by a kubelet fixture, served at `pods/NAME/log`.
         self.logs = PodLogs()
+        #: The kubelets that run pods, for `pods/NAME/exec`: they add themselves.
+        self.runtimes: list[PodRuntime] = []
         self._resource_version = 0
         #: Every change, for watches to resume from.
         self.history = WatchHistory(history_size)
@@ -337,7 +348,7 @@ class ApiServer(kmock.KubernetesEmulator):
     # ---- writes by in-process controllers (a kubelet fixture) ---------------------------------
 
     async def store(
-        self, resource: kmock.ResourceKey, namespace: str, body: dict[str, Any]
+        self, resource: kmock.ResourceKey, namespace: str | None, body: dict[str, Any]
     ) -> None:
         """Create an object as a controller inside the server would, with a watch event."""
         key = kmock.resource(resource)
@@ -687,6 +698,32 @@ class ApiServer(kmock.KubernetesEmulator):
             status["reason"] = decision.reason
         return {**review, "metadata": {"creationTimestamp": None}, "status": status}
 
+    async def _serve_exec(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """`pods/NAME/exec`: the command runs in the pod's container (`streaming`)."""
+        namespace, name = request.namespace or "", request.name or ""
+        pod = self.find("v1/pods", namespace, name)
+        if pod is None:
+            raise _status_error(404, "NotFound", f'pods "{name}" not found')
+        raw_request = request._raw_request
+        assert raw_request is not None
+        containers = [str(item["name"]) for item in pod.raw["spec"].get("containers") or []]
+        container = str(request.params.get("container") or (containers[0] if containers else ""))
+        command = raw_request.query.getall("command", [])
+        if not command:
+            raise _status_error(400, "BadRequest", "you must specify at least 1 command")
+        if container not in containers:
+            raise _status_error(
+                400, "BadRequest", f"container {container} is not valid for pod {name}"
+            )
+        for runtime in self.runtimes:
+            target = runtime.exec_target(namespace, name, container)
+            if target is not None:
+                env, cwd = target
+                return await streaming.serve_exec(raw_request, command, env, cwd)
+        raise _status_error(
+            400, "BadRequest", f"container {container} in pod {name} is not running"
+        )
+
     async def _serve_log(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         """`GET pods/NAME/log`: what the kubelet fixture recorded for the pod's container."""
         namespace, name = request.namespace or "", request.name or ""
@@ -902,6 +939,8 @@ class ApiServer(kmock.KubernetesEmulator):
         try:
             if request.resource is not None and request.subresource == "log":
                 return await self._serve_log(request)
+            if request.resource is not None and request.subresource == "exec":
+                return await self._serve_exec(request)
             if request.resource is not None and request.action == kmock.action.WATCH:
                 return await self._serve_watch_stream(request)
             if (

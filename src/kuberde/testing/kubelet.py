@@ -146,6 +146,7 @@ class Kubelet:
         self.pods: dict[str, _Pod] = {}
         self._ports: dict[tuple[str, int], int] = {}
         self._http: aiohttp.ClientSession | None = None
+        server.runtimes.append(self)
 
     # ---- addresses -----------------------------------------------------------------------
 
@@ -299,6 +300,7 @@ class Kubelet:
         pod_name = f"{name}-{template_hash}-{_suffix()}"
         template = deployment["spec"]["template"]
         directory = self.work_dir / pod_name
+        directory.mkdir(parents=True, exist_ok=True)
         volumes = self._volumes(template, directory)
         if volumes is None:
             return
@@ -349,10 +351,9 @@ class Kubelet:
                 container.task = asyncio.create_task(self._run(pod, container))
         await self._report(pod)
 
-    async def _run(self, pod: _Pod, container: _Container) -> None:
-        """Run the container's process until the pod stops, restarting it when it exits."""
-        assert container.argv is not None
-        env = {
+    def _environment(self, pod: _Pod, container: _Container) -> dict[str, str]:
+        """What a container's processes see: the pod's environment and service account."""
+        return {
             **{key: value for key, value in os.environ.items() if not key.startswith("KUBERDE_")},
             "KUBECONFIG": str(self.kubeconfig),
             "HOME": str(pod.directory),
@@ -360,6 +361,23 @@ class Kubelet:
             "PYTHONUNBUFFERED": "1",
             **container.env,
         }
+
+    def exec_target(
+        self, namespace: str, pod_name: str, container_name: str
+    ) -> tuple[dict[str, str], Path] | None:
+        """Where `kubectl exec` runs in a pod's container: its environment and directory."""
+        pod = self.pods.get(pod_name) if namespace == self.namespace else None
+        if pod is None or pod.stopping:
+            return None
+        for container in pod.containers:
+            if container.name == container_name:
+                return self._environment(pod, container), pod.directory
+        return None
+
+    async def _run(self, pod: _Pod, container: _Container) -> None:
+        """Run the container's process until the pod stops, restarting it when it exits."""
+        assert container.argv is not None
+        env = self._environment(pod, container)
         while not pod.stopping:
             log: ContainerLog = self.server.logs.start(self.namespace, pod.name, container.name)
             container.process = await asyncio.create_subprocess_exec(
