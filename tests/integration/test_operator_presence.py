@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,15 @@ from kuberde.auth import (
     TokenIssuer,
     load_or_create_signing_key,
 )
-from kuberde.gateway.app import create_app
+from kuberde.gateway.app import GatewaySettings, create_app
 from kuberde.gateway.server import ListenAddress, bind_socket, start_site
-from tests.integration.conftest import RunningGateway, bearer, next_message, read_bytes
+from tests.integration.conftest import (
+    GatewayFactory,
+    RunningGateway,
+    bearer,
+    next_message,
+    read_bytes,
+)
 from tests.integration.kube import (
     WAIT,
     Kube,
@@ -143,6 +150,48 @@ async def test_a_gateway_that_goes_away_leaves_online_unknown_and_scales_nothing
         assert status["online"] is False
         assert "no fresh activity data from the gateway: ONLINE unknown" in status["message"]
         assert kube.replicas(AGENT) == 1
+
+
+async def test_a_session_opened_since_the_last_look_keeps_the_workspace_up(
+    kube: Kube,
+    start_gateway: GatewayFactory,
+    tmp_path: Path,
+    workspace_port: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No watch (the gateway refuses it) and one list, at start: the operator's snapshot says
+    idle since creation while a user's session is open. The scale-down asks the gateway once
+    more and keeps the workspace up. (Before, only a `connected` stamp hid this race.)"""
+    caplog.set_level(logging.INFO, logger="kuberde")
+    gateway = await start_gateway(GatewaySettings(max_watches=0))
+    settings = fast_settings(
+        kube,
+        signing_key_file=key_file_of(gateway),
+        server_api=gateway.url,
+        monitor_interval=NEVER,
+        activity_max_age=NEVER,
+    )
+    async with (
+        kubelet_running(kube, tmp_path, run_agents=True, port_map={2222: workspace_port}),
+        operator_running(settings) as runner,
+    ):
+        created = await kube.create_agent(NAME, spec("0"))
+        await gateway.wait_agent(AGENT, lambda agent: agent["online"])
+        ws = await gateway.connect(NAME, gateway.user(OWNER), port=2222)
+        assert await read_bytes(ws, len(BANNER)) == BANNER
+        created_at = datetime.fromisoformat(created["metadata"]["creationTimestamp"])
+        await eventually(
+            lambda: datetime.now(UTC) > created_at + timedelta(seconds=2), "the TTL to pass"
+        )
+        await kube.patch_agent(NAME, {"spec": {"ttl": "1s"}})
+        await eventually(
+            lambda: f"Agent {NAME}: idle for" in caplog.text, "a verdict on the old snapshot"
+        )
+        await loops_after(runner, "ttl", 3)
+        assert kube.replicas(AGENT) == 1
+        assert not kube.events(NAME, "ScaledDown")
+        assert f"Agent {NAME}: 1 open stream" in caplog.text, "the gateway's answer"
+        await ws.close()
 
 
 @contextlib.asynccontextmanager
