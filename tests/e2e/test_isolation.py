@@ -24,16 +24,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kuberde.auth import load_or_create_signing_key
-from kuberde.auth.issuer import BUILTIN_USER_CLAIMS, BuiltinIssuer
-from kuberde.auth.oidc import OidcProvider, OidcUserVerifier
-from kuberde.auth.users import USERS_FILE, UsersFile, set_user
+from kuberde.auth.users import USERS_FILE, set_user
 from kuberde.local.accounts import Account, account_name
 from kuberde.local.netns import installation_tag
 from tests.e2e.up_fixtures import (
@@ -45,6 +41,7 @@ from tests.e2e.up_fixtures import (
     descendants,
     echo_command,
     free_port,
+    user_token,
     wait_until,
     workspace,
     write_documents,
@@ -124,19 +121,6 @@ def _uid(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
 
 
-def _user_token(rde: KubeRDE, url: str, username: str, *, admin: bool = False) -> str:
-    """A token from the installation's own issuer, as `kuberde login` would get one."""
-    key = load_or_create_signing_key(rde.state_dir)
-    issuer = BuiltinIssuer(
-        url,
-        key,
-        rde.root / "issuer-for-tests",
-        users=UsersFile(rde.state_dir / USERS_FILE),
-        user_verifier=OidcUserVerifier(OidcProvider(url), BUILTIN_USER_CLAIMS),
-    )
-    return issuer.mint_access_token(username, admin=admin, ttl=timedelta(hours=1))
-
-
 def _as(
     rde: KubeRDE, token: str, *args: str, input: str | None = None, timeout: float = WAIT
 ) -> subprocess.CompletedProcess[str]:
@@ -199,8 +183,8 @@ def test_a_workload_reads_nothing_of_the_gateway_or_other_owners(
     users.write_text(
         users.read_text().replace("admin: false", "admin: false\n    account: kde-nobody-here")
     )
-    url = rde.start_up(file, extra_env={CANARY: "canary-value-never-shown"})
-    rde.env = rde.env | {"KUBERDE_TOKEN": _user_token(rde, url, "admin", admin=True)}
+    rde.start_up(file, extra_env={CANARY: "canary-value-never-shown"})
+    rde.env = rde.env | {"KUBERDE_TOKEN": user_token(rde, "admin", admin=True)}
     rde.wait_phase("alice-ws", "Running")
     carol = rde.wait_phase("carol-ws", "Error")
     assert carol["message"] == (
@@ -209,7 +193,7 @@ def test_a_workload_reads_nothing_of_the_gateway_or_other_owners(
     )
     alice, bob = rde.account("alice"), rde.account("bob")
     wait_until(lambda: (alice.home / "secret").exists(), "alice's workload writing her home")
-    bob_token = _user_token(rde, url, "bob")
+    bob_token = user_token(rde, "bob")
 
     uids = f"{alice.uid},{bob.uid}"
     probe = [WORKLOAD_PYTHON, "-u", "-c", _PROBE, str(rde.state_dir), str(alice.home), uids]
@@ -344,8 +328,8 @@ def test_without_root_only_the_machine_user_and_admins_define_workloads(
     rde = unprivileged
     url = rde.start_up(write_documents(rde.root / "none.yaml", []))
     assert rde.up_stderr().count("not running as root: every workload runs as you") == 1
-    bob = _user_token(rde, url, "bob")
-    admin = _user_token(rde, url, "admin", admin=True)
+    bob = user_token(rde, "bob")
+    admin = user_token(rde, "admin", admin=True)
     rde.env = rde.env | {"KUBERDE_TOKEN": admin}
     port = free_port()
     document = workspace("bobs", echo_command(port, "bobs"), local_port=port, owner="bob")
@@ -469,7 +453,7 @@ def test_owners_workloads_cannot_reach_each_other_over_the_network(
         ],
     )
     url = rde.start_up(alice_file)
-    rde.env = rde.env | {"KUBERDE_TOKEN": _user_token(rde, url, "admin", admin=True)}
+    rde.env = rde.env | {"KUBERDE_TOKEN": user_token(rde, "admin", admin=True)}
     alice_pid = int(rde.wait_phase("alice-ws", "Running")["pod"])
     tag = installation_tag(rde.state_dir)
     slirp = shutil.which("slirp4netns", path="/usr/sbin:/sbin:/usr/bin:/bin") is not None
@@ -479,7 +463,7 @@ def test_owners_workloads_cannot_reach_each_other_over_the_network(
         assert "slirp4netns is not installed" in rde.up_stderr()
     gateway_port = int(url.rsplit(":", 1)[1])
     outward = _outward_address()
-    bob_token = _user_token(rde, url, "bob")
+    bob_token = user_token(rde, "bob")
     pool = ThreadPoolExecutor(max_workers=1)
     request.addfinalizer(pool.shutdown)
     with _greeter(outward or "127.0.0.1", b"outbound-ok") as greeter_port:
@@ -527,7 +511,7 @@ def test_owners_workloads_cannot_reach_each_other_over_the_network(
         expected = "READ outbound-ok" if slirp else "denied"
         assert probes["outbound"][0].startswith(expected), output
     # Alice still reaches her own workload through the gateway.
-    alice_token = _user_token(rde, url, "alice")
+    alice_token = user_token(rde, "alice")
     reply = _as(rde, alice_token, "connect", "alice-ws", input="alice's own\n")
     assert reply.returncode == 0, reply.stderr
     assert reply.stdout == "alice's own\n"
@@ -550,13 +534,13 @@ def test_owners_workloads_cannot_reach_each_other_over_the_network(
     rde.kill(left)
     assert _ours(tag) == [f"kuberde-{tag}-alice"]
     url = rde.start_up(write_documents(tmp_path / "none.yaml", []))
-    rde.env = rde.env | {"KUBERDE_TOKEN": _user_token(rde, url, "admin", admin=True)}
+    rde.env = rde.env | {"KUBERDE_TOKEN": user_token(rde, "admin", admin=True)}
     assert f"removing network namespace kuberde-{tag}-alice left by a previous run" in (
         rde.up_stderr()
     )
     row = rde.wait_phase("alice-ws", "Running")
     assert _netns_of(int(row["pod"])) == _netns_of(rde.wait_agent(row["agent_id"]).pid)
-    again = _as(rde, _user_token(rde, url, "alice"), "connect", "alice-ws", input="again\n")
+    again = _as(rde, user_token(rde, "alice"), "connect", "alice-ws", input="again\n")
     assert (again.returncode, again.stdout) == (0, "again\n"), again.stderr
     rde.stop_up()
     assert _ours(tag) == []
@@ -579,10 +563,10 @@ def test_without_cap_sys_admin_owners_share_the_network_and_are_told_so(tmp_path
                     )
                 ],
             )
-            url = rde.start_up(file)
-            rde.env = rde.env | {"KUBERDE_TOKEN": _user_token(rde, url, "admin", admin=True)}
+            rde.start_up(file)
+            rde.env = rde.env | {"KUBERDE_TOKEN": user_token(rde, "admin", admin=True)}
             row = rde.wait_phase("alice-ws", "Running")
-            reply = _as(rde, _user_token(rde, url, "alice"), "connect", "alice-ws", input="hi\n")
+            reply = _as(rde, user_token(rde, "alice"), "connect", "alice-ws", input="hi\n")
             assert (reply.returncode, reply.stdout) == (0, "hi\n"), reply.stderr
             stderr = rde.up_stderr()
             assert stderr.count("cannot give owners network namespaces of their own") == 1, stderr

@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -56,6 +56,7 @@ __all__ = [
     "echo_command",
     "free_port",
     "running_demo",
+    "user_token",
     "wait_for_text",
     "wait_until",
     "workspace",
@@ -707,3 +708,21 @@ def running_demo(root: Path) -> Iterator[KubeRDE]:
             yield installation
     finally:
         print(installation.diagnostics())
+
+
+def user_token(rde: KubeRDE, username: str, *, admin: bool = False) -> str:
+    """A token from the installation's own issuer, as `kuberde login` would get one."""
+    from kuberde.auth import load_or_create_signing_key
+    from kuberde.auth.issuer import BUILTIN_USER_CLAIMS, BuiltinIssuer
+    from kuberde.auth.oidc import OidcProvider, OidcUserVerifier
+    from kuberde.auth.users import USERS_FILE, UsersFile
+
+    assert rde.url is not None, "kuberde up is not running"
+    issuer = BuiltinIssuer(
+        rde.url,
+        load_or_create_signing_key(rde.state_dir),
+        rde.root / "issuer-for-tests",
+        users=UsersFile(rde.state_dir / USERS_FILE),
+        user_verifier=OidcUserVerifier(OidcProvider(rde.url), BUILTIN_USER_CLAIMS),
+    )
+    return issuer.mint_access_token(username, admin=admin, ttl=timedelta(hours=1))

@@ -253,13 +253,14 @@ class LocalRuntime:
         async with self._engine.exclusive(name), self._claims:
             existing = self._states.get(name)
             if existing is not None and existing.owner != agent.spec.owner:
-                raise ValueError(
-                    f"workspace {name!r} belongs to {existing.owner!r}; delete it before "
-                    f"applying it for {agent.spec.owner!r}"
-                )
+                # Names are one namespace here; whose a taken one is is not for others to see.
+                raise ValueError(f"workspace name {name!r} is taken; choose another name")
             holder = self._by_agent.get(agent.agent_id)
             if holder is not None and holder != name:
-                raise ValueError(f"agent ID {agent.agent_id} is already used by workspace {holder}")
+                raise ValueError(
+                    f"agent ID {agent.agent_id} is already used by another workspace; "
+                    "choose another name"
+                )
             state = self._remember(
                 await self._call(
                     self._store.upsert_spec,
