@@ -55,6 +55,10 @@ class KeyedLocks:
     def __len__(self) -> int:
         return len(self._locks)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether someone holds or waits for `key`'s lock."""
+        return key in self._locks
+
     @contextlib.asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:
         lock, users = self._locks.get(key) or (asyncio.Lock(), 0)

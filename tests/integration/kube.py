@@ -30,10 +30,10 @@ from typing import Any, Literal, TypeVar
 import aiohttp
 import kmock
 
-from kuberde.agent.backoff import Backoff
 from kuberde.agent.client import run_agent
 from kuberde.agent.config import from_env
 from kuberde.auth import SIGNING_KEY_FILE
+from kuberde.backoff import Backoff
 from kuberde.operator.main import Operator
 from kuberde.operator.settings import OperatorSettings
 from kuberde.testing.cluster import kubectl_path

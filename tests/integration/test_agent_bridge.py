@@ -25,13 +25,14 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from kuberde.agent.backoff import Backoff
 from kuberde.agent.bridge import serve_stream
 from kuberde.agent.client import EXIT_CONFIG, EXIT_OK, main, run_agent
 from kuberde.agent.config import AgentConfig, from_env
+from kuberde.backoff import Backoff
 from kuberde.mux import Preamble, Session, Stream, StreamReset, encode_preamble
 from kuberde.wslink import WebSocketLink
 from tests.integration.conftest import RunningGateway, exchange, receive_all
+from tests.integration.kube import eventually
 from tests.unit.memory_link import link_pair
 
 AGENT = "user-alice-dev"
@@ -275,15 +276,19 @@ async def test_refused_port_is_reset_with_the_reason(fake: FakeGateway, echo_por
         assert reason == f"connection refused by 127.0.0.1:{closed} in the workspace"
 
 
-async def test_a_target_that_starts_listening_late_is_reached(fake: FakeGateway) -> None:
+async def test_a_target_that_starts_listening_late_is_reached(
+    fake: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
     """After a wake the agent may be online before the workload listens."""
+    caplog.set_level(logging.DEBUG, "kuberde.agent")
     late = free_port()
     config = agent_config(fake, late, LOCAL_CONNECT_PATIENCE="20")
     async with running_agent(config):
         session = await fake.next_session()
         stream = open_stream(session, None, b"hello")
         stream.close_write()
-        await asyncio.sleep(0.5)
+        refused = f"127.0.0.1:{late} refuses"
+        await eventually(lambda: refused in caplog.text, "the agent refused at least once", 15)
         server = await asyncio.start_server(echo, "127.0.0.1", late)
         try:
             assert await asyncio.wait_for(read_to_end(stream), 15) == b"hello"

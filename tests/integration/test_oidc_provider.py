@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from kuberde.auth.oidc import (
     OidcUserVerifier,
     UserClaims,
 )
+from kuberde.clock import Clock, ManualClock, utc_now
 from kuberde.gateway.directory import AgentRecord
 from tests.oidc_provider.gateway import (
     GatewayUnderTest,
@@ -130,9 +131,10 @@ def verifier_for(
     *,
     user_claims: UserClaims | None = None,
     leeway: timedelta = CLOCK_LEEWAY,
+    wall_clock: Clock = utc_now,
 ) -> Callable[[str, SigningKey], TokenVerifier]:
     def build(url: str, key: SigningKey) -> TokenVerifier:
-        provider = OidcProvider(issuer, fetcher, leeway=leeway)
+        provider = OidcProvider(issuer, fetcher, leeway=leeway, wall_clock=wall_clock)
         local = LocalTokenVerifier.from_signing_key(key)
         return CompositeVerifier(
             users=[OidcUserVerifier(provider, user_claims or UserClaims(client_id=CLI_CLIENT_ID))],
@@ -211,18 +213,22 @@ async def test_a_rotated_provider_key_is_fetched_on_its_first_token(world: World
 async def test_an_expired_token_is_refused_and_a_refreshed_one_works(tmp_path: Path) -> None:
     directory = StaticDirectory(ALICE_DEV)
     fetcher = CountingFetcher()
-    async with running_provider(tmp_path, access_token_ttl=1) as idp:
-        build = verifier_for(idp.issuer, fetcher, directory, leeway=timedelta(0))
+    clock = ManualClock()
+    async with running_provider(tmp_path, access_token_ttl=60) as idp:
+        build = verifier_for(idp.issuer, fetcher, directory, leeway=timedelta(0), wall_clock=clock)
         async with running_gateway(tmp_path / "gw", build, directory=directory) as gateway:
             world = World(idp, gateway, fetcher, LogCapture())
             await world.serve(ALICE_DEV)
             tokens = await world.login("alice")
+            assert await gateway.echo_through("dev", tokens["access_token"]) == b"ping"
             expires = jwt.decode(tokens["access_token"], options={"verify_signature": False})["exp"]
-            await asyncio.sleep(max(0.0, expires + 1 - time.time()))
+            # The gateway's clock moves past the expiry; nobody waits for it.
+            clock.now = datetime.fromtimestamp(expires + 1, UTC)
             status, body = await gateway.refusal("/connect/dev?port=22", tokens["access_token"])
             assert (status, body["reason"]) == (401, "expired")
             status, refreshed = await world.refresh(tokens["refresh_token"])
             assert status == 200, refreshed
+            clock.now = utc_now()  # the refreshed token is valid from now on
             assert await gateway.echo_through("dev", refreshed["access_token"]) == b"ping"
 
 

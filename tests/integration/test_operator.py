@@ -21,6 +21,7 @@ from tests.integration.conftest import RunningGateway
 from tests.integration.kube import (
     DEPLOYMENTS,
     LEASES,
+    NAMESPACE,
     PVCS,
     SECRETS,
     WAIT,
@@ -204,6 +205,36 @@ async def test_delete_leaves_owned_objects_to_gc_and_keeps_the_pvc(
         assert writes_of(requests_by(kube, runner.identity, mark)) == []
         deletes = [line for line in requests_by(kube, runner.identity) if line.startswith("DELETE")]
         assert deletes == [], "the operator deletes nothing itself"
+
+
+async def test_a_failing_agent_is_retried_and_forgotten_once_deleted(
+    kube: Kube, key_file: Path
+) -> None:
+    """A reconcile that keeps failing is retried with backoff, without new events, while the
+    others are served; deleting that agent leaves nothing about it anywhere in the operator."""
+    claim = f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims/user-testuser-flaky-home"
+    kube.server[f"get {claim}"] << 500
+    # No resync sweep and no re-listing watch during the test: only the engine's retries
+    # reconcile it again.
+    settings = fast_settings(
+        kube, signing_key_file=key_file, resync_interval=3600, watch_inactivity_timeout=3600
+    )
+    async with operator_running(settings) as runner:
+        assert runner.operator is not None
+        operator = runner.operator
+        await kube.create_agent("flaky", workspace())
+        await kube.create_agent("dev", workspace())
+        await eventually(partial(status_in, kube, "dev", "Pending"), "dev reconciled")
+        await eventually(
+            lambda: runner.metric("kuberde_operator_reconciles_total", {"result": "error"}) >= 3,
+            "the failing reconcile retried",
+        )
+        assert kube.deployment("user-testuser-flaky") is None
+        assert set(operator.remembers("flaky")) >= {"store", "engine"}
+        await kube.delete_agent("flaky")
+        await eventually(lambda: operator.remembers("flaky") == [], "flaky forgotten")
+        await kube.delete_agent("dev")
+        await eventually(lambda: operator.remembers("dev") == [], "dev forgotten")
 
 
 async def test_steady_state_writes_nothing_across_resyncs_and_a_restart(

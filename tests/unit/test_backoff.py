@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kuberde.agent.backoff import Backoff
+from kuberde.backoff import Backoff, ceiling, full_jitter
+from kuberde.engine import RETRY_BASE, RETRY_CAP
 
 
 def test_ceiling_doubles_from_half_a_second_to_thirty() -> None:
@@ -85,3 +86,42 @@ def test_many_attempts_do_not_overflow() -> None:
 def test_bad_parameters(base: float, cap: float) -> None:
     with pytest.raises(ValueError, match="base"):
         Backoff(base=base, cap=cap)
+
+
+@given(
+    attempt=st.integers(min_value=-5, max_value=10**6),
+    base=st.floats(min_value=0.001, max_value=10.0),
+    extra=st.floats(min_value=0.0, max_value=1000.0),
+)
+def test_the_ceiling_doubles_from_base_to_cap_and_never_overflows(
+    attempt: int, base: float, extra: float
+) -> None:
+    cap = base + extra
+    value = ceiling(attempt, base=base, cap=cap)
+    assert base <= value <= cap
+    assert ceiling(attempt + 1, base=base, cap=cap) >= value
+    if 0 <= attempt < 30:
+        assert value == min(cap, base * 2**attempt)
+    if attempt >= 64:
+        assert value == cap
+
+
+def test_the_engine_schedule_reaches_its_cap_and_stays() -> None:
+    """The operator's retries: 0.5 s, 1 s, 2 s, ... at most a minute apart."""
+    assert [ceiling(n, base=RETRY_BASE, cap=RETRY_CAP) for n in range(9)] == [
+        0.5,
+        1.0,
+        2.0,
+        4.0,
+        8.0,
+        16.0,
+        32.0,
+        60.0,
+        60.0,
+    ]
+
+
+@given(seed=st.integers(), attempt=st.integers(min_value=0, max_value=1000))
+def test_full_jitter_stays_under_the_ceiling(seed: int, attempt: int) -> None:
+    delay = full_jitter(attempt, base=0.5, cap=60.0, rng=random.Random(seed))
+    assert 0.0 <= delay <= ceiling(attempt, base=0.5, cap=60.0)

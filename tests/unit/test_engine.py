@@ -174,3 +174,144 @@ async def test_a_command_arriving_as_the_lock_is_handed_on_still_waits_its_turn(
     await engine.idle()
     assert inside == ["command"]
     assert len(engine._locks) == 0
+
+
+class Flaky:
+    """A reconcile that fails until told otherwise; records the failure counts it was
+    retried after."""
+
+    def __init__(self) -> None:
+        self.failing = True
+        self.calls = 0
+        self.retried_after: list[int] = []
+        self.called = asyncio.Event()
+
+    async def reconcile(self, name: str) -> None:
+        self.calls += 1
+        self.called.set()
+        if self.failing:
+            raise RuntimeError(f"{name}: the API is down")
+
+    def delay(self, failures: int) -> float:
+        self.retried_after.append(failures)
+        return 0.0
+
+    async def calls_reach(self, count: int) -> None:
+        async with asyncio.timeout(5):
+            while self.calls < count:
+                self.called.clear()
+                await self.called.wait()
+
+
+async def test_a_failed_reconcile_is_retried_with_growing_backoff_until_it_succeeds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flaky = Flaky()
+    engine = Engine(flaky.reconcile, lambda: [], interval=3600, retry_delay=flaky.delay)
+    engine.kick("a")
+    await flaky.calls_reach(3)
+    flaky.failing = False
+    await flaky.calls_reach(4)  # the retry after the third failure succeeds
+    await engine.idle()
+    calls = flaky.calls
+    assert flaky.retried_after == list(range(1, calls))
+    assert engine.failures("a") == 0
+    assert not engine.remembers("a")
+    assert "reconciling a failed (1 in a row" in caplog.text
+    assert "the API is down" in caplog.text
+
+    flaky.failing = True  # a later failure starts the backoff over
+    engine.kick("a")
+    await flaky.calls_reach(calls + 1)
+    flaky.failing = False
+    await flaky.calls_reach(calls + 2)
+    await engine.idle()
+    assert flaky.retried_after[-1] == 1
+    await engine.close()
+
+
+async def test_a_kick_replaces_a_waiting_retry_and_success_forgets_the_failures() -> None:
+    flaky = Flaky()
+    engine = Engine(flaky.reconcile, lambda: [], interval=3600, retry_delay=lambda _: 3600.0)
+    engine.kick("a")
+    await engine.idle()
+    assert engine.failures("a") == 1
+    assert engine.remembers("a"), "a retry is waiting"
+    flaky.failing = False
+    engine.kick("a")  # e.g. a watch event: no waiting for the backoff
+    await engine.idle()
+    assert flaky.calls == 2
+    assert engine.failures("a") == 0
+    assert not engine.remembers("a")
+    await engine.close()
+
+
+async def test_a_workspace_deleted_while_failing_is_forgotten() -> None:
+    """Its reconcile finds it gone and has nothing to do: no failure count, no retry, no lock."""
+    deleted: set[str] = set()
+
+    async def reconcile(name: str) -> None:
+        if name not in deleted:
+            raise RuntimeError("cannot write its Deployment")
+
+    engine = Engine(reconcile, lambda: [], interval=3600, retry_delay=lambda _: 3600.0)
+    for name in ("a", "b"):
+        engine.kick(name)
+    await engine.idle()
+    assert engine.failures("a") == engine.failures("b") == 1
+    deleted.add("a")
+    engine.kick("a")  # the delete event
+    await engine.idle()
+    assert not engine.remembers("a")
+    assert engine.remembers("b")
+    await engine.close()
+    assert len(engine._locks) == 0
+
+
+async def test_close_drops_waiting_retries() -> None:
+    flaky = Flaky()
+    engine = Engine(flaky.reconcile, lambda: [], interval=3600, retry_delay=lambda _: 0.0)
+    engine.kick("a")
+    await flaky.calls_reach(1)
+    await engine.close()
+    calls = flaky.calls
+    for _ in range(10):
+        await asyncio.sleep(0)  # a retry timer that survived would fire here
+    assert flaky.calls == calls
+    assert not engine.remembers("a")
+
+
+async def test_concurrency_bounds_the_reconciles_running_at_once() -> None:
+    recorder = Recorder()
+    engine = Engine(recorder.reconcile, lambda: [], interval=3600, concurrency=2)
+    releases = {name: recorder.block(name) for name in ("a", "b", "c")}
+    for name in ("a", "b", "c"):
+        engine.kick(name)
+    await recorder.entered["a"].wait()
+    await recorder.entered["b"].wait()
+    for _ in range(10):
+        await asyncio.sleep(0)  # "c" had every chance to start
+    assert recorder.active == {"a", "b"}
+    releases["a"].set()
+    await recorder.entered["c"].wait()
+    assert recorder.active == {"b", "c"}
+    releases["b"].set()
+    releases["c"].set()
+    await engine.idle()
+    assert recorder.overlaps == []
+
+
+def test_concurrency_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="concurrency must be at least 1"):
+        Engine(Recorder().reconcile, lambda: [], interval=1, concurrency=0)
+
+
+async def test_close_with_cancel_stops_a_running_reconcile() -> None:
+    recorder = Recorder()
+    engine = _engine(recorder)
+    recorder.block("a")  # never released
+    engine.kick("a")
+    await recorder.entered["a"].wait()
+    await asyncio.wait_for(engine.close(cancel=True), 5)
+    assert recorder.active == set()
+    assert not engine.remembers("a")

@@ -1,6 +1,5 @@
 """The workspace agent: dial the gateway, authenticate, reconnect, serve streams locally."""
 
-from kuberde.agent.backoff import Backoff
 from kuberde.agent.bridge import TcpBridge, serve_stream
 from kuberde.agent.client import Agent, CredentialRejected, main, run_agent
 from kuberde.agent.config import (
@@ -12,6 +11,7 @@ from kuberde.agent.config import (
     from_env,
     load_credential,
 )
+from kuberde.backoff import Backoff
 
 __all__ = [
     "Agent",

@@ -88,5 +88,8 @@ async def _dial(
         except ConnectionRefusedError:
             if stream.error is not None or loop.time() + delay > deadline:
                 raise
+            log.debug(
+                "stream %d: %s:%d refuses; trying again in %.2fs", stream.id, host, port, delay
+            )
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)

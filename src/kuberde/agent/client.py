@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import aiohttp
 
 from kuberde import aio
-from kuberde.agent.backoff import Backoff
 from kuberde.agent.bridge import serve_stream
 from kuberde.agent.config import (
     AgentConfig,
@@ -38,6 +37,7 @@ from kuberde.agent.config import (
     load_credential,
 )
 from kuberde.auth.client_credentials import ClientCredentialsSource, TokenEndpointError
+from kuberde.backoff import Backoff
 from kuberde.mux import (
     BULK_FRAME,
     BULK_WINDOW,

@@ -38,6 +38,7 @@ from kuberde.auth.tokens import (
     TokenVerifier,
     decode_signed,
 )
+from kuberde.clock import Clock, utc_now
 from kuberde.naming import InvalidName, validate_agent_id, validate_name
 
 __all__ = [
@@ -198,7 +199,10 @@ class OidcProvider:
         jwks_max_age: float = 3600.0,
         min_refresh_interval: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Clock = utc_now,
     ) -> None:
+        """`clock` times the JWKS cache; `wall_clock` is what token expiry is checked against
+        (injectable, so a test moves it past a token's expiry instead of waiting)."""
         if not issuer:
             raise ValueError("the issuer URL must not be empty")
         self.issuer = issuer
@@ -207,6 +211,7 @@ class OidcProvider:
         self._max_age = jwks_max_age
         self._min_refresh_interval = min_refresh_interval
         self._clock = clock
+        self._wall_clock = wall_clock
         self._jwks_uri: str | None = None
         self._keys: dict[str | None, _Key] | None = None
         self._fetched_at = 0.0
@@ -317,6 +322,7 @@ class OidcProvider:
             issuer=self.issuer,
             leeway=self._leeway,
             required=_REQUIRED_CLAIMS,
+            clock=self._wall_clock,
         )
         _check_audience(claims, audiences, client_id)
         # Keycloak marks ID, refresh and logout tokens with `typ`; only access tokens pass.

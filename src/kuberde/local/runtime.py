@@ -282,6 +282,8 @@ class LocalRuntime:
             await self._actuator.remove(name, state.owner)
             await self._call(self._store.delete, name)
             self._forget(state)
+        # Its reconcile finds it gone and succeeds: the engine forgets a retry it had pending.
+        self._engine.kick(name)
 
     async def wake(self, name: str) -> None:
         """Record a wake request; the workspace's next reconcile starts it.

@@ -1,8 +1,11 @@
-"""Kopf's part: watch RDEAgents and their Deployments, and turn every event into a work item.
+"""Kopf's part: watch RDEAgents and their Deployments, and turn every event into a kick of
+the lifecycle engine (`kuberde.engine`), which reconciles that agent once per burst of events.
 
 Only watch-level handlers are used (`@kopf.index`, `@kopf.on.event`): they store nothing on
 the objects. Kopf's change-detection handlers would write progress and diff-base annotations
 and finalizers, i.e. writes in a steady state; the reconcile itself lives in `Reconciler`.
+The handlers are coroutines, so Kopf runs them on the event loop beside the engine they kick
+(a plain function would run in a worker thread).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import kopf
 
 from kuberde.operator.builder import LABEL_MANAGED_BY, LABEL_RDEAGENT, MANAGED_BY
 from kuberde.operator.store import AgentStore, claimed_id, name_of, uid_of
-from kuberde.operator.workqueue import WorkQueue
 from kuberde.resource import GROUP
 
 __all__ = ["build_registry", "kopf_settings"]
@@ -23,6 +25,7 @@ __all__ = ["build_registry", "kopf_settings"]
 log = logging.getLogger(__name__)
 
 Login = Callable[[], Awaitable[kopf.ConnectionInfo]]
+Kick = Callable[[str], None]
 
 
 def kopf_settings(*, watch_inactivity_timeout: float, api_timeout: float) -> kopf.OperatorSettings:
@@ -40,7 +43,7 @@ def kopf_settings(*, watch_inactivity_timeout: float, api_timeout: float) -> kop
     return settings
 
 
-def build_registry(*, store: AgentStore, queue: WorkQueue, login: Login) -> kopf.OperatorRegistry:
+def build_registry(*, store: AgentStore, kick: Kick, login: Login) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -48,14 +51,14 @@ def build_registry(*, store: AgentStore, queue: WorkQueue, login: Login) -> kopf
         return await login()
 
     @kopf.index(GROUP, "v1", "rdeagents", id="rdeagents", registry=registry)
-    def remember(body: kopf.Body, **_: Any) -> None:
+    async def remember(body: kopf.Body, **_: Any) -> None:
         store.put(body)
 
     @kopf.on.event(GROUP, "v1", "rdeagents", id="rdeagent-events", registry=registry)
-    def agent_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    async def agent_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         name = name_of(body)
         if type != "DELETED":
-            queue.add(name)
+            kick(name)
             return
         agent = claimed_id(body)
         store.discard(name, uid_of(body))
@@ -63,10 +66,10 @@ def build_registry(*, store: AgentStore, queue: WorkQueue, login: Login) -> kopf
             "RDEAgent %s deleted: its Deployment and Secret go with it (owner references)",
             name,
         )
-        queue.add(name)
+        kick(name)
         if agent is not None:
             for other in store.claiming(agent):
-                queue.add(name_of(other))
+                kick(name_of(other))
 
     @kopf.on.event(
         "apps",
@@ -76,9 +79,9 @@ def build_registry(*, store: AgentStore, queue: WorkQueue, login: Login) -> kopf
         labels={LABEL_MANAGED_BY: MANAGED_BY},
         registry=registry,
     )
-    def deployment_event(body: kopf.Body, **_: Any) -> None:
+    async def deployment_event(body: kopf.Body, **_: Any) -> None:
         owner = (body.get("metadata", {}).get("labels") or {}).get(LABEL_RDEAGENT)
         if owner:
-            queue.add(str(owner))
+            kick(str(owner))
 
     return registry

@@ -11,7 +11,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -108,28 +109,39 @@ def _runnable(
     return agents
 
 
+#: Holds one agent for the caller, as `Engine.exclusive` does: nothing else acts on it meanwhile.
+Exclusive = Callable[[str], AbstractAsyncContextManager[None]]
+
+
 class TTLEnforcer:
     def __init__(
         self,
         *,
         store: AgentStore,
         reconciler: Reconciler,
+        exclusive: Exclusive,
         activity: ActivityView,
         events: EventRecorder,
         metrics: OperatorMetrics,
         rescheduled: Kick | None = None,
         clock: Clock = utc_now,
     ) -> None:
-        """`rescheduled`, kicked when an agent changes (created, new TTL, woken), has every
-        agent assessed again at once, quietly, so a new deadline is known before it comes."""
+        """`exclusive` is the lifecycle engine's: a scale-down never interleaves with a
+        reconcile, wake or delete of the same agent. `rescheduled`, kicked when an agent
+        changes (created, new TTL, woken), has every agent assessed again at once, quietly,
+        so a new deadline is known before it comes."""
         self._store = store
         self._reconciler = reconciler
+        self._exclusive = exclusive
         self._activity = activity
         self._events = events
         self._metrics = metrics
         self._rescheduled = rescheduled or Kick()
         self._clock = clock
         self._logged: dict[str, tuple[object, ...]] = {}
+
+    def remembers(self, name: str) -> bool:
+        return name in self._logged
 
     def _log_decision(self, name: str, assessment: Assessment) -> None:
         """Each agent's verdict at INFO when it changes, at DEBUG while it stays the same."""
@@ -184,7 +196,8 @@ class TTLEnforcer:
             return self._activity.assess(body, agent, now).decision
 
         try:
-            decision = await self._reconciler.scale_down(name, decide)
+            async with self._exclusive(name):
+                decision = await self._reconciler.scale_down(name, decide)
         except (ApiError, naming.InvalidName) as exc:
             self._metrics.errors.labels(component="ttl").inc()
             log.warning("TTL enforcer: could not scale agent %s to zero: %s", name, exc)

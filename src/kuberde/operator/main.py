@@ -1,5 +1,9 @@
 """The operator process: health server, leader election, then Kopf and the lifecycle loops.
 
+The leader reconciles on the lifecycle engine the local runtime runs too (`kuberde.engine`):
+Kopf's watch events, the resync sweep and retries kick it, and the TTL enforcer's scale-downs
+hold the agent through it, so nothing interleaves on one agent.
+
 A standby replica serves its health endpoints and waits for the Lease; only the leader starts
 watching and acting. Losing the Lease stops everything and `run()` raises `LeadershipLost`, so
 the process exits and Kubernetes restarts it as a standby: a replica that is unsure whether it
@@ -13,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +27,7 @@ from kubernetes_asyncio import client as k8s_client
 from kuberde import __version__
 from kuberde.aio import Kick
 from kuberde.auth import SigningKey
+from kuberde.engine import Engine
 from kuberde.kube import ApiError, KubeApi, Paths, connection_info, load_configuration
 from kuberde.operator.builder import BuilderSettings
 from kuberde.operator.credentials import AgentCredentials, ManagementToken, load_signing_key
@@ -35,7 +41,6 @@ from kuberde.operator.monitor import GatewayMonitor
 from kuberde.operator.reconciler import Reconciler
 from kuberde.operator.settings import OperatorSettings
 from kuberde.operator.store import AgentStore, name_of
-from kuberde.operator.workqueue import WorkQueue
 
 __all__ = ["LeadershipLost", "Operator", "run_operator"]
 
@@ -43,6 +48,15 @@ log = logging.getLogger(__name__)
 
 _READY_PROBE_CACHE = 2.0
 _KOPF_STOP_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class _Leading:
+    """What the leader keeps per agent while it acts."""
+
+    engine: Engine
+    reconciler: Reconciler
+    enforcer: TTLEnforcer
 
 
 class Operator:
@@ -57,6 +71,7 @@ class Operator:
         self._kopf_ready = asyncio.Event()
         self._api: KubeApi | None = None
         self._leading = False
+        self._acting: _Leading | None = None
         self._probe: tuple[float, Readiness] | None = None
         self._health = HealthServer(
             listen=settings.health_listen, metrics=self.metrics, readiness=self._readiness
@@ -72,6 +87,18 @@ class Operator:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def remembers(self, name: str) -> list[str]:
+        """The parts that still keep something about RDEAgent `name` (none once it is gone)."""
+        parts = {"store": self.store.get(name) is not None}
+        acting = self._acting
+        if acting is not None:
+            parts |= {
+                "engine": acting.engine.remembers(name),
+                "reconciler": acting.reconciler.remembers(name),
+                "TTL enforcer": acting.enforcer.remembers(name),
+            }
+        return [part for part, keeps in parts.items() if keeps]
 
     async def _readiness(self) -> Readiness:
         if self._api is None:
@@ -205,26 +232,32 @@ class Operator:
             metrics=self.metrics,
             wake=status_wanted,
         )
+        engine = Engine(
+            reconciler.reconcile,
+            lambda: [name_of(body) for body in self.store.bodies()],
+            interval=settings.resync_interval,
+            concurrency=settings.workers,
+        )
         enforcer = TTLEnforcer(
             store=self.store,
             reconciler=reconciler,
+            exclusive=engine.exclusive,
             activity=activity,
             events=events,
             metrics=self.metrics,
             rescheduled=ttl_wanted,
         )
-        queue = WorkQueue(reconciler.reconcile, workers=settings.workers)
+        self._acting = _Leading(engine, reconciler, enforcer)
 
         async def login() -> kopf.ConnectionInfo:
             return await connection_info(configuration)
 
         loops = {
-            asyncio.create_task(queue.run(), name="reconcile-workers"): "reconcile workers",
+            asyncio.create_task(engine.run(), name="engine"): "lifecycle engine",
             asyncio.create_task(monitor.run(settings.monitor_interval), name="monitor"): "monitor",
             asyncio.create_task(monitor.watch(settings.watch_heartbeat), name="watch"): "watch",
             asyncio.create_task(enforcer.run(settings.ttl_interval), name="ttl"): "TTL enforcer",
             asyncio.create_task(status.run(settings.status_interval), name="status"): "status",
-            asyncio.create_task(self._resync(queue), name="resync"): "resync",
             asyncio.create_task(self._stop.wait(), name="stop"): "stop",
         }
         lease = asyncio.create_task(elector.hold(), name="lease") if elector else None
@@ -234,7 +267,7 @@ class Operator:
         # Kopf starts last: on exit it cancels every task created after it started.
         watches = asyncio.create_task(
             kopf.operator(
-                registry=build_registry(store=self.store, queue=queue, login=login),
+                registry=build_registry(store=self.store, kick=engine.kick, login=login),
                 settings=kopf_settings(
                     watch_inactivity_timeout=settings.watch_inactivity_timeout,
                     api_timeout=settings.api_timeout,
@@ -265,6 +298,8 @@ class Operator:
             for task in others:
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)
+            await engine.close(cancel=True)
+            self._acting = None
             # The health server's connections would look like Kopf's own leftover tasks.
             await self._health.stop()
             kopf_stop.set()
@@ -280,13 +315,6 @@ class Operator:
                 await asyncio.gather(lease, return_exceptions=True)
             await monitor.close()
             log.info("operator stopped acting")
-
-    async def _resync(self, queue: WorkQueue) -> None:
-        """Reconcile every known agent periodically, whatever the watches delivered."""
-        while True:
-            await asyncio.sleep(self.settings.resync_interval)
-            for body in self.store.bodies():
-                queue.add(name_of(body))
 
 
 async def run_operator(settings: OperatorSettings, *, stop: asyncio.Event | None = None) -> None:

@@ -13,8 +13,9 @@ stale annotation would undo a scale-down) and writes only what differs:
 - a stop request (`kuberde.io/stop-requested`, `plan.honour_stop`) becomes the scale-down
   marker at the request's time and removes itself (and any extension) in one patch.
 
-All writes for one agent happen under that agent's lock: the TTL enforcer's scale-down and a
-reconcile of the same agent never interleave.
+All writes for one agent happen while the lifecycle engine holds that agent
+(`kuberde.engine.Engine`: it runs `reconcile`, and the TTL enforcer's `scale_down` takes
+`Engine.exclusive`), so a scale-down, a wake and a reconcile of one agent never interleave.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from datetime import datetime
 from typing import Any
 
 from kuberde import naming, plan, policy
-from kuberde.aio import KeyedLocks
 from kuberde.clock import Clock, utc_now
 from kuberde.kube import KubeApi, Paths
 from kuberde.operator.annotations import (
@@ -110,7 +110,6 @@ class Reconciler:
         self._on_change = on_change
         self._clock = clock
         self._results: dict[str, SyncResult] = {}
-        self._locks = KeyedLocks()
         self._announced: dict[str, str] = {}
 
     def result(self, name: str) -> SyncResult | None:
@@ -123,50 +122,52 @@ class Reconciler:
         self._results.pop(name, None)
         self._announced.pop(name, None)
 
+    def remembers(self, name: str) -> bool:
+        return name in self._results or name in self._announced
+
     async def reconcile(self, name: str) -> None:
-        """The work queue's handler: reconcile `name`, or raise so it is retried."""
-        async with self._locks.hold(name):
-            try:
-                await self._reconcile(name)
-            except Exception as exc:
-                self._metrics.reconciles.labels(result="error").inc()
-                self._metrics.errors.labels(component="reconcile").inc()
-                previous = self._results.get(name)
-                if previous is not None:
-                    self._results[name] = dataclasses.replace(previous, failure=str(exc))
-                    self._on_change()
-                raise
-            self._metrics.reconciles.labels(result="ok").inc()
+        """The engine's reconcile, run while it holds `name`: raise so it is retried."""
+        try:
+            await self._reconcile(name)
+        except Exception as exc:
+            self._metrics.reconciles.labels(result="error").inc()
+            self._metrics.errors.labels(component="reconcile").inc()
+            previous = self._results.get(name)
+            if previous is not None:
+                self._results[name] = dataclasses.replace(previous, failure=str(exc))
+                self._on_change()
+            raise
+        self._metrics.reconciles.labels(result="ok").inc()
 
     async def scale_down(self, name: str, decide: Decide) -> policy.ScaleDecision | None:
         """Record the scale-down on the RDEAgent and apply it, if `decide` still says so.
 
-        The decision is taken again on a freshly read RDEAgent under the agent's lock, so a wake
-        request or a spec change that arrived since the sweep began wins.
+        The caller holds the agent (`Engine.exclusive`); the decision is taken again on a
+        freshly read RDEAgent, so a wake request or a spec change that arrived since the sweep
+        began wins.
         """
-        async with self._locks.hold(name):
-            body = await self._api.get(self._paths.agent(name))
-            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-                return None
-            self._store.put(body)
-            result = self._results.get(name)
-            if result is None or result.agent is None or result.error:
-                return None
-            try:
-                agent = parse_agent(body)
-            except InvalidResource:
-                return None
-            decision = decide(body, agent)
-            if not decision.scale_down:
-                return None
-            stamp = policy.format_timestamp(self._clock())
-            patched = await self._api.merge_patch(
-                self._paths.agent(name),
-                {"metadata": {"annotations": {SCALED_DOWN_ANNOTATION: stamp}}},
-            )
-            self._store.put(patched)
-            await self._reconcile(name)
-            return decision
+        body = await self._api.get(self._paths.agent(name))
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        self._store.put(body)
+        result = self._results.get(name)
+        if result is None or result.agent is None or result.error:
+            return None
+        try:
+            agent = parse_agent(body)
+        except InvalidResource:
+            return None
+        decision = decide(body, agent)
+        if not decision.scale_down:
+            return None
+        stamp = policy.format_timestamp(self._clock())
+        patched = await self._api.merge_patch(
+            self._paths.agent(name),
+            {"metadata": {"annotations": {SCALED_DOWN_ANNOTATION: stamp}}},
+        )
+        self._store.put(patched)
+        await self._reconcile(name)
+        return decision
 
     async def _reconcile(self, name: str) -> None:
         body = await self._api.get(self._paths.agent(name))
