@@ -376,7 +376,9 @@ async def test_config_lock_is_exclusive(tmp_path: Path):
         async with config_lock(path):
             order.append("first in")
             inside.set()
-            await asyncio.sleep(0.2)
+            for _ in range(10):
+                await asyncio.sleep(0)  # second runs meanwhile: it finds the lock held
+            assert order == ["first in"]
             order.append("first out")
 
     async def second() -> None:
