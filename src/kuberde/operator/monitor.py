@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from kuberde.agent.backoff import Backoff
+from kuberde.backoff import Backoff
 from kuberde.clock import Clock, utc_now
 from kuberde.operator.annotations import parse_time
 from kuberde.operator.credentials import ManagementToken
