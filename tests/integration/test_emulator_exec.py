@@ -116,3 +116,15 @@ async def test_exec_into_what_is_not_there_is_a_clear_error(pod: Pod) -> None:
     assert code != 0 and "/no/such/command" in err
     code, out, _ = await pod.kubectl(f"kubectl exec {pod.name} -- echo still serving")
     assert (code, out) == (0, "still serving\n")
+
+
+async def test_top_pod_reads_the_pods_metrics(pod: Pod) -> None:
+    code, out, err = await pod.kubectl("kubectl top pod -n kuberde -l app=box")
+    assert code == 0, err
+    assert [line.split() for line in out.splitlines()] == [
+        ["NAME", "CPU(cores)", "MEMORY(bytes)"],
+        [pod.name, "0m", "0Mi"],
+    ], "a workload image without a process uses nothing"
+    code, out, err = await pod.kubectl("kubectl top pod -n kuberde -l app=other")
+    assert (code, out) == (0, ""), err
+    assert "No resources found in kuberde namespace." in err

@@ -1,10 +1,11 @@
-"""The Deployment controller's ReplicaSet revisions (`kuberde.testing.rollout`)."""
+"""The kubelet fixture's pure parts: ReplicaSet revisions (`rollout`) and pod metrics."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from kuberde.testing import rollout
+from kuberde.testing import metrics, rollout
 from kuberde.testing.kubelet import pod_template_hash
 
 
@@ -71,3 +72,21 @@ def test_a_template_sent_back_by_a_typed_client_keeps_its_hash() -> None:
     assert pod_template_hash(typed) == pod_template_hash(template)
     changed = deployment("a:2")["spec"]["template"]
     assert pod_template_hash(changed) != pod_template_hash(template)
+
+
+def test_process_usage_is_cpu_time_over_the_process_lifetime() -> None:
+    # utime 150 + stime 50 ticks = 2 s of CPU; started at tick 1000 (10 s), uptime 20 s.
+    fields = ["S", *["0"] * 10, "150", "50", *["0"] * 6, "1000", "0"]
+    stat = f"42 (a name) with) {' '.join(fields)}"
+    usage = metrics.process_usage(
+        stat, "100 25 0", uptime=20.0, ticks_per_second=100, page_size=4096
+    )
+    assert usage == metrics.Usage(200_000_000, 25 * 4096, 10.0), "0.2 cores, 25 pages"
+    shown = metrics.pod_metrics({"metadata": {"name": "p", "namespace": "n"}}, {"c": usage})
+    assert shown["containers"] == [{"name": "c", "usage": {"cpu": "200000000n", "memory": "100Ki"}}]
+    assert shown["window"] == "10s"
+
+
+def test_this_process_uses_memory_and_a_gone_one_nothing() -> None:
+    assert metrics.read_usage(os.getpid()).memory_bytes > 0
+    assert metrics.read_usage(2**22 + 1) == metrics.NONE

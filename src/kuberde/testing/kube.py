@@ -23,7 +23,8 @@ And what `kubectl` needs to believe it (the runbook's commands run against it ve
   `additionalPrinterColumns`, and for the built-in kinds the runbook lists;
 - strategic merge patches (`kubectl set image`, client-side apply) and server-side apply;
 - pod logs (`PodLogs`) that a kubelet fixture writes, with follow, tail, since and previous,
-  and `kubectl exec` into its pods (`kuberde.testing.streaming`);
+  `kubectl exec` into its pods (`kuberde.testing.streaming`), and their metrics for
+  `kubectl top pod` (`kuberde.testing.metrics`);
 - protobuf request bodies for the kinds kubectl's typed creates send (`kuberde.testing.protobuf`):
   kubectl does not fall back to JSON on 415;
 - (Self)SubjectAccessReviews answered by RBAC over the stored roles and bindings
@@ -50,11 +51,12 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 import aiohttp.web
+import attrs
 import kmock
 import yaml
 from multidict import CIMultiDict
 
-from kuberde.testing import printing, protobuf, rbac, streaming
+from kuberde.testing import metrics, printing, protobuf, rbac, streaming
 from kuberde.testing.patching import merge_patch_between, strategic_merge
 from kuberde.testing.selectors import (
     Selector,
@@ -180,11 +182,13 @@ def _status(code: int, reason: str, message: str) -> dict[str, Any]:
 
 
 class PodRuntime(Protocol):
-    """A kubelet as the API server reaches it for `kubectl exec`."""
+    """A kubelet as the API server reaches it for `kubectl exec` and `kubectl top`."""
 
     def exec_target(
         self, namespace: str, pod_name: str, container_name: str
     ) -> tuple[dict[str, str], Path] | None: ...
+
+    def usage(self, namespace: str, pod_name: str) -> dict[str, metrics.Usage] | None: ...
 
 
 class _Recorder:
@@ -698,6 +702,35 @@ class ApiServer(kmock.KubernetesEmulator):
             status["reason"] = decision.reason
         return {**review, "metadata": {"creationTimestamp": None}, "status": status}
 
+    def _pod_metrics(self, request: kmock.Request) -> dict[str, Any]:
+        """PodMetrics of the pods a kubelet runs (`kuberde.testing.metrics`), as a
+        metrics-server serves them: listed with the pods' selectors, or one by name."""
+        found = [
+            metrics.pod_metrics(pod, usage)
+            for pod in self._selected(attrs.evolve(request, resource=kmock.resource("v1/pods")))
+            if (not request.name or pod["metadata"]["name"] == request.name)
+            for usage in [self._usage(pod)]
+            if usage is not None
+        ]
+        if request.name:
+            if not found:
+                raise _status_error(404, "NotFound", f'podmetrics "{request.name}" not found')
+            return found[0]
+        return {
+            "kind": "PodMetricsList",
+            "apiVersion": "metrics.k8s.io/v1beta1",
+            "metadata": {},
+            "items": found,
+        }
+
+    def _usage(self, pod: Mapping[str, Any]) -> dict[str, metrics.Usage] | None:
+        metadata = pod["metadata"]
+        for runtime in self.runtimes:
+            usage = runtime.usage(str(metadata.get("namespace") or ""), metadata["name"])
+            if usage is not None:
+                return usage
+        return None
+
     async def _serve_exec(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         """`pods/NAME/exec`: the command runs in the pod's container (`streaming`)."""
         namespace, name = request.namespace or "", request.name or ""
@@ -939,6 +972,11 @@ class ApiServer(kmock.KubernetesEmulator):
         try:
             if request.resource is not None and request.subresource == "log":
                 return await self._serve_log(request)
+            if request.resource == metrics.PODS and request.action in (
+                kmock.action.LIST,
+                kmock.action.FETCH,
+            ):
+                return aiohttp.web.json_response(self._pod_metrics(request))
             if request.resource is not None and request.subresource == "exec":
                 return await self._serve_exec(request)
             if request.resource is not None and request.action == kmock.action.WATCH:
@@ -977,6 +1015,9 @@ def emulator(
         verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
         shortnames={"rde"},
         subresources={"status"},
+    )
+    server.resources[metrics.PODS] = kmock.ResourceInfo(
+        kind="PodMetrics", singular="", namespaced=True, verbs={"get", "list"}
     )
     return server
 

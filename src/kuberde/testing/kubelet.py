@@ -35,7 +35,7 @@ from typing import Any
 
 import aiohttp
 
-from kuberde.testing import rollout
+from kuberde.testing import metrics, rollout
 from kuberde.testing.kube import ApiServer, ContainerLog, now_rfc3339
 
 __all__ = ["ContainerExtras", "Kubelet", "pod_template_hash"]
@@ -373,6 +373,20 @@ class Kubelet:
             if container.name == container_name:
                 return self._environment(pod, container), pod.directory
         return None
+
+    def usage(self, namespace: str, pod_name: str) -> dict[str, metrics.Usage] | None:
+        """What each container of a pod uses now (`kubectl top pod`), or None if not here."""
+        pod = self.pods.get(pod_name) if namespace == self.namespace else None
+        if pod is None:
+            return None
+        return {
+            container.name: (
+                metrics.read_usage(container.process.pid)
+                if container.process is not None and container.process.returncode is None
+                else metrics.NONE
+            )
+            for container in pod.containers
+        }
 
     async def _run(self, pod: _Pod, container: _Container) -> None:
         """Run the container's process until the pod stops, restarting it when it exits."""
