@@ -336,9 +336,9 @@ LOCAL_FIX = {
     "gateway": "is `kuberde up` running? Start it with `kuberde up` (or `make run` in a clone)",
     "error": "kuberde logs {name} (the workload's log); fix the RDEAgent and "
     "`kuberde apply -f FILE`",
-    "starting": "its agent never came online: kuberde logs {name} --container agent",
+    "starting": "its agent never came online: kuberde logs {name} --agent",
     "online-no-pod": "its processes are gone: kuberde stop {name}, then kuberde wake {name}",
-    "disagree": "kuberde logs {name} --container agent; `kuberde ls -o wide` says why",
+    "disagree": "kuberde logs {name} --agent; `kuberde ls -o wide` says why",
     "ttl-loop": "the lifecycle loop of `kuberde up` is stuck: its stderr says why; restart it",
     "timings": "the machine is overloaded or a workspace's processes are slow to stop",
     "auth": "an agent credential was refused: a workspace's agent gets a fresh one at each "

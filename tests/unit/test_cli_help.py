@@ -8,6 +8,7 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
+from kuberde.cli.base import LogLevel, derived_metavar
 from kuberde.cli.main import app
 
 ROOT = get_command(app)
@@ -78,3 +79,27 @@ def test_workspace_arguments_are_called_name_everywhere() -> None:
     for name in ("delete", "wake", "stop", "logs", "connect", "port-forward"):
         assert f"kuberde {name} [OPTIONS] NAME" in _help([name])
     assert "kuberde ssh [OPTIONS] [USER@]NAME" in _help(["ssh"])
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
+def test_option_metavars_are_plain_words(path: list[str]) -> None:
+    """`--state-dir DIR`, never a parameter name such as `STATE_DIR`."""
+    text = _help(path)
+    assert not re.search(r"--[a-z-]+ [A-Z]+_[A-Z_]+\b", text), text
+
+
+@pytest.mark.parametrize(
+    ("name", "annotation", "expected"),
+    [
+        ("state_dir", str, "DIR"),
+        ("mgmt_token_file", str, "FILE"),
+        ("wake_timeout", float, "SECONDS"),
+        ("sweep_interval", float, "SECONDS"),
+        ("listen", str, "HOST:PORT"),
+        ("max_streams_per_user", int, "N"),
+        ("oidc_client_id", str, "ID"),
+        ("log_level", LogLevel, "debug|info|warning|error"),
+    ],
+)
+def test_derived_metavars(name: str, annotation: object, expected: str) -> None:
+    assert derived_metavar(name, annotation) == expected

@@ -48,6 +48,7 @@ __all__ = [
     "TokenOption",
     "command",
     "complete_names",
+    "derived_metavar",
     "fail",
     "gateway_command",
     "set_log_level",
@@ -75,13 +76,42 @@ def fail(message: str, code: int = CONNECTION_ERROR) -> NoReturn:
     raise typer.Exit(code)
 
 
+#: Plain metavars by how an option's name ends, for options that name none themselves.
+_METAVAR_BY_SUFFIX = (
+    ("_dir", "DIR"),
+    ("_file", "FILE"),
+    ("kubeconfig", "FILE"),
+    ("_cert", "FILE"),
+    ("_key", "FILE"),
+    ("_url", "URL"),
+    ("_api", "URL"),
+    ("issuer", "URL"),
+    ("interval", "SECONDS"),
+    ("timeout", "SECONDS"),
+    ("listen", "HOST:PORT"),
+    ("_account", "NAMESPACE:NAME"),
+)
+
+
+def derived_metavar(name: str, annotation: object) -> str:
+    """`--state-dir DIR`, `--wake-timeout SECONDS`, `--max-streams-per-user N`,
+    `--output text|json`, `--oidc-client-id ID`: a plain word from the option's name and
+    annotated type."""
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return "|".join(str(member.value) for member in annotation)
+    for suffix, metavar in _METAVAR_BY_SUFFIX:
+        if name.endswith(suffix):
+            return metavar
+    if annotation is int:
+        return "N"
+    return name.rsplit("_", 1)[-1].upper() or "VALUE"
+
+
 def _metavar(param: TyperOption | TyperArgument) -> str:
     if param.metavar:
         return param.metavar
-    choices = getattr(getattr(param, "type", None), "choices", None)
-    if choices:
-        return "|".join(str(c.value if isinstance(c, Enum) else c) for c in choices)
-    return (param.name or "value").upper()
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    return derived_metavar(param.name or "value", annotation)
 
 
 def _extras(param: TyperOption | TyperArgument, ctx: Any) -> list[str]:

@@ -324,19 +324,28 @@ def up(
         typer.Option("-f", "--filename", metavar="FILE", help="RDEAgent YAML file (repeatable)."),
     ] = None,
     state_dir: Annotated[
-        Path, typer.Option(envvar="KUBERDE_STATE_DIR", help="Workspace state, keys and logs")
+        Path,
+        typer.Option(
+            envvar="KUBERDE_STATE_DIR", metavar="DIR", help="Workspace state, keys and logs"
+        ),
     ] = DEFAULT_STATE_DIR,
-    listen: Annotated[str, typer.Option(help="HOST:PORT for the gateway")] = "127.0.0.1:8080",
+    listen: Annotated[
+        str, typer.Option(metavar="HOST:PORT", help="Where the gateway listens")
+    ] = "127.0.0.1:8080",
     sweep_interval: Annotated[
-        float, typer.Option(help="Seconds between lifecycle sweeps (TTL checks)")
+        float, typer.Option(metavar="SECONDS", help="Seconds between lifecycle sweeps (TTL checks)")
     ] = 1.0,
     apps_domain: Annotated[
-        str, typer.Option(help="Workspace apps are served at *.APPS_DOMAIN (no DNS for localhost)")
+        str,
+        typer.Option(
+            metavar="DOMAIN", help="Workspace apps are served at *.DOMAIN (no DNS for localhost)"
+        ),
     ] = "localhost",
     homes_dir: Annotated[
         Path,
         typer.Option(
             envvar="KUBERDE_HOMES_DIR",
+            metavar="DIR",
             help="As root: where the homes of the workspace accounts (kuberde-OWNER) go",
         ),
     ] = DEFAULT_HOMES_DIR,
@@ -344,6 +353,7 @@ def up(
         str | None,
         typer.Option(
             envvar="KUBERDE_PUBLIC_URL",
+            metavar="URL",
             help="The dashboard's https URL when browsers reach it through a proxy, not loopback",
         ),
     ] = None,
