@@ -140,11 +140,8 @@ class _Forwarded(asyncio.Protocol):
         joined.connection_made(transport)
         self._joined = joined
         self._deliver_early(joined, transport)
-        watcher = self._forwarder.spawn(self._forwarder.show_wake(joined.finished))
-        try:
-            await joined.finished
-        finally:
-            watcher.cancel()
+        self._forwarder.watch_wake(joined.finished)
+        await joined.finished
         error = stream.error
         if error is not None and not error.reason.startswith(what):
             self._forwarder.report(f"connection from {self._peer} ended: {error.reason}")
@@ -322,17 +319,31 @@ class _Forwarder:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def show_wake(self, finished: asyncio.Future[None]) -> None:
+    def watch_wake(self, finished: asyncio.Future[None]) -> None:
+        """Show wake progress for a connection until `finished`: asked at once, or, if the
+        workspace was online a moment ago, only once the connection has waited
+        `_WAKE_POLL` — so the connections of a burst cost a timer each, not a task."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        def start() -> None:
+            if not finished.done():
+                watcher = self.spawn(self._show_wake(finished, started))
+                finished.add_done_callback(lambda _: watcher.cancel())
+
+        if self._online_at is not None and started - self._online_at < _WAKE_POLL:
+            timer = loop.call_later(_WAKE_POLL, start)
+            finished.add_done_callback(lambda _: timer.cancel())
+        else:
+            start()
+
+    async def _show_wake(self, finished: asyncio.Future[None], started: float) -> None:
         """A session carries no `waking` events: ask the gateway whether the workspace is
-        online (unless it was a moment ago), and while it is not, show the progress
-        `/connect` would (the gateway is waking it for this connection)."""
+        online, and while it is not, show the progress `/connect` would (the gateway is
+        waking it for this connection)."""
         from kuberde.cli.api import ApiError, request
 
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        recently = self._online_at is not None and started - self._online_at < _WAKE_POLL
-        if recently:
-            await asyncio.wait({finished}, timeout=_WAKE_POLL)
         waking = False
         path = f"/api/agents/{self.agent}"
         while not finished.done():
