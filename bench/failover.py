@@ -162,6 +162,9 @@ async def measure(procs: Processes, work: Path, rounds: int) -> list[tuple[float
 
             replicas = {name: start(name) for name in ("operator-a", "operator-b")}
             await _until(lambda: bool(_holder(server)), "leader", list(replicas.values()))
+            for child in replicas.values():
+                if not _holds(server, child.name):
+                    await asyncio.to_thread(child.wait_for_log, "Standing by", WAIT)
             async with aiohttp.ClientSession(base_url=url) as http:
                 collection = f"/apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents"
                 async with http.post(collection, json=_agent()) as response:
@@ -185,6 +188,8 @@ async def measure(procs: Processes, work: Path, rounds: int) -> list[tuple[float
                     )
                     procs.stop(replicas[leader])
                     replicas[leader] = start(leader)
+                    # Measured from a standby that is standing by, not from one starting up.
+                    await asyncio.to_thread(replicas[leader].wait_for_log, "Standing by", WAIT)
     finally:
         await runner.cleanup()
     return results
