@@ -6,6 +6,7 @@ real `kuberde up` and its demo workspace."""
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,3 +115,30 @@ def test_a_workspace_deleted_mid_session_is_the_only_message(rde: KubeRDE, tmp_p
         "kuberde: connection reset: peer closed the connection",
         "kuberde: workspace demo went away",
     ), message
+
+
+def test_on_a_terminal_ssh_keeps_it_and_its_exit_code_passes_through(rde: KubeRDE) -> None:
+    """stdin and stdout stay the terminal (only ssh's stderr is relayed)."""
+    controller, terminal = os.openpty()
+    try:
+        ssh = subprocess.Popen(
+            [KUBERDE, "ssh", "demo", *_batch("test -t 0 || echo remote-saw-no-tty; exit 7")],
+            env=rde.env,
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            start_new_session=True,
+        )
+        os.close(terminal)
+        terminal = -1
+        seen = b""
+        with contextlib.suppress(OSError):  # EIO once every copy of the terminal is closed
+            while chunk := os.read(controller, 4096):
+                seen += chunk
+        assert ssh.wait(timeout=WAIT) == 7, seen
+        # No -t: the remote side has no terminal, as with plain ssh and a command.
+        assert b"remote-saw-no-tty" in seen
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
