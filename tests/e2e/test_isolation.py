@@ -531,13 +531,17 @@ def test_owners_workloads_cannot_reach_each_other_over_the_network(
     assert len(slirps) == (1 if slirp else 0)
     left = rde.crash_up()
     wait_until(lambda: not any(p.alive for p in slirps), "slirp4netns exiting after the crash")
-    rde.kill(left)
+    # Alice's orphaned workload and agent: still in her namespace, until the next start.
+    orphans = {p for p in left if p.alive}
+    assert len(orphans) == 2, [p.describe() for p in orphans]
     assert _ours(tag) == [f"kuberde-{tag}-alice"]
     url = rde.start_up(write_documents(tmp_path / "none.yaml", []))
     rde.env = rde.env | {"KUBERDE_TOKEN": user_token(rde, "admin", admin=True)}
-    assert f"removing network namespace kuberde-{tag}-alice left by a previous run" in (
-        rde.up_stderr()
-    )
+    assert (
+        f"removing network namespace kuberde-{tag}-alice left by a previous run, and the 2 "
+        "process(es) still in it"
+    ) in rde.up_stderr()
+    wait_until(lambda: not any(p.alive for p in orphans), "the orphans killed")
     row = rde.wait_phase("alice-ws", "Running")
     assert _netns_of(int(row["pod"])) == _netns_of(rde.wait_agent(row["agent_id"]).pid)
     again = _as(rde, user_token(rde, "alice"), "connect", "alice-ws", input="again\n")

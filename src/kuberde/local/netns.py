@@ -30,6 +30,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -118,8 +119,9 @@ def slirp_argv(slirp: str, netns: Path, exit_fd: int, ready_fd: int) -> list[str
     ]
 
 
-def _run(*argv: str) -> None:
-    """Run an administrative command to completion; NetworkError with its stderr if it fails."""
+def _run(*argv: str) -> str:
+    """Run an administrative command to completion, for its output; NetworkError with its
+    stderr if it fails."""
     try:
         result = subprocess.run(
             argv, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT, check=False
@@ -129,6 +131,7 @@ def _run(*argv: str) -> None:
     if result.returncode != 0:
         detail = result.stderr.strip() or f"exit code {result.returncode}"
         raise NetworkError(f"{' '.join(argv[1:])}: {detail}")
+    return result.stdout
 
 
 def _private_directory(path: Path) -> None:
@@ -265,13 +268,24 @@ class OwnerNetworks:
 
     @staticmethod
     def _clean(tag: str, ip: str | None, sockets_dir: Path) -> None:
-        """A crashed run's namespaces and sockets (its slirp4netns exited with it)."""
+        """A crashed run's namespaces, the workloads and agents still in them (orphans that
+        nothing supervises; an agent would dial the new socket of its owner), and sockets.
+        Its slirp4netns exited with it."""
         if ip is None:
             raise NetworkError("iproute2's ip is not installed")
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(NETNS_DIR):
                 if is_ours(tag, name):
-                    log.info("removing network namespace %s left by a previous run", name)
+                    pids = [int(pid) for pid in _run(ip, "netns", "pids", name).split()]
+                    log.info(
+                        "removing network namespace %s left by a previous run, and the %d "
+                        "process(es) still in it",
+                        name,
+                        len(pids),
+                    )
+                    for pid in pids:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
                     _run(ip, "netns", "delete", name)
         with contextlib.suppress(FileNotFoundError):
             for entry in sockets_dir.iterdir():
