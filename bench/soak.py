@@ -53,6 +53,8 @@ FAULT_SHADOW = 30.0
 BACK_SHARE = 0.98
 #: Where each attacker connects from; honest clients use 127.1.x.x and 127.2.x.x.
 FLOOD_ADDRESS, HOG_ADDRESS, SLOW_ADDRESS = "127.3.0.1", "127.3.0.2", "127.3.0.3"
+#: The probe user's workspace (its user dials from 127.2.x.x after the honest users).
+PROBE_WORKSPACE = ("prober", "probe")
 
 
 @dataclass
@@ -99,6 +101,7 @@ class Soak:
         self.started = time.monotonic()
         self.deadline = self.started + args.minutes * 60
         self.workspaces = [(f"u{n % args.users}", f"w{n}") for n in range(args.agents)]
+        self.workspaces.append(PROBE_WORKSPACE)
         self.workers: list[tuple[Child, Path]] = []
         self.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
@@ -169,6 +172,7 @@ class Soak:
             self.workers.append((child, Path(config.results)))
 
     def config(self, role: str, n: int, **slices: object) -> WorkerConfig:
+        """A worker's config; `slices` are its `agents` or `users`."""
         return WorkerConfig(
             role=role,
             url=self.url,
@@ -285,6 +289,9 @@ class Soak:
                 for n, part in enumerate(_slices(users, self.args.user_workers))
             ],
         )
+        self.start_workers(
+            "probe", [self.config("probe", 0, users=[(self.args.users, PROBE_WORKSPACE[0])])]
+        )
         duration = self.deadline - time.monotonic()
         restart_at = time.monotonic() + duration / 2
         attack_at = time.monotonic() + duration / 5
@@ -351,20 +358,28 @@ class Report:
         )
         for down, back in timeline.restarts:
             print(f"  down at {down - self.started:.0f}s, agents back {back - down:.1f}s later")
-        setups = [(at, s) for w in results for at, s in w.setups]
-        print("stream setup over time:")
-        buckets: dict[int, list[float]] = {}
-        for at, seconds in setups:
-            buckets.setdefault(int((at - self.started) // 60), []).append(seconds)
-        for minute, samples in sorted(buckets.items()):
-            print(f"  minute {minute:3d}: {len(samples):6d} streams, {_ms(samples)}")
+        kinds = {
+            "probe (1 KiB streams, its own process)": [w for w in results if w.role == "probe"],
+            "bulk users (busy client loops)": [w for w in results if w.role == "users"],
+        }
+        for kind, workers in kinds.items():
+            setups = [(at, s) for w in workers for at, s in w.setups]
+            print(f"stream setup over time, {kind}:")
+            buckets: dict[int, list[float]] = {}
+            for at, seconds in setups:
+                buckets.setdefault(int((at - self.started) // 60), []).append(seconds)
+            for minute, samples in sorted(buckets.items()):
+                print(f"  minute {minute:3d}: {len(samples):6d} streams, {_ms(samples)}")
         print("gateway RSS / open fds over time:")
         for at, rss, fds in timeline.gateway:
             print(f"  {at - self.started:7.0f}s  {rss / 1024:8.1f} MiB  {fds:6d} fds")
-        quiet = [s for at, s in setups if at < timeline.attack_from]
-        under = [s for at, s in setups if at >= timeline.attack_from]
-        print(f"honest setup, quiet baseline:  {_ms(quiet)} ({len(quiet)} streams)")
-        print(f"honest setup, under attack:    {_ms(under)} ({len(under)} streams)")
+        for kind, workers in kinds.items():
+            setups = [(at, s) for w in workers for at, s in w.setups]
+            quiet = [s for at, s in setups if at < timeline.attack_from]
+            under = [s for at, s in setups if at >= timeline.attack_from]
+            print(f"honest setup, {kind}:")
+            print(f"  quiet baseline:  {_ms(quiet)} ({len(quiet)} streams)")
+            print(f"  under attack:    {_ms(under)} ({len(under)} streams)")
         print("attacks:", dict(timeline.attack))
         unexplained = sum(n for cause, n in failures.items() if cause.startswith("unexplained"))
         if corrupted or unexplained:

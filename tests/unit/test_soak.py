@@ -1,0 +1,56 @@
+"""The soak's own logic: failures explained by injected faults, payloads checked end to end."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+
+from bench.soak import FAULT_SHADOW, Timeline, explain
+from bench.soakpeers import BLOCK, CHUNK, Payload, TrailerCheck
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+def test_failures_are_explained_by_a_restart_or_a_kill_of_that_agent_only() -> None:
+    timeline = Timeline(restarts=[(100.0, 110.0)])
+    kills = {"user-u1-w1": [200.0]}
+    assert explain((105.0, "user-u2-w2", "HTTP 404"), kills, timeline) == "gateway restart"
+    late = 110.0 + FAULT_SHADOW
+    assert explain((late, "user-u2-w2", "HTTP 404"), kills, timeline) == "gateway restart"
+    assert explain((late + 1, "user-u2-w2", "x"), kills, timeline) == "unexplained: x"
+    assert explain((99.0, "user-u2-w2", "x"), kills, timeline) == "unexplained: x"
+    assert explain((210.0, "user-u1-w1", "closed early"), kills, timeline) == "agent killed"
+    assert explain((210.0, "user-u3-w3", "closed early"), kills, timeline) == (
+        "unexplained: closed early"
+    )
+    assert explain((199.0, "user-u1-w1", "y"), kills, timeline) == "unexplained: y"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3 * CHUNK), st.lists(st.integers(1, CHUNK), min_size=1), st.integers(0, 99))
+def test_a_payload_checks_out_however_it_is_split_and_not_once_changed(
+    size: int, cuts: list[int], flip: int
+) -> None:
+    payload = Payload(random.Random(size), os.urandom(BLOCK), size)
+    chunks = list(payload.chunks())
+    assert len(set(chunks)) == len(chunks)  # no two chunks alike
+    data = b"".join(chunks) + payload.digest.digest()
+    assert len(data) == size + 32
+
+    def check(stream: bytes) -> TrailerCheck:
+        checker = TrailerCheck()
+        pieces = itertools.cycle(cuts)
+        offset = 0
+        while offset < len(stream):
+            cut = next(pieces)
+            checker.update(stream[offset : offset + cut])
+            offset += cut
+        return checker
+
+    whole = check(data)
+    assert whole.intact() and whole.tail == payload.digest.digest()
+    position = flip * len(data) // 100
+    changed = data[:position] + bytes([data[position] ^ 1]) + data[position + 1 :]
+    assert not check(changed).intact()
+    assert not check(data[:-1]).intact()
