@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import socket
 import struct
 import termios
@@ -418,6 +419,40 @@ async def test_slow_header_clients_are_refused_after_the_timeout_while_others_ar
         for _, writer in slow:
             writer.close()
     assert await _healthz(gateway.http, gateway) == 200
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_its_timeout(
+    start_gateway: GatewayFactory,
+) -> None:
+    """Between requests, a kept-alive connection is not held open for good."""
+    limits = ConnectionLimits(keepalive_timeout=0.5)
+    gateway = await start_gateway(GatewaySettings(connections=limits))
+    reader, writer = await _raw_connection(gateway)
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        await asyncio.wait_for(reader.readexactly(length), WAIT)
+        assert await asyncio.wait_for(reader.read(), WAIT) == b""  # the gateway hung up
+    finally:
+        writer.close()
+
+
+async def test_the_connection_cap_stays_below_the_open_file_limit(
+    gateway: RunningGateway,
+) -> None:
+    """Derived from the soft limit (raised at start where allowed) minus headroom, so the
+    gateway refuses cleanly before `accept` itself fails."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert soft == hard or hard == resource.RLIM_INFINITY
+    (site,) = gateway.runner.sites
+    assert isinstance(site, GuardedSite)
+    assert site.counts.max_connections == soft - ConnectionLimits().fd_headroom
 
 
 async def test_unauthenticated_connections_are_capped_per_address_and_in_total(
