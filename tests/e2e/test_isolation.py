@@ -584,3 +584,35 @@ def test_without_cap_sys_admin_owners_share_the_network_and_are_told_so(tmp_path
             assert _ours(installation_tag(rde.state_dir)) == []
         finally:
             print(rde.diagnostics())
+
+
+@pytest.mark.skipif(
+    not ISOLATED, reason="owners get network namespaces of their own only under root"
+)
+@pytest.mark.timeout(120)
+def test_a_namespace_that_cannot_be_made_is_the_workspaces_error_until_it_can(
+    rde: KubeRDE, tmp_path: Path
+) -> None:
+    rde.start_up(write_documents(tmp_path / "none.yaml", []))
+    rde.env = rde.env | {"KUBERDE_TOKEN": user_token(rde, "admin", admin=True)}
+    # Bad state: something else holds carol's namespace name.
+    blocker = Path("/run/netns") / f"kuberde-{installation_tag(rde.state_dir)}-carol"
+    blocker.touch()
+    try:
+        port = free_port()
+        file = write_documents(
+            tmp_path / "carol.yaml",
+            [workspace("carol-ws", echo_command(port, "carol"), local_port=port, owner="carol")],
+        )
+        rde.ok("apply", "-f", str(file))
+        row = rde.wait_phase("carol-ws", "Error")
+        assert row["message"].startswith(
+            f"cannot set up its network: netns add {blocker.name}: Cannot create namespace file"
+        ), row
+        assert row["pod"] is None
+    finally:
+        blocker.unlink()
+    # Nothing else was lost, and the next sweep gets it going.
+    rde.wait_phase("carol-ws", "Running")
+    reply = _as(rde, user_token(rde, "carol"), "connect", "carol-ws", input="fine now\n")
+    assert (reply.returncode, reply.stdout) == (0, "fine now\n"), reply.stderr
