@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from kuberde.gateway.activity import ActivityTracker
 from kuberde.gateway.agent_watch import DEFAULT_HEARTBEAT, heartbeat_of
 from kuberde.gateway.changes import AgentChanges, Batch
-from kuberde.operator.monitor import GatewayAgent, WatchEvent, parse_watch_event
+from kuberde.operator.monitor import GatewayAgent, WatchEvent, newer_of, parse_watch_event
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -175,3 +175,26 @@ def test_watch_events_parse() -> None:
 def test_malformed_watch_lines_are_refused(line: bytes) -> None:
     with pytest.raises(ValueError):
         parse_watch_event(line)
+
+
+_AGENTS = st.dictionaries(
+    st.sampled_from(["a", "b", "c", "d"]),
+    st.builds(
+        GatewayAgent,
+        online=st.booleans(),
+        sessions=st.integers(0, 3),
+        last_activity=st.none(),
+        last_activity_source=st.none(),
+    ),
+)
+
+
+@given(_AGENTS, _AGENTS, st.sets(st.sampled_from(["a", "b", "c", "d"])))
+def test_a_list_in_flight_yields_to_what_was_pushed_meanwhile(
+    listed: dict[str, GatewayAgent], current: dict[str, GatewayAgent], changed: set[str]
+) -> None:
+    merged = newer_of(listed, current, changed)
+    for agent_id in {*listed, *current, *changed}:
+        source = current if agent_id in changed else listed
+        assert merged.get(agent_id) == source.get(agent_id), agent_id
+    assert set(merged) <= {*listed, *current}

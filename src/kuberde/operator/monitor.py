@@ -17,7 +17,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,7 +32,14 @@ from kuberde.operator.metrics import OperatorMetrics
 from kuberde.policy import Activity, ActivitySnapshot
 from kuberde.tls import client_ssl_context
 
-__all__ = ["GatewayAgent", "GatewayMonitor", "WatchEvent", "parse_agents", "parse_watch_event"]
+__all__ = [
+    "GatewayAgent",
+    "GatewayMonitor",
+    "WatchEvent",
+    "newer_of",
+    "parse_agents",
+    "parse_watch_event",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,22 @@ def parse_agents(document: object) -> dict[str, GatewayAgent]:
     if not isinstance(document, Mapping) or not isinstance(document.get("agents"), list):
         raise ValueError("response has no 'agents' list")
     return dict(parsed for entry in document["agents"] if (parsed := _parse_entry(entry)))
+
+
+def newer_of(
+    listed: Mapping[str, GatewayAgent],
+    current: Mapping[str, GatewayAgent],
+    changed: Collection[str],
+) -> dict[str, GatewayAgent]:
+    """A list that was in flight while the `changed` agents were pushed (or asked about):
+    their current entries are newer than the list's, so they win (an absent one stays so)."""
+    merged = dict(listed)
+    for agent_id in changed:
+        if agent_id in current:
+            merged[agent_id] = current[agent_id]
+        else:
+            merged.pop(agent_id, None)
+    return merged
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +145,10 @@ class GatewayMonitor:
         self._seen_online: dict[str, datetime] = {}
         self._failing = False
         self._watch_failing = False
+        #: Counts every update; which one last listed everything, and each agent's last own.
+        self._generation = 0
+        self._listed = 0
+        self._updated: dict[str, int] = {}
         self._attempted = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
 
@@ -146,6 +173,7 @@ class GatewayMonitor:
     async def check(self) -> bool:
         """One cycle; True if the gateway answered."""
         started = time.perf_counter()
+        since = self._generation
         try:
             agents = await self._fetch()
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
@@ -159,7 +187,7 @@ class GatewayMonitor:
             )
             self._failing = True
             return False
-        self._apply_list(agents)
+        self._apply_list(agents, since)
         if self._failing:
             log.info("Server monitor: the gateway answers again")
             self._failing = False
@@ -168,7 +196,17 @@ class GatewayMonitor:
         log.info("Server monitor checked in %.0fms (%d agents)", elapsed, len(agents))
         return True
 
-    def _apply_list(self, agents: dict[str, GatewayAgent]) -> None:
+    def _apply_list(self, agents: dict[str, GatewayAgent], since: int | None = None) -> None:
+        """Every agent; for a list fetched since update `since`, what the watch (or a refresh)
+        said meanwhile is newer and stays."""
+        if since is not None and self._listed > since:
+            agents = self._agents
+        elif since is not None:
+            changed = [agent_id for agent_id, at in self._updated.items() if at > since]
+            agents = newer_of(agents, self._agents, changed)
+        self._generation += 1
+        self._listed = self._generation
+        self._updated.clear()
         now = self._clock()
         self._agents = agents
         self._observed_at = now
@@ -180,6 +218,8 @@ class GatewayMonitor:
         }
 
     def _apply_agent(self, agent_id: str, agent: GatewayAgent | None) -> None:
+        self._generation += 1
+        self._updated[agent_id] = self._generation
         if agent is None:
             self._agents.pop(agent_id, None)
             self._seen_online.pop(agent_id, None)
