@@ -126,3 +126,41 @@ async def test_protobuf_is_read_for_the_kinds_kubectl_creates(api: aiohttp.Clien
         assert response.status == 415, "a truncated body"
     async with api.get(PODS) as response:
         assert response.status == 200, "the server keeps serving"
+
+
+async def test_an_impersonated_user_gets_only_what_its_roles_allow(
+    api: aiohttp.ClientSession,
+) -> None:
+    rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/kuberde"
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "reader", "namespace": "kuberde"},
+        "rules": [{"apiGroups": ["kuberde.io"], "resources": ["rdeagents"], "verbs": ["list"]}],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "reader", "namespace": "kuberde"},
+        "roleRef": {"kind": "Role", "name": "reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": "kuberde"}],
+    }
+    for path, body in ((f"{rbac}/roles", role), (f"{rbac}/rolebindings", binding)):
+        async with api.post(path, json=body) as response:
+            assert response.status in (200, 201)
+    reader = {"Impersonate-User": "system:serviceaccount:kuberde:reader"}
+    async with api.get(AGENTS, headers=reader) as response:
+        assert response.status == 200
+    async with api.post(AGENTS, json={"metadata": {"name": "x"}}, headers=reader) as response:
+        assert response.status == 403
+        assert (await response.json())["message"] == (
+            'rdeagents is forbidden: User "system:serviceaccount:kuberde:reader" cannot create '
+            'resource "rdeagents" in API group "kuberde.io" in the namespace "kuberde"'
+        )
+    async with api.get(AGENTS) as response:
+        assert (await response.json())["items"] == [], "nothing was created"
+    review = {"spec": {"resourceAttributes": {"verb": "list", "resource": "pods"}}}
+    path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+    async with api.post(path, json=review, headers=reader) as response:
+        assert response.status == 201, "anyone may review their own access"
+        assert (await response.json())["status"] == {"allowed": False}

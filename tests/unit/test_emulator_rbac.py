@@ -10,7 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kuberde.testing import protobuf
-from kuberde.testing.rbac import Attributes, Policy, User, decide, service_account
+from kuberde.testing.rbac import (
+    BASIC_USER,
+    Attributes,
+    Policy,
+    User,
+    decide,
+    forbidden,
+    request_verb,
+    service_account,
+)
 
 OPERATOR = "system:serviceaccount:kuberde:kuberde-operator"
 
@@ -137,3 +146,33 @@ def test_any_other_body_is_a_protobuf_error_never_a_crash(tail: bytes) -> None:
     for body in (tail, protobuf.MAGIC + tail, CAN_I[: len(tail) % len(CAN_I)]):
         with contextlib.suppress(protobuf.ProtobufError):
             protobuf.decode(body)
+
+
+@pytest.mark.parametrize(
+    ("method", "watch", "named", "subresource", "verb"),
+    [
+        ("GET", False, False, "", "list"),
+        ("GET", True, False, "", "watch"),
+        ("GET", False, True, "", "get"),
+        ("GET", False, True, "log", "get"),
+        ("GET", False, True, "exec", "create"),
+        ("POST", False, False, "", "create"),
+        ("PUT", False, True, "", "update"),
+        ("PATCH", False, True, "status", "patch"),
+        ("DELETE", False, True, "", "delete"),
+        ("DELETE", False, False, "", "deletecollection"),
+    ],
+)
+def test_request_verbs(method: str, watch: bool, named: bool, subresource: str, verb: str) -> None:
+    assert request_verb(method, watch=watch, named=named, subresource=subresource) == verb
+
+
+def test_the_bootstrap_policy_lets_anyone_signed_in_review_their_access() -> None:
+    asked = Attributes("create", "selfsubjectaccessreviews", "authorization.k8s.io")
+    assert decide(BASIC_USER, service_account(OPERATOR), asked).allowed
+    assert not decide(BASIC_USER, User("anonymous"), asked).allowed
+    message = forbidden(User("u"), Attributes("list", "nodes"))
+    assert message == (
+        'nodes is forbidden: User "u" cannot list resource "nodes" in API group "" '
+        "at the cluster scope"
+    )

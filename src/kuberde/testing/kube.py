@@ -27,9 +27,9 @@ And what `kubectl` needs to believe it (the runbook's commands run against it ve
   `kubectl top pod` (`kuberde.testing.metrics`);
 - protobuf request bodies for the kinds kubectl's typed creates send (`kuberde.testing.protobuf`):
   kubectl does not fall back to JSON on 415;
-- (Self)SubjectAccessReviews answered by RBAC over the stored roles and bindings
-  (`kuberde.testing.rbac`), with `Impersonate-User` (`kubectl auth can-i --as=…`); the
-  kubeconfig's own user is an admin (`system:masters`).
+- RBAC (`kuberde.testing.rbac`) over the stored roles and bindings: (Self)SubjectAccessReviews
+  (`kubectl auth can-i --as=…`), and 403 for an impersonated user's (`--as`) request its
+  roles do not allow; the kubeconfig's own user is an admin (`system:masters`).
 
 It also keeps its own request log (`calls`). KMock matches every request against its whole
 request log, which makes a long run quadratic in its request count; here KMock sees only the
@@ -673,6 +673,47 @@ class ApiServer(kmock.KubernetesEmulator):
             if stored_resource == wanted and not stored.deleted
         ]
 
+    def _policy(self) -> rbac.Policy:
+        """The stored RBAC objects, and the bootstrap policy every cluster has."""
+        base = rbac.BASIC_USER
+        return rbac.Policy(
+            roles=self._everywhere("rbac.authorization.k8s.io/v1/roles"),
+            cluster_roles=[
+                *base.cluster_roles,
+                *self._everywhere("rbac.authorization.k8s.io/v1/clusterroles"),
+            ],
+            role_bindings=self._everywhere("rbac.authorization.k8s.io/v1/rolebindings"),
+            cluster_role_bindings=[
+                *base.cluster_role_bindings,
+                *self._everywhere("rbac.authorization.k8s.io/v1/clusterrolebindings"),
+            ],
+        )
+
+    def _authorize(self, request: kmock.Request) -> None:
+        """403 for what the requesting user's RBAC does not allow (only impersonated users,
+        `kubectl --as=…`, are anyone but the admin)."""
+        user = _user(request)
+        if request.resource is None or rbac.SUPERUSERS in user.groups:
+            return
+        namespace = request.namespace or ""
+        if not namespace and request.action == kmock.action.CREATE:
+            namespace = str(((request.data or {}).get("metadata") or {}).get("namespace") or "")
+        asked = rbac.Attributes(
+            verb=rbac.request_verb(
+                str(request.method.value).upper(),
+                watch=request.action == kmock.action.WATCH,
+                named=bool(request.name),
+                subresource=request.subresource or "",
+            ),
+            resource=str(request.resource.plural or ""),
+            group=str(request.resource.group or ""),
+            subresource=request.subresource or "",
+            namespace=namespace,
+            name=request.name or "",
+        )
+        if not rbac.decide(self._policy(), user, asked).allowed:
+            raise _status_error(403, "Forbidden", rbac.forbidden(user, asked))
+
     def _review(self, request: kmock.Request) -> dict[str, Any]:
         """A (Self)SubjectAccessReview answered by RBAC over the stored roles and bindings."""
         review = request.data if isinstance(request.data, dict) else {}
@@ -688,15 +729,7 @@ class ApiServer(kmock.KubernetesEmulator):
             user = rbac.service_account(str(spec.get("user", "")), spec.get("groups") or [])
         else:
             user = _user(request)
-        policy = rbac.Policy(
-            roles=self._everywhere("rbac.authorization.k8s.io/v1/roles"),
-            cluster_roles=self._everywhere("rbac.authorization.k8s.io/v1/clusterroles"),
-            role_bindings=self._everywhere("rbac.authorization.k8s.io/v1/rolebindings"),
-            cluster_role_bindings=self._everywhere(
-                "rbac.authorization.k8s.io/v1/clusterrolebindings"
-            ),
-        )
-        decision = rbac.decide(policy, user, rbac.Attributes.from_review(spec))
+        decision = rbac.decide(self._policy(), user, rbac.Attributes.from_review(spec))
         status: dict[str, Any] = {"allowed": decision.allowed}
         if decision.reason:
             status["reason"] = decision.reason
@@ -970,6 +1003,7 @@ class ApiServer(kmock.KubernetesEmulator):
         self._serving[id(request)] = request
         owners_gone: set[str] = set()
         try:
+            self._authorize(request)
             if request.resource is not None and request.subresource == "log":
                 return await self._serve_log(request)
             if request.resource == metrics.PODS and request.action in (

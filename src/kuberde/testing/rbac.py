@@ -12,7 +12,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SUPERUSERS", "Attributes", "Decision", "Policy", "User", "decide", "service_account"]
+__all__ = [
+    "BASIC_USER",
+    "SUPERUSERS",
+    "Attributes",
+    "Decision",
+    "Policy",
+    "User",
+    "decide",
+    "forbidden",
+    "request_verb",
+    "service_account",
+]
 
 SUPERUSERS = "system:masters"
 _SERVICE_ACCOUNT = "system:serviceaccount:"
@@ -69,6 +80,52 @@ class Policy:
     cluster_roles: Sequence[Mapping[str, Any]] = ()
     role_bindings: Sequence[Mapping[str, Any]] = ()
     cluster_role_bindings: Sequence[Mapping[str, Any]] = ()
+
+
+#: The bootstrap policy every cluster has: anyone signed in may review their own access.
+BASIC_USER = Policy(
+    cluster_roles=[
+        {
+            "metadata": {"name": "system:basic-user"},
+            "rules": [
+                {
+                    "apiGroups": ["authorization.k8s.io"],
+                    "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+                    "verbs": ["create"],
+                }
+            ],
+        }
+    ],
+    cluster_role_bindings=[
+        {
+            "metadata": {"name": "system:basic-user"},
+            "roleRef": {"kind": "ClusterRole", "name": "system:basic-user"},
+            "subjects": [{"kind": "Group", "name": "system:authenticated"}],
+        }
+    ],
+)
+
+
+def request_verb(method: str, *, watch: bool, named: bool, subresource: str = "") -> str:
+    """The RBAC verb of an HTTP request, as the API server derives it."""
+    if subresource in ("exec", "attach", "portforward"):
+        return "create"
+    if method == "GET":
+        return "watch" if watch else "get" if named else "list"
+    if method == "DELETE":
+        return "delete" if named else "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+
+
+def forbidden(user: User, asked: Attributes) -> str:
+    """The message of a 403, in the API server's words."""
+    resource = f"{asked.resource}/{asked.subresource}" if asked.subresource else asked.resource
+    what = f'{asked.resource} "{asked.name}"' if asked.name else asked.resource
+    where = f' in the namespace "{asked.namespace}"' if asked.namespace else " at the cluster scope"
+    return (
+        f'{what} is forbidden: User "{user.name}" cannot {asked.verb} resource "{resource}" '
+        f'in API group "{asked.group}"{where}'
+    )
 
 
 @dataclass(frozen=True)
