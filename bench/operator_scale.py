@@ -287,7 +287,7 @@ async def _until(check: Callable[[], bool], within: float, what: str, child: Chi
 async def _quiet(
     cluster: _Cluster, plan: Plan, child: Child, http: aiohttp.ClientSession, metrics: str
 ) -> bool:
-    """Wait until `plan.quiet` seconds passed without a write or a reconcile (the work queue
+    """Wait until `plan.quiet` seconds passed without a write or a reconcile (the engine
     has drained); False if that never happened."""
     began = time.monotonic()
     mark = cluster.request_count()

@@ -212,14 +212,26 @@ async def test_deployment_stability(cluster: Cluster, runbook: Runbook) -> None:
         "kubectl get deployment -n kuberde user-testuser-ssh-server -o jsonpath="
         "'{.spec.template.metadata.labels.pod-template-hash}'"
     )
-    for _ in range(3):
+
+    async def spec_checks() -> int:
+        """How often the operator has compared this Deployment with its spec so far."""
+        log = await cluster.sh("kubectl logs -n kuberde -l app=kuberde-operator --tail=-1")
+        return log.stdout.count("Agent ssh-server: deploymentSpecChanged returned")
+
+    for sample in range(3):
+        if sample:  # "30 seconds apart": here, apart by one more look of the operator's
+            seen = await spec_checks()
+
+            async def looked_again(seen: int = seen) -> bool:
+                return await spec_checks() > seen
+
+            await eventually(looked_again, "the operator to reconcile the Deployment again")
         await runbook.run(
             "3 rebuilds",
             command,
             template_hash,
             note="empty, as on Kubernetes: the label is on pods; theirs checked constant",
         )
-        await asyncio.sleep(1)
     assert len(set(hashes)) == 1, hashes
     pod_hash = await cluster.sh(
         "kubectl get pods -n kuberde -l instance=user-testuser-ssh-server -o jsonpath="
