@@ -641,6 +641,32 @@ async def test_kuberde_ssh_to_a_missing_workspace_fails_before_ssh_runs(cli, env
     assert not fake_ssh.exists()
 
 
+@pytest.mark.parametrize("tool", ["ssh", "ssh-keygen"])
+async def test_kuberde_ssh_without_openssh_says_what_to_install(cli, env, tmp_path, tool):
+    # A user with no key of their own needs ssh-keygen for the managed key, then ssh.
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    if tool == "ssh":
+        (tools / "ssh-keygen").symlink_to(shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen")
+    env = {**env, "PATH": str(tools), "HOME": str(tmp_path / "home")}
+    code, out, err = await _run([*cli, "ssh", "dev"], env)
+    assert (code, out) == (1, b"")
+    install = "install the OpenSSH client (apt-get install openssh-client)"
+    assert err == f"kuberde: {tool} not found: {install}\n"
+    if tool == "ssh-keygen":
+        config = await _run([*cli, "config-ssh", "--write"], env)
+        assert (config[0], config[2]) == (1, f"kuberde: ssh-keygen not found: {install}\n")
+
+
+async def test_kuberde_ssh_exits_with_ssh_s_code_and_relays_its_stderr(cli, env, fake_ssh):
+    script = Path(env["PATH"].split(os.pathsep)[0]) / "ssh"
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nsys.stderr.write('from ssh\\n')\nsys.exit(5)\n"
+    )
+    code, out, err = await _run([*cli, "ssh", "dev"], env)
+    assert (code, out, err) == (5, b"", "from ssh\n")
+
+
 async def test_kuberde_ssh_trusts_the_host_key_kuberde_up_recorded(cli, env, fake_ssh, tmp_path):
     known_hosts = tmp_path / "ssh" / "known_hosts"
     known_hosts.parent.mkdir()

@@ -160,6 +160,10 @@ def ssh(
     known_hosts = sshkeys.known_hosts_file()
     listed = name + HOST_SUFFIX in sshkeys.listed_aliases()
     own_keys = sshkeys.user_keys()
+    try:
+        identity_file = None if own_keys else str(sshkeys.managed_key())
+    except sshkeys.ManagedKeyError as exc:
+        fail(str(exc))
     argv = ssh_argv(
         kuberde_command(),
         name,
@@ -167,7 +171,7 @@ def ssh(
         port=port,
         extra=ssh_args or [],
         known_hosts=str(known_hosts) if listed else None,
-        identity_file=None if own_keys else str(sshkeys.managed_key()),
+        identity_file=identity_file,
     )
     from kuberde.cli.sshrun import run_ssh
 
@@ -236,9 +240,13 @@ def config_ssh(
       kuberde config-ssh            # print the block
       kuberde config-ssh --write    # then: ssh demo.kuberde
     """
+    try:
+        identities = [str(key) for key in sshkeys.identities(create=write)]
+    except sshkeys.ManagedKeyError as exc:
+        fail(str(exc))
     block = render_block(
         kuberde_command(),
-        identities=[str(key) for key in sshkeys.identities(create=write)],
+        identities=identities,
         known_hosts=str(sshkeys.known_hosts_file()),
         hosts=sshkeys.listed_aliases(),
         logins=sshkeys.logins(),

@@ -57,14 +57,27 @@ def user_keys(home: Path | None = None) -> list[Path]:
     ]
 
 
+class ManagedKeyError(Exception):
+    """The managed key is missing and cannot be made; the message says what to install."""
+
+
 def managed_key(config_file: Path | None = None, *, create: bool = True) -> Path:
     """The platform-managed key, created (ed25519, no passphrase, 0600) if missing."""
     path = ssh_directory(config_file) / "id_ed25519"
     if create:
+        import subprocess
+
         from kuberde.local.sshd import keygen
 
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        keygen(path, "kuberde-managed")
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            keygen(path, "kuberde-managed")
+        except FileNotFoundError:
+            raise ManagedKeyError(
+                "ssh-keygen not found: install the OpenSSH client (apt-get install openssh-client)"
+            ) from None
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise ManagedKeyError(f"cannot make the SSH key {path}: {exc}") from None
     return path
 
 
