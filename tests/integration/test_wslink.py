@@ -1,19 +1,23 @@
-"""`WebSocketLink` between a real aiohttp server and client on 127.0.0.1: both write frames
-straight to their transport (a client masking in place), and every size of message — each
-WebSocket length encoding, and more than the transport buffers — arrives byte for byte,
-read by aiohttp's own reader on the other side."""
+"""`WebSocketLink` between a real aiohttp server and client on 127.0.0.1, in the clear and
+over TLS: both write frames straight to their transport (a client masking in place), and
+every size of message — each WebSocket length encoding, and more than the transport
+buffers — arrives byte for byte, read by aiohttp's own reader on the other side."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
+from bench.certs import write_self_signed
 
+from kuberde.tls import server_ssl_context
 from kuberde.wslink import WebSocketLink
 
 pytestmark = pytest.mark.timeout(60)
@@ -23,8 +27,15 @@ SIZES = [1, 125, 126, 65535, 65536, 256 * 1024, 4 * 1024 * 1024 + 3]
 
 
 @asynccontextmanager
-async def linked() -> AsyncIterator[tuple[WebSocketLink, WebSocketLink]]:
-    """(server link, client link) over one loopback WebSocket."""
+async def linked(tls_dir: Path | None = None) -> AsyncIterator[tuple[WebSocketLink, WebSocketLink]]:
+    """(server link, client link) over one loopback WebSocket; over TLS with a certificate
+    written into `tls_dir`, if given."""
+    server_tls: ssl.SSLContext | None = None
+    client_tls: ssl.SSLContext | bool = True
+    if tls_dir is not None:
+        cert, key = write_self_signed(tls_dir)
+        server_tls = server_ssl_context(str(cert), str(key))
+        client_tls = ssl.create_default_context(cafile=str(cert))
     server_side: asyncio.Future[WebSocketLink] = asyncio.get_running_loop().create_future()
     done = asyncio.Event()
 
@@ -39,13 +50,14 @@ async def linked() -> AsyncIterator[tuple[WebSocketLink, WebSocketLink]]:
     app.router.add_get("/ws", handler)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls)
     await site.start()
     port = runner.addresses[0][1]
+    url = f"{'https' if tls_dir else 'http'}://127.0.0.1:{port}/ws"
     try:
         async with (
             aiohttp.ClientSession() as http,
-            http.ws_connect(f"http://127.0.0.1:{port}/ws", compress=0, max_msg_size=0) as ws,
+            http.ws_connect(url, compress=0, max_msg_size=0, ssl=client_tls) as ws,
         ):
             client = WebSocketLink(ws)
             server = await asyncio.wait_for(server_side, 10)
@@ -74,10 +86,12 @@ async def test_both_sides_write_frames_directly() -> None:
         assert client.direct
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
 @pytest.mark.parametrize("direction", ["client to server", "server to client"])
-async def test_every_message_size_arrives_intact(direction: str) -> None:
+async def test_every_message_size_arrives_intact(direction: str, tls: bool, tmp_path: Path) -> None:
     payloads = [os.urandom(size) for size in SIZES]
-    async with linked() as (server, client):
+    async with linked(tmp_path if tls else None) as (server, client):
+        assert server.direct and client.direct
         if direction == "client to server":
             await _exchange(client, server, payloads)
         else:
