@@ -60,6 +60,33 @@ def test_plain_ssh_prints_our_message_first_on_one_line(rde: KubeRDE, tmp_path: 
     assert result.stderr.splitlines(keepends=True)[0] == MISSING, result.stderr
 
 
+def test_on_a_terminal_ssh_keeps_it_and_its_exit_code_passes_through(rde: KubeRDE) -> None:
+    """stdin and stdout stay the terminal (only ssh's stderr is relayed)."""
+    controller, terminal = os.openpty()
+    try:
+        ssh = subprocess.Popen(
+            [KUBERDE, "ssh", "demo", *_batch("test -t 0 || echo remote-saw-no-tty; exit 7")],
+            env=rde.env,
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            start_new_session=True,
+        )
+        os.close(terminal)
+        terminal = -1
+        seen = b""
+        with contextlib.suppress(OSError):  # EIO once every copy of the terminal is closed
+            while chunk := os.read(controller, 4096):
+                seen += chunk
+        assert ssh.wait(timeout=WAIT) == 7, seen
+        # No -t: the remote side has no terminal, as with plain ssh and a command.
+        assert b"remote-saw-no-tty" in seen
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+
+
 @contextlib.contextmanager
 def _held_ssh(rde: KubeRDE, output: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`kuberde ssh demo` running `cat`, which ends with the connection (a `sleep` would
@@ -105,6 +132,7 @@ def test_the_gateway_going_away_mid_session_is_the_only_message(
     rde.wait_phase("demo", "Running")
 
 
+# Last: it deletes the demo.
 def test_a_workspace_deleted_mid_session_is_the_only_message(rde: KubeRDE, tmp_path: Path) -> None:
     output = tmp_path / "ssh.log"
     with _held_ssh(rde, output) as ssh:
@@ -115,30 +143,3 @@ def test_a_workspace_deleted_mid_session_is_the_only_message(rde: KubeRDE, tmp_p
         "kuberde: connection reset: peer closed the connection",
         "kuberde: workspace demo went away",
     ), message
-
-
-def test_on_a_terminal_ssh_keeps_it_and_its_exit_code_passes_through(rde: KubeRDE) -> None:
-    """stdin and stdout stay the terminal (only ssh's stderr is relayed)."""
-    controller, terminal = os.openpty()
-    try:
-        ssh = subprocess.Popen(
-            [KUBERDE, "ssh", "demo", *_batch("test -t 0 || echo remote-saw-no-tty; exit 7")],
-            env=rde.env,
-            stdin=terminal,
-            stdout=terminal,
-            stderr=terminal,
-            start_new_session=True,
-        )
-        os.close(terminal)
-        terminal = -1
-        seen = b""
-        with contextlib.suppress(OSError):  # EIO once every copy of the terminal is closed
-            while chunk := os.read(controller, 4096):
-                seen += chunk
-        assert ssh.wait(timeout=WAIT) == 7, seen
-        # No -t: the remote side has no terminal, as with plain ssh and a command.
-        assert b"remote-saw-no-tty" in seen
-    finally:
-        os.close(controller)
-        if terminal >= 0:
-            os.close(terminal)
