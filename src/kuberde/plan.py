@@ -33,6 +33,7 @@ __all__ = [
     "decide",
     "honour_stop",
     "read_requests",
+    "request_time_text",
     "verdict",
 ]
 
@@ -266,6 +267,13 @@ class StopOutcome:
     #: drop any extension. None: a later wake overtook it; only the request goes.
     scaled_down_at: datetime | None
     reason: str
+
+
+def request_time_text(at: datetime) -> str:
+    """How a request or the scale-down it becomes is written: RFC 3339 to the microsecond,
+    as the gateway writes requests, so requests within one second keep their order (a
+    stop written to the second would lose to the wake just before it)."""
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def honour_stop(

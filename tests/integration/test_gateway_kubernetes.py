@@ -52,7 +52,7 @@ from tests.integration.kube import (
     running_kube,
     status_in,
 )
-from tests.oidc_provider.harness import device_login, running_provider
+from tests.oidc_provider.harness import Browser, Page, device_login, forms_of, running_provider
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:kmock")
 
@@ -745,13 +745,14 @@ async def test_stop_and_extend_from_the_cli_through_the_operator(
             assert kube.replicas(agent_id) == 1
 
 
-async def test_non_browser_clients_are_held_through_a_wake_or_get_503(
+async def test_non_browser_clients_are_held_through_a_wake_and_the_dashboard_stops(
     kube: Kube, tmp_path: Path, env: dict[str, str]
 ) -> None:
     """A `curl`-like request (a bearer token, no `Accept: text/html`) to the app of a
     workspace that is not up is held: through a wake it gets the app's own answer; from a
     gateway with a short wake deadline, for a workspace whose agent never connects, 503
-    with Retry-After."""
+    with Retry-After. Then the dashboard (signed in through the provider) extends and stops
+    it, through the operator."""
 
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text=f"hello from the app at {request.path}")
@@ -829,5 +830,45 @@ async def test_non_browser_clients_are_held_through_a_wake_or_get_503(
                             f"PATCH /apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents/lab"
                         ]
                         assert kube.replicas("user-testuser-lab") == 1
+
+                        # The dashboard acts through the same requests: extend, then stop.
+                        browser_session = Browser()
+                        try:
+                            page = await asyncio.wait_for(
+                                browser_session.complete(
+                                    f"{gateway.url}/auth/login",
+                                    {"login": OWNER, "password": "any"},
+                                    done=f"Signed in as <strong>{OWNER}</strong>",
+                                ),
+                                CLI_WAIT,
+                            )
+                            forms = {form.action: form for form in forms_of(page.text)}
+                            extend = forms["/dashboard/workspaces/lab/extend"]
+                            page = await browser_session.submit(
+                                Page(page.url, page.status, _only_form(page.text, extend.action)),
+                                {"duration": "2h"},
+                            )
+                            assert "lab stays up until at least" in page.text, page.text[:500]
+                            assert EXTEND_ANNOTATION in agent_annotations(kube, "lab")
+                            stop = "/dashboard/workspaces/lab/stop"
+                            page = await browser_session.submit(
+                                Page(page.url, page.status, _only_form(page.text, stop)), {}
+                            )
+                            assert "lab is scaled down" in page.text, page.text[:500]
+                        finally:
+                            await browser_session.close()
+                        await eventually(partial(status_in, kube, "lab", "ScaledDown"), "down")
+                        annotations = agent_annotations(kube, "lab")
+                        assert STOP_ANNOTATION not in annotations
+                        assert EXTEND_ANNOTATION not in annotations
     finally:
         await runner.cleanup()
+
+
+def _only_form(html: str, action: str) -> str:
+    """The page's form posting to `action` alone, for `Browser.submit` (it takes the first)."""
+    match = re.search(
+        rf'<form[^>]*action="{re.escape(action)}".*?</form>', html, re.DOTALL | re.IGNORECASE
+    )
+    assert match is not None, f"no form for {action}"
+    return match.group(0)

@@ -10,12 +10,15 @@ from hypothesis import strategies as st
 
 from kuberde import policy
 from kuberde.naming import EXTEND_ANNOTATION, STOP_ANNOTATION, WAKE_ANNOTATION
-from kuberde.plan import Desired, Requests, honour_stop, read_requests, verdict
+from kuberde.operator.annotations import parse_time
+from kuberde.plan import Desired, Requests, honour_stop, read_requests, request_time_text, verdict
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 STALENESS = timedelta(seconds=5)
 
-times = st.integers(min_value=-7_200, max_value=7_200).map(lambda s: NOW + timedelta(seconds=s))
+times = st.integers(min_value=-7_200_000_000, max_value=7_200_000_000).map(
+    lambda us: NOW + timedelta(microseconds=us)
+)
 optional_times = st.none() | times
 junk = st.text(max_size=200).filter(lambda text: _parses(text) is None)
 
@@ -81,8 +84,11 @@ def test_a_stop_scales_down_unless_a_later_wake_overtook_it_and_then_clears_itse
     assert outcome.scaled_down_at >= stop
     if scaled_down and scaled_down_at is not None:
         assert outcome.scaled_down_at >= scaled_down_at, "a recorded scale-down never moves back"
+    # As written on the RDEAgent and read back by the reconciler: sub-second order survives.
+    written = parse_time(request_time_text(outcome.scaled_down_at))
+    assert written == outcome.scaled_down_at
     after = policy.desired_replicas(
-        scaled_down=True, wake_requested_at=wake, scaled_down_at=outcome.scaled_down_at
+        scaled_down=True, wake_requested_at=wake, scaled_down_at=written
     )
     assert after == 0, f"still {after} replicas after a stop (before: {before})"
     # A wake asked for after the stop wins again.

@@ -308,7 +308,7 @@ class Reconciler:
         name = name_of(body)
         changes: dict[str, str | None] = {STOP_ANNOTATION: None}
         if outcome.scaled_down_at is not None:
-            changes[SCALED_DOWN_ANNOTATION] = policy.format_timestamp(outcome.scaled_down_at)
+            changes[SCALED_DOWN_ANNOTATION] = plan.request_time_text(outcome.scaled_down_at)
             changes[EXTEND_ANNOTATION] = None
         patched = await self._api.merge_patch(
             self._paths.agent(name), {"metadata": {"annotations": changes}}

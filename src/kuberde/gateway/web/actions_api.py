@@ -8,12 +8,16 @@ admins on all; someone else's is reported as missing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from aiohttp import web
 
 from kuberde.auth import Principal
 from kuberde.gateway.app import GATEWAY_KEY, Gateway, json_error
 from kuberde.gateway.web.workspaces import ActionError, WorkspaceRow, Workspaces
 from kuberde.messages import not_found
+from kuberde.naming import InvalidName, agent_id
 from kuberde.policy import InvalidTTL, parse_ttl
 
 __all__ = ["add_action_routes"]
@@ -27,10 +31,20 @@ class ActionApi:
         self.gateway = gateway
         self.workspaces = workspaces
 
+    def _row(self, name: str) -> WorkspaceRow | None:
+        return next((r for r in self.workspaces.rows() if r.name == name), None)
+
     async def _owned(self, request: web.Request) -> tuple[Principal, WorkspaceRow]:
         user = await self.gateway.authenticate(request, "user")
         name = request.match_info["name"]
-        row = next((r for r in self.workspaces.rows() if r.name == name), None)
+        row = self._row(name)
+        directory = self.gateway.directory
+        if row is None and directory is not None:
+            # Applied a moment ago? Let the directory catch up with the user's ID first.
+            with contextlib.suppress(TimeoutError, InvalidName):
+                async with asyncio.timeout(self.gateway.settings.directory_catch_up):
+                    await directory.catch_up(agent_id(user.name, name))
+            row = self._row(name)
         if row is None or (row.owner != user.name and not user.admin):
             raise json_error(web.HTTPNotFound, not_found(name), "not_found")
         return user, row
