@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from kuberde.local.accounts import Account, Accounts, run_as_argv
+from kuberde.local.netns import installation_tag, remove_leftovers
 from kuberde.local.sshd import prepare_sshd
 from kuberde.local.supervisor import RUN_MARKER
 from kuberde.testing.python import IMPORT_PATH as UP_PYTHONPATH
@@ -412,6 +413,9 @@ class KubeRDE:
                 self.stop_up()
         finally:
             if self.isolated:
+                # A failed test may leave a crashed run's namespaces (and what runs in them).
+                if shutil.which("ip", path="/usr/sbin:/sbin:/usr/bin:/bin") is not None:
+                    remove_leftovers(installation_tag(self.state_dir), "ip")
                 shutil.rmtree(self.homes, ignore_errors=True)
 
     # ---- the `kuberde up` process --------------------------------------------------------

@@ -51,6 +51,7 @@ __all__ = [
     "installation_tag",
     "is_ours",
     "netns_name",
+    "remove_leftovers",
     "slirp_argv",
 ]
 
@@ -144,6 +145,30 @@ def _private_directory(path: Path) -> None:
     path.chmod(0o711)
 
 
+def remove_leftovers(tag: str, ip: str) -> None:
+    """What a crashed run of installation `tag` left: its namespaces, the workloads and agents
+    still in them (orphans that nothing supervises; an agent would dial the new socket of its
+    owner), and its sockets. Its slirp4netns exited with it."""
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(NETNS_DIR):
+            if is_ours(tag, name):
+                pids = [int(pid) for pid in _run(ip, "netns", "pids", name).split()]
+                log.info(
+                    "removing network namespace %s left by a previous run, and the %d "
+                    "process(es) still in it",
+                    name,
+                    len(pids),
+                )
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                _run(ip, "netns", "delete", name)
+    with contextlib.suppress(FileNotFoundError):
+        for entry in (SOCKETS_DIR / tag).iterdir():
+            entry.unlink()
+        (SOCKETS_DIR / tag).rmdir()
+
+
 async def _readable(fd: int, seconds: float) -> bool:
     """Whether `fd` has something to read within `seconds`."""
     loop = asyncio.get_running_loop()
@@ -233,7 +258,9 @@ class OwnerNetworks:
             )
         else:
             try:
-                cls._clean(tag, ip, sockets_dir)
+                if ip is None:
+                    raise NetworkError("iproute2's ip is not installed")
+                remove_leftovers(tag, ip)
                 cls._probe(tag, ip)
                 _private_directory(SOCKETS_DIR)
                 _private_directory(sockets_dir)
@@ -265,31 +292,6 @@ class OwnerNetworks:
             slirp=slirp,
             sockets_dir=sockets_dir,
         )
-
-    @staticmethod
-    def _clean(tag: str, ip: str | None, sockets_dir: Path) -> None:
-        """A crashed run's namespaces, the workloads and agents still in them (orphans that
-        nothing supervises; an agent would dial the new socket of its owner), and sockets.
-        Its slirp4netns exited with it."""
-        if ip is None:
-            raise NetworkError("iproute2's ip is not installed")
-        with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(NETNS_DIR):
-                if is_ours(tag, name):
-                    pids = [int(pid) for pid in _run(ip, "netns", "pids", name).split()]
-                    log.info(
-                        "removing network namespace %s left by a previous run, and the %d "
-                        "process(es) still in it",
-                        name,
-                        len(pids),
-                    )
-                    for pid in pids:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
-                    _run(ip, "netns", "delete", name)
-        with contextlib.suppress(FileNotFoundError):
-            for entry in sockets_dir.iterdir():
-                entry.unlink()
 
     @staticmethod
     def _probe(tag: str, ip: str | None) -> None:
