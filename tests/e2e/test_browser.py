@@ -207,7 +207,7 @@ def run_cell(app: Page, code: str, step: str) -> None:
     kernel yet): a cell run then is silently not executed, which is what made this test
     flaky (never the proxy: every kernel message went through, in order).
     """
-    expect(app.get_by_text(KERNEL_IDLE)).to_be_visible()
+    expect(app.get_by_text(KERNEL_IDLE)).to_be_visible(timeout=UI_TIMEOUT)
     editor = app.locator(".jp-Notebook .jp-Cell .cm-content").last
     editor.click()
     expect(editor).to_be_focused()
@@ -250,7 +250,8 @@ def test_jupyterlab_is_woken_from_the_dashboard_and_runs_a_cell(
 
     app.locator(".jp-LauncherCard[data-category='Notebook']").first.click()
     run_cell(app, "print(6 * 7, 'through the proxy')", "07-cell-typed")
-    expect(app.locator(".jp-OutputArea-output").first).to_contain_text("42 through the proxy")
+    output = app.locator(".jp-OutputArea-output").first
+    expect(output).to_contain_text("42 through the proxy", timeout=UI_TIMEOUT)
     shot(app, "08-cell-output")
 
     page.bring_to_front()
