@@ -128,3 +128,8 @@ async def test_top_pod_reads_the_pods_metrics(pod: Pod) -> None:
     code, out, err = await pod.kubectl("kubectl top pod -n kuberde -l app=other")
     assert (code, out) == (0, ""), err
     assert "No resources found in kuberde namespace." in err
+
+
+async def test_port_forward_is_refused_with_the_reason(pod: Pod) -> None:
+    code, _, err = await pod.kubectl(f"timeout 20 kubectl port-forward {pod.name} 0:8080")
+    assert code != 0 and "SPDY/3.1" in err, err

@@ -498,7 +498,8 @@ async def test_permissions(runbook: Runbook) -> None:
     not_applicable(
         "8",
         "kubectl port-forward -n kuberde <pod-name> 8080:8080",
-        "emulated pods have no kubelet streaming; their ports are loopback ports already",
+        "kubectl tunnels SPDY/3.1 for it, which the emulated kubelet does not speak "
+        "(its pods' ports are loopback ports already)",
     )
 
 

@@ -781,6 +781,13 @@ class ApiServer(kmock.KubernetesEmulator):
             raise _status_error(
                 400, "BadRequest", f"container {container} is not valid for pod {name}"
             )
+        if raw_request.headers.get("Upgrade", "").lower() != "websocket":
+            raise _status_error(
+                400,
+                "BadRequest",
+                "exec is served over WebSocket (v5.channel.k8s.io, kubectl 1.30 and later); "
+                "an SPDY/3.1 upgrade (older kubectl) is not",
+            )
         for runtime in self.runtimes:
             target = runtime.exec_target(namespace, name, container)
             if target is not None:
@@ -1013,6 +1020,13 @@ class ApiServer(kmock.KubernetesEmulator):
                 return aiohttp.web.json_response(self._pod_metrics(request))
             if request.resource is not None and request.subresource == "exec":
                 return await self._serve_exec(request)
+            if request.resource is not None and request.subresource in ("portforward", "attach"):
+                raise _status_error(
+                    400,
+                    "BadRequest",
+                    f"pods/{request.subresource} is not served here: kubectl speaks SPDY/3.1 "
+                    "for it (over WebSocket or by upgrade), which the emulated kubelet does not",
+                )
             if request.resource is not None and request.action == kmock.action.WATCH:
                 return await self._serve_watch_stream(request)
             if (
