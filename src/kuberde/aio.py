@@ -23,10 +23,12 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
 
 async def wait_for_signal(*signals: signal.Signals) -> signal.Signals:
-    """Return the first of `signals` (default SIGTERM, SIGINT) delivered to the process."""
+    """Return the first of `signals` delivered to the process. By default SIGTERM, SIGINT and
+    SIGHUP: a command stopped by closing its terminal shuts down as cleanly as on Ctrl-C
+    (left to SIGHUP's default, `kuberde up` died and its workspaces ran on)."""
     loop = asyncio.get_running_loop()
     received: asyncio.Future[signal.Signals] = loop.create_future()
-    wanted = signals or (signal.SIGTERM, signal.SIGINT)
+    wanted = signals or (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def deliver(sig: signal.Signals) -> None:
         if not received.done():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import threading
@@ -536,3 +537,5 @@ def test_demo_workspace_answers_kuberde_ssh(rde: KubeRDE) -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ok\n"
+    # Closing the terminal `kuberde up` runs in stops it as cleanly as Ctrl-C does.
+    rde.stop_up(signal.SIGHUP)

@@ -428,7 +428,7 @@ class KubeRDE:
         argv, env = [KUBERDE], dict(extra_env or {})
         if self.run_as is not None:
             assert UP_PYTHON is not None, "no Python here that other accounts may run"
-            argv = run_as_argv(self.run_as, [UP_PYTHON, "-m", "kuberde"])
+            argv = run_as_argv(self.run_as, [UP_PYTHON, "-m", "kuberde"], terminal_group=None)
             env["PYTHONPATH"] = UP_PYTHONPATH
         argv = [*self.wrapper, *argv, "up", "--listen", "127.0.0.1:0"]
         if not self.default_paths:
@@ -472,20 +472,21 @@ class KubeRDE:
         assert self._up is not None, "kuberde up is not running"
         return self._up.pid
 
-    def stop_up(self) -> None:
-        """SIGTERM `kuberde up`; it must exit 0 and leave no workspace process running."""
+    def stop_up(self, sent: signal.Signals = signal.SIGTERM) -> None:
+        """Signal `kuberde up` (SIGTERM; SIGHUP when its terminal closes, SIGINT for Ctrl-C);
+        it must exit 0 and leave no workspace process running."""
         process = self._up
         assert process is not None, "kuberde up is not running"
         self._up = None
         self._see(descendants(process.pid))
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sent)
         try:
             code = process.wait(timeout=WAIT)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=WAIT)
             self._kill_leftovers()
-            raise AssertionError(f"kuberde up ignored SIGTERM:\n{self.up_stderr()}") from None
+            raise AssertionError(f"kuberde up ignored {sent.name}:\n{self.up_stderr()}") from None
         deadline = time.monotonic() + 10.0
         while any(p.alive for p in self._seen) and time.monotonic() < deadline:
             time.sleep(_POLL)
