@@ -93,7 +93,7 @@ class Session:
         if words[0] == "ssh":
             self._plain_ssh(line)
         elif words[1:2] == ["ssh"]:
-            assert self.bash(line + " -- -o BatchMode=yes echo ok").stdout == "ok\n"
+            assert _lines(self.bash(f"{line} -- -tt -o BatchMode=yes {_ON_A_TERMINAL}")) == ["ok"]
         else:
             self.bash(line)
 
@@ -110,8 +110,17 @@ class Session:
         if ISOLATED:
             # As the README says: as root, the demo's sshd runs as (and admits) kuberde-$USER.
             line = line.replace("$USER@", f"{account_name(current_owner())}@")
-        line = f"ssh -F {config} -o BatchMode=yes {line[4:]} echo ok"
-        assert self.bash(line).stdout == "ok\n"
+        line = f"ssh -F {config} -tt -o BatchMode=yes {line[4:]} {_ON_A_TERMINAL}"
+        assert _lines(self.bash(line)) == ["ok"]
+
+
+#: Run remotely with a terminal, as a user's interactive `ssh` is: sshd must hand its pty over.
+_ON_A_TERMINAL = shlex.quote("test -t 0 && echo ok")
+
+
+def _lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """What the remote command printed; a terminal ends each line with CR LF."""
+    return result.stdout.replace("\r\n", "\n").splitlines()
 
 
 def _forward_line(lines: list[str]) -> str:

@@ -94,7 +94,7 @@ def test_a_missing_path_gets_a_default_and_later_layers_win() -> None:
 
 
 def test_setpriv_switches_to_the_account_and_its_groups() -> None:
-    assert run_as_argv(BOB, ["sshd", "-D"]) == [
+    assert run_as_argv(BOB, ["sshd", "-D"], terminal_group=None) == [
         "setpriv",
         "--reuid=1001",
         "--regid=1002",
@@ -103,6 +103,15 @@ def test_setpriv_switches_to_the_account_and_its_groups() -> None:
         "sshd",
         "-D",
     ]
+
+
+def test_the_terminal_group_is_added_to_the_accounts_own_groups() -> None:
+    argv = run_as_argv(BOB, ["sshd", "-D"], terminal_group=5)
+    assert argv[:3] == ["setpriv", "--reuid=1001", "--regid=1002"]
+    assert argv[4:] == ["--", "sshd", "-D"]
+    option, _, listed = argv[3].partition("=")
+    assert option == "--groups"
+    assert {1002, 5} <= {int(gid) for gid in listed.split(",")}
 
 
 def test_run_as_is_parsed_and_root_refused() -> None:

@@ -11,6 +11,8 @@ Processes start from `clean_environment`, never from the gateway's own environme
 
 from __future__ import annotations
 
+import functools
+import grp
 import hashlib
 import logging
 import os
@@ -35,6 +37,7 @@ __all__ = [
     "clean_environment",
     "owner_name",
     "run_as_argv",
+    "terminal_group",
 ]
 
 log = logging.getLogger(__name__)
@@ -105,16 +108,43 @@ def clean_environment(
     return env
 
 
-def run_as_argv(account: Account, argv: list[str]) -> list[str]:
-    """`argv` run as `account` (with its groups) by util-linux's setpriv, which then execs."""
-    return [
-        "setpriv",
-        f"--reuid={account.uid}",
-        f"--regid={account.gid}",
-        "--init-groups",
-        "--",
-        *argv,
-    ]
+def run_as_argv(account: Account, argv: list[str], *, terminal_group: int | None) -> list[str]:
+    """`argv` run as `account` (with its groups) by util-linux's setpriv, which then execs.
+
+    `terminal_group` (see `terminal_group`) is added to the account's groups when given.
+    """
+    if terminal_group is None:
+        groups = "--init-groups"
+    else:
+        member_of = {*os.getgrouplist(account.name, account.gid), terminal_group}
+        groups = "--groups=" + ",".join(str(gid) for gid in sorted(member_of))
+    return ["setpriv", f"--reuid={account.uid}", f"--regid={account.gid}", groups, "--", *argv]
+
+
+@functools.cache
+def terminal_group() -> int | None:
+    """The `tty` group, when new terminals are not created in it; None when they are.
+
+    An sshd running as an unprivileged account (every workspace's, under a root `kuberde up`)
+    hands each session's pty to group `tty`, and a failed chown ends the session. Where devpts
+    is mounted with `gid=5` (most hosts) the pty is in that group already; where it is not (many
+    containers), the chown is only allowed to a member of the group. Such a mount also gives
+    terminals mode 0600, so membership lets no one write to anyone else's terminal there.
+    """
+    try:
+        tty = grp.getgrnam("tty").gr_gid
+    except KeyError:
+        return None
+    try:
+        primary, terminal = os.openpty()
+    except OSError:
+        return None
+    try:
+        created_in = os.fstat(terminal).st_gid
+    finally:
+        os.close(primary)
+        os.close(terminal)
+    return None if created_in == tty else tty
 
 
 def _from_passwd(entry: pwd.struct_passwd, home: Path | None = None) -> Account:
@@ -129,26 +159,45 @@ def _lookup(name: str) -> pwd.struct_passwd | None:
         return None
 
 
+def _run_shadow_tool(tool: str, args: list[str], doing: str) -> subprocess.CompletedProcess[str]:
+    found = shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if found is None:
+        raise AccountError(f"cannot {doing}: {tool} is not installed")
+    return subprocess.run([found, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
 def _useradd(name: str, home: Path) -> None:
     shell = next((path for path in _SHELLS if os.access(path, os.X_OK)), "/bin/sh")
-    useradd = shutil.which("useradd", path="/usr/sbin:/sbin:/usr/bin:/bin")
-    if useradd is None:
-        raise AccountError(f"cannot create OS account {name!r}: useradd is not installed")
-    result = subprocess.run(
+    result = _run_shadow_tool(
+        "useradd",
         [
-            useradd,
             *("--system", "--user-group", "--no-create-home", "--home-dir", str(home)),
             *("--shell", shell, "--comment", "KubeRDE workspace", name),
         ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        f"create OS account {name!r}",
     )
     # Another kuberde up may have created it meanwhile; the lookup after us decides.
     if result.returncode != 0 and _lookup(name) is None:
         raise AccountError(f"cannot create OS account {name!r}: {result.stderr.strip()}")
     log.info("created OS account %s for workspaces, home %s", name, home)
+
+
+def _move_home(name: str, old: str, home: Path) -> None:
+    """Point our account's passwd entry at `home`: a `kuberde up` with another homes
+    directory made it, and sshd starts each session in the passwd home. Failing that (the
+    account is busy: usermod refuses while its processes run) sessions start in `/`, which
+    is worth a warning, not a workspace in Error."""
+    result = _run_shadow_tool("usermod", ["--home", str(home), name], f"set the home of {name!r}")
+    if result.returncode == 0:
+        log.info("OS account %s: home %s (was %s)", name, home, old)
+    else:
+        log.warning(
+            "OS account %s keeps home %s, not %s (ssh sessions will not start in it): %s",
+            name,
+            old,
+            home,
+            result.stderr.strip(),
+        )
 
 
 def _check_home(account: Account) -> os.stat_result:
@@ -247,6 +296,8 @@ class Accounts:
             raise AccountError(f"OS account {name!r} vanished after it was created")
         if entry.pw_uid == 0:
             raise AccountError(f"OS account {name!r} is root; refusing to run workloads as it")
+        if Path(entry.pw_dir) != home:
+            _move_home(name, entry.pw_dir, home)
         account = _from_passwd(entry, home)
         _ensure_home(account)
         return account

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kuberde.local.accounts import Account, run_as_argv
+from kuberde.local.accounts import Account, run_as_argv, terminal_group
 
 __all__ = [
     "LOG_MARK",
@@ -199,7 +199,11 @@ def _command(spec: ProcessSpec) -> list[str]:
     found = command if os.sep in command else shutil.which(command, path=spec.env.get("PATH"))
     if found is None or not os.path.exists(found):
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
-    argv = spec.argv if spec.run_as is None else run_as_argv(spec.run_as, spec.argv)
+    argv = (
+        spec.argv
+        if spec.run_as is None
+        else run_as_argv(spec.run_as, spec.argv, terminal_group=terminal_group())
+    )
     return argv if spec.netns is None else ["nsenter", f"--net={spec.netns}", "--", *argv]
 
 
