@@ -455,6 +455,8 @@ def test_owners_workloads_cannot_reach_each_other_over_the_network(
     url = rde.start_up(alice_file)
     rde.env = rde.env | {"KUBERDE_TOKEN": user_token(rde, "admin", admin=True)}
     alice_pid = int(rde.wait_phase("alice-ws", "Running")["pod"])
+    # Running means its agent connected, from inside alice's namespace: over her socket.
+    assert "agent user-alice-alice-ws connected from a Unix socket" in rde.up_stderr()
     tag = installation_tag(rde.state_dir)
     slirp = shutil.which("slirp4netns", path="/usr/sbin:/sbin:/usr/bin:/bin") is not None
     if slirp:

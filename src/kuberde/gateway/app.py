@@ -27,7 +27,7 @@ from kuberde.activity import (
 from kuberde.auth import AuthError, Principal, TokenVerifier, bearer_token
 from kuberde.clock import utc_now
 from kuberde.gateway.agent_watch import serve_watch
-from kuberde.gateway.connections import ConnectionLimits, mark_authenticated
+from kuberde.gateway.connections import ConnectionLimits, mark_authenticated, peer
 from kuberde.gateway.directory import AgentDirectory, AgentRecord, WakeError
 from kuberde.gateway.guard import StreamGuard
 from kuberde.gateway.limits import LimitExceeded, StreamQuota, StreamQuotaSettings
@@ -143,7 +143,7 @@ class Gateway:
                 principal = await self.verifier.verify_management(token)
         except AuthError as exc:
             self.metrics.refused(kind, exc.reason)
-            log.info("refused %s credential from %s: %s", kind, request.remote, exc)
+            log.info("refused %s credential from %s: %s", kind, peer(request), exc)
             raise json_error(web.HTTPUnauthorized, str(exc), exc.reason) from None
         mark_authenticated(request)
         return principal
@@ -190,7 +190,7 @@ class Gateway:
             self._background.add(retire)
             retire.add_done_callback(self._background.discard)
         else:
-            log.info("agent %s connected from %s", principal.name, request.remote)
+            log.info("agent %s connected from %s", principal.name, peer(request))
         # Known from now on, but not used: a reconnect (a gateway restart) is not activity.
         self.activity.track(principal.name)
         self.metrics.agents_online.set(len(self.registry))

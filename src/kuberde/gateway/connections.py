@@ -27,6 +27,7 @@ __all__ = [
     "ConnectionLimits",
     "GuardedSite",
     "mark_authenticated",
+    "peer",
     "raise_fd_limit",
 ]
 
@@ -158,6 +159,12 @@ class _GuardedHandler(RequestHandler):
             self._admitted = False
             self._counts.closed(self._address, self._authenticated)
         super().connection_lost(exc)
+
+
+def peer(request: web.BaseRequest) -> str:
+    """Who is on the other end, for a log line: an address, or the Unix socket (an agent in
+    its owner's network namespace) that has none."""
+    return request.remote or "a Unix socket"
 
 
 def mark_authenticated(request: web.BaseRequest) -> None:
