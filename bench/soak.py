@@ -296,7 +296,7 @@ class Soak:
         restart_at = time.monotonic() + duration / 2
         attack_at = time.monotonic() + duration / 5
         attackers: list[asyncio.Task[None]] = []
-        restarted = False
+        restart: asyncio.Task[None] | None = None
         while time.monotonic() < self.deadline:
             await asyncio.sleep(SAMPLE_INTERVAL)
             self.sample()
@@ -307,9 +307,11 @@ class Soak:
                     asyncio.create_task(self.stream_hog()),
                     asyncio.create_task(self.slow_headers()),
                 ]
-            if not restarted and time.monotonic() >= restart_at:
-                restarted = True
-                await self.restart_gateway()
+            if restart is None and time.monotonic() >= restart_at:
+                # In the background, so RSS and fds are sampled through the restart too.
+                restart = asyncio.create_task(self.restart_gateway())
+        if restart is not None:
+            await restart
         results = await self.workers_done()
         for task in attackers:
             task.cancel()
