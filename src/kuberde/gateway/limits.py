@@ -99,16 +99,19 @@ class _Usage:
 class Reservation:
     """One admitted stream's share of its user's and agent's limits; release it once."""
 
-    __slots__ = ("_keys", "_on_exceeded", "_quota", "exceeded", "held")
+    __slots__ = ("_entries", "_keys", "_on_exceeded", "_quota", "exceeded", "held")
 
     def __init__(
         self,
         quota: StreamQuota,
         keys: tuple[str, str],
+        entries: tuple[_Usage, _Usage],
         on_exceeded: Callable[[LimitExceeded], None],
     ) -> None:
         self._quota: StreamQuota | None = quota
         self._keys = keys
+        #: The user's and the agent's usage, kept while this holds a stream of each.
+        self._entries = entries
         self._on_exceeded = on_exceeded
         #: Bytes the gateway holds for this stream now.
         self.held = 0
@@ -173,9 +176,12 @@ class StreamQuota:
         )
         for key, limits in checks:
             self._check(self._usage.get(key) or _Usage(), limits, _scope(key), now)
-        reservation = Reservation(self, (checks[0][0], checks[1][0]), on_exceeded)
-        for key, limits in checks:
-            entry = self._usage.setdefault(key, _Usage())
+        entries = (
+            self._usage.setdefault(checks[0][0], _Usage()),
+            self._usage.setdefault(checks[1][0], _Usage()),
+        )
+        reservation = Reservation(self, (checks[0][0], checks[1][0]), entries, on_exceeded)
+        for entry, (_, limits) in zip(entries, checks, strict=True):
             entry.streams += 1
             entry.holders.add(reservation)
             entry.tat = max(entry.tat, now) + 1.0 / limits.streams_per_second
@@ -205,13 +211,17 @@ class StreamQuota:
             )
 
     def _hold(self, reservation: Reservation, delta: int) -> None:
+        """On every buffer change of every stream: kept to a few additions."""
         reservation.held += delta
-        limits = (self.settings.per_user, self.settings.per_agent)
-        for key, limit in zip(reservation._keys, limits, strict=True):
-            entry = self._usage[key]
-            entry.buffered += delta
-            if delta > 0 and entry.buffered > limit.max_buffered_bytes:
-                self._cut_largest(entry, limit, _scope(key))
+        user, agent = reservation._entries
+        user.buffered += delta
+        agent.buffered += delta
+        if delta > 0:
+            per_user, per_agent = self.settings.per_user, self.settings.per_agent
+            if user.buffered > per_user.max_buffered_bytes:
+                self._cut_largest(user, per_user, "user")
+            if agent.buffered > per_agent.max_buffered_bytes:
+                self._cut_largest(agent, per_agent, "workspace")
 
     @staticmethod
     def _cut_largest(entry: _Usage, limits: StreamLimits, scope: str) -> None:
