@@ -53,6 +53,8 @@ FAULT_SHADOW = 30.0
 BACK_SHARE = 0.98
 #: Where each attacker connects from; honest clients use 127.1.x.x and 127.2.x.x.
 FLOOD_ADDRESS, HOG_ADDRESS, SLOW_ADDRESS = "127.3.0.1", "127.3.0.2", "127.3.0.3"
+#: Streams the hog opens at once.
+HOG_OPENERS = 16
 #: The probe user's workspace (its user dials from 127.2.x.x after the honest users).
 PROBE_WORKSPACE = ("prober", "probe")
 
@@ -222,28 +224,30 @@ class Soak:
                 await asyncio.sleep(1.0)
 
     async def stream_hog(self) -> None:
-        """mallory opens streams to her own workspace past her limit, and holds them."""
+        """mallory opens streams to her own workspace past her limit, and holds them: many
+        at once, so she reaches it even while a busy gateway takes seconds per stream."""
         token = self.issuer.mint_user("mallory")
         held: list[aiohttp.ClientWebSocketResponse] = []
-        agent = "user-mallory-hog"
+        url = f"{self.url.replace('http', 'ws', 1)}/connect/user-mallory-hog"
+
+        async def opener(http: aiohttp.ClientSession) -> None:
+            while time.monotonic() < self.deadline:
+                try:
+                    async with asyncio.timeout(WAIT):
+                        held.append(
+                            await http.ws_connect(url, headers={"Authorization": f"Bearer {token}"})
+                        )
+                    self.timeline.attack["hog streams opened"] += 1
+                except aiohttp.WSServerHandshakeError as exc:
+                    self.timeline.attack[f"hog refused HTTP {exc.status}"] += 1
+                    await asyncio.sleep(0.5)
+                except (aiohttp.ClientError, OSError, TimeoutError):
+                    held[:] = [ws for ws in held if not ws.closed]
+                    await asyncio.sleep(1.0)
+
         async with self.client(HOG_ADDRESS) as http:
             try:
-                while time.monotonic() < self.deadline:
-                    try:
-                        async with asyncio.timeout(WAIT):
-                            held.append(
-                                await http.ws_connect(
-                                    f"{self.url.replace('http', 'ws', 1)}/connect/{agent}",
-                                    headers={"Authorization": f"Bearer {token}"},
-                                )
-                            )
-                        self.timeline.attack["hog streams opened"] += 1
-                    except aiohttp.WSServerHandshakeError as exc:
-                        self.timeline.attack[f"hog refused HTTP {exc.status}"] += 1
-                        await asyncio.sleep(0.5)
-                    except (aiohttp.ClientError, OSError, TimeoutError):
-                        held = [ws for ws in held if not ws.closed]
-                        await asyncio.sleep(1.0)
+                await asyncio.gather(*(opener(http) for _ in range(HOG_OPENERS)))
             finally:
                 for ws in held:
                     await ws.close()
