@@ -26,7 +26,9 @@ from tests.e2e.up_fixtures import (
     KUBERDE,
     WAIT,
     KubeRDE,
+    ProcessId,
     Row,
+    command_line,
     current_owner,
     echo_command,
     free_port,
@@ -278,6 +280,48 @@ def test_stop_then_port_forward_and_plain_ssh_wakes_it(rde: KubeRDE, tmp_path: P
     assert result.stdout == "runbook-ok\n"
     assert "waking dev…" in output.read_text()
     assert rde.wait_phase("dev", "Running")["pod"] is not None
+
+
+def _remote_sleep(rde: KubeRDE, seconds: int) -> ProcessId:
+    """The `sleep SECONDS` an ssh session runs: sshd starts it in a session of its own, with
+    a fresh environment."""
+    return rde.wait_process(
+        f"sleep {seconds}", lambda p: command_line(p.pid) == ["sleep", str(seconds)]
+    )
+
+
+@pytest.mark.timeout(90)
+def test_stop_and_exit_end_ssh_sessions_promptly_and_leave_no_remote_command(
+    rde: KubeRDE, tmp_path: Path
+) -> None:
+    sshd = rde.make_sshd()
+    sshd.trust("shell.kuberde")
+    file = write_documents(
+        tmp_path / "shell.yaml",
+        [workspace("shell", sshd.command, ttl="5m", local_port=sshd.port, workspace_port=22)],
+    )
+    rde.start_up(file)
+    output = tmp_path / "session.out"
+
+    with rde.client(sshd.via_connect("shell", ["echo started; exec sleep 4201"]), output) as ssh:
+        wait_for_text(output, "started")
+        remote = _remote_sleep(rde, 4201)
+        assert rde.ok("stop", "shell").strip() == "rdeagent/shell scaled down"
+        rde.wait_phase("shell", "ScaledDown")
+        wait_until(lambda: not remote.alive, "the remote sleep gone after kuberde stop")
+        assert ssh.wait(timeout=WAIT) != 0
+    assert "closed by remote host" in output.read_text()
+    for log in (rde.log_path("shell"), rde.log_path("shell", agent=True)):
+        assert "ignored SIGTERM" not in log.read_text(), log.read_text()
+
+    output = tmp_path / "again.out"
+    with rde.client(sshd.via_connect("shell", ["echo started; exec sleep 4202"]), output) as ssh:
+        wait_for_text(output, "started")
+        remote = _remote_sleep(rde, 4202)
+        rde.stop_up()
+        assert not remote.alive
+        assert ssh.wait(timeout=WAIT) != 0
+    assert "ignored SIGTERM" not in rde.log_path("shell", agent=True).read_text()
 
 
 # ---- failing workloads ---------------------------------------------------------------------

@@ -177,7 +177,8 @@ def _environ(pid: int) -> dict[str, str]:
     return {key: value for key, _, value in pairs}
 
 
-def _argv(pid: int) -> list[str]:
+def command_line(pid: int) -> list[str]:
+    """The argv of process `pid`; [] if it is gone."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -669,7 +670,7 @@ class KubeRDE:
 
     def wait_workload(self, marker: str) -> ProcessId:
         """The workload process whose command line has `marker` as an argument."""
-        return self.wait_process(f"workload {marker!r}", lambda p: marker in _argv(p.pid))
+        return self.wait_process(f"workload {marker!r}", lambda p: marker in command_line(p.pid))
 
     def wait_agent(self, agent_id: str) -> ProcessId:
         return self.wait_process(

@@ -2,9 +2,10 @@
 
 Each process runs in its own session (`start_new_session=True`), so its process group is the
 unit we stop, like a container: stopping sends SIGTERM to the whole group and SIGKILL after a
-grace period, and when the group's leader exits, whatever it left behind in the group is
-killed before the restart. Processes that leave the group (`setsid`, daemons that double
-fork) still carry the run's `KUBERDE_RUN` environment variable and are signalled with it.
+grace period, and when the group's leader exits, whatever it left behind is killed before
+the restart. Processes that leave the group (`setsid`, daemons that double fork) still carry
+the run's `KUBERDE_RUN` environment variable and are signalled with it, and so are the
+descendants of both (sshd's sessions, which get neither the group nor the marker).
 Exits are restarted with exponential backoff; a run shorter than `min_uptime` counts as a
 failure to start, and its output tail becomes `failure`, the text the controller puts into
 the workspace's Error message.
@@ -38,10 +39,13 @@ from kuberde.local.accounts import Account, run_as_argv, terminal_group
 __all__ = [
     "LOG_MARK",
     "RUN_MARKER",
+    "ProcessKey",
     "ProcessSpec",
     "SupervisedProcess",
+    "descendants_of",
     "follow_log",
     "free_loopback_port",
+    "run_members",
     "tail_log",
 ]
 
@@ -226,30 +230,81 @@ def _describe_start_error(spec: ProcessSpec, exc: OSError) -> str:
     return f"cannot start {spec.name}: {command!r}: {exc.strerror or exc}"
 
 
-def _marked(marker: str) -> list[int]:
-    """Pids whose environment holds `RUN_MARKER=marker` (read from /proc: Linux only)."""
+#: A process as /proc names it for its lifetime: a reused pid has another start time.
+ProcessKey = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class _ProcEntry:
+    key: ProcessKey
+    parent: int
+    group: int
+    marked: bool
+
+
+def _proc_entry(pid: int, entry: bytes) -> _ProcEntry | None:
+    """One process's parent, group and start time from /proc, and whether it carries `entry`;
+    None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # The command name (field 2) may hold spaces and parentheses: split after it.
+            fields = stat.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    marked = False
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/environ", "rb") as environ:
+        marked = entry in environ.read().split(b"\0")
+    return _ProcEntry((pid, int(fields[19])), int(fields[1]), int(fields[2]), marked)
+
+
+def run_members(pgid: int, marker: str) -> set[ProcessKey]:
+    """Every live process of a run: its process group, the processes carrying its
+    `RUN_MARKER`, and all their descendants (read from /proc: Linux only).
+
+    Descendants count because a marker is not always inherited: sshd gives each session a
+    fresh environment in a new session, so `ssh host sleep 60` has neither the group nor the
+    marker, only a marked sshd as its ancestor."""
     entry = f"{RUN_MARKER}={marker}".encode()
-    found = []
+    entries: list[_ProcEntry] = []
     with contextlib.suppress(OSError):
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as environ:
-                    if entry in environ.read().split(b"\0"):
-                        found.append(int(pid))
-            except OSError:
-                continue
+        for name in os.listdir("/proc"):
+            if name.isdigit() and (found := _proc_entry(int(name), entry)) is not None:
+                entries.append(found)
+    return descendants_of(
+        {item.key for item in entries if item.group == pgid or item.marked},
+        {item.key: item.parent for item in entries},
+    )
+
+
+def descendants_of(roots: set[ProcessKey], parents: dict[ProcessKey, int]) -> set[ProcessKey]:
+    """`roots` and every process below them, given each process's parent pid."""
+    children: dict[int, list[ProcessKey]] = {}
+    for key, parent in parents.items():
+        children.setdefault(parent, []).append(key)
+    found = set(roots)
+    pending = list(roots)
+    while pending:
+        for child in children.get(pending.pop()[0], ()):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
     return found
 
 
-def _kill_run(pgid: int, marker: str, sig: signal.Signals) -> None:
-    """Signal the run's process group and every process that left it.
+def _kill_run(pgid: int, marker: str, sig: signal.Signals, known: set[ProcessKey]) -> None:
+    """Signal every process of the run (`run_members`) and those of `known` still alive, and
+    add the signalled ones to `known`, so that what a run's processes left behind when they
+    died (orphans, reparented to init) is still found by a later signal.
 
-    Blocking (it reads every /proc/*/environ): call it in a thread from the event loop."""
+    Blocking (it reads every /proc/*/stat and environ): call it in a thread from the loop."""
+    # Find them all before signalling any: a parent that dies first orphans its children.
+    known |= run_members(pgid, marker)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    for pid in _marked(marker):
+    for pid, started in sorted(known):
+        current = _proc_entry(pid, b"")
+        if current is None or current.key != (pid, started):
+            continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
 
@@ -289,6 +344,8 @@ class SupervisedProcess:
         self._grace = 0.0
         self._proc: asyncio.subprocess.Process | None = None
         self._marker = ""
+        #: The processes of the current run signalled so far (see `_kill_run`).
+        self._members: set[ProcessKey] = set()
         self._started_at: datetime | None = None
         self._restarts = 0
         self._last_exit_code: int | None = None
@@ -398,7 +455,7 @@ class SupervisedProcess:
             # The event loop is shutting down without stop(): leave no process behind.
             proc = self._proc
             if proc is not None and proc.returncode is None:
-                _kill_run(proc.pid, self._marker, signal.SIGKILL)
+                _kill_run(proc.pid, self._marker, signal.SIGKILL, self._members)
             raise
         self._note(f"stopped {self.spec.name}")
         self._changed()
@@ -434,6 +491,7 @@ class SupervisedProcess:
             )
             offset = os.lseek(fd, 0, os.SEEK_END)
             self._marker = secrets.token_hex(8)
+            self._members = set()
             proc = await asyncio.create_subprocess_exec(
                 *_command(spec),
                 stdin=subprocess.DEVNULL,
@@ -483,7 +541,7 @@ class SupervisedProcess:
             stop_wait.cancel()
         ran_for = time.monotonic() - began
         # Like a container: nothing the run started outlives its leader.
-        await asyncio.to_thread(_kill_run, proc.pid, self._marker, signal.SIGKILL)
+        await asyncio.to_thread(_kill_run, proc.pid, self._marker, signal.SIGKILL, self._members)
         code = exited.result()
         self._proc = None
         self._started_at = None
@@ -498,9 +556,9 @@ class SupervisedProcess:
         return stable
 
     async def _terminate(self, pgid: int, exited: asyncio.Future[int]) -> None:
-        await asyncio.to_thread(_kill_run, pgid, self._marker, signal.SIGTERM)
+        await asyncio.to_thread(_kill_run, pgid, self._marker, signal.SIGTERM, self._members)
         await asyncio.wait({exited}, timeout=self._grace)
         if not exited.done():
             self._note(f"{self.spec.name} ignored SIGTERM for {self._grace:g}s; sending SIGKILL")
-            await asyncio.to_thread(_kill_run, pgid, self._marker, signal.SIGKILL)
+            await asyncio.to_thread(_kill_run, pgid, self._marker, signal.SIGKILL, self._members)
             await exited
