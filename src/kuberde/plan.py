@@ -270,7 +270,7 @@ class StopOutcome:
 
 
 def request_time_text(at: datetime) -> str:
-    """How a request or the scale-down it becomes is written: RFC 3339 to the microsecond,
+    """How a request, or a scale-down (by stop or TTL), is written: RFC 3339 to the microsecond,
     as the gateway writes requests, so requests within one second keep their order (a
     stop written to the second would lose to the wake just before it)."""
     return at.astimezone(UTC).isoformat(timespec="microseconds")

@@ -160,7 +160,7 @@ class Reconciler:
         decision = decide(body, agent)
         if not decision.scale_down:
             return None
-        stamp = policy.format_timestamp(self._clock())
+        stamp = plan.request_time_text(self._clock())
         patched = await self._api.merge_patch(
             self._paths.agent(name),
             {"metadata": {"annotations": {SCALED_DOWN_ANNOTATION: stamp}}},
