@@ -25,6 +25,7 @@ import yaml
 from tests.e2e.up_fixtures import (
     KUBERDE,
     WAIT,
+    WORKLOAD_PYTHON,
     KubeRDE,
     ProcessId,
     Row,
@@ -322,6 +323,52 @@ def test_stop_and_exit_end_ssh_sessions_promptly_and_leave_no_remote_command(
         assert not remote.alive
         assert ssh.wait(timeout=WAIT) != 0
     assert "ignored SIGTERM" not in rde.log_path("shell", agent=True).read_text()
+
+
+_HOLDER = """
+import signal, socket, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+print("holder ready", flush=True)
+connection, _ = server.accept()
+print("holder accepted", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_stop_with_an_open_stream_ends_the_agent_at_once(rde: KubeRDE, tmp_path: Path) -> None:
+    """A workload that ignores SIGTERM holds a connection open through the whole grace
+    period; the agent must not wait for it."""
+    port = free_port()
+    file = write_documents(
+        tmp_path / "holder.yaml",
+        [workspace("holder", [WORKLOAD_PYTHON, "-c", _HOLDER, str(port)], ttl=0, local_port=port)],
+    )
+    rde.start_up(file)
+    rde.wait_phase("holder", "Running")
+    with subprocess.Popen(
+        [KUBERDE, "connect", "holder"],
+        env=rde.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    ) as client:
+        try:
+            wait_for_text(rde.log_path("holder"), "holder accepted")
+            assert rde.ok("stop", "holder").strip() == "rdeagent/holder scaled down"
+            rde.wait_phase("holder", "ScaledDown")
+            _, stderr = client.communicate(timeout=WAIT)
+        finally:
+            client.kill()
+    workload_log = rde.log_path("holder").read_text()
+    agent_log = rde.log_path("holder", agent=True).read_text()
+    assert "holder/workload ignored SIGTERM" in workload_log, workload_log
+    assert "ignored SIGTERM" not in agent_log, agent_log
+    assert "going away" in agent_log, agent_log
+    assert client.returncode != 0
+    assert "connection reset: the workspace is stopping" in stderr.decode(), stderr.decode()
 
 
 # ---- failing workloads ---------------------------------------------------------------------

@@ -965,6 +965,17 @@ async def test_shutdown_resets_streams_still_open_after_the_grace_period() -> No
             await asyncio.wait_for(read_to_eof(stream), TIMEOUT)
 
 
+async def test_shutdown_with_a_reason_tells_the_peer_of_each_stream_still_open() -> None:
+    async with session_pair() as pair:
+        stream = pair.client.open_stream(b"stuck")
+        accepted = await asyncio.wait_for(pair.server.accept(), TIMEOUT)
+        await asyncio.wait_for(pair.server.shutdown(grace=0.01, reason="stopping"), TIMEOUT)
+        assert pair.server.is_closed
+        assert isinstance(accepted.error, StreamReset)
+        with pytest.raises(StreamReset, match="stopping"):
+            await asyncio.wait_for(read_to_eof(stream), TIMEOUT)
+
+
 async def test_closing_the_link_resets_every_open_stream_on_both_sides() -> None:
     async with session_pair() as pair:
         opened = [pair.client.open_stream(b"x") for _ in range(3)]

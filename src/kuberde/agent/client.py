@@ -62,6 +62,8 @@ MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 HANDSHAKE_TIMEOUT = 15.0
 STREAM_DRAIN_TIMEOUT = 5.0
 _MAX_REASON = 300
+#: What a user's connection still open when the agent stops is reset with.
+STOPPING = "the workspace is stopping"
 
 
 class CredentialRejected(Exception):
@@ -236,7 +238,7 @@ class Agent:
                     session.stream_count,
                     self._config.shutdown_grace,
                 )
-                await session.shutdown(self._config.shutdown_grace)
+                await session.shutdown(self._config.shutdown_grace, STOPPING)
                 await runner
         finally:
             for task in (*helpers, stopper, runner):

@@ -154,6 +154,9 @@ class LocalActuator:
             "LOCAL_TARGET": spec.local_target,
             "ALLOWED_PORTS": ",".join(str(port) for port in spec.effective_allowed_ports),
             "PORT_MAP": agent.metadata.annotations.get(LOCAL_PORTS_ANNOTATION, ""),
+            # Its workload stops with it, so open streams have nothing to drain into: the
+            # agent goes away and closes them well before the supervisor's SIGKILL.
+            "SHUTDOWN_GRACE": f"{self._stop_grace / 2:g}",
         }
         if isolated:
             # The agent drops to the account itself (kuberde.agent.privileges).

@@ -532,8 +532,11 @@ class Session:
         self._control.go_away(code)
         self._wakeup.set()
 
-    async def shutdown(self, grace: float | None) -> None:
-        """Go away, let open streams finish (for up to `grace` seconds if given), then close."""
+    async def shutdown(self, grace: float | None, reason: str = "") -> None:
+        """Go away, let open streams finish (for up to `grace` seconds if given), then close.
+
+        Streams still open then are reset with `reason` if one is given, so that their far
+        ends (through a gateway, the user) learn why rather than that a link dropped."""
         self.go_away()
         streams_done = self.loop.create_task(self._streams_finished())
         closed = self.loop.create_task(self._closed.wait())
@@ -544,6 +547,9 @@ class Session:
         finally:
             streams_done.cancel()
             closed.cancel()
+        if reason:
+            for stream in list(self._streams.values()):
+                stream.reset(reason)
         await self.close("shutdown")
 
     async def _streams_finished(self) -> None:
