@@ -220,6 +220,9 @@ def _status_error(status: int, reason: str, message: str) -> kmock.KubernetesErr
     )
 
 
+#: The actions that change what is stored.
+_WRITES = frozenset({kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE})
+
 #: Namespaces themselves, which KMock's path parser takes for a namespace prefix.
 _NAMESPACE_PATH = re.compile(r"/api/v1/namespaces(?:/([^/]+))?")
 
@@ -318,6 +321,10 @@ class ApiServer(kmock.KubernetesEmulator):
         self.history = WatchHistory(history_size)
         self._buses = cast(Any, _Recorders(self))
         self._serving: dict[int, kmock.Request] = {}
+        #: Held by every write from its preconditions to its stored change, so that a check
+        #: against the stored resourceVersion and the write it admits are one step, and
+        #: versions are stored in the order they are handed out.
+        self._write_lock = asyncio.Lock()
         # kubectl's client-side validation (`--dry-run=client`) reads OpenAPI v2 as protobuf:
         # an empty message is a document without schemas, which validates nothing away.
         self.fallback["get /openapi/v2"] << b""
@@ -359,8 +366,8 @@ class ApiServer(kmock.KubernetesEmulator):
         metadata = body.setdefault("metadata", {})
         metadata.setdefault("uid", str(uuid.uuid4()))
         metadata.setdefault("creationTimestamp", now_rfc3339())
-        metadata["resourceVersion"] = self._next_resource_version()
-        async with self._lock:
+        async with self._write_lock, self._lock:
+            metadata["resourceVersion"] = self._next_resource_version()
             self.objects[key, namespace, metadata["name"]] = body
             raw = self.objects[key, namespace, metadata["name"]].raw
             await self._buses[key].put({"type": "ADDED", "object": raw})
@@ -370,7 +377,7 @@ class ApiServer(kmock.KubernetesEmulator):
     ) -> None:
         """Merge `patch` into a stored object (e.g. its status), with a watch event."""
         key = kmock.resource(resource)
-        async with self._lock:
+        async with self._write_lock, self._lock:
             stored = self.find(key, namespace, name)
             if stored is None:
                 return
@@ -383,7 +390,7 @@ class ApiServer(kmock.KubernetesEmulator):
     async def remove(self, resource: kmock.ResourceKey, namespace: str, name: str) -> None:
         """Delete a stored object if it is there, with a watch event."""
         key = kmock.resource(resource)
-        async with self._lock:
+        async with self._write_lock, self._lock:
             stored = self.find(key, namespace, name)
             if stored is None:
                 return
@@ -871,7 +878,7 @@ class ApiServer(kmock.KubernetesEmulator):
     async def _collect_garbage(self, owner_uids: set[str]) -> None:
         """Delete the dependents of owners that are gone, and theirs in turn."""
         gone = set(owner_uids)
-        async with self._lock:
+        async with self._write_lock, self._lock:
             while gone:
                 owner_uid = gone.pop()
                 for (resource, _, _), stored in list(self.objects.items()):
@@ -977,15 +984,19 @@ class ApiServer(kmock.KubernetesEmulator):
 
     def _record(self, resource: kmock.resource, event: dict[str, Any]) -> None:
         """Keep a change in the history at its object's resourceVersion, or at a new one where
-        the change carries none of its own (a deletion), as a real API server does."""
+        the change carries none of its own (a deletion, or KMock marking one), as a real API
+        server does; the stored object's last state then carries that version too, so that
+        the DELETE's answer, the event and any later read of the object agree."""
         obj = event["object"]
-        version = int(str((obj.get("metadata") or {}).get("resourceVersion") or 0))
+        metadata = obj.get("metadata") or {}
+        version = int(str(metadata.get("resourceVersion") or 0))
         if version <= self.history.latest:
             version = int(self._next_resource_version())
-            obj = {
-                **obj,
-                "metadata": {**(obj.get("metadata") or {}), "resourceVersion": str(version)},
-            }
+            metadata = {**metadata, "resourceVersion": str(version)}
+            obj = {**obj, "metadata": metadata}
+            key = (resource, metadata.get("namespace") or None, str(metadata.get("name")))
+            if key in self.objects:
+                self.objects[key].last["metadata"] = dict(metadata)
         self.history.record(resource, {**event, "object": obj}, version)
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
@@ -1036,13 +1047,22 @@ class ApiServer(kmock.KubernetesEmulator):
                 and request.action == kmock.action.CREATE
             ):
                 return aiohttp.web.json_response(self._review(request), status=201)
-            if request.resource is not None:
-                self._check_preconditions(request)
-                if self._rewrite_patch(request):
-                    return await self._apply_create(request)
-                self._assign_fields(request)
-                owners_gone = self._owners_gone_after(request)
-            response = await super()._handle(request)
+            writing = request.resource is not None and request.action in _WRITES
+            async with self._write_lock if writing else contextlib.nullcontext():
+                if writing:
+                    self._check_preconditions(request)
+                    if self._rewrite_patch(request):
+                        return await self._apply_create(request)
+                    self._assign_fields(request)
+                    owners_gone = self._owners_gone_after(request)
+                response = await super()._handle(request)
+            if (
+                request.action == kmock.action.CREATE
+                and response.status == 200
+                and not response.prepared
+            ):
+                # Created, as a real API server answers a create (KMock answers 200).
+                response.set_status(201)
         finally:
             del self._serving[id(request)]
         if owners_gone:
