@@ -5,7 +5,9 @@ and delete over HTTP. `ApiServer` adds what a real API server does on its own an
 operator relies on:
 
 - uid, creationTimestamp, namespace, resourceVersion and generation on create and update
-  (a client's own uid or creationTimestamp is replaced, as a real API server does);
+  (a client's own uid or creationTimestamp is replaced, as a real API server does), 201
+  Created for a create; a deletion gets a resourceVersion of its own, which the DELETE's
+  answer, the DELETED event and the stored final state all carry;
 - the status subresource changes nothing but `status`, and a create or normal update of an
   RDEAgent leaves its `status` alone (a restored backup's status is dropped);
 - the garbage collector: deleting an owner deletes its dependents, and an object created for
@@ -18,7 +20,9 @@ And what `kubectl` needs to believe it (the runbook's commands run against it ve
 - discovery with the core group's `groupVersion: v1`; lists that carry `kind`/`apiVersion`;
 - label and field selectors on lists and watches (`kuberde.testing.selectors`);
 - optimistic concurrency: a write carrying a stale `resourceVersion` gets 409 Conflict, a
-  JSON patch whose `test` fails gets 422, as on a real API server (KMock applies both);
+  JSON patch whose `test` fails gets 422, as on a real API server (KMock applies both); the
+  check and the write it admits are one step (`_write_lock`), so of concurrent writes that
+  carry one version exactly one wins;
 - server-side Table printing (`kuberde.testing.printing`) from the stored CRD's
   `additionalPrinterColumns`, and for the built-in kinds the runbook lists;
 - strategic merge patches (`kubectl set image`, client-side apply) and server-side apply;
