@@ -423,6 +423,32 @@ def test_connecting_to_a_failing_workspace_shows_its_error(rde: KubeRDE, tmp_pat
     assert result.stdout == ""
 
 
+@pytest.mark.timeout(60)
+def test_a_workspace_whose_workload_fails_on_wake_refuses_connections_with_its_error(
+    rde: KubeRDE, tmp_path: Path
+) -> None:
+    port = free_port()
+    broken = rde.account().home / "broken-once"  # where the workload's account can look
+    server = shlex.join(echo_command(port, "first-run"))
+    once = f"if [ -e {broken} ]; then echo boom-marker >&2; exit 3; fi; exec {server}"
+    file = write_documents(
+        tmp_path / "once.yaml", [workspace("once", ["sh", "-c", once], ttl="5m", local_port=port)]
+    )
+    rde.start_up(file)
+    rde.wait_phase("once", "Running")
+    broken.touch()
+    assert rde.ok("stop", "once").strip() == "rdeagent/once scaled down"
+    rde.wait_phase("once", "ScaledDown")
+
+    result = rde.kuberde("connect", "once", input="hello\n")
+
+    assert result.returncode == 1, result.stderr
+    assert "once is unavailable: " in result.stderr, result.stderr
+    assert "boom-marker" in result.stderr, result.stderr
+    assert " is up" not in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
 # ---- state across restarts -----------------------------------------------------------------
 
 

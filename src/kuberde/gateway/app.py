@@ -326,7 +326,13 @@ class Gateway:
         try:
             self.metrics.wakes.inc()
             await self.directory.request_wake(target, user)
-            return await self._wait_with_progress(ws, target)
+            connection = await self._wait_with_progress(ws, target)
+            # A workload that failed on this wake may do so before its agent is online.
+            error = self.unavailable(target)
+            if connection is not None and error is not None:
+                await self._close(ws, CloseCode.UNAVAILABLE, error)
+                return None
+            return connection
         except WakeError as exc:
             await self._close(ws, CloseCode.UNAVAILABLE, str(exc))
             return None
@@ -462,6 +468,11 @@ class Gateway:
         if status.owner is None:
             return dataclasses.replace(status, owner=record.owner)
         return status
+
+    def unavailable(self, agent_id: str) -> str | None:
+        """Why the workspace takes no connections (its phase is Error), or None."""
+        record = self.directory.lookup(agent_id) if self.directory else None
+        return record.error if record is not None else None
 
     def agent_status(self, agent_id: str) -> AgentStatus | None:
         record = self.directory.lookup(agent_id) if self.directory else None

@@ -138,7 +138,9 @@ async def _agent_for(gateway: Gateway, target: str, user: str) -> AgentConnectio
         gateway.metrics.wakes.inc()
         await gateway.directory.request_wake(target, user)
         async with asyncio.timeout(gateway.settings.wake_timeout):
-            return await gateway.registry.wait_online(target)
+            connection = await gateway.registry.wait_online(target)
+        # A workload that failed on this wake may do so before its agent is online.
+        return gateway.unavailable(target) or connection
     except WakeError as exc:
         return str(exc)
     except TimeoutError:
