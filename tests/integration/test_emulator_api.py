@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -63,40 +63,51 @@ async def test_a_stale_resource_version_is_a_conflict(api: aiohttp.ClientSession
         assert (await response.json())["spec"]["ttl"] == "5m", "the stale write changed nothing"
 
 
-def _merge_patch(version: str, ttl: str) -> tuple[str, object, int]:
+Write = tuple[str, str, object, int]
+
+
+def _replace(stored: dict[str, Any], ttl: str) -> Write:
+    """`kubectl replace`: the whole object, as read, with a change."""
+    return "PUT", "application/json", {**stored, "spec": {**stored["spec"], "ttl": ttl}}, 409
+
+
+def _merge_patch(stored: dict[str, Any], ttl: str) -> Write:
+    version = stored["metadata"]["resourceVersion"]
     body = {"metadata": {"resourceVersion": version}, "spec": {"ttl": ttl}}
-    return "application/merge-patch+json", body, 409
+    return "PATCH", "application/merge-patch+json", body, 409
 
 
-def _guarded_json_patch(version: str, ttl: str) -> tuple[str, object, int]:
+def _guarded_json_patch(stored: dict[str, Any], ttl: str) -> Write:
     """The write the operator's Lease election and guarded patches send."""
     body = [
-        {"op": "test", "path": "/metadata/resourceVersion", "value": version},
+        {
+            "op": "test",
+            "path": "/metadata/resourceVersion",
+            "value": stored["metadata"]["resourceVersion"],
+        },
         {"op": "add", "path": "/spec/ttl", "value": ttl},
     ]
-    return "application/json-patch+json", body, 422
+    return "PATCH", "application/json-patch+json", body, 422
 
 
-@pytest.mark.parametrize("write", [_merge_patch, _guarded_json_patch])
+@pytest.mark.parametrize("write", [_replace, _merge_patch, _guarded_json_patch])
 async def test_concurrent_writes_of_one_version_admit_exactly_one(
-    server: ApiServer, api: aiohttp.ClientSession, write: object
+    server: ApiServer, api: aiohttp.ClientSession, write: Callable[[dict[str, Any], str], Write]
 ) -> None:
     """Writes that all carry the same resourceVersion and queue behind a held store (as
     behind an in-process writer) are checked one after another: one wins, the rest lose."""
-    assert callable(write)
     created = await _create(api, "a")
-    version = str(created["metadata"]["resourceVersion"])  # type: ignore[index]
     count = 8
-    writes = [write(version, f"{index}m") for index in range(count)]
+    writes = [write(created, f"{index}m") for index in range(count)]
 
-    async def send(content_type: str, body: object) -> tuple[int, dict[str, object]]:
-        headers = {"Content-Type": content_type}
-        async with api.patch(f"{AGENTS}/a", data=json.dumps(body), headers=headers) as response:
+    async def send(method: str, content_type: str, body: object) -> tuple[int, dict[str, object]]:
+        data, headers = json.dumps(body), {"Content-Type": content_type}
+        async with api.request(method, f"{AGENTS}/a", data=data, headers=headers) as response:
             return response.status, await response.json()
 
     before = len(server.calls)
     async with server._lock:
-        sent = [asyncio.create_task(send(content_type, body)) for content_type, body, _ in writes]
+        sent = [asyncio.create_task(send(*write[:3])) for write in writes]
         deadline = time.monotonic() + 10
         while len(server.calls) < before + count:
             assert time.monotonic() < deadline, "the writes never reached the server"
@@ -104,7 +115,7 @@ async def test_concurrent_writes_of_one_version_admit_exactly_one(
     answers = await asyncio.wait_for(asyncio.gather(*sent), timeout=10)
     winners = [body for status, body in answers if status == 200]
     assert len(winners) == 1, [status for status, _ in answers]
-    refused = writes[0][2]
+    refused = writes[0][3]
     for status, body in answers:
         if status != 200:
             assert status == refused
@@ -119,6 +130,35 @@ async def test_concurrent_writes_of_one_version_admit_exactly_one(
         stored = await response.json()
     assert stored["spec"]["ttl"] == winners[0]["spec"]["ttl"]  # type: ignore[index]
     assert stored["metadata"]["resourceVersion"] == winners[0]["metadata"]["resourceVersion"]  # type: ignore[index]
+
+
+async def test_a_replace_is_the_whole_object_with_the_servers_fields_kept(
+    api: aiohttp.ClientSession,
+) -> None:
+    created = await _create(api, "a")
+    body: dict[str, Any] = {
+        "apiVersion": "kuberde.io/v1",
+        "kind": "RDEAgent",
+        "metadata": {"name": "a"},
+    }
+    async with api.put(f"{AGENTS}/a", json={**body, "spec": {"ttl": "1h"}}) as response:
+        assert response.status == 200
+        replaced = await response.json()
+    assert replaced["spec"] == {"ttl": "1h"}, "what the body leaves out is gone"
+    for field in ("uid", "creationTimestamp", "namespace"):
+        assert replaced["metadata"][field] == created["metadata"][field]  # type: ignore[index]
+    assert replaced["metadata"]["generation"] == 2
+    stale = {**body, "metadata": {**body["metadata"], "resourceVersion": "1"}, "spec": {}}
+    async with api.put(f"{AGENTS}/a", json=stale) as response:
+        assert response.status == 409
+    async with api.put(f"{AGENTS}/a", json=["not", "an", "object"]) as response:
+        assert response.status == 400
+    async with api.put(f"{AGENTS}/missing", json=body) as response:
+        assert response.status == 404
+    async with api.get(f"{AGENTS}/a") as response:
+        assert (await response.json())["spec"] == {"ttl": "1h"}, (
+            "the refused writes changed nothing"
+        )
 
 
 async def _events_since(

@@ -25,7 +25,8 @@ And what `kubectl` needs to believe it (the runbook's commands run against it ve
   carry one version exactly one wins;
 - server-side Table printing (`kuberde.testing.printing`) from the stored CRD's
   `additionalPrinterColumns`, and for the built-in kinds the runbook lists;
-- strategic merge patches (`kubectl set image`, client-side apply) and server-side apply;
+- strategic merge patches (`kubectl set image`, client-side apply), server-side apply, and
+  replaces (PUT, `kubectl replace`), which KMock does not serve;
 - pod logs (`PodLogs`) that a kubelet fixture writes, with follow, tail, since and previous,
   `kubectl exec` into its pods (`kuberde.testing.streaming`), and their metrics for
   `kubectl top pod` (`kuberde.testing.metrics`);
@@ -627,7 +628,8 @@ class ApiServer(kmock.KubernetesEmulator):
                     )
 
     def _rewrite_patch(self, request: kmock.Request) -> bool:
-        """Turn a strategic merge or apply patch into the merge patch KMock applies.
+        """Turn a strategic merge or apply patch, or a replace (PUT), into the merge patch
+        KMock applies; a replace keeps the fields the server owns.
 
         Returns True when the request is a server-side apply of an object not stored yet
         (which creates it).
@@ -635,7 +637,10 @@ class ApiServer(kmock.KubernetesEmulator):
         content_type = str(request.headers.get("Content-Type", ""))
         if request.action != kmock.action.UPDATE or request.resource is None or not request.name:
             return False
-        if "strategic-merge-patch" not in content_type and "apply-patch" not in content_type:
+        replace = request.method == kmock.method.PUT
+        if not replace and not (
+            "strategic-merge-patch" in content_type or "apply-patch" in content_type
+        ):
             return False
         patch = request.data
         if "apply-patch" in content_type and not isinstance(patch, dict):
@@ -650,7 +655,14 @@ class ApiServer(kmock.KubernetesEmulator):
         patch.get("metadata", {}).pop(
             "resourceVersion", None
         ) if "apply-patch" in content_type else None
-        change = merge_patch_between(stored.raw, strategic_merge(stored.raw, patch))
+        if replace:
+            owned = ("uid", "creationTimestamp", "namespace", "generation", "resourceVersion")
+            metadata = stored.get("metadata") or {}
+            kept = {key: metadata[key] for key in owned if key in metadata}
+            wanted = {**patch, "metadata": {**(patch.get("metadata") or {}), **kept}}
+        else:
+            wanted = strategic_merge(stored.raw, patch)
+        change = merge_patch_between(stored.raw, wanted)
         object.__setattr__(request, "data", change)
         return False
 
@@ -1022,6 +1034,13 @@ class ApiServer(kmock.KubernetesEmulator):
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         user_agent = str(request.headers.get("User-Agent", ""))
         self.calls.append(ApiCall(str(request.method.value).upper(), request.url.path, user_agent))
+        if request.method == kmock.method.PUT and request.resource is not None and request.name:
+            # A replace, which KMock does not serve: an update (`_rewrite_patch`).
+            if not isinstance(request.data, dict):
+                raise _status_error(
+                    400, "BadRequest", "the object to replace with is not an object"
+                )
+            request = attrs.evolve(request, action=kmock.action.UPDATE)
         self._serving[id(request)] = request
         owners_gone: set[str] = set()
         try:
