@@ -872,3 +872,99 @@ def _only_form(html: str, action: str) -> str:
     )
     assert match is not None, f"no form for {action}"
     return match.group(0)
+
+
+async def test_ls_and_open_from_the_cli_against_a_kubernetes_gateway(
+    kube: Kube, tmp_path: Path, env: dict[str, str], workspace_port: int
+) -> None:
+    """`kuberde ls` and `kuberde open` list what the operator reports through the gateway,
+    each user their own and an admin everyone's with owners; someone else's workspace is
+    answered as a missing one; `apply`, `delete` and `logs` name the kubectl command."""
+    lab = {"name": "web", "port": 8888}
+    async with running_provider(tmp_path, admins=("root",)) as idp:
+        browser = ("--oidc-issuer", idp.issuer, "--apps-domain", "localhost")
+        async with (
+            gateway_running(kube, tmp_path / "gateway", env, extra=browser) as gateway,
+            aiohttp.ClientSession() as http,
+        ):
+            tokens = {
+                user: (await device_login(http, idp.issuer, user))["access_token"]
+                for user in ("alice", "bob", "root")
+            }
+
+            async def cli(user: str, *args: str) -> tuple[int, str, str]:
+                cli_env = {
+                    **gateway.env,
+                    "KUBERDE_SERVER": gateway.url,
+                    "KUBERDE_TOKEN": tokens[user],
+                }
+                code, out, err = await kuberde(list(args), cli_env)
+                return code, out.decode(), err
+
+            settings = fast_settings(
+                kube, signing_key_file=gateway.state_dir / SIGNING_KEY_FILE, server_api=gateway.url
+            )
+            async with (
+                kubelet_running(kube, tmp_path, run_agents=True, port_map={2222: workspace_port}),
+                operator_running(settings),
+            ):
+                for owner in ("alice", "bob"):
+                    agent_spec = {**spec("1h"), "owner": owner, "apps": [lab]}
+                    await kube.create_agent(f"{owner}-ws", agent_spec)
+                for owner in ("alice", "bob"):
+                    name = f"{owner}-ws"
+                    await eventually(partial(status_in, kube, name, "Running"), "Running")
+
+                def pod_of(name: str) -> str:
+                    return str(kube.status(name)["pod"])
+
+                code, out, err = await cli("alice", "ls")
+                assert code == 0, err
+                header, *rows = out.splitlines()
+                assert header.split() == ["NAME", "STATUS", "ONLINE", "POD", "AGE"]
+                [row] = rows
+                assert row.split()[:4] == ["alice-ws", "Running", "true", pod_of("alice-ws")]
+                assert "bob-ws" not in out
+
+                code, out, err = await cli("alice", "ls", "-o", "json")
+                assert code == 0, err
+                [item] = json.loads(out)
+                url = f"http://alice-ws--alice.localhost:{gateway.url.rsplit(':', 1)[1]}/"
+                assert item["name"] == "alice-ws" and item["owner"] == "alice"
+                assert item["phase"] == "Running" and item["online"] is True
+                assert item["ttl"] == "1h" and item["created_at"]
+                assert item["apps"] == [{"name": "web", "port": 8888, "path": "/", "url": url}]
+
+                code, out, err = await cli("root", "ls", "-o", "json")
+                assert code == 0, err
+                owners = {entry["name"]: entry["owner"] for entry in json.loads(out)}
+                assert owners == {"alice-ws": "alice", "bob-ws": "bob"}
+
+                code, out, err = await cli("alice", "open", "alice-ws")
+                assert (code, out.strip()) == (0, url), err
+                assert "no browser was opened" in err
+
+                # Someone else's workspace answers exactly as a missing one.
+                missing = await cli("bob", "open", "nosuch")
+                code, out, err = await cli("bob", "open", "alice-ws")
+                assert code == missing[0] == 1 and out == missing[1] == ""
+                assert err == missing[2].replace("nosuch", "alice-ws")
+                assert "no workspace named 'alice-ws'" in err
+                code, out, err = await cli("bob", "ls", "-o", "name")
+                assert (code, out.strip()) == (0, "rdeagent/bob-ws"), err
+
+                manifest = tmp_path / "ws.yaml"
+                manifest.write_text("kind: RDEAgent\n")
+                mark = kube.mark()
+                code, out, err = await cli("alice", "apply", "-f", str(manifest))
+                assert code == 1 and out == ""
+                hint = "on Kubernetes, workspaces are RDEAgents: `kubectl -n"
+                assert hint in err and "apply -f FILE`" in err
+                code, _, err = await cli("alice", "delete", "alice-ws")
+                assert code == 1 and hint in err and "delete rdeagent alice-ws`" in err
+                code, _, err = await cli("alice", "logs", "alice-ws")
+                assert code == 1 and "logs -l instance=user-alice-alice-ws`" in err
+                code, _, err = await cli("bob", "delete", "alice-ws")
+                assert code == 1 and "no workspace named 'alice-ws'" in err
+                assert gateway_writes(kube, mark) == []
+                assert kube.agent("alice-ws") is not None

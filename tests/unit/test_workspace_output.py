@@ -158,6 +158,8 @@ def _row(**changes: Any) -> WorkspaceRow:
         "agent_id": "user-alice-demo",
         "phase": "Running",
         "online": True,
+        "pod": "demo-7d4b9-x2x7q",
+        "created_at": NOW,
         "ttl": "5m",
         "last_activity": NOW,
         "last_activity_source": "bytes",

@@ -79,6 +79,9 @@ class Lifecycle:
     extended_until: datetime | None = None
     idle_deadline: datetime | None = None
     phase: str | None = None
+    #: The running pod the operator reports (`status.pod`).
+    pod: str | None = None
+    created_at: datetime | None = None
 
 
 def lifecycle_of(body: Mapping[str, Any]) -> Lifecycle:
@@ -89,11 +92,14 @@ def lifecycle_of(body: Mapping[str, Any]) -> Lifecycle:
         ttl = None
     annotations = (body.get("metadata") or {}).get("annotations") or {}
     phase = status.get("phase")
+    pod = status.get("pod")
     return Lifecycle(
         ttl=ttl,
         extended_until=plan.read_requests(annotations).extended_until,
         idle_deadline=parse_timestamp(status.get("idleDeadline")),
         phase=phase if isinstance(phase, str) else None,
+        pod=pod if isinstance(pod, str) and pod else None,
+        created_at=parse_timestamp((body.get("metadata") or {}).get("creationTimestamp")),
     )
 
 

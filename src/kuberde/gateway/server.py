@@ -48,7 +48,7 @@ from kuberde.gateway.directory import AgentDirectory
 from kuberde.gateway.kubernetes import KubernetesDirectory
 from kuberde.gateway.session_file import SESSIONS_FILE
 from kuberde.gateway.web import BrowserSettings, add_browser
-from kuberde.gateway.web.actions_api import add_action_routes
+from kuberde.gateway.web.actions_api import add_action_routes, add_kubectl_hints
 from kuberde.gateway.web.directory_workspaces import DirectoryWorkspaces
 from kuberde.kube import KubeApi, load_configuration
 from kuberde.tls import client_ssl_context, server_ssl_context
@@ -233,11 +233,14 @@ async def run_gateway(
         verifier = await build_verifier(auth, key, directory)
     app = create_app(verifier, settings, directory)
     workspaces = DirectoryWorkspaces(app[GATEWAY_KEY], requests)
-    if requests is not None:
-        add_action_routes(app, workspaces)
+    browser = browser or BrowserOptions()
+    if kubernetes is not None and requests is not None:
+        # Apps are served (so have URLs) only where browsers can sign in.
+        apps_domain = browser.apps_domain if auth.oidc_issuer else None
+        api_routes = add_action_routes(app, workspaces, apps_domain)
+        add_kubectl_hints(app, api_routes, kubernetes.namespace)
     if auth.oidc_issuer:
         app.router.add_routes([auth_config_route(auth.oidc_issuer, auth.oidc_client_id, "openid")])
-        browser = browser or BrowserOptions()
         add_browser(
             app,
             BrowserSettings(

@@ -1,5 +1,6 @@
-"""`/api/workspaces`: what `kuberde ls/apply/delete/logs` talk to under `kuberde up`
-(wake, stop and extend are `kuberde.gateway.web.actions_api`'s, shared with Kubernetes).
+"""`/api/workspaces`: what `kuberde apply/delete/logs` talk to under `kuberde up`, and
+`/api/runtime` for `kuberde doctor` (listing, wake, stop and extend are
+`kuberde.gateway.web.actions_api`'s, shared with Kubernetes).
 
 Users see and change their own workspaces (logs included); admins see all. Authentication is
 the gateway's (bearer user token), so there is one way in, not two. When `kuberde up` is not
@@ -10,16 +11,13 @@ root, every workload runs as its OS user, so only that user and admins may defin
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
 from kuberde.auth import Principal
 from kuberde.gateway.app import GATEWAY_KEY, Gateway, json_error
-from kuberde.gateway.apphost import workspace_app_urls
-from kuberde.local.runtime import LocalRuntime, WorkspaceView
+from kuberde.local.runtime import LocalRuntime
 from kuberde.local.store import WorkspaceState
 from kuberde.local.supervisor import follow_log, tail_log
 from kuberde.messages import not_found
@@ -30,14 +28,6 @@ __all__ = ["add_workspace_routes", "apply_documents"]
 MAX_APPLY_BYTES = 1024 * 1024
 #: How far back `/api/runtime` reports refused agent credentials.
 REFUSALS_WINDOW = 600.0
-
-
-def view_json(view: WorkspaceView, apps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    document = {
-        key: value.isoformat() if isinstance(value, datetime) else value
-        for key, value in asdict(view).items()
-    }
-    return {**document, "apps": apps or []}
 
 
 def workload_refusal(
@@ -98,31 +88,9 @@ async def apply_documents(
 
 
 class WorkspaceApi:
-    def __init__(self, runtime: LocalRuntime, gateway: Gateway, apps_domain: str | None) -> None:
+    def __init__(self, runtime: LocalRuntime, gateway: Gateway) -> None:
         self.runtime = runtime
         self.gateway = gateway
-        self.apps_domain = apps_domain
-
-    def _json(self, request: web.Request, state: WorkspaceState) -> dict[str, Any]:
-        """The `kuberde ls` row, with each app's browser URL (apps are on this gateway's port)."""
-        apps = parse_agent(state.document).spec.apps
-        urls = dict(
-            workspace_app_urls(
-                state.name,
-                state.owner,
-                [(app.name, app.port, app.path) for app in apps],
-                scheme=request.scheme,
-                apps_domain=self.apps_domain,
-                gateway_port=request.url.port,
-            )
-            if self.apps_domain is not None
-            else []
-        )
-        listed = [
-            {"name": app.name, "port": app.port, "path": app.path, "url": urls.get(app.name)}
-            for app in apps
-        ]
-        return view_json(self.runtime.view(state), listed)
 
     async def _user(self, request: web.Request) -> Principal:
         return await self.gateway.authenticate(request, "user")
@@ -133,15 +101,6 @@ class WorkspaceApi:
             # Someone else's workspace is reported as missing: names are not disclosed.
             raise json_error(web.HTTPNotFound, not_found(name), "not_found")
         return state
-
-    async def list(self, request: web.Request) -> web.Response:
-        user = await self._user(request)
-        views = [
-            self._json(request, state)
-            for state in self.runtime.list()
-            if state.owner == user.name or user.admin
-        ]
-        return web.json_response({"workspaces": views})
 
     async def runtime_status(self, request: web.Request) -> web.Response:
         """What `kuberde doctor` checks locally: the lifecycle loop's sweeps and timings,
@@ -178,11 +137,6 @@ class WorkspaceApi:
                 "workspaces": workspaces,
             }
         )
-
-    async def get(self, request: web.Request) -> web.Response:
-        user = await self._user(request)
-        state = self._owned(user, request.match_info["name"])
-        return web.json_response(self._json(request, state))
 
     async def apply(self, request: web.Request) -> web.Response:
         user = await self._user(request)
@@ -226,13 +180,9 @@ class WorkspaceApi:
         return response
 
 
-def add_workspace_routes(
-    app: web.Application, runtime: LocalRuntime, apps_domain: str | None = None
-) -> None:
-    api = WorkspaceApi(runtime, app[GATEWAY_KEY], apps_domain)
-    app.router.add_get("/api/workspaces", api.list)
+def add_workspace_routes(app: web.Application, runtime: LocalRuntime) -> None:
+    api = WorkspaceApi(runtime, app[GATEWAY_KEY])
     app.router.add_get("/api/runtime", api.runtime_status)
     app.router.add_post("/api/workspaces", api.apply)
-    app.router.add_get("/api/workspaces/{name}", api.get)
     app.router.add_delete("/api/workspaces/{name}", api.delete)
     app.router.add_get("/api/workspaces/{name}/logs", api.logs)

@@ -186,9 +186,9 @@ async def run_up(
     app.router.add_routes(
         [*oidc.routes(), auth_config_route(url, BUILTIN_CLIENT_ID, DEFAULT_SCOPE)]
     )
-    add_workspace_routes(app, runtime, apps_domain)
+    add_workspace_routes(app, runtime)
     workspaces = LocalWorkspaces(runtime)
-    add_action_routes(app, workspaces)
+    add_action_routes(app, workspaces, apps_domain)
     add_browser(
         app,
         BrowserSettings(

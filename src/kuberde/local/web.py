@@ -37,6 +37,8 @@ class LocalWorkspaces:
                     agent_id=view.agent_id,
                     phase=view.phase,
                     online=view.online,
+                    pod=view.pod,
+                    created_at=view.created_at,
                     ttl=view.ttl,
                     last_activity=view.last_activity,
                     last_activity_source=view.last_activity_source,

@@ -67,6 +67,8 @@ class DirectoryWorkspaces:
                     agent_id=record.agent_id,
                     phase=phase,
                     online=online,
+                    pod=lifecycle.pod,
+                    created_at=lifecycle.created_at,
                     ttl=policy.format_duration(lifecycle.ttl) if lifecycle.ttl else None,
                     last_activity=activity.last_activity if activity else None,
                     last_activity_source=activity.last_activity_source if activity else None,

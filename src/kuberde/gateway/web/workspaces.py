@@ -30,6 +30,9 @@ class WorkspaceRow:
     agent_id: str
     phase: str
     online: bool
+    #: What runs the workload: the pod's name on Kubernetes, the process ID under `kuberde up`.
+    pod: str | None
+    created_at: datetime | None
     ttl: str | None
     last_activity: datetime | None
     last_activity_source: str | None
