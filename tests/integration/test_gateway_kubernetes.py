@@ -963,7 +963,7 @@ async def test_ls_and_open_from_the_cli_against_a_kubernetes_gateway(
                 code, _, err = await cli("alice", "delete", "alice-ws")
                 assert code == 1 and hint in err and "delete rdeagent alice-ws`" in err
                 code, _, err = await cli("alice", "logs", "alice-ws")
-                assert code == 1 and "logs -l instance=user-alice-alice-ws`" in err
+                assert code == 1 and "logs deploy/user-alice-alice-ws`" in err
                 code, _, err = await cli("bob", "delete", "alice-ws")
                 assert code == 1 and "no workspace named 'alice-ws'" in err
                 assert gateway_writes(kube, mark) == []

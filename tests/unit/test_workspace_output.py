@@ -19,8 +19,10 @@ from kuberde.cli.workspaces import (
     render_table,
     watch_lines,
 )
+from kuberde.gateway.web.actions_api import row_json
 from kuberde.gateway.web.dashboard import card
 from kuberde.gateway.web.workspaces import WorkspaceRow
+from kuberde.resource import App
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -183,3 +185,23 @@ def test_the_dashboard_shows_an_extension_while_connections_hold_it() -> None:
     )
     assert hold(_row(open_connections=1)) == "held by 1 open connection"
     assert hold(_row(open_connections=0, idle_deadline=until)) == "scales down in 11h55s if unused"
+
+
+def test_the_api_row_is_what_kuberde_ls_renders() -> None:
+    """`GET /api/workspaces` in both runtimes: times as ISO strings, apps with their URLs
+    (None where the gateway serves none), and a table `kuberde ls -o wide` can print."""
+    web_app = App(name="web", port=8888, path="/lab")
+    other = App(name="api", port=9000, path="/")
+    row = _row(apps=(web_app, other), idle_deadline=NOW, created_at=None, pod=None)
+    item = row_json(row, {"web": "http://demo--alice.localhost/lab"})
+    assert item["created_at"] is None and item["pod"] is None
+    assert item["last_activity"] == item["idle_deadline"] == NOW.isoformat()
+    assert item["connections"] == 2 and item["extended_until"] is None
+    assert item["apps"] == [
+        {"name": "web", "port": 8888, "path": "/lab", "url": "http://demo--alice.localhost/lab"},
+        {"name": "api", "port": 9000, "path": "/", "url": None},
+    ]
+    assert json.loads(json.dumps(item)) == item
+    [_, cells] = [line.split() for line in render_table([item], wide=True, now=NOW).splitlines()]
+    assert cells[:5] == ["demo", "Running", "true", "<none>", "<unknown>"]
+    assert "http://demo--alice.localhost/lab" in cells

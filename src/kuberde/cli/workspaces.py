@@ -158,7 +158,8 @@ def ls(
     """List workspaces: NAME STATUS ONLINE POD AGE; wide adds TTL, LAST-ACTIVITY,
     IDLE-DEADLINE (or what holds the workspace up) and MESSAGE.
 
-    Locally (`kuberde up`) POD is the process ID of the workspace's workload.
+    Locally (`kuberde up`) POD is the process ID of the workspace's workload; against a
+    `kuberde server --kubernetes` gateway it is the running pod's name.
 
     Examples:
 

@@ -159,7 +159,7 @@ class KubectlHints:
 
     async def logs(self, request: web.Request) -> web.Response:
         _, row = await self.api.owned(request)
-        raise self._refusal(f"logs -l instance={row.agent_id}")
+        raise self._refusal(f"logs deploy/{row.agent_id}")
 
 
 def add_action_routes(
