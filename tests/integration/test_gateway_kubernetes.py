@@ -883,14 +883,12 @@ async def test_ls_and_open_from_the_cli_against_a_kubernetes_gateway(
     lab = {"name": "web", "port": 8888}
     async with running_provider(tmp_path, admins=("root",)) as idp:
         browser = ("--oidc-issuer", idp.issuer, "--apps-domain", "localhost")
-        async with (
-            gateway_running(kube, tmp_path / "gateway", env, extra=browser) as gateway,
-            aiohttp.ClientSession() as http,
-        ):
-            tokens = {
-                user: (await device_login(http, idp.issuer, user))["access_token"]
-                for user in ("alice", "bob", "root")
-            }
+        async with gateway_running(kube, tmp_path / "gateway", env, extra=browser) as gateway:
+            tokens = {}
+            for user in ("alice", "bob", "root"):
+                # A session each: the provider's sign-in cookie must not carry over.
+                async with aiohttp.ClientSession() as http:
+                    tokens[user] = (await device_login(http, idp.issuer, user))["access_token"]
 
             async def cli(user: str, *args: str) -> tuple[int, str, str]:
                 cli_env = {
@@ -918,6 +916,22 @@ async def test_ls_and_open_from_the_cli_against_a_kubernetes_gateway(
                 def pod_of(name: str) -> str:
                     return str(kube.status(name)["pod"])
 
+                async def listed() -> bool:
+                    """The gateway's directory has caught up with the operator's status."""
+                    async with (
+                        asyncio.timeout(WAIT),
+                        aiohttp.ClientSession() as http,
+                        http.get(
+                            f"{gateway.url}/api/workspaces",
+                            headers={"Authorization": f"Bearer {tokens['root']}"},
+                        ) as response,
+                    ):
+                        assert response.status == 200, await response.text()
+                        items = (await response.json())["workspaces"]
+                    pods = {item["name"]: item["pod"] for item in items if item["online"]}
+                    return pods == {name: pod_of(name) for name in ("alice-ws", "bob-ws")}
+
+                await eventually_async(listed, "the gateway to list both workspaces up")
                 code, out, err = await cli("alice", "ls")
                 assert code == 0, err
                 header, *rows = out.splitlines()
