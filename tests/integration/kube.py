@@ -257,10 +257,15 @@ def status_in(kube: Kube, name: str, phase: str) -> dict[str, Any] | None:
 
 
 def fast_settings(kube: Kube, **overrides: Any) -> OperatorSettings:
-    """Production behaviour with intervals of a fraction of a second."""
+    """Production behaviour with intervals of a fraction of a second.
+
+    The gateway defaults to a loopback port nothing listens on (refused at once), never the
+    cluster name `frp-server.kuberde.svc`: tests stay on loopback and resolve no names.
+    """
     values: dict[str, Any] = {
         "namespace": NAMESPACE,
         "kubeconfig": kube.kubeconfig,
+        "server_api": f"http://127.0.0.1:{free_port()}",
         "monitor_interval": 0.2,
         "monitor_timeout": 2.0,
         # Generous, so a loaded test machine does not make activity data look stale.

@@ -89,7 +89,7 @@ async def test_create_builds_owned_objects(
 ) -> None:
     caplog.set_level(logging.INFO, logger="kuberde")
     settings = fast_settings(
-        kube, signing_key_file=key_file, server_api="http://frp-server.kuberde.svc:8080"
+        kube, signing_key_file=key_file, agent_server_url="http://frp-server.kuberde.svc:8080"
     )
     async with operator_running(settings):
         created = await kube.create_agent(
@@ -337,9 +337,12 @@ async def test_invalid_agents_get_error_and_event_while_others_work(
             assert len(kube.events(name)) == 1, "each problem is announced once"
 
 
-async def test_colliding_agent_ids_second_one_gets_error_naming_the_first(
-    kube: Kube, key_file: Path
+async def test_colliding_agent_ids_second_one_gets_error_naming_the_first_to_the_admin_only(
+    kube: Kube, key_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Issue 11: the status its owner sees says the ID is taken and names nobody; the operator's
+    log and the Warning Event (the admin's view) say by whom."""
+    caplog.set_level(logging.INFO, logger="kuberde")
     async with operator_running(fast_settings(kube, signing_key_file=key_file)) as runner:
         first = await kube.create_agent("smith-dev", workspace(owner="alice"))
         await eventually(
@@ -349,9 +352,14 @@ async def test_colliding_agent_ids_second_one_gets_error_naming_the_first(
         status = await eventually(
             partial(status_in, kube, "dev", "Error"), "the second agent in phase Error"
         )
-        assert "user-alice-smith-dev" in status["message"]
-        assert "'smith-dev'" in status["message"]
-        assert kube.events("dev", "AgentIDConflict")
+        assert status["message"] == (
+            "agent ID user-alice-smith-dev is already taken by another workspace; "
+            "choose another name"
+        )
+        detail = "is already used by RDEAgent 'smith-dev' (owner 'alice')"
+        assert all(detail not in str(c) for c in status["conditions"]), "conditions too"
+        assert detail in kube.events("dev", "AgentIDConflict")[0]["message"]
+        assert f"RDEAgent dev: agent ID user-alice-smith-dev {detail}" in caplog.text
         await reconciles_after(runner, 4)
         deployment = kube.deployment("user-alice-smith-dev")
         assert deployment is not None
@@ -364,12 +372,14 @@ async def test_colliding_agent_ids_second_one_gets_error_naming_the_first(
             partial(kube.events, "smith-dev", "VolumeRetained"), "an Event: the volume is kept"
         )
         assert f"PersistentVolumeClaim {claim} is kept" in retained[0]["message"]
-        foreign = f"PersistentVolumeClaim {claim} belongs to owner 'alice' (RDEAgent 'smith-dev')"
+        foreign = f"PersistentVolumeClaim {claim} belongs to another workspace, so it is not"
         await eventually(
             lambda: foreign in kube.status("dev").get("message", ""),
             "the second agent refused alice's volume",
         )
-        assert kube.events("dev", "ForeignVolume")
+        assert "alice" not in kube.status("dev")["message"].replace(claim, "")
+        detail = f"PersistentVolumeClaim {claim} belongs to owner 'alice' (RDEAgent 'smith-dev')"
+        assert detail in kube.events("dev", "ForeignVolume")[0]["message"]
         await reconciles_after(runner, 4)
         assert kube.deployment("user-alice-smith-dev") is None, "alice's volume is never mounted"
         assert kube.get(PVCS, claim) is not None

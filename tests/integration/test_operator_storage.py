@@ -194,7 +194,7 @@ async def test_colliding_agents_keep_their_winner_across_a_restore(
         await eventually(lambda: kube.deployment("user-alice-smith-dev") is None, "GC")
         for name in order:
             await kubectl(kube, "apply", "--validate=false", "-f", str(tmp_path / f"{name}.yaml"))
-        lost = "agent ID user-alice-smith-dev is already used by RDEAgent 'smith-dev'"
+        lost = "agent ID user-alice-smith-dev is already taken by another workspace"
         await eventually(
             lambda: lost in kube.status("dev").get("message", ""), "dev loses to smith-dev again"
         )

@@ -14,6 +14,7 @@ from kuberde.operator.ownership import (
     Recorded,
     choose_holder,
     claimant_of,
+    id_taken,
     recorded_owner,
 )
 
@@ -131,3 +132,21 @@ def test_the_gateway_lets_nobody_use_an_id_the_operator_has_not_settled() -> Non
     assert contested.error is not None and "waiting for the operator" in contested.error
     both_lost = AgentRecord("user-alice-smith-dev", "alice", "smith-dev", error="foreign volume")
     assert holder_of([both_lost, lost]).error is not None
+
+
+@given(
+    st.builds(
+        Claimant,
+        namespace=st.just("kuberde"),
+        name=st.from_regex(r"[a-z][a-z0-9-]{2,20}", fullmatch=True),
+        owner=st.from_regex(r"[a-z][a-z0-9-]{2,20}", fullmatch=True),
+    )
+)
+def test_a_taken_id_names_its_holder_only_to_the_admin(holder: Claimant) -> None:
+    """Issue 11: the status (`shown`) names no other owner or RDEAgent; log and Event do."""
+    refusal = id_taken("user-bob-dev", holder)
+    assert f"{holder.name!r}" in refusal.detail and f"{holder.owner!r}" in refusal.detail
+    assert "'" not in refusal.shown
+    assert refusal.shown == (
+        "agent ID user-bob-dev is already taken by another workspace; choose another name"
+    )

@@ -40,22 +40,37 @@ def test_own_or_missing_volume_is_mounted() -> None:
 
 
 @pytest.mark.parametrize(
-    ("labels", "expected"),
+    ("labels", "detail", "shown"),
     [
-        (ALICE, "belongs to owner 'alice' (RDEAgent 'smith-dev')"),
-        ({"kuberde.io/owner": "alice-smith", "kuberde.io/rdeagent": "x"}, "owner 'alice-smith'"),
-        ({}, "records no owner"),
-        ({"kuberde.io/owner": "alice-smith"}, "records no owner"),
+        (ALICE, "belongs to owner 'alice' (RDEAgent 'smith-dev')", "belongs to another workspace"),
+        (
+            {"kuberde.io/owner": "alice-smith", "kuberde.io/rdeagent": "x"},
+            "owner 'alice-smith'",
+            "choose another name",
+        ),
+        ({}, "records no owner", "records no owner"),
+        ({"kuberde.io/owner": "alice-smith"}, "records no owner", "records no owner"),
     ],
 )
 def test_a_volume_recorded_for_anyone_else_is_foreign(
-    labels: dict[str, str], expected: str
+    labels: dict[str, str], detail: str, shown: str
 ) -> None:
-    message = foreign_volume(agent("alice-smith", "dev"), claim(labels))
-    assert message is not None
-    assert message.startswith("PersistentVolumeClaim user-alice-smith-dev-home ")
-    assert expected in message
-    assert "not mounted" in message
+    refusal = foreign_volume(agent("alice-smith", "dev"), claim(labels))
+    assert refusal is not None
+    for message in (refusal.shown, refusal.detail):
+        assert message.startswith("PersistentVolumeClaim user-alice-smith-dev-home ")
+        assert "not mounted" in message
+    assert detail in refusal.detail
+    assert shown in refusal.shown
+
+
+def test_the_owner_is_not_told_whose_volume_it_is() -> None:
+    """Issue 11: the status (`shown`) names no other owner or RDEAgent; the admin's view does."""
+    recorded = {"kuberde.io/owner": "mallory", "kuberde.io/rdeagent": "secret-project"}
+    refusal = foreign_volume(agent("alice-smith", "dev"), claim(recorded))
+    assert refusal is not None
+    assert "mallory" not in refusal.shown and "secret-project" not in refusal.shown
+    assert "mallory" in refusal.detail and "secret-project" in refusal.detail
 
 
 def test_owner_references_follow_the_reclaim_policy() -> None:

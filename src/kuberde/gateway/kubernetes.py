@@ -117,10 +117,11 @@ def holder_of(claimants: list[AgentRecord]) -> AgentRecord:
         return healthy[0]
     if not healthy:
         return ordered[0]
-    names = " and ".join(f"{record.name!r} (owner {record.owner!r})" for record in healthy)
+    # Shown to whoever connects: it names none of the claimants (issue 11); the operator's
+    # log and Events say which they are.
     return dataclasses.replace(
         healthy[0],
-        error=f"agent ID {healthy[0].agent_id} is claimed by RDEAgents {names}; "
+        error=f"agent ID {healthy[0].agent_id} is claimed by more than one workspace; "
         "waiting for the operator to decide which one holds it",
     )
 

@@ -17,7 +17,15 @@ from typing import Any
 from kuberde.operator.annotations import parse_time
 from kuberde.operator.builder import LABEL_OWNER, LABEL_RDEAGENT
 
-__all__ = ["Claimant", "Recorded", "choose_holder", "claimant_of", "recorded_owner"]
+__all__ = [
+    "Claimant",
+    "Recorded",
+    "Refusal",
+    "choose_holder",
+    "claimant_of",
+    "id_taken",
+    "recorded_owner",
+]
 
 #: (owner, RDEAgent name) as recorded on a Deployment or PVC.
 Recorded = tuple[str, str]
@@ -35,6 +43,31 @@ class Claimant:
     @property
     def identity(self) -> Recorded:
         return (self.owner, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an RDEAgent may not have what its ID names, said twice (issue 11: a user learns
+    nothing about workspaces they may not see).
+
+    `shown` goes into the RDEAgent's status, which the gateway shows the workspace's owner:
+    it names no other workspace or owner. `detail` goes into the operator's log and the
+    Warning Event, the cluster admin's view, with whom it collides.
+    """
+
+    shown: str
+    detail: str
+
+
+def id_taken(agent_id: str, holder: Claimant) -> Refusal:
+    """The refusal of an RDEAgent whose agent ID `holder` holds."""
+    return Refusal(
+        shown=f"agent ID {agent_id} is already taken by another workspace; choose another name",
+        detail=(
+            f"agent ID {agent_id} is already used by RDEAgent {holder.name!r} "
+            f"(owner {holder.owner!r}); rename this one or its owner"
+        ),
+    )
 
 
 def claimant_of(body: Mapping[str, Any]) -> Claimant:

@@ -52,7 +52,7 @@ from kuberde.operator.builder import (
 from kuberde.operator.credentials import AgentCredentials
 from kuberde.operator.events import EventRecorder
 from kuberde.operator.metrics import OperatorMetrics
-from kuberde.operator.ownership import choose_holder, claimant_of, recorded_owner
+from kuberde.operator.ownership import Refusal, choose_holder, claimant_of, id_taken, recorded_owner
 from kuberde.operator.storage import deletion_notice, foreign_volume, owner_references_patch
 from kuberde.operator.store import AgentStore, name_of, uid_of
 from kuberde.resource import InvalidResource, RDEAgent, parse_agent
@@ -250,7 +250,7 @@ class Reconciler:
         agent: RDEAgent,
         live: Mapping[str, Any] | None,
         live_claim: Mapping[str, Any] | None,
-    ) -> str | None:
+    ) -> Refusal | None:
         """Why this RDEAgent may not use its agent ID, if another one holds it.
 
         `ownership.choose_holder` decides from the owners recorded on the Deployment and the
@@ -269,13 +269,16 @@ class Reconciler:
         holder = choose_holder([me, *others], [recorded_owner(live), recorded_owner(live_claim)])
         if holder.name == me.name:
             return None
-        return (
-            f"agent ID {agent.agent_id} is already used by RDEAgent {holder.name!r} "
-            f"(owner {holder.owner!r}); rename this one or its owner"
-        )
+        return id_taken(agent.agent_id, holder)
 
-    async def _fail(self, body: Mapping[str, Any], reason: str, message: str) -> None:
-        """Record a problem only the user can fix; announce it once with a Warning Event."""
+    async def _fail(self, body: Mapping[str, Any], reason: str, problem: str | Refusal) -> None:
+        """Record a problem only the user can fix; announce it once with a Warning Event.
+
+        A `Refusal` puts its `shown` text in the status (the owner's view) and its `detail`
+        in the log and the Event (the admin's).
+        """
+        refusal = problem if isinstance(problem, Refusal) else Refusal(problem, problem)
+        message = refusal.shown
         name = name_of(body)
         status = body.get("status") or {}
         previous = self._results.get(name)
@@ -288,10 +291,10 @@ class Reconciler:
             error_reason=reason,
         )
         shown = status.get("phase") == policy.Phase.ERROR.value and status.get("message") == message
-        if self._announced.get(name) != message and not shown:
-            log.warning("RDEAgent %s: %s", name, message)
-            await self._events.record(body, "Warning", reason, message)
-        self._announced[name] = message
+        if self._announced.get(name) != refusal.detail and not shown:
+            log.warning("RDEAgent %s: %s", name, refusal.detail)
+            await self._events.record(body, "Warning", reason, refusal.detail)
+        self._announced[name] = refusal.detail
         if previous != self._results[name]:
             self._on_change()
 

@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kuberde.operator.ownership import recorded_owner
+from kuberde.operator.ownership import Refusal, recorded_owner
 from kuberde.resource import KIND, RDEAgent
 
 __all__ = ["DeletionNotice", "deletion_notice", "foreign_volume", "owner_references_patch"]
 
 
-def foreign_volume(agent: RDEAgent, live: Mapping[str, Any] | None) -> str | None:
+def foreign_volume(agent: RDEAgent, live: Mapping[str, Any] | None) -> Refusal | None:
     """Why `live` (the PVC named for the agent's ID) must not be mounted for `agent`, if so."""
     if live is None:
         return None
@@ -26,15 +26,22 @@ def foreign_volume(agent: RDEAgent, live: Mapping[str, Any] | None) -> str | Non
     if recorded == (agent.spec.owner, agent.metadata.name):
         return None
     if recorded is None:
-        return (
+        unlabelled = (
             f"PersistentVolumeClaim {name} records no owner (labels kuberde.io/owner and "
             "kuberde.io/rdeagent), so it is not mounted; label it for this RDEAgent to use it"
         )
+        return Refusal(unlabelled, unlabelled)
     owner, other = recorded
-    return (
-        f"PersistentVolumeClaim {name} belongs to owner {owner!r} (RDEAgent {other!r}), "
-        "so it is not mounted; rename this RDEAgent, or delete that claim if it is no longer "
-        "wanted"
+    return Refusal(
+        shown=(
+            f"PersistentVolumeClaim {name} belongs to another workspace, so it is not "
+            "mounted; choose another name"
+        ),
+        detail=(
+            f"PersistentVolumeClaim {name} belongs to owner {owner!r} (RDEAgent {other!r}), "
+            "so it is not mounted; rename this RDEAgent, or delete that claim if it is no "
+            "longer wanted"
+        ),
     )
 
 
