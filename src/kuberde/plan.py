@@ -22,6 +22,7 @@ from kuberde import policy
 from kuberde.naming import EXTEND_ANNOTATION, STOP_ANNOTATION
 
 __all__ = [
+    "AWAITING_AGENT",
     "SCALED_DOWN_MESSAGE",
     "Action",
     "Desired",
@@ -30,7 +31,9 @@ __all__ = [
     "Requests",
     "Running",
     "StopOutcome",
+    "agent_seen_since",
     "decide",
+    "hold_for_agent",
     "honour_stop",
     "read_requests",
     "request_time_text",
@@ -38,6 +41,8 @@ __all__ = [
 ]
 
 SCALED_DOWN_MESSAGE = "scaled down; connecting wakes it"
+#: The TTL verdict's reason while the agent has not connected since its workload started.
+AWAITING_AGENT = "its agent has not connected since it started"
 
 
 class Action(StrEnum):
@@ -167,6 +172,30 @@ def verdict(
     )
 
 
+def hold_for_agent(decision: policy.ScaleDecision, *, agent_seen: bool) -> policy.ScaleDecision:
+    """No TTL scale-down before the agent's first connection since its workload started.
+
+    A connection is not activity, so a workspace whose start takes longer than its TTL would
+    otherwise be scaled down around its first connection: a slow start is not idleness. A
+    verdict to scale down is held (no deadline: none is due until the agent has been seen);
+    any other verdict, and its reason (no data, an open stream, not expired), stands. Both
+    runtimes apply this to their `verdict`.
+    """
+    if agent_seen or not decision.scale_down:
+        return decision
+    return dataclasses.replace(
+        decision, scale_down=False, reason=AWAITING_AGENT, idle_deadline=None
+    )
+
+
+def agent_seen_since(
+    started_at: datetime, *, online: bool, seen_online_at: datetime | None
+) -> bool:
+    """Whether the agent has been online since `started_at` (its workload's latest start, as
+    far as the observer knows it): online now, or last seen online no earlier than then."""
+    return online or (seen_online_at is not None and seen_online_at >= started_at)
+
+
 def decide(observation: Observation, *, max_staleness: timedelta) -> Plan:
     """The plan for one workspace; the phase is the one it has once the action is done."""
     desired, running, now = observation.desired, observation.running, observation.now
@@ -193,14 +222,14 @@ def decide(observation: Observation, *, max_staleness: timedelta) -> Plan:
 
     # A wake that wins now restarts the idle clock now.
     clock = dataclasses.replace(desired, woken_at=now, scaled_down=False) if woken else desired
-    _, ttl = verdict(clock, observation.activity, now=now, max_staleness=max_staleness)
+    _, checked = verdict(clock, observation.activity, now=now, max_staleness=max_staleness)
+    ttl = hold_for_agent(checked, agent_seen=running.agent_seen or online)
     activity = (
         policy.Activity(ttl.last_activity, ttl.last_activity_source or "recorded")
         if ttl.last_activity is not None
         else None
     )
-    starting = not (running.agent_seen or online)
-    if ttl.scale_down and not starting:
+    if ttl.scale_down:
         phase, message = _phase(failure=None, replicas=0, running=None, online=False)
         return Plan(
             Action.SCALE_DOWN,
@@ -211,9 +240,8 @@ def decide(observation: Observation, *, max_staleness: timedelta) -> Plan:
             scaled_down=True,
             last_activity=activity,
         )
-    reason = "its agent has not connected since it started" if starting else ttl.reason
     phase, message = _phase(failure=running.failure, replicas=1, running=running, online=online)
-    return Plan(Action.NONE, reason, 1, phase, message, woken=woken, last_activity=activity)
+    return Plan(Action.NONE, ttl.reason, 1, phase, message, woken=woken, last_activity=activity)
 
 
 # ---- users' requests carried on the record (Kubernetes: annotations the gateway writes) -----

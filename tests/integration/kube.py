@@ -446,6 +446,13 @@ class Kubelet:
             name=f"agent-{pod.name}",
         )
 
+    def start_agent(self, agent_id: str) -> None:
+        """The agent of a Running pod that runs none comes up now (it was slow to start)."""
+        pod = self.pods[agent_id]
+        deployment = self.kube.deployment(agent_id)
+        assert pod.task is None and deployment is not None, f"{agent_id} runs an agent already"
+        self._start_agent(deployment, pod)
+
     async def kill_agent(self, agent_id: str) -> None:
         """The agent process dies while its pod stays Running (its link just drops)."""
         pod = self.pods[agent_id]

@@ -161,7 +161,9 @@ async def test_a_session_opened_since_the_last_look_keeps_the_workspace_up(
 ) -> None:
     """No watch (the gateway refuses it) and one list, at start: the operator's snapshot says
     idle since creation while a user's session is open. The scale-down asks the gateway once
-    more and keeps the workspace up. (Before, only a `connected` stamp hid this race.)"""
+    more and keeps the workspace up. (Before, only a `connected` stamp hid this race.) The
+    operator that lists is a second one, started once the agent is online: a list from
+    before the agent's first connection holds any scale-down anyway (`hold_for_agent`)."""
     caplog.set_level(logging.INFO, logger="kuberde")
     gateway = await start_gateway(GatewaySettings(max_watches=0))
     settings = fast_settings(
@@ -171,27 +173,30 @@ async def test_a_session_opened_since_the_last_look_keeps_the_workspace_up(
         monitor_interval=NEVER,
         activity_max_age=NEVER,
     )
-    async with (
-        kubelet_running(kube, tmp_path, run_agents=True, port_map={2222: workspace_port}),
-        operator_running(settings) as runner,
-    ):
-        created = await kube.create_agent(NAME, spec("0"))
-        await gateway.wait_agent(AGENT, lambda agent: agent["online"])
-        ws = await gateway.connect(NAME, gateway.user(OWNER), port=2222)
-        assert await read_bytes(ws, len(BANNER)) == BANNER
-        created_at = datetime.fromisoformat(created["metadata"]["creationTimestamp"])
-        await eventually(
-            lambda: datetime.now(UTC) > created_at + timedelta(seconds=2), "the TTL to pass"
-        )
-        await kube.patch_agent(NAME, {"spec": {"ttl": "1s"}})
-        await eventually(
-            lambda: f"Agent {NAME}: idle for" in caplog.text, "a verdict on the old snapshot"
-        )
-        await loops_after(runner, "ttl", 3)
-        assert kube.replicas(AGENT) == 1
-        assert not kube.events(NAME, "ScaledDown")
-        assert f"Agent {NAME}: 1 open stream" in caplog.text, "the gateway's answer"
-        await ws.close()
+    checks = "kuberde_operator_loop_duration_seconds_count"
+    async with kubelet_running(kube, tmp_path, run_agents=True, port_map={2222: workspace_port}):
+        async with operator_running(settings):
+            created = await kube.create_agent(NAME, spec("0"))
+            await gateway.wait_agent(AGENT, lambda agent: agent["online"])
+        async with operator_running(settings) as runner:
+            await eventually(
+                lambda: runner.metric(checks, {"loop": "monitor"}) >= 1, "its one list"
+            )
+            ws = await gateway.connect(NAME, gateway.user(OWNER), port=2222)
+            assert await read_bytes(ws, len(BANNER)) == BANNER
+            created_at = datetime.fromisoformat(created["metadata"]["creationTimestamp"])
+            await eventually(
+                lambda: datetime.now(UTC) > created_at + timedelta(seconds=2), "the TTL to pass"
+            )
+            await kube.patch_agent(NAME, {"spec": {"ttl": "1s"}})
+            await eventually(
+                lambda: f"Agent {NAME}: idle for" in caplog.text, "a verdict on the old snapshot"
+            )
+            await loops_after(runner, "ttl", 3)
+            assert kube.replicas(AGENT) == 1
+            assert not kube.events(NAME, "ScaledDown")
+            assert f"Agent {NAME}: 1 open stream" in caplog.text, "the gateway's answer"
+            await ws.close()
 
 
 @contextlib.asynccontextmanager

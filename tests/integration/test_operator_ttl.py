@@ -193,7 +193,10 @@ async def test_gateway_unreachable_never_scales_down(
         signing_key_file=tmp_path / "gateway" / "signing-key.pem",
         server_api=f"http://127.0.0.1:{port}",
     )
-    async with operator_running(settings) as runner:
+    async with (
+        kubelet_running(kube, tmp_path, run_agents=True),
+        operator_running(settings) as runner,
+    ):
         created = await kube.create_agent("ssh-server", spec("1s"))
         created_at = datetime.fromisoformat(created["metadata"]["creationTimestamp"])
         await eventually(
@@ -212,7 +215,8 @@ async def test_gateway_unreachable_never_scales_down(
         assert "no fresh activity data from the gateway: ONLINE unknown" in status["message"]
         assert runner.metric("kuberde_operator_gateway_up") == 0
 
-        # The same agent is scaled down as soon as the gateway answers (it is idle).
+        # The same agent is scaled down as soon as the gateway answers and its agent has
+        # connected (it is idle).
         app = create_app(LocalTokenVerifier.from_signing_key(key))
         site = await start_site(app, bind_socket(ListenAddress("127.0.0.1", port)), None)
         try:
@@ -224,11 +228,14 @@ async def test_gateway_unreachable_never_scales_down(
 
 
 async def test_ttl_zero_or_empty_never_scales_down(
-    kube: Kube, gateway: RunningGateway, caplog: pytest.LogCaptureFixture
+    kube: Kube, gateway: RunningGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="kuberde")
     settings = fast_settings(kube, signing_key_file=key_file_of(gateway), server_api=gateway.url)
-    async with operator_running(settings) as runner:
+    async with (
+        kubelet_running(kube, tmp_path, run_agents=True),
+        operator_running(settings) as runner,
+    ):
         await kube.create_agent("zero", spec("0"))
         await kube.create_agent("empty", spec(""))
         await kube.create_agent("control", spec("1s"))
@@ -244,13 +251,16 @@ async def test_ttl_zero_or_empty_never_scales_down(
 
 
 async def test_stale_wake_request_does_not_undo_a_scale_down(
-    kube: Kube, gateway: RunningGateway
+    kube: Kube, gateway: RunningGateway, tmp_path: Path
 ) -> None:
     settings = partial(
         fast_settings, kube, signing_key_file=key_file_of(gateway), server_api=gateway.url
     )
     long_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
-    async with operator_running(settings()) as runner:
+    async with (
+        kubelet_running(kube, tmp_path, run_agents=True),
+        operator_running(settings()) as runner,
+    ):
         await kube.create_agent(
             "ssh-server", spec("1s"), annotations={"kuberde.io/wake-requested-at": long_ago}
         )
@@ -291,3 +301,46 @@ async def test_a_deadline_is_kept_between_sweeps(
             partial(status_in, kube, "ssh-server", "ScaledDown"), "the scale-down at the deadline"
         )
     assert caplog.text.count("TTL enforcer: checking") == 1, "one logged sweep, at start"
+
+
+async def test_no_scale_down_before_the_agent_first_connects(
+    kube: Kube, gateway: RunningGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pod slower to start than its TTL is not idle: while its agent has not connected since
+    the pod started, the TTL does not scale it down (however long that is), and the status
+    says why. Once it has connected, the TTL counts from the last activity (here: creation),
+    so it goes at once."""
+    caplog.set_level(logging.INFO, logger="kuberde")
+    settings = fast_settings(kube, signing_key_file=key_file_of(gateway), server_api=gateway.url)
+    async with (
+        kubelet_running(kube, tmp_path) as kubelet,
+        operator_running(settings) as runner,
+    ):
+        created = await kube.create_agent("ssh-server", spec("1s"))
+        created_at = datetime.fromisoformat(created["metadata"]["creationTimestamp"])
+        status = await eventually(
+            partial(status_in, kube, "ssh-server", "Starting"), "the pod running, no agent yet"
+        )
+        await eventually(
+            lambda: datetime.now(UTC) > created_at + timedelta(seconds=4), "several TTLs to pass"
+        )
+        await loops_after(runner, "ttl", 3)
+        await loops_after(runner, "status", 2)
+        assert kube.replicas("user-testuser-ssh-server") == 1
+        assert not kube.events("ssh-server", "ScaledDown")
+        assert "Agent ssh-server: its agent has not connected since it started" in caplog.text
+        status = kube.status("ssh-server")
+        assert status["phase"] == "Starting"
+        assert status["message"] == (
+            "waiting for the agent to connect to the gateway; "
+            "the TTL does not scale it down before its agent has connected"
+        )
+        assert "idleDeadline" not in status
+
+        kubelet.start_agent("user-testuser-ssh-server")
+        [event] = await eventually(
+            lambda: kube.events("ssh-server", "ScaledDown"), "the scale-down once connected"
+        )
+        assert "(ttl 1s)" in event["message"]
+        assert last_activity_of(event["message"]) == (created_at, "created")
+        await eventually(partial(status_in, kube, "ssh-server", "ScaledDown"), "ScaledDown")

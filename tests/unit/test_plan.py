@@ -10,13 +10,17 @@ from hypothesis import strategies as st
 
 from kuberde import policy
 from kuberde.plan import (
+    AWAITING_AGENT,
     SCALED_DOWN_MESSAGE,
     Action,
     Desired,
     Observation,
     Plan,
     Running,
+    agent_seen_since,
     decide,
+    hold_for_agent,
+    verdict,
 )
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -149,6 +153,39 @@ def test_never_scales_down_a_workspace_whose_agent_has_not_come_up(
     offline = policy.ActivitySnapshot(False, 0, None, None, snapshot.observed_at)
     plan = _plan(Observation(desired, starting, offline, NOW))
     assert plan.action is not Action.SCALE_DOWN
+
+
+@given(desireds, snapshots, st.booleans())
+def test_the_hold_keeps_the_verdict_once_the_agent_was_seen_and_only_ever_keeps_before(
+    desired: Desired, snapshot: policy.ActivitySnapshot, seen: bool
+) -> None:
+    """The guard both runtimes apply: before the agent's first connection since its start,
+    never a scale-down (and no deadline past due); after it, or for a verdict to keep it
+    anyway, the verdict as it is."""
+    _, checked = verdict(desired, snapshot, now=NOW, max_staleness=STALENESS)
+    held = hold_for_agent(checked, agent_seen=seen)
+    if seen or not checked.scale_down:
+        assert held == checked
+    else:
+        assert not held.scale_down and held.idle_deadline is None
+        assert held.reason == AWAITING_AGENT
+        assert (held.last_activity, held.last_activity_source) == (
+            checked.last_activity,
+            checked.last_activity_source,
+        )
+
+
+@given(offsets, st.booleans(), optional_times)
+def test_the_agent_counts_as_seen_when_online_or_seen_online_since_the_start(
+    started_at: datetime, online: bool, seen_online_at: datetime | None
+) -> None:
+    seen = agent_seen_since(started_at, online=online, seen_online_at=seen_online_at)
+    since = seen_online_at is not None and seen_online_at >= started_at
+    assert seen is (online or since)
+    # A connection before the latest start (created, woken) is not one since it.
+    if seen_online_at is not None and not online:
+        later = max(started_at, seen_online_at) + timedelta(microseconds=1)
+        assert not agent_seen_since(later, online=False, seen_online_at=seen_online_at)
 
 
 @given(observations)

@@ -32,7 +32,13 @@ from kuberde.operator.events import EventRecorder
 from kuberde.operator.metrics import OperatorMetrics
 from kuberde.operator.monitor import GatewayMonitor
 from kuberde.operator.reconciler import Reconciler, SyncResult
-from kuberde.operator.status import StatusFacts, build_status, pick_pod, status_patch
+from kuberde.operator.status import (
+    CONNECTED_BEFORE,
+    StatusFacts,
+    build_status,
+    pick_pod,
+    status_patch,
+)
 from kuberde.operator.store import AgentStore, name_of, uid_of
 from kuberde.resource import RDEAgent
 
@@ -92,7 +98,17 @@ class ActivityView:
             recorded_activity=None,  # the monitor's snapshot already includes it
             extended_until=requests.extended_until,
         )
-        replicas, decision = plan.verdict(desired, snapshot, now=now, max_staleness=self.max_age)
+        replicas, checked = plan.verdict(desired, snapshot, now=now, max_staleness=self.max_age)
+        # The latest start this observer knows of: created, or woken since.
+        started_at = max(desired.created_at, wake or desired.created_at)
+        seen = plan.agent_seen_since(
+            started_at,
+            online=snapshot is not None and snapshot.online,
+            seen_online_at=self.monitor.seen_online_at(agent.agent_id),
+        )
+        # What an earlier operator saw survives its restart in the status (as `build_status`).
+        seen = seen or status.get("phase") in CONNECTED_BEFORE
+        decision = plan.hold_for_agent(checked, agent_seen=seen) if replicas else checked
         return Assessment(decision, snapshot, self.fresh(now), replicas, requests.problems)
 
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kuberde.operator.annotations import parse_time
+from kuberde.plan import AWAITING_AGENT
 from kuberde.policy import (
     ActivitySnapshot,
     Phase,
@@ -23,11 +24,14 @@ from kuberde.policy import (
     is_online,
 )
 
-__all__ = ["PodView", "StatusFacts", "build_status", "pick_pod", "status_patch"]
+__all__ = ["CONNECTED_BEFORE", "PodView", "StatusFacts", "build_status", "pick_pod", "status_patch"]
 
-_CONNECTED_BEFORE = {Phase.RUNNING.value, Phase.DISCONNECTED.value}
+#: Phases that mean the agent was online since its pod started.
+CONNECTED_BEFORE = frozenset({Phase.RUNNING.value, Phase.DISCONNECTED.value})
 _NO_FRESH_DATA = "no fresh activity data from the gateway"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Why a workspace past its TTL still runs: its agent has not connected since the pod started.
+_HELD = "the TTL does not scale it down before its agent has connected"
 _MESSAGES = {
     Phase.PENDING: "waiting for the workspace pod to run",
     Phase.STARTING: "waiting for the agent to connect to the gateway",
@@ -97,7 +101,10 @@ def _message(facts: StatusFacts, phase: Phase) -> str | None:
         base = f"{_NO_FRESH_DATA}: ONLINE unknown, nothing is scaled down"
     else:
         base = _MESSAGES.get(phase)
-    parts = [part for part in (base, *facts.problems) if part]
+    held = (
+        bool(facts.ttl) and facts.decision is not None and facts.decision.reason == AWAITING_AGENT
+    )
+    parts = [part for part in (base, _HELD if held else None, *facts.problems) if part]
     if facts.failure:
         parts.append(f"last reconcile failed: {facts.failure}")
     return "; ".join(parts) or None
@@ -156,7 +163,7 @@ def build_status(facts: StatusFacts, current: Mapping[str, Any], now: datetime) 
     seen = seen or (
         pod is not None
         and current.get("pod") == pod.name
-        and current.get("phase") in _CONNECTED_BEFORE
+        and current.get("phase") in CONNECTED_BEFORE
     )
     phase = compute_phase(
         error=facts.error,
