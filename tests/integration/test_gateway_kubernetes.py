@@ -878,9 +878,10 @@ def _only_form(html: str, action: str) -> str:
 async def test_ls_and_open_from_the_cli_against_a_kubernetes_gateway(
     kube: Kube, tmp_path: Path, env: dict[str, str], workspace_port: int
 ) -> None:
-    """`kuberde ls` and `kuberde open` list what the operator reports through the gateway,
-    each user their own and an admin everyone's with owners; someone else's workspace is
-    answered as a missing one; `apply`, `delete` and `logs` name the kubectl command."""
+    """`kuberde ls`, `ls -w`, `open` and name completion show what the operator reports
+    through the gateway, each user their own and an admin everyone's with owners; someone
+    else's workspace is answered as a missing one; `apply`, `delete` and `logs` name the
+    kubectl command."""
     lab = {"name": "web", "port": 8888}
     async with running_provider(tmp_path, admins=("root",)) as idp:
         browser = ("--oidc-issuer", idp.issuer, "--apps-domain", "localhost")
@@ -967,6 +968,63 @@ async def test_ls_and_open_from_the_cli_against_a_kubernetes_gateway(
                 assert "no workspace named 'alice-ws'" in err
                 code, out, err = await cli("bob", "ls", "-o", "name")
                 assert (code, out.strip()) == (0, "rdeagent/bob-ws"), err
+                # Shell completion of names (the console script: click completes its own name).
+                completion = {"_KUBERDE_COMPLETE": "complete_bash", "COMP_CWORD": "2"}
+                for user, expected in (("bob", ["bob-ws"]), ("root", ["alice-ws", "bob-ws"])):
+                    process = await asyncio.create_subprocess_exec(
+                        str(Path(sys.executable).with_name("kuberde")),
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=asyncio.subprocess.PIPE,
+                        env={
+                            **gateway.env,
+                            **completion,
+                            "COMP_WORDS": "kuberde stop ",
+                            "KUBERDE_SERVER": gateway.url,
+                            "KUBERDE_TOKEN": tokens[user],
+                        },
+                    )
+                    try:
+                        completed, _ = await asyncio.wait_for(process.communicate(), CLI_WAIT)
+                    finally:
+                        if process.returncode is None:
+                            process.kill()
+                            await process.wait()
+                    assert (process.returncode, completed.decode().split()) == (0, expected)
+
+                # `ls -w` prints the table, then each change: bob's stop shows up on its own.
+                watch = await asyncio.create_subprocess_exec(
+                    *KUBERDE,
+                    "ls",
+                    "-w",
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    env={
+                        **gateway.env,
+                        "KUBERDE_SERVER": gateway.url,
+                        "KUBERDE_TOKEN": tokens["bob"],
+                    },
+                )
+                assert watch.stdout is not None
+                try:
+                    lines = [
+                        (await asyncio.wait_for(watch.stdout.readline(), CLI_WAIT)).decode()
+                        for _ in range(2)
+                    ]
+                    assert lines[0].split()[:2] == ["NAME", "STATUS"]
+                    assert lines[1].split()[:2] == ["bob-ws", "Running"]
+                    code, _, err = await cli("bob", "stop", "bob-ws")
+                    assert code == 0, err
+                    changes: list[list[str]] = []
+                    async with asyncio.timeout(CLI_WAIT):
+                        while not changes or changes[-1][:2] != ["bob-ws", "ScaledDown"]:
+                            line = await watch.stdout.readline()
+                            assert line, f"ls -w exited after {changes}"
+                            changes.append(line.decode().split())
+                    assert all(change[0] == "bob-ws" for change in changes), changes
+                    assert changes[-1][2] == "false"
+                finally:
+                    watch.kill()
+                    await watch.wait()
 
                 manifest = tmp_path / "ws.yaml"
                 manifest.write_text("kind: RDEAgent\n")
