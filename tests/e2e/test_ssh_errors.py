@@ -123,9 +123,9 @@ def test_the_gateway_going_away_mid_session_is_the_only_message(
     with _held_ssh(rde, output) as ssh:
         rde.stop_up()
         message = _only_our_message(ssh, output)
-    # `kuberde up` stops the workspace's sshd before its gateway: the stream is reset first.
+    # `kuberde up` stops the workspace's agent before its gateway: the stream is reset first.
     assert message in (
-        "kuberde: connection reset: peer closed the connection",
+        "kuberde: connection reset: the workspace is stopping",
         "kuberde: the gateway is shutting down",
     ), message
     rde.start_up()
@@ -138,8 +138,8 @@ def test_a_workspace_deleted_mid_session_is_the_only_message(rde: KubeRDE, tmp_p
     with _held_ssh(rde, output) as ssh:
         rde.ok("delete", "demo")
         message = _only_our_message(ssh, output)
-    # Locally the workspace's sshd is stopped first, so its stream is reset.
+    # Locally the workspace's agent is stopped first and resets its stream, saying why.
     assert message in (
-        "kuberde: connection reset: peer closed the connection",
+        "kuberde: connection reset: the workspace is stopping",
         "kuberde: workspace demo went away",
     ), message

@@ -311,7 +311,7 @@ def test_stop_and_exit_end_ssh_sessions_promptly_and_leave_no_remote_command(
         rde.wait_phase("shell", "ScaledDown")
         wait_until(lambda: not remote.alive, "the remote sleep gone after kuberde stop")
         assert ssh.wait(timeout=WAIT) != 0
-    assert "closed by remote host" in output.read_text()
+    assert "kuberde: connection reset: the workspace is stopping" in output.read_text()
     for log in (rde.log_path("shell"), rde.log_path("shell", agent=True)):
         assert "ignored SIGTERM" not in log.read_text(), log.read_text()
 

@@ -12,7 +12,6 @@ The credential is an anonymous memory file only the agent holds (see
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Callable
@@ -154,9 +153,9 @@ class LocalActuator:
             "LOCAL_TARGET": spec.local_target,
             "ALLOWED_PORTS": ",".join(str(port) for port in spec.effective_allowed_ports),
             "PORT_MAP": agent.metadata.annotations.get(LOCAL_PORTS_ANNOTATION, ""),
-            # Its workload stops with it, so open streams have nothing to drain into: the
-            # agent goes away and closes them well before the supervisor's SIGKILL.
-            "SHUTDOWN_GRACE": f"{self._stop_grace / 2:g}",
+            # It is stopped first, its workload right after (`stop`): open streams have
+            # nothing to drain into, so it resets them at once, saying why.
+            "SHUTDOWN_GRACE": "0",
         }
         if isolated:
             # The agent drops to the account itself (kuberde.agent.privileges).
@@ -196,7 +195,14 @@ class LocalActuator:
         if processes is None:
             return
         log.info("%s: stopping", name)
-        await asyncio.gather(*(process.stop(grace=self._stop_grace) for process in processes.all))
+        # The agent first: it tells its users' connections why they end ("the workspace is
+        # stopping") before the workload's end could cut them with less to say. What the
+        # workload runs is noted before, as those connections' ends orphan their sessions.
+        if processes.workload is not None:
+            await processes.workload.hold_members()
+        for process in (processes.agent, processes.workload):
+            if process is not None:
+                await process.stop(grace=self._stop_grace)
         if self._running.get(name) is processes:
             del self._running[name]
             os.close(processes.credential_fd)

@@ -412,6 +412,13 @@ class SupervisedProcess:
         self._stop_requested.set()
         await asyncio.shield(task)
 
+    async def hold_members(self) -> None:
+        """Remember every process of the current run now, so that the next stop signals them
+        even if their parents die first (an sshd session whose connection ends before)."""
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            self._members |= await asyncio.to_thread(run_members, proc.pid, self._marker)
+
     def _supervision_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("supervising %s failed", self.spec.name, exc_info=task.exception())
