@@ -86,20 +86,35 @@ def test_the_tables_are_bounded() -> None:
 # ---- kept on disk: a restart signs nobody out -------------------------------------------------
 
 
-def on_disk(path: Path, clock: Clock, **limits: float) -> SessionStore:
-    return SessionStore(SessionLimits(**limits), clock=clock, backend=SessionFile(path))  # type: ignore[arg-type]
+class Disk:
+    """One session file across gateway restarts: each `start` closes the file of the gateway
+    before it (which finishes its writes), as stopping that gateway would."""
+
+    def __init__(self, path: Path, clock: Clock) -> None:
+        self.path, self.clock = path, clock
+        self._file: SessionFile | None = None
+
+    def start(self, **limits: float) -> SessionStore:
+        self.stop()
+        self._file = SessionFile(self.path)
+        return SessionStore(SessionLimits(**limits), clock=self.clock, backend=self._file)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def test_sessions_and_tickets_survive_a_restart_and_sign_out_ends_them(tmp_path: Path) -> None:
-    path, clock = tmp_path / SESSIONS_FILE, Clock()
+    disk = Disk(tmp_path / SESSIONS_FILE, Clock())
     admin = Principal(kind="user", name="root", admin=True)
-    first = on_disk(path, clock)
+    first = disk.start()
     cookie, session = first.create(ALICE)
     other, _ = first.create(admin)
     ticket = first.redeem(first.handshake_code(session, HOST), HOST)
     assert ticket is not None
 
-    second = on_disk(path, clock)
+    second = disk.start()
     assert second.get(cookie) == session
     restored = second.get(other)
     assert restored is not None and restored.user == admin
@@ -108,17 +123,18 @@ def test_sessions_and_tickets_survive_a_restart_and_sign_out_ends_them(tmp_path:
     assert second.ticket(ticket, "other--alice.localhost:8080") is None
 
     second.end(cookie)
-    third = on_disk(path, clock)
+    third = disk.start()
     assert third.get(cookie) is None and third.ticket(ticket, HOST) is None
     assert third.get(other) is not None
 
 
 def test_only_hashes_are_on_disk_and_the_file_is_private(tmp_path: Path) -> None:
-    path = tmp_path / SESSIONS_FILE
-    sessions = on_disk(path, Clock())
+    disk = Disk(tmp_path / SESSIONS_FILE, Clock())
+    sessions = disk.start()
     cookie, session = sessions.create(ALICE)
     ticket = sessions.redeem(sessions.handshake_code(session, HOST), HOST)
     assert ticket is not None
+    disk.stop()
     written = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert cookie.encode() not in written and ticket.encode() not in written
     assert hashlib.sha256(cookie.encode()).hexdigest().encode() in written
@@ -126,18 +142,33 @@ def test_only_hashes_are_on_disk_and_the_file_is_private(tmp_path: Path) -> None
         assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
 
 
+def test_a_write_never_waits_for_the_file(tmp_path: Path) -> None:
+    """Sign-in runs on the event loop that carries every tunnel: saving the session must not
+    wait there, even while another process holds the file locked."""
+    disk = Disk(tmp_path / SESSIONS_FILE, Clock())
+    sessions = disk.start()
+    with sqlite3.connect(disk.path, isolation_level=None) as other:
+        other.execute("BEGIN EXCLUSIVE")
+        cookie, _ = sessions.create(ALICE)  # a blocking write would raise "locked" here
+        other.execute("COMMIT")
+    assert disk.start().get(cookie) is not None
+    disk.stop()
+
+
 def test_expired_and_evicted_entries_are_not_restored(tmp_path: Path) -> None:
     path, clock = tmp_path / SESSIONS_FILE, Clock()
-    first = on_disk(path, clock, session_ttl=100, max_sessions=2)
+    disk = Disk(path, clock)
+    first = disk.start(session_ttl=100, max_sessions=2)
     old, _ = first.create(ALICE)
     clock.now += 60
     kept = [first.create(ALICE)[0] for _ in range(2)]  # the first one is pushed out
-    assert on_disk(path, clock).get(old) is None
+    assert disk.start().get(old) is None
     clock.now += 50  # past the first of the two
-    later = on_disk(path, clock)
+    later = disk.start()
     assert [later.get(c) is not None for c in kept] == [True, True]
     clock.now += 60
-    assert [on_disk(path, clock).get(c) is not None for c in kept] == [False, False]
+    assert [disk.start().get(c) is not None for c in kept] == [False, False]
+    disk.stop()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM sessions").fetchone() == (0,)
 

@@ -6,16 +6,19 @@ from the local runtime's `state.db`: the gateway also runs without the local run
 of the browser's handle, as in memory: the file holds no usable cookie. Expired rows are
 deleted when the file is loaded; signing out deletes the session and its app tickets.
 
-`SessionStore` keeps working from memory and writes through here; this module only maps
-rows to objects (blocking, but each call is one small transaction).
+`SessionStore` keeps working from memory and writes through here. Writes run in order on
+one thread of their own, never on the event loop that carries every tunnel; `close` waits
+for them. A write lost to a crash costs that browser one sign-in, nothing more.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,8 @@ from kuberde.gateway.sessions import AppTicket, BrowserSession
 from kuberde.sqlitefiles import prepare_private, transaction
 
 __all__ = ["SESSIONS_FILE", "SessionFile", "SessionFileError"]
+
+log = logging.getLogger(__name__)
 
 SESSIONS_FILE = "browser-sessions.db"
 #: Ours: `PRAGMA application_id` of the file ("KRDS").
@@ -76,7 +81,9 @@ class SessionFile:
         self.path = path
         try:
             create_private(path)
-            self._conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+            self._conn = sqlite3.connect(
+                path, isolation_level=None, timeout=5.0, check_same_thread=False
+            )
         except (OSError, sqlite3.Error) as exc:
             raise SessionFileError(f"cannot open browser session file {path}: {exc}") from exc
         try:
@@ -90,6 +97,7 @@ class SessionFile:
         except SessionFileError:
             self._conn.close()
             raise
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="browser-sessions")
 
     def _prepare(self) -> None:
         conn = self._conn
@@ -130,25 +138,42 @@ class SessionFile:
         return sessions, tickets
 
     def put_session(self, session: BrowserSession, evicted: Iterable[str] = ()) -> None:
-        with self._transaction() as conn:
+        row = (session.key, _user_json(session.user), session.csrf_token, session.expires_at)
+        evicted = list(evicted)
+
+        def write(conn: sqlite3.Connection) -> None:
             self._forget(conn, evicted)
-            conn.execute(
-                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)",
-                (session.key, _user_json(session.user), session.csrf_token, session.expires_at),
-            )
+            conn.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)", row)
+
+        self._write(write)
 
     def put_ticket(self, key: str, ticket: AppTicket, evicted: Iterable[str] = ()) -> None:
-        with self._transaction() as conn:
-            conn.executemany("DELETE FROM tickets WHERE key = ?", [(k,) for k in evicted])
-            conn.execute(
-                "INSERT OR REPLACE INTO tickets VALUES (?, ?, ?, ?, ?)",
-                (key, ticket.session_key, ticket.host, _user_json(ticket.user), ticket.expires_at),
-            )
+        row = (key, ticket.session_key, ticket.host, _user_json(ticket.user), ticket.expires_at)
+        gone = [(k,) for k in evicted]
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM tickets WHERE key = ?", gone)
+            conn.execute("INSERT OR REPLACE INTO tickets VALUES (?, ?, ?, ?, ?)", row)
+
+        self._write(write)
 
     def end(self, session_key: str) -> None:
         """Sign-out: the session and every ticket minted from it."""
-        with self._transaction() as conn:
-            self._forget(conn, [session_key])
+        self._write(lambda conn: self._forget(conn, [session_key]))
+
+    def _write(self, write: Callable[[sqlite3.Connection], None]) -> None:
+        """`write` as one transaction on the writer thread, after every earlier one."""
+
+        def run() -> None:
+            with self._transaction() as conn:
+                write(conn)
+
+        self._writer.submit(run).add_done_callback(self._report)
+
+    def _report(self, done: Future[None]) -> None:
+        error = done.exception()
+        if error is not None:
+            log.warning("cannot save browser sessions to %s: %s", self.path, error)
 
     @staticmethod
     def _forget(conn: sqlite3.Connection, session_keys: Iterable[str]) -> None:
@@ -157,4 +182,6 @@ class SessionFile:
         conn.executemany("DELETE FROM tickets WHERE session_key = ?", keys)
 
     def close(self) -> None:
+        """Finish every write, then close the file."""
+        self._writer.shutdown(wait=True)
         self._conn.close()
