@@ -15,7 +15,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -27,6 +27,9 @@ from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start
 from kuberde.mux import Preamble, PreambleReader, Session, SessionConfig, Stream
 from kuberde.mux.frame import HEADER_SIZE, Frame, FrameDecoder
 from kuberde.wslink import WebSocketLink
+
+if TYPE_CHECKING:  # kube.py imports this module, so the fixtures import it when they run
+    from tests.integration.kube import Kube
 
 #: Upper bound for any single wait in these tests; a healthy run needs a small fraction.
 WAIT = 10.0
@@ -413,3 +416,22 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
 @pytest.fixture
 async def gateway(start_gateway: GatewayFactory) -> RunningGateway:
     return await start_gateway()
+
+
+@pytest.fixture
+async def kube(tmp_path: Path) -> AsyncIterator[Kube]:
+    """The emulated Kubernetes API server, with the CRD and the kuberde namespace."""
+    from tests.integration.kube import running_kube
+
+    async with running_kube(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def workspace_port() -> AsyncIterator[int]:
+    """The service inside the workspace (sshd in the runbook): a banner, then echo."""
+    from tests.integration.kube import echo_server
+
+    server, port = await echo_server()
+    async with server:
+        yield port

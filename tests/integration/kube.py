@@ -596,3 +596,13 @@ async def loops_after(runner: OperatorThread, loop: str, count: float) -> float:
 def key_file_of(gateway: RunningGateway) -> Path:
     """The gateway's signing key, which the operator shares (a mounted Secret in a cluster)."""
     return gateway.state_dir / SIGNING_KEY_FILE
+
+
+def workspace_spec(ttl: str, owner: str = "testuser") -> dict[str, Any]:
+    """An RDEAgent spec like the runbook's `ssh-server`, forwarding to 127.0.0.1:2222."""
+    return {
+        "owner": owner,
+        "ttl": ttl,
+        "localTarget": "127.0.0.1:2222",
+        "workload": {"image": "lscr.io/linuxserver/openssh-server:latest"},
+    }

@@ -42,15 +42,14 @@ from tests.integration.kube import (
     NAMESPACE,
     WAIT,
     Kube,
-    echo_server,
     eventually,
     eventually_async,
     fast_settings,
     free_port,
     kubelet_running,
     operator_running,
-    running_kube,
     status_in,
+    workspace_spec,
 )
 from tests.oidc_provider.harness import Browser, Page, device_login, forms_of, running_provider
 
@@ -69,20 +68,6 @@ _SUBSECOND = re.compile(r"T\d{2}:\d{2}:\d{2}\.\d+(Z|[+-]\d{2}:\d{2})$")
 
 
 @pytest.fixture
-async def kube(tmp_path: Path) -> AsyncIterator[Kube]:
-    async with running_kube(tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-async def workspace_port() -> AsyncIterator[int]:
-    """The service inside the workspace (sshd in the runbook): a banner, then echo."""
-    server, port = await echo_server()
-    async with server:
-        yield port
-
-
-@pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     """The environment of our subprocesses: none of the developer's KubeRDE or kube settings."""
     values = {
@@ -92,15 +77,6 @@ def env(tmp_path: Path) -> dict[str, str]:
     }
     values["KUBERDE_CONFIG"] = str(tmp_path / "cli-config.json")
     return values
-
-
-def spec(ttl: str) -> dict[str, Any]:
-    return {
-        "owner": OWNER,
-        "ttl": ttl,
-        "localTarget": "127.0.0.1:2222",
-        "workload": {"image": "lscr.io/linuxserver/openssh-server:latest"},
-    }
 
 
 async def set_status(kube: Kube, name: str, status: dict[str, Any]) -> None:
@@ -163,14 +139,14 @@ async def watching(directory: KubernetesDirectory) -> AsyncIterator[asyncio.Task
 
 
 async def test_refresh_builds_a_record_per_rdeagent(kube: Kube) -> None:
-    created = await kube.create_agent("ssh-server", spec("5m"))
-    broken = await kube.create_agent("broken", spec("5m"))
+    created = await kube.create_agent("ssh-server", workspace_spec("5m"))
+    broken = await kube.create_agent("broken", workspace_spec("5m"))
     await set_status(kube, "broken", {"phase": "Error", "message": "invalid RDEAgent: ttl"})
-    await kube.create_agent("silent", spec("5m"))
+    await kube.create_agent("silent", workspace_spec("5m"))
     await set_status(kube, "silent", {"phase": "Error"})
-    await kube.create_agent("running", spec("5m"))
+    await kube.create_agent("running", workspace_spec("5m"))
     await set_status(kube, "running", {"phase": "Running", "message": "ready"})
-    await kube.create_agent("upper", {**spec("5m"), "owner": "Not_A_Name"})
+    await kube.create_agent("upper", {**workspace_spec("5m"), "owner": "Not_A_Name"})
     await kube.create_agent("ownerless", {"ttl": "5m"})
     async with directory_for(kube.kubeconfig) as directory:
         assert not directory.synced.is_set()
@@ -209,11 +185,11 @@ async def test_refresh_builds_a_record_per_rdeagent(kube: Kube) -> None:
 
 async def test_an_agent_in_error_loses_its_agent_id_to_the_healthy_one(kube: Kube) -> None:
     # Both orders of the list: the RDEAgent in Error first, then the healthy one first.
-    await kube.create_agent("dev", {**spec("5m"), "owner": "alice-smith"})
+    await kube.create_agent("dev", {**workspace_spec("5m"), "owner": "alice-smith"})
     await set_status(kube, "dev", {"phase": "Error", "message": "agent ID taken"})
-    first = await kube.create_agent("smith-dev", {**spec("5m"), "owner": "alice"})
-    second = await kube.create_agent("lab", {**spec("5m"), "owner": "bob-x"})
-    await kube.create_agent("x-lab", {**spec("5m"), "owner": "bob"})
+    first = await kube.create_agent("smith-dev", {**workspace_spec("5m"), "owner": "alice"})
+    second = await kube.create_agent("lab", {**workspace_spec("5m"), "owner": "bob-x"})
+    await kube.create_agent("x-lab", {**workspace_spec("5m"), "owner": "bob"})
     await set_status(kube, "x-lab", {"phase": "Error", "message": "agent ID taken"})
     async with directory_for(kube.kubeconfig) as directory:
         await asyncio.wait_for(directory.refresh(), WAIT)
@@ -233,8 +209,8 @@ async def test_an_agent_in_error_loses_its_agent_id_to_the_healthy_one(kube: Kub
 
 async def test_an_agent_id_two_healthy_rdeagents_claim_is_nobody_s_yet(kube: Kube) -> None:
     """Before the operator has put the loser in Error, neither owner may use the ID."""
-    await kube.create_agent("smith-dev", {**spec("5m"), "owner": "alice"})
-    await kube.create_agent("dev", {**spec("5m"), "owner": "alice-smith"})
+    await kube.create_agent("smith-dev", {**workspace_spec("5m"), "owner": "alice"})
+    await kube.create_agent("dev", {**workspace_spec("5m"), "owner": "alice-smith"})
     async with directory_for(kube.kubeconfig) as directory:
         await asyncio.wait_for(directory.refresh(), WAIT)
         record = directory.lookup("user-alice-smith-dev")
@@ -253,8 +229,8 @@ async def test_request_wake_writes_a_subsecond_timestamp(
     kube: Kube, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="kuberde.gateway.kubernetes")
-    await kube.create_agent("ssh-server", spec("5m"))
-    await kube.create_agent("doomed", spec("5m"))
+    await kube.create_agent("ssh-server", workspace_spec("5m"))
+    await kube.create_agent("doomed", workspace_spec("5m"))
     async with directory_for(kube.kubeconfig) as directory:
         await asyncio.wait_for(directory.refresh(), WAIT)
         before = datetime.now(UTC)
@@ -285,7 +261,7 @@ async def test_a_lookup_miss_refreshes_before_the_interval(kube: Kube) -> None:
     ):
         await asyncio.wait_for(directory.synced.wait(), WAIT)
         assert directory.records() == []
-        created = await kube.create_agent("late", spec("5m"))
+        created = await kube.create_agent("late", workspace_spec("5m"))
         # Every miss asks for a refresh; well within the 30 s interval the agent is known.
         record = await eventually(
             lambda: directory.lookup("user-testuser-late"), "the new RDEAgent", within=5.0
@@ -315,7 +291,7 @@ async def test_a_repeated_miss_is_cached_until_the_next_refresh(kube: Kube) -> N
             await asyncio.wait_for(directory.catch_up("user-testuser-nothing"), WAIT)
         assert lists() == before
         # A name not missed yet still gets its early look.
-        await kube.create_agent("fresh", spec("5m"))
+        await kube.create_agent("fresh", workspace_spec("5m"))
         assert directory.lookup("user-testuser-fresh") is None
         await asyncio.wait_for(directory.catch_up("user-testuser-fresh"), WAIT)
         assert directory.lookup("user-testuser-fresh") is not None
@@ -323,7 +299,7 @@ async def test_a_repeated_miss_is_cached_until_the_next_refresh(kube: Kube) -> N
 
 async def test_lists_follow_continue_across_pages(kube: Kube) -> None:
     for n in range(7):
-        await kube.create_agent(f"paged-{n}", spec("5m"))
+        await kube.create_agent(f"paged-{n}", workspace_spec("5m"))
     api = KubeApi.connect(
         await load_configuration(kube.kubeconfig), timeout=WAIT, user_agent="paging-test"
     )
@@ -346,7 +322,7 @@ async def test_catch_up_sees_an_rdeagent_created_a_moment_ago(kube: Kube) -> Non
         watching(directory),
     ):
         await asyncio.wait_for(directory.synced.wait(), WAIT)
-        created = await kube.create_agent("fresh", spec("5m"))
+        created = await kube.create_agent("fresh", workspace_spec("5m"))
         # No polling: once catch_up returns, the very next lookup has the agent.
         await asyncio.wait_for(directory.catch_up(), WAIT)
         record = directory.lookup("user-testuser-fresh")
@@ -360,7 +336,7 @@ async def test_unreachable_api_is_retried_and_reported_once(
     kube: Kube, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="kuberde.gateway.kubernetes")
-    await kube.create_agent("ssh-server", spec("5m"))
+    await kube.create_agent("ssh-server", workspace_spec("5m"))
     port = free_port()
     kubeconfig = tmp_path / "elsewhere"
     config = json.loads(kube.kubeconfig.read_text())
@@ -551,7 +527,7 @@ async def test_scaled_down_agent_is_woken_by_connect(
             operator_running(settings) as operator,
         ):
             # TTL 0 until the first session is over, so the test decides when idling starts.
-            await kube.create_agent("ssh-server", spec("0"))
+            await kube.create_agent("ssh-server", workspace_spec("0"))
             status = await eventually(
                 partial(status_in, kube, "ssh-server", "Running"), "the agent Running"
             )
@@ -628,7 +604,7 @@ async def test_unknown_agent_and_agent_in_error(
         server_api=f"http://127.0.0.1:{port}",
     )
     async with operator_running(settings):
-        await kube.create_agent("broken", spec("banana"))
+        await kube.create_agent("broken", workspace_spec("banana"))
         status = await eventually(
             partial(status_in, kube, "broken", "Error"), "the invalid agent in Error"
         )
@@ -653,7 +629,7 @@ async def test_unknown_agent_and_agent_in_error(
 async def test_gateway_in_kubernetes_mode_stops_cleanly(
     kube: Kube, tmp_path: Path, env: dict[str, str]
 ) -> None:
-    await kube.create_agent("ssh-server", spec("5m"))
+    await kube.create_agent("ssh-server", workspace_spec("5m"))
     async with gateway_running(kube, tmp_path / "gateway", env) as gateway:
         management = await gateway.token("management")
         entry = await gateway_agent(gateway, management, "user-testuser-ssh-server")
@@ -686,7 +662,7 @@ async def test_stop_and_extend_from_the_cli_through_the_operator(
             kubelet_running(kube, tmp_path, run_agents=True, port_map={2222: workspace_port}),
             operator_running(settings),
         ):
-            await kube.create_agent("ssh-server", spec("1h"))
+            await kube.create_agent("ssh-server", workspace_spec("1h"))
             await eventually(partial(status_in, kube, "ssh-server", "Running"), "Running")
             code, out, err = await gateway.connect(user, "ssh-server", PAYLOAD)
             assert (code, out) == (0, BANNER + PAYLOAD), err
@@ -765,7 +741,7 @@ async def test_non_browser_clients_are_held_through_a_wake_and_the_dashboard_sto
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     app_port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-    lab = {**spec("1h"), "apps": [{"name": "web", "port": 8888}]}
+    lab = {**workspace_spec("1h"), "apps": [{"name": "web", "port": 8888}]}
 
     async def app_request(gateway: GatewayProcess, token: str) -> tuple[int, str, str | None]:
         port = gateway.url.rsplit(":", 1)[1]
@@ -909,7 +885,7 @@ async def test_ls_and_open_from_the_cli_against_a_kubernetes_gateway(
                 operator_running(settings),
             ):
                 for owner in ("alice", "bob"):
-                    agent_spec = {**spec("1h"), "owner": owner, "apps": [lab]}
+                    agent_spec = {**workspace_spec("1h"), "owner": owner, "apps": [lab]}
                     await kube.create_agent(f"{owner}-ws", agent_spec)
                 for owner in ("alice", "bob"):
                     name = f"{owner}-ws"

@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,6 @@ from tests.integration.kube import (
     operator_running,
     reconciles_after,
     requests_by,
-    running_kube,
     server_defaults,
     status_in,
     writes_of,
@@ -52,12 +50,6 @@ def condition(status: dict[str, Any], kind: str) -> str | None:
         if item.get("type") == kind:
             return str(item.get("status"))
     return None
-
-
-@pytest.fixture
-async def kube(tmp_path: Path) -> AsyncIterator[Kube]:
-    async with running_kube(tmp_path) as running:
-        yield running
 
 
 @pytest.fixture

@@ -36,7 +36,6 @@ from tests.integration.conftest import (
 from tests.integration.kube import (
     WAIT,
     Kube,
-    echo_server,
     eventually,
     eventually_async,
     fast_settings,
@@ -46,8 +45,8 @@ from tests.integration.kube import (
     loops_after,
     operator_running,
     reconciles_after,
-    running_kube,
     status_in,
+    workspace_spec,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:kmock")
@@ -58,28 +57,6 @@ AGENT = f"user-{OWNER}-{NAME}"
 BANNER = b"SSH-2.0-workspace\r\n"
 #: Longer than any wait of these tests: only the watch can explain what they see.
 NEVER = 3600.0
-
-
-@pytest.fixture
-async def kube(tmp_path: Path) -> AsyncIterator[Kube]:
-    async with running_kube(tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-async def workspace_port() -> AsyncIterator[int]:
-    server, port = await echo_server()
-    async with server:
-        yield port
-
-
-def spec(ttl: str) -> dict[str, Any]:
-    return {
-        "owner": OWNER,
-        "ttl": ttl,
-        "localTarget": "127.0.0.1:2222",
-        "workload": {"image": "lscr.io/linuxserver/openssh-server:latest"},
-    }
 
 
 def connected(kube: Kube) -> str | None:
@@ -102,7 +79,7 @@ async def test_online_follows_the_agent_through_the_watch(
         kubelet_running(kube, tmp_path, run_agents=True) as kubelet,
         operator_running(settings) as runner,
     ):
-        await kube.create_agent(NAME, spec("0"))
+        await kube.create_agent(NAME, workspace_spec("0"))
         status = await eventually(partial(status_in, kube, NAME, "Running"), "ONLINE pushed")
         assert status["online"] is True
         assert status["pod"] == kubelet.pods[AGENT].name
@@ -140,7 +117,7 @@ async def test_a_gateway_that_goes_away_leaves_online_unknown_and_scales_nothing
         operator_running(settings) as runner,
     ):
         async with serving_gateway(gateway_dir, port):
-            await kube.create_agent(NAME, spec("0"))
+            await kube.create_agent(NAME, workspace_spec("0"))
             await eventually(partial(status_in, kube, NAME, "Running"), "the agent Running")
         # The gateway is gone, and with it the watch; the agent is idle, with a 1s TTL.
         await kube.patch_agent(NAME, {"spec": {"ttl": "1s"}})
@@ -176,7 +153,7 @@ async def test_a_session_opened_since_the_last_look_keeps_the_workspace_up(
     checks = "kuberde_operator_loop_duration_seconds_count"
     async with kubelet_running(kube, tmp_path, run_agents=True, port_map={2222: workspace_port}):
         async with operator_running(settings):
-            created = await kube.create_agent(NAME, spec("0"))
+            created = await kube.create_agent(NAME, workspace_spec("0"))
             await gateway.wait_agent(AGENT, lambda agent: agent["online"])
         async with operator_running(settings) as runner:
             await eventually(
@@ -225,7 +202,7 @@ async def test_a_gateway_restart_does_not_reset_the_idle_clock(
     )
     async with kubelet_running(kube, tmp_path, run_agents=True, port_map={2222: workspace_port}):
         async with serving_gateway(gateway_dir, port) as key, operator_running(settings()):
-            await kube.create_agent(NAME, spec("1h"))
+            await kube.create_agent(NAME, workspace_spec("1h"))
             await eventually(partial(status_in, kube, NAME, "Running"), "the agent Running")
             ws = await connect(kube, url, key)
             assert await read_bytes(ws, len(BANNER)) == BANNER

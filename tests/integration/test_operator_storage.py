@@ -13,7 +13,6 @@ import asyncio
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ from tests.integration.kube import (
     operator_running,
     reconciles_after,
     requests_by,
-    running_kube,
     status_in,
     writes_of,
 )
@@ -43,12 +41,6 @@ from tests.integration.kube import (
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:kmock")
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-
-
-@pytest.fixture
-async def kube(tmp_path: Path) -> AsyncIterator[Kube]:
-    async with running_kube(tmp_path) as running:
-        yield running
 
 
 @pytest.fixture

@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,7 +22,6 @@ from kuberde.gateway.server import ListenAddress, bind_socket, start_site
 from tests.integration.conftest import RunningGateway, read_bytes
 from tests.integration.kube import (
     Kube,
-    echo_server,
     eventually,
     fast_settings,
     free_port,
@@ -33,8 +30,8 @@ from tests.integration.kube import (
     loops_after,
     operator_running,
     reconciles_after,
-    running_kube,
     status_in,
+    workspace_spec,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:kmock")
@@ -42,29 +39,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:kmock")
 OWNER = "testuser"
 BANNER = b"SSH-2.0-workspace\r\n"
 _LAST_ACTIVITY = re.compile(r"lastActivity: (\S+) \(([^)]+)\)")
-
-
-@pytest.fixture
-async def kube(tmp_path: Path) -> AsyncIterator[Kube]:
-    async with running_kube(tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
-async def workspace_port() -> AsyncIterator[int]:
-    """The service inside the workspace (sshd in the runbook): a banner, then echo."""
-    server, port = await echo_server()
-    async with server:
-        yield port
-
-
-def spec(ttl: str) -> dict[str, Any]:
-    return {
-        "owner": OWNER,
-        "ttl": ttl,
-        "localTarget": "127.0.0.1:2222",
-        "workload": {"image": "lscr.io/linuxserver/openssh-server:latest"},
-    }
 
 
 def last_activity_of(message: str) -> tuple[datetime, str]:
@@ -89,7 +63,7 @@ async def test_idle_agent_is_scaled_to_zero_and_woken(
         operator_running(settings),
     ):
         # The TTL is set once the user's first session is over: the test controls when.
-        await kube.create_agent("ssh-server", spec("0"))
+        await kube.create_agent("ssh-server", workspace_spec("0"))
         status = await eventually(
             partial(status_in, kube, "ssh-server", "Running"),
             "the agent Running",
@@ -157,7 +131,7 @@ async def test_open_session_prevents_scale_down(
         kubelet_running(kube, tmp_path, run_agents=True, port_map={2222: workspace_port}),
         operator_running(settings) as runner,
     ):
-        await kube.create_agent("ssh-server", spec("0"))
+        await kube.create_agent("ssh-server", workspace_spec("0"))
         await eventually(partial(status_in, kube, "ssh-server", "Running"), "the agent Running")
         ws = await gateway.connect("ssh-server", gateway.user(OWNER), port=2222)
         assert await read_bytes(ws, len(BANNER)) == BANNER
@@ -197,7 +171,7 @@ async def test_gateway_unreachable_never_scales_down(
         kubelet_running(kube, tmp_path, run_agents=True),
         operator_running(settings) as runner,
     ):
-        created = await kube.create_agent("ssh-server", spec("1s"))
+        created = await kube.create_agent("ssh-server", workspace_spec("1s"))
         created_at = datetime.fromisoformat(created["metadata"]["creationTimestamp"])
         await eventually(
             lambda: "Agent ssh-server: no activity data from the gateway" in caplog.text,
@@ -236,9 +210,9 @@ async def test_ttl_zero_or_empty_never_scales_down(
         kubelet_running(kube, tmp_path, run_agents=True),
         operator_running(settings) as runner,
     ):
-        await kube.create_agent("zero", spec("0"))
-        await kube.create_agent("empty", spec(""))
-        await kube.create_agent("control", spec("1s"))
+        await kube.create_agent("zero", workspace_spec("0"))
+        await kube.create_agent("empty", workspace_spec(""))
+        await kube.create_agent("control", workspace_spec("1s"))
         await eventually(
             lambda: kube.replicas("user-testuser-control") == 0, "the control agent scaled down"
         )
@@ -262,7 +236,9 @@ async def test_stale_wake_request_does_not_undo_a_scale_down(
         operator_running(settings()) as runner,
     ):
         await kube.create_agent(
-            "ssh-server", spec("1s"), annotations={"kuberde.io/wake-requested-at": long_ago}
+            "ssh-server",
+            workspace_spec("1s"),
+            annotations={"kuberde.io/wake-requested-at": long_ago},
         )
         await eventually(partial(status_in, kube, "ssh-server", "ScaledDown"), "the scale-down")
         await reconciles_after(runner, 3)
@@ -294,7 +270,7 @@ async def test_a_deadline_is_kept_between_sweeps(
         kubelet_running(kube, tmp_path, run_agents=True, port_map={2222: workspace_port}),
         operator_running(settings),
     ):
-        await kube.create_agent("ssh-server", spec("0"))
+        await kube.create_agent("ssh-server", workspace_spec("0"))
         await eventually(partial(status_in, kube, "ssh-server", "Running"), "the agent Running")
         await kube.patch_agent("ssh-server", {"spec": {"ttl": "2s"}})
         await eventually(
@@ -316,7 +292,7 @@ async def test_no_scale_down_before_the_agent_first_connects(
         kubelet_running(kube, tmp_path) as kubelet,
         operator_running(settings) as runner,
     ):
-        created = await kube.create_agent("ssh-server", spec("1s"))
+        created = await kube.create_agent("ssh-server", workspace_spec("1s"))
         created_at = datetime.fromisoformat(created["metadata"]["creationTimestamp"])
         status = await eventually(
             partial(status_in, kube, "ssh-server", "Starting"), "the pod running, no agent yet"
