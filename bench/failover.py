@@ -31,11 +31,13 @@ import kmock
 
 from bench import ROOT
 from bench.procs import Child, Processes, free_port
-from bench.stack import clean_env
+from bench.stack import clean_env, operator_argv
 from bench.stats import percentile
 from kuberde.auth import LocalTokenVerifier, load_or_create_signing_key
 from kuberde.gateway.app import create_app
 from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start_site
+from kuberde.naming import STOP_ANNOTATION, WAKE_ANNOTATION
+from kuberde.plan import request_time_text
 from kuberde.testing.kube import ApiServer, emulator, write_kubeconfig
 
 __all__ = ["main", "run"]
@@ -89,33 +91,6 @@ async def _until(check: Callable[[], bool], what: str, children: list[Child]) ->
     return time.monotonic() - began
 
 
-def _operator_argv(kubeconfig: Path, gateway: str, state: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "kuberde",
-        "--log-level",
-        "info",
-        "operator",
-        "--kubeconfig",
-        str(kubeconfig),
-        "--namespace",
-        NAMESPACE,
-        "--server-api",
-        gateway,
-        "--state-dir",
-        str(state),
-        "--listen",
-        f"127.0.0.1:{free_port()}",
-        "--monitor-interval",
-        "1",
-        "--ttl-interval",
-        "1",
-        "--status-interval",
-        "1",
-    ]
-
-
 def _agent() -> dict[str, Any]:
     return {
         "apiVersion": "kuberde.io/v1",
@@ -130,10 +105,9 @@ def _agent() -> dict[str, Any]:
     }
 
 
-async def _wake(http: aiohttp.ClientSession) -> None:
-    """What the gateway's Kubernetes directory writes when a user connects."""
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    patch = {"metadata": {"annotations": {"kuberde.io/wake-requested-at": stamp}}}
+async def _request(http: aiohttp.ClientSession, annotation: str) -> None:
+    """What the gateway writes when a user connects (a wake) or runs `kuberde stop`."""
+    patch = {"metadata": {"annotations": {annotation: request_time_text(datetime.now(UTC))}}}
     path = f"/apis/kuberde.io/v1/namespaces/{NAMESPACE}/rdeagents/{NAME}"
     headers = {"Content-Type": "application/merge-patch+json"}
     async with http.patch(path, json=patch, headers=headers) as response:
@@ -157,7 +131,9 @@ async def measure(procs: Processes, work: Path, rounds: int) -> list[tuple[float
             gateway = socket_url(gateway_sock, tls=False)
 
             def start(name: str) -> Child:
-                argv = _operator_argv(work / "kubeconfig", gateway, key_dir)
+                argv = operator_argv(
+                    work / "kubeconfig", gateway, key_dir, port=free_port(), interval=1
+                )
                 return procs.start(name, argv, env=clean_env(work, {"POD_NAME": name}), cwd=ROOT)
 
             replicas = {name: start(name) for name in ("operator-a", "operator-b")}
@@ -170,12 +146,14 @@ async def measure(procs: Processes, work: Path, rounds: int) -> list[tuple[float
                 async with http.post(collection, json=_agent()) as response:
                     assert response.status in (200, 201), await response.text()
                 for number in range(1, rounds + 1):
-                    await _until(lambda: _replicas(server) == 0, "TTL scale-down", [])
+                    # A stop, not the TTL: no agent runs here, and the TTL waits for one.
+                    await _request(http, STOP_ANNOTATION)
+                    await _until(lambda: _replicas(server) == 0, "stop", [])
                     leader = _holder(server).split("_", 1)[0]
                     survivor = next(name for name in replicas if name != leader)
                     replicas[leader].popen.send_signal(signal.SIGKILL)
                     killed = time.monotonic()
-                    await _wake(http)
+                    await _request(http, WAKE_ANNOTATION)
                     took_over = await _until(
                         functools.partial(_holds, server, survivor), "takeover", []
                     )
