@@ -38,7 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import ROOT
 from bench.procs import Child, Processes, free_port, rss_kib
-from bench.stack import clean_env
+from bench.stack import clean_env, operator_argv
 from bench.stats import percentile
 from kuberde import naming
 from kuberde.auth import LocalTokenVerifier, SigningKey, load_or_create_signing_key
@@ -307,35 +307,6 @@ async def _quiet(
     return True
 
 
-def _operator_argv(plan: Plan, kubeconfig: Path, gateway: str, state: Path, port: int) -> list[str]:
-    interval = f"{plan.interval:g}"
-    return [
-        sys.executable,
-        "-m",
-        "kuberde",
-        "--log-level",
-        "info",
-        "operator",
-        "--kubeconfig",
-        str(kubeconfig),
-        "--namespace",
-        NAMESPACE,
-        "--server-api",
-        gateway,
-        "--state-dir",
-        str(state),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--monitor-interval",
-        interval,
-        "--ttl-interval",
-        interval,
-        "--status-interval",
-        interval,
-        "--no-leader-election",
-    ]
-
-
 def _summary(samples: list[tuple[int, float]], key: str) -> dict[str, float]:
     times = [ms for _, ms in samples]
     if not times:
@@ -396,7 +367,14 @@ async def _start_operator(
 ) -> tuple[Child, dict[str, float]]:
     """Start the operator on the existing fleet; wait for convergence, then for quiet."""
     metrics = f"http://127.0.0.1:{port}/metrics"
-    argv = _operator_argv(plan, work / "kubeconfig", gateway, work / "state", port)
+    argv = operator_argv(
+        work / "kubeconfig",
+        gateway,
+        work / "state",
+        port=port,
+        interval=plan.interval,
+        leader_election=False,
+    )
     _say("starting the operator")
     child = procs.start("operator", argv, env=clean_env(work), cwd=ROOT)
     converge = await _until(

@@ -96,6 +96,32 @@ class Gateway:
         return clean_env(work, extra)
 
 
+def operator_argv(
+    kubeconfig: Path,
+    gateway: str,
+    state: Path,
+    *,
+    port: int,
+    interval: float,
+    namespace: str = "kuberde",
+    leader_election: bool = True,
+) -> list[str]:
+    """`kuberde operator` against the emulated cluster, its loops every `interval` seconds."""
+    every = f"{interval:g}"
+    return [
+        sys.executable,
+        "-m",
+        "kuberde",
+        "--log-level",
+        "info",
+        "operator",
+        *("--kubeconfig", str(kubeconfig), "--namespace", namespace),
+        *("--server-api", gateway, "--state-dir", str(state), "--listen", f"127.0.0.1:{port}"),
+        *("--monitor-interval", every, "--ttl-interval", every, "--status-interval", every),
+        *(() if leader_election else ("--no-leader-election",)),
+    ]
+
+
 def get_json(url: str, context: ssl.SSLContext | None, token: str | None = None) -> Any:
     request = urllib.request.Request(url)
     if token is not None:

@@ -105,16 +105,6 @@ time.sleep(3600)
 """
 
 
-@pytest.fixture
-def rde(tmp_path: Path) -> Iterator[KubeRDE]:
-    installation = KubeRDE(tmp_path / "kuberde")
-    try:
-        with installation:
-            yield installation
-    finally:
-        print(installation.diagnostics())
-
-
 def _uid(pid: int) -> int:
     """The real uid of a process (its /proc directory is root's when it is non-dumpable)."""
     status = Path(f"/proc/{pid}/status").read_text()
