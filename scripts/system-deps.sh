@@ -8,9 +8,10 @@
 #
 # It says what it will install before installing it, installs only what is missing, never
 # upgrades a package that is already installed (openssh-server is pinned to the installed
-# client's version), and never starts or enables a system service: KubeRDE runs its own
-# sshd, so the one the Debian package would start is held back (policy-rc.d) and the boot
-# enablement its first install performs is undone. apt-get runs when root (or with
+# client's version; only when the archive no longer has that version does the client move up
+# with the server, and the script says so), and never starts or enables a system service:
+# KubeRDE runs its own sshd, so the one the Debian package would start is held back
+# (policy-rc.d) and the boot enablement its first install performs is undone. apt-get runs when root (or with
 # passwordless sudo); otherwise the script prints the command to run and carries on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,8 +81,22 @@ if [ ${#packages[@]} -gt 0 ]; then
     trap cleanup EXIT
     export DEBIAN_FRONTEND=noninteractive
     "${sudo[@]}" apt-get update -qq
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends --no-upgrade "${packages[@]}"
-    if [[ " ${packages[*]}" == *" openssh-server"* ]]; then
+    new_sshd=false
+    [[ " ${packages[*]}" == *" openssh-server"* ]] && new_sshd=true
+    for i in "${!packages[@]}"; do
+      if [[ "${packages[$i]}" == openssh-server=* ]] && ! apt-cache madison openssh-server | grep -qF "| ${packages[$i]#openssh-server=} |"; then
+        # The archive no longer has the installed client's version: the server comes at the
+        # archive's version, and apt upgrades the client with it (the two must match).
+        say "openssh-client ${packages[$i]#openssh-server=} is no longer in the archive;" \
+          "installing openssh-server at the archive's version upgrades openssh-client to match"
+        "${sudo[@]}" apt-get install -y -qq --no-install-recommends openssh-server
+        unset 'packages[i]'
+      fi
+    done
+    if [ ${#packages[@]} -gt 0 ]; then
+      "${sudo[@]}" apt-get install -y -qq --no-install-recommends --no-upgrade "${packages[@]}"
+    fi
+    if $new_sshd; then
       if command -v deb-systemd-helper >/dev/null 2>&1; then
         "${sudo[@]}" deb-systemd-helper disable ssh.service ssh.socket >/dev/null 2>&1 || true
       fi
