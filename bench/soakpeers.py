@@ -43,7 +43,6 @@ from kuberde.mux import BULK_FRAME, BULK_WINDOW, PreambleReader, Session, Sessio
 from kuberde.wslink import WebSocketLink
 
 KIB = 1024
-MIB = 1024 * KIB
 #: Every network wait in the soak is bounded by this.
 WAIT = 60.0
 CHUNK = 256 * KIB
@@ -305,17 +304,20 @@ class Worker:
     async def transfer(
         self, client: aiohttp.ClientSession, agent: str, token: str, size: int, slow: bool
     ) -> str | None:
-        """One stream: send payload + its SHA-256 + EOF, check the echo; None when it worked."""
+        """One stream: send payload + its SHA-256 + EOF, check the echo; None when it worked.
+        Bounded by a progress (idle) timeout, as a real client's would be: WAIT without a
+        byte echoed fails the attempt, however long the whole transfer takes on a saturated
+        machine (a total deadline failed honest transfers that were still moving)."""
         started = time.monotonic()
         try:
-            async with asyncio.timeout(WAIT + size / MIB):
+            async with asyncio.timeout(WAIT) as idle:
                 ws = await client.ws_connect(
                     f"{self.ws_url}/connect/{agent}?port=22",
                     headers={"Authorization": f"Bearer {token}"},
                     max_msg_size=0,
                 )
                 try:
-                    return await self._exchange(ws, size, slow, started)
+                    return await self._exchange(ws, size, slow, started, idle)
                 finally:
                     await ws.close()
         except aiohttp.WSServerHandshakeError as exc:
@@ -324,8 +326,14 @@ class Worker:
             return type(exc).__name__
 
     async def _exchange(
-        self, ws: aiohttp.ClientWebSocketResponse, size: int, slow: bool, started: float
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        size: int,
+        slow: bool,
+        started: float,
+        idle: asyncio.Timeout,
     ) -> str | None:
+        loop = asyncio.get_running_loop()
         first = await ws.receive()
         if first.type is not aiohttp.WSMsgType.TEXT or json.loads(first.data) != {
             "event": "connected"
@@ -345,6 +353,7 @@ class Worker:
         received = 0
         try:
             async for message in ws:
+                idle.reschedule(loop.time() + WAIT)
                 if message.type is aiohttp.WSMsgType.BINARY:
                     echoed.update(message.data)
                     received += len(message.data)
