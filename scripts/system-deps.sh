@@ -87,8 +87,9 @@ if [ ${#packages[@]} -gt 0 ]; then
       if [[ "${packages[$i]}" == openssh-server=* ]] && ! apt-cache madison openssh-server | grep -qF "| ${packages[$i]#openssh-server=} |"; then
         # The archive no longer has the installed client's version: the server comes at the
         # archive's version, and apt upgrades the client with it (the two must match).
-        say "openssh-client ${packages[$i]#openssh-server=} is no longer in the archive;" \
-          "installing openssh-server at the archive's version upgrades openssh-client to match"
+        say "the one exception: openssh-client ${packages[$i]#openssh-server=} is no longer in" \
+          "the archive, so openssh-server comes at the archive's version and openssh-client is" \
+          "upgraded to match"
         "${sudo[@]}" apt-get install -y -qq --no-install-recommends openssh-server
         unset 'packages[i]'
       fi

@@ -21,6 +21,12 @@ pkg="${@: -1}"
 case " $INSTALLED " in *" $pkg "*) ;; *) exit 1;; esac
 case "$*" in *Status*) printf 'install ok installed';; *Version*) printf '1:9.2p1-2';; esac
 """,
+    # Lists the versions in $ARCHIVE as the archive's, the way `apt-cache madison` does.
+    "apt-cache": """
+for version in $ARCHIVE; do
+  printf ' %s | %s | http://deb.debian.org/debian bookworm/main amd64 Packages\\n' "$2" "$version"
+done
+""",
     "id": 'echo "$FAKE_UID"',
     "apt-get": """
 policy=absent
@@ -44,7 +50,9 @@ def fake_bin(tmp_path: Path) -> Path:
     return directory
 
 
-def _run(fake_bin: Path, tmp_path: Path, *, installed: str, uid: str) -> tuple[str, list[str]]:
+def _run(
+    fake_bin: Path, tmp_path: Path, *, installed: str, uid: str, archive: str = "1:9.2p1-2"
+) -> tuple[str, list[str]]:
     log = tmp_path / "log"
     log.touch()
     result = subprocess.run(
@@ -53,6 +61,7 @@ def _run(fake_bin: Path, tmp_path: Path, *, installed: str, uid: str) -> tuple[s
             "PATH": f"{fake_bin}:/usr/bin:/bin",
             "INSTALLED": f"{installed} {ALWAYS_INSTALLED}",
             "FAKE_UID": uid,
+            "ARCHIVE": archive,
             "LOG": str(log),
             "KUBERDE_POLICY_RC_D": str(tmp_path / "policy-rc.d"),
         },
@@ -85,6 +94,25 @@ def test_a_missing_server_is_announced_then_installed_pinned_without_services(fa
     ]
     assert not (tmp_path / "policy-rc.d").exists()
     assert "not running or enabled" in stderr
+
+
+def test_a_client_version_gone_from_the_archive_brings_the_server_at_the_archives_version(
+    fake_bin, tmp_path
+):
+    stderr, calls = _run(
+        fake_bin, tmp_path, installed="openssh-client", uid="0", archive="1:9.2p1-2+deb12u7"
+    )
+    assert (
+        "system-deps: the one exception: openssh-client 1:9.2p1-2 is no longer in the archive, "
+        "so openssh-server comes at the archive's version and openssh-client is upgraded to match"
+    ) in stderr.splitlines()
+    assert calls == [
+        "apt-get update -qq (policy-rc.d: 101)",
+        "apt-get install -y -qq --no-install-recommends openssh-server (policy-rc.d: 101)",
+        "deb-systemd-helper disable ssh.service ssh.socket",
+        "update-rc.d ssh disable",
+    ]
+    assert not (tmp_path / "policy-rc.d").exists()
 
 
 def test_an_existing_policy_rc_d_is_left_alone(fake_bin, tmp_path):
