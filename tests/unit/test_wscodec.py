@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import struct
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given
@@ -55,9 +57,34 @@ def test_accept_matches_the_rfc_example() -> None:
     assert wscodec.accept_for("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
 
+def byte_wise_xor(key: bytes, data: bytes) -> bytes:
+    return bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+
 @given(st.binary(min_size=4, max_size=4), st.binary(max_size=70_000))
 def test_mask_is_the_byte_wise_xor(key: bytes, data: bytes) -> None:
-    assert wscodec.mask(key, data) == bytes(b ^ key[i % 4] for i, b in enumerate(data))
+    assert wscodec.mask(key, data) == byte_wise_xor(key, data)
+
+
+@given(st.binary(min_size=4, max_size=4), st.binary(max_size=3_000))
+def test_the_integer_fallback_is_the_byte_wise_xor_too(key: bytes, data: bytes) -> None:
+    masked = bytearray(data)
+    wscodec._mask_with_integers(key, masked)
+    assert masked == byte_wise_xor(key, data)
+
+
+def test_the_compiled_masker_is_found_without_importing_aiohttp() -> None:
+    """aiohttp is installed here, so its C masker must be what `connect` uses (about seven times
+    the integer fallback's speed), and loading it must not run aiohttp's package init."""
+    probe = (
+        "import sys; from kuberde.cli import wscodec; "
+        "print(wscodec.in_place_masker() is not wscodec._mask_with_integers, "
+        "'aiohttp' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["True", "False"]
 
 
 @given(

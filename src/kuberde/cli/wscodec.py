@@ -12,8 +12,11 @@ import base64
 import hashlib
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cache
+from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader
+from importlib.util import find_spec, module_from_spec, spec_from_file_location
 
 __all__ = [
     "BINARY",
@@ -22,6 +25,7 @@ __all__ = [
     "PONG",
     "TEXT",
     "FrameReader",
+    "InPlaceMasker",
     "Message",
     "Upgrade",
     "WebSocketError",
@@ -30,6 +34,7 @@ __all__ = [
     "encode_frame",
     "frame_head",
     "handshake_key",
+    "in_place_masker",
     "mask",
     "parse_close",
     "parse_upgrade",
@@ -116,14 +121,54 @@ def parse_upgrade(buffer: bytes) -> Upgrade | None:
     return Upgrade(int(parts[1]), headers, buffer[end + 4 :])
 
 
-def mask(key: bytes, data: bytes | bytearray | memoryview) -> bytes:
+#: Masks a bytearray in place with a 4-byte key.
+InPlaceMasker = Callable[[bytes, bytearray], None]
+
+
+def _mask_with_integers(key: bytes, data: bytearray) -> None:
     """XOR `data` with the 4-byte `key` repeated, as whole big integers: one C loop per
-    step instead of one Python step per byte."""
+    step instead of one Python step per byte (about 150 MB/s)."""
     size = len(data)
-    if not size:
-        return b""
     pad = (key * (size // 4 + 1))[:size]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(pad, "little")).to_bytes(size, "little")
+    data[:] = (int.from_bytes(data, "little") ^ int.from_bytes(pad, "little")).to_bytes(
+        size, "little"
+    )
+
+
+@cache
+def in_place_masker() -> InPlaceMasker:
+    """aiohttp's compiled masker (GB/s) when it is installed, loaded from its file alone:
+    importing it the usual way runs aiohttp's package init, which costs the ProxyCommand
+    more start-up than its whole connection. Otherwise the integer fallback."""
+    package = find_spec("aiohttp")
+    name = "aiohttp._websocket.mask"
+    for directory in (package and package.submodule_search_locations) or ():
+        for suffix in EXTENSION_SUFFIXES:
+            path = os.path.join(directory, "_websocket", f"mask{suffix}")
+            if not os.path.exists(path):
+                continue
+            loader = ExtensionFileLoader(name, path)
+            spec = spec_from_file_location(name, path, loader=loader)
+            if spec is None:
+                continue
+            try:
+                module = module_from_spec(spec)
+                loader.exec_module(module)
+            except ImportError:
+                continue
+            compiled = getattr(module, "_websocket_mask_cython", None)
+            if callable(compiled):
+                masker: InPlaceMasker = compiled
+                return masker
+    return _mask_with_integers
+
+
+def mask(key: bytes, data: bytes | bytearray | memoryview) -> bytearray:
+    """`data` XORed with the 4-byte `key` repeated (RFC 6455 §5.3), as a new buffer."""
+    masked = bytearray(data)
+    if masked:
+        in_place_masker()(key, masked)
+    return masked
 
 
 def frame_head(opcode: int, size: int, key: bytes = b"") -> bytes:
