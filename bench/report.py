@@ -388,10 +388,34 @@ def _startup_table(results: Results) -> str:
         [f"kuberde {name}", _fmt(v["p50_ms"], 1), _fmt(v["max_ms"], 1), ""]
         for name, v in startup["cli"].items()
     ]
-    return _table(
+    start = _table(
         "Start-up: wall time from process start (lower is better; x = to plain ssh)",
         ["", "p50 ms", "max ms", "x ssh"],
         rows,
+    )
+    copy = startup["copy_mb_s"]
+    copy_rows = [
+        [
+            labels[way].removesuffix(" true"),
+            *(
+                cell
+                for direction in ("up", "down")
+                for cell in (
+                    _fmt(rates[direction], 0),
+                    _fmt(_ratio(rates[direction], copy["direct"][direction])),
+                )
+            ),
+        ]
+        for way, rates in copy.items()
+    ]
+    return (
+        start
+        + "\n"
+        + _table(
+            "ssh bulk copy, 256 MiB: MB/s p50 (higher is better; x = to plain ssh)",
+            ["", "up MB/s", "x ssh", "down MB/s", "x ssh"],
+            copy_rows,
+        )
     )
 
 

@@ -8,11 +8,15 @@
 - `ssh true` wall time to one private sshd three ways: directly (`ssh -p PORT 127.0.0.1`),
   through `ssh -L` (a forward held open by a separate `ssh -N -L`), and as
   `ssh NAME.kuberde` does it (ProxyCommand `kuberde connect`). Rounds alternate the ways.
+- `ssh` bulk copies the same three ways, up (`cat > /dev/null` fed from stdin, what `scp` and
+  `rsync` to the workspace do) and down: the ProxyCommand relays every byte, so its per-byte
+  cost (client-side WebSocket masking, above all) shows here.
 """
 
 from __future__ import annotations
 
 import getpass
+import shlex
 import subprocess
 import time
 from collections.abc import Sequence
@@ -37,6 +41,8 @@ CLI_COMMANDS: dict[str, list[str]] = {
     "version": ["version"],
 }
 SSH_WAYS = ("direct", "ssh_l", "kuberde")
+COPY_DIRECTIONS = ("up", "down")
+COPY_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -44,6 +50,8 @@ class Startup:
     cli: dict[str, list[float]]
     connect_first_byte: list[float]
     ssh: dict[str, list[float]]
+    #: way → direction → MB/s per round.
+    copy: dict[str, dict[str, list[float]]]
 
     def summary(self) -> dict[str, object]:
         def p50_ms(values: list[float]) -> dict[str, float | int]:
@@ -57,6 +65,10 @@ class Startup:
             "cli": {name: p50_ms(values) for name, values in self.cli.items()},
             "connect_first_byte": p50_ms(self.connect_first_byte),
             "ssh": {way: p50_ms(values) for way, values in self.ssh.items()},
+            "copy_mb_s": {
+                way: {direction: percentile(rates, 0.5) for direction, rates in by.items()}
+                for way, by in self.copy.items()
+            },
         }
 
 
@@ -96,6 +108,19 @@ def _first_byte(argv: Sequence[str], env: dict[str, str]) -> float:
         child.kill()
         child.communicate(timeout=RUN_TIMEOUT)
     return elapsed
+
+
+def _copy_rate(ssh: Sequence[str], direction: str, env: dict[str, str]) -> float:
+    """MB/s of one `ssh` bulk copy of COPY_BYTES, wall time of the whole command."""
+    if direction == "up":
+        argv = [
+            "bash",
+            "-c",
+            f"head -c {COPY_BYTES} /dev/zero | {shlex.join(ssh)} 'cat > /dev/null'",
+        ]
+    else:
+        argv = [*ssh, f"head -c {COPY_BYTES} /dev/zero"]
+    return COPY_BYTES / _wall(argv, env) / 1e6
 
 
 def measure_startup(procs: Processes, work: Path, *, rounds: int) -> Startup:
@@ -146,9 +171,9 @@ def measure_startup(procs: Processes, work: Path, *, rounds: int) -> Startup:
     )
     wait_for_port(ssh_l_port, START_TIMEOUT, "ssh -L for the start-up benchmark")
     proxy = " ".join([*KUBERDE, "connect", "%n", "--port", "%p", "--kind", "ssh"])
-    ssh_argv = {
-        "direct": ["ssh", *options, "-p", str(port), f"{user}@127.0.0.1", "true"],
-        "ssh_l": ["ssh", *options, "-p", str(ssh_l_port), f"{user}@127.0.0.1", "true"],
+    login = {
+        "direct": ["ssh", *options, "-p", str(port), f"{user}@127.0.0.1"],
+        "ssh_l": ["ssh", *options, "-p", str(ssh_l_port), f"{user}@127.0.0.1"],
         "kuberde": [
             "ssh",
             *options,
@@ -157,11 +182,16 @@ def measure_startup(procs: Processes, work: Path, *, rounds: int) -> Startup:
             "-p",
             str(port),
             f"{user}@{AGENT_NAME}.kuberde",
-            "true",
         ],
     }
+    ssh_argv = {way: [*argv, "true"] for way, argv in login.items()}
     connect_argv = [*KUBERDE, "connect", AGENT_NAME, "--port", str(port), "--kind", "ssh"]
-    result = Startup({name: [] for name in CLI_COMMANDS}, [], {way: [] for way in SSH_WAYS})
+    result = Startup(
+        {name: [] for name in CLI_COMMANDS},
+        [],
+        {way: [] for way in SSH_WAYS},
+        {way: {direction: [] for direction in COPY_DIRECTIONS} for way in SSH_WAYS},
+    )
     cli_argv = {name: [*KUBERDE, *words] for name, words in CLI_COMMANDS.items()}
     for argv in [*ssh_argv.values(), *cli_argv.values()]:  # warm caches, sshd and bytecode
         _wall(argv, env)
@@ -171,4 +201,7 @@ def measure_startup(procs: Processes, work: Path, *, rounds: int) -> Startup:
         result.connect_first_byte.append(_first_byte(connect_argv, env))
         for way, argv in ssh_argv.items():
             result.ssh[way].append(_wall(argv, env))
+        for way, argv in login.items():
+            for direction in COPY_DIRECTIONS:
+                result.copy[way][direction].append(_copy_rate(argv, direction, env))
     return result
