@@ -41,6 +41,7 @@ __all__ = [
     "UsersFile",
     "UsersFileError",
     "hash_password",
+    "password_fingerprint",
     "set_user",
     "verify_password",
 ]
@@ -102,6 +103,12 @@ def verify_password(encoded: str, password: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, wanted)
+
+
+def password_fingerprint(user: LocalUser) -> str:
+    """Changes whenever the password does and says nothing about it: what a sign-in keeps
+    to notice a new password (refresh tokens, browser sessions)."""
+    return hashlib.sha256(user.password_hash.encode()).hexdigest()[:32]
 
 
 @functools.cache

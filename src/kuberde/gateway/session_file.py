@@ -3,7 +3,8 @@
 One SQLite file in the gateway's state directory (`browser-sessions.db`, 0600, WAL), apart
 from the local runtime's `state.db`: the gateway also runs without the local runtime
 (`kuberde server`), and neither schema has to know the other. Rows are keyed by the SHA-256
-of the browser's handle, as in memory: the file holds no usable cookie. Expired rows are
+of the browser's handle, as in memory: the file holds no usable cookie, and of a user's
+password only the fingerprint a session checks it by. Expired rows are
 deleted when the file is loaded; signing out deletes the session and its app tickets.
 
 `SessionStore` keeps working from memory and writes through here. Writes run in order on
@@ -35,9 +36,13 @@ log = logging.getLogger(__name__)
 SESSIONS_FILE = "browser-sessions.db"
 #: Ours: `PRAGMA application_id` of the file ("KRDS").
 _APPLICATION_ID = 0x4B524453
+#: `PRAGMA user_version`. 1: sessions record their `credential`; rows of an older file are
+#: dropped (their users sign in again), never read as sessions nobody can re-check.
+_SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
-    key TEXT PRIMARY KEY, user TEXT NOT NULL, csrf TEXT NOT NULL, expires_at REAL NOT NULL
+    key TEXT PRIMARY KEY, user TEXT NOT NULL, csrf TEXT NOT NULL, expires_at REAL NOT NULL,
+    credential TEXT
 );
 CREATE TABLE IF NOT EXISTS tickets (
     key TEXT PRIMARY KEY, session_key TEXT NOT NULL, host TEXT NOT NULL,
@@ -107,9 +112,27 @@ class SessionFile:
             raise SessionFileError(
                 f"{self.path} is not a KubeRDE browser session file; refusing to change it"
             )
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > _SCHEMA_VERSION:
+            raise SessionFileError(
+                f"{self.path} was written by a newer KubeRDE (schema {version}); "
+                "move it aside or upgrade"
+            )
         prepare_private(conn, self.path)
+        if tables and version < _SCHEMA_VERSION:
+            with self._transaction():
+                dropped = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
+                conn.execute("DROP TABLE IF EXISTS sessions")
+                conn.execute("DROP TABLE IF EXISTS tickets")
+            log.warning(
+                "browser session file %s is from an older version: its %d sessions are "
+                "dropped (those browsers sign in again)",
+                self.path,
+                dropped,
+            )
         conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
         conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return transaction(self._conn)
@@ -124,9 +147,9 @@ class SessionFile:
                 (now,),
             )
             sessions = [
-                BrowserSession(key=key, user=_user(user), csrf_token=csrf, expires_at=expires)
-                for key, user, csrf, expires in conn.execute(
-                    "SELECT key, user, csrf, expires_at FROM sessions ORDER BY rowid"
+                BrowserSession(key, _user(user), csrf, expires, credential)
+                for key, user, csrf, expires, credential in conn.execute(
+                    "SELECT key, user, csrf, expires_at, credential FROM sessions ORDER BY rowid"
                 )
             ]
             tickets = [
@@ -138,12 +161,18 @@ class SessionFile:
         return sessions, tickets
 
     def put_session(self, session: BrowserSession, evicted: Iterable[str] = ()) -> None:
-        row = (session.key, _user_json(session.user), session.csrf_token, session.expires_at)
+        row = (
+            session.key,
+            _user_json(session.user),
+            session.csrf_token,
+            session.expires_at,
+            session.credential,
+        )
         evicted = list(evicted)
 
         def write(conn: sqlite3.Connection) -> None:
             self._forget(conn, evicted)
-            conn.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)", row)
+            conn.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?)", row)
 
         self._write(write)
 

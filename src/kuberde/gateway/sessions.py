@@ -10,6 +10,11 @@ so a memory dump or a log of this table reveals no usable cookie. Three kinds:
   own host only, so JavaScript in one app can neither read the dashboard's session nor use
   its own credential anywhere else. Signing out ends the session and its tickets.
 
+Every use of a session or ticket asks a `Standing` who its user is *now*: the gateway's
+built-in issuer re-reads the users file (removal or a new password ends the session and
+its tickets, demotion takes effect at once); an external provider cannot be asked on each
+request, so there a session ends when the token it was started with expires.
+
 Bookkeeping with an injectable clock; everything is bounded (oldest entries go first).
 Sessions and tickets are written through to a `SessionBackend` when there is one (the
 gateway's `session_file.SessionFile`), so they survive a restart; logins in progress and
@@ -23,7 +28,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic, Protocol, TypeVar
 
 from kuberde.auth import Principal
@@ -35,6 +40,8 @@ __all__ = [
     "SessionBackend",
     "SessionLimits",
     "SessionStore",
+    "Standing",
+    "UntilTokenExpiry",
 ]
 
 
@@ -67,6 +74,9 @@ class BrowserSession:
     user: Principal
     csrf_token: str
     expires_at: float
+    #: What the `Standing` recorded at sign-in to recognise the same user later (the
+    #: built-in issuer: a fingerprint of the password hash, never the hash itself).
+    credential: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +105,31 @@ class SessionBackend(Protocol):
     def put_ticket(self, key: str, ticket: AppTicket, evicted: Iterable[str] = ()) -> None: ...
 
     def end(self, session_key: str) -> None: ...
+
+
+class Standing(Protocol):
+    """Whether a signed-in user still may use their session, and as whom."""
+
+    def sign_in(self, user: Principal) -> tuple[str | None, float | None]:
+        """What to record with a new session of `user`, and the latest time (epoch
+        seconds) it may last until; None: no such limit."""
+        ...
+
+    def current(self, user: Principal, credential: str | None) -> Principal | None:
+        """The session's user as they stand now (`user` as signed in, with what `sign_in`
+        recorded); None ends the session and its tickets."""
+        ...
+
+
+class UntilTokenExpiry:
+    """For a provider we cannot ask on every request: a session lasts no longer than the
+    token it was started with."""
+
+    def sign_in(self, user: Principal) -> tuple[str | None, float | None]:
+        return None, user.expires_at.timestamp() if user.expires_at is not None else None
+
+    def current(self, user: Principal, credential: str | None) -> Principal | None:
+        return user
 
 
 V = TypeVar("V")
@@ -135,10 +170,13 @@ class SessionStore:
         limits: SessionLimits | None = None,
         clock: Callable[[], float] = time.time,
         backend: SessionBackend | None = None,
+        standing: Standing | None = None,
     ) -> None:
-        """With a `backend`, the sessions and tickets it holds are loaded now."""
+        """With a `backend`, the sessions and tickets it holds are loaded now. `standing`
+        is asked on every use (default: `UntilTokenExpiry`)."""
         self.limits = limits or SessionLimits()
         self._clock = clock
+        self._standing = standing or UntilTokenExpiry()
         self._backend = backend
         self._logins: _Bounded[PendingLogin] = _Bounded(self.limits.max_logins)
         self._sessions: _Bounded[BrowserSession] = _Bounded(self.limits.max_sessions)
@@ -175,11 +213,14 @@ class SessionStore:
     def create(self, user: Principal) -> tuple[str, BrowserSession]:
         """A new session for `user`; returns the cookie value and the session."""
         cookie = secrets.token_urlsafe(32)
+        credential, until = self._standing.sign_in(user)
+        expires = self._clock() + self.limits.session_ttl
         session = BrowserSession(
             key=_hash(cookie),
             user=user,
             csrf_token=secrets.token_urlsafe(24),
-            expires_at=self._clock() + self.limits.session_ttl,
+            expires_at=expires if until is None else min(expires, until),
+            credential=credential,
         )
         evicted = self._sessions.put(session.key, session)
         if self._backend is not None:
@@ -189,16 +230,26 @@ class SessionStore:
     def get(self, cookie: str | None) -> BrowserSession | None:
         if not cookie:
             return None
-        session = self._sessions.get(_hash(cookie))
+        return self._current(_hash(cookie))
+
+    def _current(self, key: str) -> BrowserSession | None:
+        """The session stored under `key` with its user as they stand now; one whose user
+        no longer stands is ended here."""
+        session = self._sessions.get(key)
         if session is None or session.expires_at <= self._clock():
             return None
-        return session
+        user = self._standing.current(session.user, session.credential)
+        if user is None:
+            self._end(key)
+            return None
+        return session if user == session.user else replace(session, user=user)
 
     def end(self, cookie: str | None) -> None:
         """Sign out: the session and every app ticket minted from it stop working."""
-        if not cookie:
-            return
-        key = _hash(cookie)
+        if cookie:
+            self._end(_hash(cookie))
+
+    def _end(self, key: str) -> None:
         self._sessions.pop(key)
         self._tickets.drop_where(lambda ticket: ticket.session_key == key)
         self._codes.drop_where(lambda code: code.session_key == key)
@@ -219,8 +270,8 @@ class SessionStore:
         now = self._clock()
         if entry is None or entry.expires_at <= now or entry.host != host:
             return None
-        session = self._sessions.get(entry.session_key)
-        if session is None or session.expires_at <= now:
+        session = self._current(entry.session_key)
+        if session is None:
             return None
         ticket = secrets.token_urlsafe(32)
         expires = min(session.expires_at, now + self.limits.ticket_ttl)
@@ -231,12 +282,14 @@ class SessionStore:
         return ticket
 
     def ticket(self, value: str | None, host: str) -> AppTicket | None:
-        """The ticket a cookie holds, if it was minted for this very host and is current."""
+        """The ticket a cookie holds, if it was minted for this very host and is current;
+        its user is its session's, as they stand now."""
         if not value:
             return None
         ticket = self._tickets.get(_hash(value))
         if ticket is None or ticket.host != host or ticket.expires_at <= self._clock():
             return None
-        if self._sessions.get(ticket.session_key) is None:
+        session = self._current(ticket.session_key)
+        if session is None:
             return None
-        return ticket
+        return ticket if ticket.user == session.user else replace(ticket, user=session.user)

@@ -34,6 +34,7 @@ from kuberde.gateway.connections import GuardedSite
 from kuberde.gateway.presence import Presence
 from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start_site
 from kuberde.gateway.session_file import SESSIONS_FILE
+from kuberde.gateway.standing import ListedUsers
 from kuberde.gateway.web import BrowserSettings, add_browser
 from kuberde.gateway.web.actions_api import add_action_routes
 from kuberde.local.accounts import DEFAULT_HOMES_DIR, AccountError, Accounts
@@ -199,6 +200,7 @@ async def run_up(
             sessions_file=state_dir / SESSIONS_FILE,
         ),
         workspaces,
+        ListedUsers(users_file),
     )
 
     user = current_user()

@@ -40,7 +40,6 @@ from kuberde.auth.issuer.protocol import (
     granted_scope,
     oauth_error,
     read_form,
-    sha256,
 )
 from kuberde.auth.issuer.refresh import REFRESH_TOKENS_FILE, RefreshTokens
 from kuberde.auth.keys import SigningKey
@@ -54,17 +53,12 @@ from kuberde.auth.tokens import (
     Principal,
     bearer_token,
 )
-from kuberde.auth.users import LocalUser, UsersFile, UsersFileError
+from kuberde.auth.users import LocalUser, UsersFile, UsersFileError, password_fingerprint
 from kuberde.naming import InvalidName, validate_name
 
 log = logging.getLogger("kuberde.auth.issuer")
 
 _WRONG_PASSWORD = "Wrong username or password."
-
-
-def _fingerprint(user: LocalUser) -> str:
-    """Changes whenever the password does; says nothing about it."""
-    return sha256(user.password_hash)[:32]
 
 
 @dataclass(frozen=True)
@@ -240,7 +234,7 @@ class BuiltinIssuer:
         user = self._listed_user(identity.username)
         if user is None:
             raise OAuthError("invalid_grant", "the user no longer exists")
-        if _fingerprint(user) != identity.credential:
+        if password_fingerprint(user) != identity.credential:
             raise OAuthError("invalid_grant", "the password changed; sign in again")
         admin = user.admin if identity.by_password else identity.admin
         return Identity(user.username, admin, identity.by_password, identity.credential)
@@ -276,7 +270,9 @@ class BuiltinIssuer:
             log.info("failed password sign-in for %r from %s", username[:64], address)
             return 401, _WRONG_PASSWORD
         self._limiter.succeeded(username, address, now)
-        return Identity(user.username, user.admin, by_password=True, credential=_fingerprint(user))
+        return Identity(
+            user.username, user.admin, by_password=True, credential=password_fingerprint(user)
+        )
 
     # ---- discovery and keys -----------------------------------------------------------------
 
@@ -390,7 +386,7 @@ class BuiltinIssuer:
                 401,
             )
         user = self._listed_user(principal.name)
-        credential = _fingerprint(user) if user is not None else None
+        credential = password_fingerprint(user) if user is not None else None
         return Identity(principal.name, principal.admin, by_password=False, credential=credential)
 
     # ---- authorization code with PKCE ------------------------------------------------------

@@ -7,7 +7,7 @@ from aiohttp import web
 from kuberde.gateway.app import GATEWAY_KEY
 from kuberde.gateway.apps import AppProxy
 from kuberde.gateway.session_file import SessionFile
-from kuberde.gateway.sessions import SessionStore
+from kuberde.gateway.sessions import SessionStore, Standing
 from kuberde.gateway.web.dashboard import Dashboard
 from kuberde.gateway.web.settings import BrowserSettings
 from kuberde.gateway.web.signin import SignIn
@@ -18,11 +18,17 @@ __all__ = ["BrowserSettings", "add_browser"]
 SESSIONS_KEY = web.AppKey("browser_sessions", SessionStore)
 
 
-def add_browser(app: web.Application, settings: BrowserSettings, workspaces: Workspaces) -> None:
-    """Serve the dashboard and sign-in on the gateway's host, and apps on their own hosts."""
+def add_browser(
+    app: web.Application,
+    settings: BrowserSettings,
+    workspaces: Workspaces,
+    standing: Standing | None = None,
+) -> None:
+    """Serve the dashboard and sign-in on the gateway's host, and apps on their own hosts;
+    `standing` says whether a session's user still stands (default: `UntilTokenExpiry`)."""
     gateway = app[GATEWAY_KEY]
     backend = SessionFile(settings.sessions_file) if settings.sessions_file else None
-    sessions = SessionStore(settings.limits, backend=backend)
+    sessions = SessionStore(settings.limits, backend=backend, standing=standing)
     if backend is not None:
 
         async def close(_: web.Application) -> None:
