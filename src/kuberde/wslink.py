@@ -10,8 +10,9 @@ payload in one `writelines`, masking a client's payload in place with aiohttp's 
 aiohttp's `send_bytes` copies a client's payload twice (to mask it, then to prepend the
 head) and writes a server's head and payload as two writes; on 256 KiB messages those
 copies were a fifth of `kuberde port-forward`'s CPU (`make bench`). The transport's flow
-control is kept. Where aiohttp's writer is not what this expects (another version), the
-link uses `send_bytes`.
+control is kept: `writable` says whether a message may be written now without waiting,
+which the session uses to send from the caller instead of its writer task. Where
+aiohttp's writer is not what this expects (another version), the link uses `send_bytes`.
 """
 
 from __future__ import annotations
@@ -74,10 +75,22 @@ class _FrameWriter:
             return None
         return cls(ws, transport, protocol, _c_mask if use_mask else None)
 
+    @property
+    def writable(self) -> bool:
+        return not (
+            self._ws.closed or self._transport.is_closing() or self._protocol.writing_paused
+        )
+
     async def send(self, data: bytes | bytearray) -> None:
-        transport = self._transport
-        if self._ws.closed or transport.is_closing():
+        if self._ws.closed or self._transport.is_closing():
             raise ConnectionResetError("the WebSocket is closing")
+        self.write(data)
+        if self._protocol.writing_paused:
+            await self._protocol._drain_helper()
+
+    def write(self, data: bytes | bytearray) -> None:
+        """One frame onto the transport, without waiting."""
+        transport = self._transport
         if self._mask is not None:
             key = os.urandom(4)
             payload = data if isinstance(data, bytearray) else bytearray(data)
@@ -85,8 +98,6 @@ class _FrameWriter:
             transport.writelines([frame_head(BINARY, len(payload), key), payload])
         else:
             transport.writelines([frame_head(BINARY, len(data)), data])
-        if self._protocol.writing_paused:
-            await self._protocol._drain_helper()
 
 
 class WebSocketLink:
@@ -106,6 +117,18 @@ class WebSocketLink:
             await self._ws.send_bytes(bytes(data) if isinstance(data, bytearray) else data)
         else:
             await self._frames.send(data)
+
+    @property
+    def writable(self) -> bool:
+        """A message would go straight onto an open, unpaused transport; never True on the
+        `send_bytes` path, whose sends the session leaves to its writer task."""
+        return self._frames is not None and self._frames.writable
+
+    def send_nowait(self, data: bytearray) -> None:
+        """Send one binary message without waiting; only while `writable`."""
+        if self._frames is None:
+            raise RuntimeError("send_nowait on a link that is not writable")
+        self._frames.write(data)
 
     async def receive(self) -> bytes | None:
         msg = await self._ws.receive()

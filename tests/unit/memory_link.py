@@ -6,18 +6,42 @@ import asyncio
 
 
 class MemoryLink:
+    """Like WebSocketLink's: `writable` is False while paused (as a transport above its
+    high-water mark is), and a send then waits for `resume`, so the writer task holds it."""
+
     def __init__(self) -> None:
         self.inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.peer: MemoryLink | None = None
         self.closed = False
         self.sent: list[bytes] = []
+        self._resumed = asyncio.Event()
+        self._resumed.set()
 
-    async def send(self, data: bytes | bytearray) -> None:
-        if self.closed or self.peer is None or self.peer.closed:
-            raise ConnectionResetError("link closed")
+    def pause(self) -> None:
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self._resumed.set()
+
+    @property
+    def writable(self) -> bool:
+        return self._resumed.is_set() and not self._broken
+
+    @property
+    def _broken(self) -> bool:
+        return self.closed or self.peer is None or self.peer.closed
+
+    def send_nowait(self, data: bytes | bytearray) -> None:
+        assert self.peer is not None and self._resumed.is_set(), "send_nowait while unwritable"
         message = bytes(data)  # a WebSocket delivers bytes, whatever was sent
         self.sent.append(message)
         self.peer.inbox.put_nowait(message)
+
+    async def send(self, data: bytes | bytearray) -> None:
+        if self._broken:
+            raise ConnectionResetError("link closed")
+        await self._resumed.wait()
+        self.send_nowait(data)
 
     async def receive(self) -> bytes | None:
         if self.closed:

@@ -1027,3 +1027,36 @@ async def test_a_hundred_concurrent_streams_keep_their_bytes_apart() -> None:
 
         await asyncio.wait_for(asyncio.gather(*(one(index) for index in range(100))), TIMEOUT * 3)
         await eventually(lambda: pair.client.stream_count == pair.server.stream_count == 0)
+
+
+async def test_a_write_once_the_link_resumes_does_not_overtake_what_the_writer_holds() -> None:
+    """Sends go straight out from the caller while the link takes them, but the message the
+    writer task built while the link was paused still leaves first."""
+    async with session_pair() as pair:
+        stream = pair.client.open_stream(b"open")
+        accepted = await asyncio.wait_for(pair.server.accept(), TIMEOUT)
+        assert await asyncio.wait_for(accepted.read(), TIMEOUT) == b"open"
+        pair.client_link.pause()
+        stream.write(b"first ")
+        await quiesce(pair.client_link)  # the writer task now holds "first", waiting
+        pair.client_link.resume()
+        stream.write(b"second")
+        stream.close_write()
+        received = b""
+        while chunk := await asyncio.wait_for(accepted.read(), TIMEOUT):
+            received += chunk
+        assert received == b"first second"
+
+
+async def test_a_burst_of_received_frames_is_answered_in_one_message() -> None:
+    """Replies the reader queues while it handles one message (here, the grants for three
+    opened streams) leave together once it is done, not as one send per frame."""
+    async with raw_peer(SessionConfig(receive_window=MIB)) as (session, raw):
+        await raw.send(*(data(stream_id, b"x", Flag.SYN) for stream_id in (1, 3, 5)))
+        for _ in range(3):
+            await asyncio.wait_for(session.accept(), TIMEOUT)
+        assert raw.link.peer is not None
+        grants = decode(raw.link.peer.sent[:1])
+        assert [(frame.type, frame.stream_id) for frame in grants] == [
+            (FrameType.WINDOW_UPDATE, stream_id) for stream_id in (1, 3, 5)
+        ]

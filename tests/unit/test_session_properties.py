@@ -2,7 +2,8 @@
 
 Each example runs in a fresh event loop. Operations are applied in order, with message
 delivery interleaved only as far as `Settle` steps and the reads' short waits let it, so
-frames are often still in flight when the next operation runs.
+frames are often still in flight when the next operation runs. Links pause and resume at
+random too, so sends switch between the caller's direct path and the writer task.
 """
 
 from __future__ import annotations
@@ -66,7 +67,16 @@ class Settle:
     rounds: int
 
 
-Operation = Open | Write | CloseWrite | Reset | Read | Settle
+@dataclass(frozen=True)
+class Pause:
+    """The side's outgoing link stops taking messages, as a transport above its high-water
+    mark does; `resume` is whether it starts again (as it drains)."""
+
+    side: int
+    resume: bool
+
+
+Operation = Open | Write | CloseWrite | Reset | Read | Settle | Pause
 
 SIDE = st.sampled_from(SIDES)
 INDEX = st.integers(min_value=0, max_value=7)
@@ -84,6 +94,7 @@ OPERATIONS: st.SearchStrategy[Operation] = st.one_of(
     st.builds(Read, side=SIDE, stream=INDEX, max_bytes=st.sampled_from([-1, 1, 1000, 70_000])),
     st.builds(Read, side=SIDE, stream=INDEX, max_bytes=st.just(-1)),
     st.builds(Settle, rounds=st.integers(min_value=0, max_value=40)),
+    st.builds(Pause, side=SIDE, resume=st.booleans()),
 )
 
 
@@ -166,6 +177,12 @@ class Harness:
         if isinstance(operation, Settle):
             for _ in range(operation.rounds):
                 await asyncio.sleep(0)
+        elif isinstance(operation, Pause):
+            link = self.links[operation.side]
+            if operation.resume:
+                link.resume()
+            else:
+                link.pause()
         elif isinstance(operation, Open):
             self.open(operation.side, operation.initial)
         else:
@@ -253,6 +270,8 @@ class Harness:
 
     async def finish(self) -> None:
         """Half-close every healthy end, read every end to its end, and let streams close."""
+        for link in self.links:
+            link.resume()
         await asyncio.wait_for(self.quiesce(), TIMEOUT)
         for tracked, _ in self.opened:
             for side in SIDES:
@@ -354,8 +373,15 @@ def test_a_scenario_with_every_kind_of_operation() -> None:
                 Write(1, 2, 5),
                 Read(0, 2, -1),
                 CloseWrite(1, 2),
+                Pause(0, resume=False),
+                Write(0, 2, 70_000),
+                Settle(5),
+                Write(0, 2, 3),
+                Pause(0, resume=True),
+                Write(0, 2, 4),
                 Settle(5),
                 Read(1, 0, -1),
+                Read(1, 2, -1),
             ]
         )
     )

@@ -1,11 +1,14 @@
 """asyncio yamux session: many streams over one message link (a WebSocket).
 
-A single writer task owns the link. Streams never write to the link themselves: they queue
-bytes and the writer moves them into frames as each stream's send window allows, round
-robin, control frames first. Memory is therefore bounded per stream by its window and its
-send buffer, and a stream whose peer stops reading pauses only itself. Control replies are
-coalesced and capped (`kuberde.mux.control`), so a peer that floods pings or opens refused
-streams without reading gets a protocol error instead of an ever-growing queue.
+Streams never write to the link themselves: they queue bytes, and the session moves them
+into frames as each stream's send window allows, round robin, control frames first. It
+does so at once, from the caller, while the link takes messages without waiting (saving
+the task switches of waking a writer, which were most of a round trip through the mux);
+otherwise its writer task does, whenever the link drains. Memory is therefore bounded per
+stream by its window and its send buffer, and a stream whose peer stops reading pauses
+only itself. Control replies are coalesced and capped (`kuberde.mux.control`), so a peer
+that floods pings or opens refused streams without reading gets a protocol error instead
+of an ever-growing queue.
 
 Two ways to consume a stream: `await stream.read()` (buffered), or a `StreamSink` that gets
 callbacks from the session's reader and acknowledges bytes with `stream.consumed(n)` once it
@@ -21,7 +24,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -63,6 +66,15 @@ class Link(Protocol):
 
     async def send(self, data: bytes | bytearray) -> None:
         """Send one message; a bytearray is the link's from then on (it may mask it in place)."""
+        ...
+
+    @property
+    def writable(self) -> bool:
+        """A message given to `send_nowait` now would go out without waiting."""
+        ...
+
+    def send_nowait(self, data: bytearray) -> None:
+        """Send one message at once; only while `writable` (the message is the link's)."""
         ...
 
     async def receive(self) -> bytes | None:
@@ -456,6 +468,8 @@ class Session:
         self._wakeup = asyncio.Event()
         #: The writer task and a closing flush both send; the lock keeps frames in order.
         self._send_lock = asyncio.Lock()
+        #: Above 0, `_kick` leaves queued frames for whoever sends them at the end of a batch.
+        self._batching = 0
         self._pings: dict[int, asyncio.Future[None]] = {}
         self._ping_ids = itertools.count(1)
         self._local_go_away = False
@@ -492,11 +506,12 @@ class Session:
         self._next_id += 2
         stream = Stream(self, stream_id, opened_locally=True)
         self._streams[stream_id] = stream
-        self._grant_extra_window(stream)
-        if initial:
-            stream.write(initial)
-        else:
-            self._schedule(stream)
+        with self._batched():
+            self._grant_extra_window(stream)
+            if initial:
+                stream.write(initial)
+            else:
+                self._schedule(stream)
         return stream
 
     async def accept(self) -> Stream:
@@ -513,7 +528,7 @@ class Session:
             raise SessionClosed(self.close_reason or "session closed")
         ping_id = next(self._ping_ids) & 0xFFFFFFFF
         self._control.ping(ping_id)
-        self._wakeup.set()
+        self._kick()
         waiter = self.loop.create_future()
         self._pings[ping_id] = waiter
         started = time.perf_counter()
@@ -530,7 +545,7 @@ class Session:
             return
         self._local_go_away = True
         self._control.go_away(code)
-        self._wakeup.set()
+        self._kick()
 
     async def shutdown(self, grace: float | None, reason: str = "") -> None:
         """Go away, let open streams finish (for up to `grace` seconds if given), then close.
@@ -595,8 +610,9 @@ class Session:
                 if data is None:
                     self.close_reason = self.close_reason or "peer closed the connection"
                     return
-                for frame in self._decoder.feed(data):
-                    self._handle(frame)
+                with self._batched():
+                    for frame in self._decoder.feed(data):
+                        self._handle(frame)
             except ProtocolError as exc:
                 log.warning("session %s: protocol error: %s", self.name, exc)
                 self._control.go_away(GoAwayCode.PROTOCOL_ERROR)
@@ -699,7 +715,7 @@ class Session:
         self._streams[stream_id] = stream
         extra = self.config.receive_window - INITIAL_WINDOW
         self._control.window_update(stream_id, Flag.ACK, extra)
-        self._wakeup.set()
+        self._kick()
         stream._recv_credit += extra
         self._accepted.put_nowait(stream)
         return stream
@@ -707,7 +723,7 @@ class Session:
     def _handle_ping(self, frame: Frame) -> None:
         if frame.flags & Flag.SYN:
             self._control.pong(frame.length)
-            self._wakeup.set()
+            self._kick()
         elif frame.flags & Flag.ACK:
             waiter = self._pings.get(frame.length)
             if waiter is not None and not waiter.done():
@@ -731,28 +747,58 @@ class Session:
             stream._recv_credit += extra
             stream._syn_pending = False
             self._control.window_update(stream.id, Flag.SYN, extra)
-            self._wakeup.set()
+            self._kick()
 
     def _refuse(self, stream_id: int) -> None:
         self._control.refuse(stream_id)
-        self._wakeup.set()
+        self._kick()
 
     def _schedule(self, stream: Stream) -> None:
         if not stream._scheduled:
             stream._scheduled = True
             self._ready.append(stream)
-        self._wakeup.set()
+        self._kick()
+
+    def _kick(self) -> None:
+        """Send what is queued now while the link takes it without waiting; what is left
+        (the link is paused, or the writer holds a message it is still sending) is the
+        writer task's. Bytes never overtake each other: every message is built from the
+        queues and handed to the link in one synchronous step, and none is built while
+        the lock's holder has one in hand."""
+        if self._batching:
+            return
+        link = self._link
+        if not self._send_lock.locked() and not self._closed.is_set():
+            self._batching += 1  # what callbacks queue meanwhile, this loop sends
+            try:
+                while link.writable and (message := self._next_message()):
+                    link.send_nowait(message)
+            finally:
+                self._batching -= 1
+        if self._ready or self._control:
+            self._wakeup.set()
+
+    @contextlib.contextmanager
+    def _batched(self) -> Iterator[None]:
+        """Queue frames without sending them until the block ends, then send them together:
+        one link message for a SYN and its first bytes, or for the replies to a burst."""
+        self._batching += 1
+        try:
+            yield
+        finally:
+            self._batching -= 1
+            self._kick()
 
     def _send_window_update(self, stream: Stream, delta: int) -> None:
         self._control.window_update(stream.id, Flag.NONE, delta)
-        self._wakeup.set()
+        self._kick()
 
     def _send_reset(self, stream: Stream, reason: str) -> None:
         payload = reason.encode()[:_MAX_RESET_REASON]
         flags = Flag.SYN if stream._syn_pending else Flag.NONE
         stream._syn_pending = False
         self._control.reset(stream.id, flags, payload)
-        self._wakeup.set()
+        self._kick()
 
     def _forget(self, stream: Stream) -> None:
         self._streams.pop(stream.id, None)
