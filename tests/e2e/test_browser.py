@@ -13,21 +13,20 @@ import json
 import os
 import re
 import socket
-import sys
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-import aiohttp.abc
 import pytest
 
 from kuberde.auth.users import set_user
 from tests.e2e.up_fixtures import (
-    UP_PYTHONPATH,
+    WORKLOAD_ENV,
     WORKLOAD_PYTHON,
     KubeRDE,
+    Loopback,
     current_owner,
     free_port,
     wait_until,
@@ -77,9 +76,6 @@ def jupyter_command(port: int, root: Path) -> list[str]:
 
 
 T = TypeVar("T")
-#: Workloads run as the owner's account under root, maybe with a system Python: they get
-#: our import path (JupyterLab, aiohttp) explicitly, since nothing is inherited.
-WORKLOAD_ENV = {} if sys.executable == WORKLOAD_PYTHON else {"PYTHONPATH": UP_PYTHONPATH}
 
 
 def document(name: str, port: int, command: list[str], app: str, path: str = "/") -> Any:
@@ -327,28 +323,6 @@ def test_someone_elses_app_looks_missing_and_apps_cannot_reach_the_session(
         assert answer[0] == 404
     finally:
         bob_context.close()
-
-
-class Loopback(aiohttp.abc.AbstractResolver):
-    """`*.localhost` is loopback (RFC 6761), as browsers and curl resolve it."""
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[aiohttp.abc.ResolveResult]:
-        assert host == "localhost" or host.endswith(".localhost"), host
-        return [
-            {
-                "hostname": host,
-                "host": "127.0.0.1",
-                "port": port,
-                "family": socket.AF_INET,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST,
-            }
-        ]
-
-    async def close(self) -> None:
-        return None
 
 
 def client() -> aiohttp.ClientSession:

@@ -30,6 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import aiohttp
+import aiohttp.abc
 import yaml
 
 from kuberde.local.accounts import Account, Accounts, run_as_argv
@@ -40,6 +42,10 @@ from kuberde.testing.python import IMPORT_PATH as UP_PYTHONPATH
 from kuberde.testing.python import SHARED_PYTHON as UP_PYTHON
 from kuberde.testing.python import WORKLOAD_PYTHON
 
+#: Workloads run as the owner's account under root, maybe with a system Python: they get
+#: our import path (JupyterLab, aiohttp) explicitly, since nothing is inherited.
+WORKLOAD_ENV = {} if sys.executable == WORKLOAD_PYTHON else {"PYTHONPATH": UP_PYTHONPATH}
+
 __all__ = [
     "CLI_TIMEOUT",
     "ISOLATED",
@@ -47,8 +53,10 @@ __all__ = [
     "UP_PYTHON",
     "UP_PYTHONPATH",
     "WAIT",
+    "WORKLOAD_ENV",
     "WORKLOAD_PYTHON",
     "KubeRDE",
+    "Loopback",
     "ProcessId",
     "Row",
     "SshServer",
@@ -108,6 +116,28 @@ def free_port() -> int:
             _handed_out.add(port)
             return port
     raise AssertionError("no free loopback port found")
+
+
+class Loopback(aiohttp.abc.AbstractResolver):
+    """`*.localhost` is loopback (RFC 6761), as browsers and curl resolve it."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        assert host == "localhost" or host.endswith(".localhost"), host
+        return [
+            {
+                "hostname": host,
+                "host": "127.0.0.1",
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
+
+    async def close(self) -> None:
+        return None
 
 
 # ---- processes -----------------------------------------------------------------------------

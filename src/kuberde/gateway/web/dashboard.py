@@ -155,16 +155,16 @@ class Dashboard:
         )
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        session = self.signin.session(request)
-        if session is None:
+        if self.signin.session(request) is None:
             raise web.HTTPUnauthorized(text="sign in first")
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
         )
         await response.prepare(request)
         with contextlib.suppress(ConnectionResetError):
-            while self.signin.session(request) is not None:
-                cards = self._cards(request, session.user)
+            # Asked again each time: a user removed or demoted meanwhile is so at once.
+            while (current := self.signin.session(request)) is not None:
+                cards = self._cards(request, current.user)
                 payload = {
                     "names": [item["name"] for item in cards],
                     "cards": {item["dom_id"]: fragment("live.html", c=item) for item in cards},

@@ -1,0 +1,226 @@
+"""A browser session ends when its user is removed or changes password, and demotion takes
+effect at once, on the dashboard and on app hosts, also across a `kuberde up` restart.
+
+Browsers are plain HTTP clients with a cookie jar, signing in through the built-in issuer's
+form as a person would; `*.localhost` app hosts resolve to loopback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from kuberde.auth.users import set_user
+from kuberde.files import write_private
+from tests.e2e.up_fixtures import (
+    WAIT,
+    WORKLOAD_ENV,
+    WORKLOAD_PYTHON,
+    KubeRDE,
+    Loopback,
+    current_owner,
+    free_port,
+    write_documents,
+)
+from tests.oidc_provider.harness import forms_of
+
+OWNER = current_owner()
+PASSWORD = "owner-password-1"
+RECORDER = Path(__file__).resolve().parent / "apps" / "recorder.py"
+_SIGNED_IN = re.compile(r"Signed in as <strong>([^<]+)</strong>")
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class Site:
+    def __init__(self, kuberde: KubeRDE) -> None:
+        self.kuberde = kuberde
+        self.users = kuberde.state_dir / "users.yaml"
+
+    @property
+    def url(self) -> str:
+        assert self.kuberde.url is not None
+        return self.kuberde.url
+
+    @property
+    def app(self) -> str:
+        """The owner's app host (someone else's for everyone but the owner)."""
+        return f"http://rec--{OWNER}.localhost:{self.url.rsplit(':', 1)[1]}/"
+
+    def edit_users(self, change: Any) -> None:
+        """Change users.yaml in place as an operator would (keeping every password hash)."""
+        document = yaml.safe_load(self.users.read_text())
+        change(document["users"])
+        write_private(self.users, yaml.safe_dump(document))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    root = tmp_path_factory.mktemp("standing")
+    with KubeRDE(root) as kuberde:
+        port = free_port()
+        record = root / "headers.jsonl"
+        if kuberde.isolated:
+            account = kuberde.account(OWNER)
+            record = account.home / "headers.jsonl"
+        files = write_documents(
+            root / "workspaces.yaml",
+            [
+                {
+                    "apiVersion": "kuberde.io/v1",
+                    "kind": "RDEAgent",
+                    "metadata": {"name": "rec"},
+                    "spec": {
+                        "owner": OWNER,
+                        "ttl": "10m",
+                        "localTarget": f"127.0.0.1:{port}",
+                        "apps": [{"name": "rec", "port": port, "path": "/"}],
+                        "workload": {
+                            "command": [WORKLOAD_PYTHON, str(RECORDER), str(port), str(record)],
+                            "env": WORKLOAD_ENV,
+                        },
+                    },
+                }
+            ],
+        )
+        set_user(kuberde.state_dir / "users.yaml", OWNER, PASSWORD)
+        kuberde.start_up(files)
+        try:
+            kuberde.wait_phase("rec", "Running", timeout=60)
+            yield Site(kuberde)
+        finally:
+            print(kuberde.diagnostics())
+
+
+_addresses = itertools.count(2)
+
+
+class Person:
+    """One browser: a cookie jar that keeps 127.0.0.1's cookies, and `*.localhost`. Each
+    connects from an address of its own, as people do: the issuer limits sign-ins per address.
+    """
+
+    def __init__(self, site: Site, name: str) -> None:
+        self.site, self.name = site, name
+        source = f"127.0.0.{next(_addresses)}"
+        self.http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=WAIT),
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+            headers={"Accept": "text/html"},  # page loads, which app hosts may redirect
+            connector=aiohttp.TCPConnector(resolver=Loopback(), local_addr=(source, 0)),
+        )
+
+    async def sign_in(self, password: str) -> None:
+        async with self.http.get(self.site.url + "/auth/login") as page:
+            assert page.status == 200, await page.text()
+            form = forms_of(await page.text())[0]
+        data = {**form.fields, "username": self.name, "password": password, "action": "approve"}
+        async with self.http.post(form.action, data=data) as done:
+            assert _SIGNED_IN.findall(await done.text()) == [self.name]
+
+    async def dashboard(self) -> tuple[str | None, bool]:
+        """Who the dashboard says is signed in, and whether it lists the owner's workspace."""
+        async with self.http.get(self.site.url + "/") as page:
+            assert page.status == 200
+            text = await page.text()
+        names = _SIGNED_IN.findall(text)
+        return (names[0] if names else None), '-title">rec</h2>' in text
+
+    async def app(self) -> int:
+        """The owner's app as this browser reaches it: 200 served, 404 not theirs,
+        401 not signed in (the app host's hand-off found no session)."""
+        async with self.http.get(self.site.app) as reply:
+            if reply.status == 200 and "/oauth/authorize" in str(reply.url):
+                return 401
+            return reply.status
+
+    async def close(self) -> None:
+        await self.http.close()
+
+
+async def people(site: Site, admins: dict[str, bool]) -> dict[str, Person]:
+    """Listed users, each signed in on the dashboard and (if allowed) on the owner's app."""
+    signed_in = {}
+    for name, admin in admins.items():
+        set_user(site.users, name, f"{name}-password", admin=admin)
+        person = Person(site, name)
+        await person.sign_in(f"{name}-password")
+        signed_in[name] = person
+    return signed_in
+
+
+async def test_the_fixture_browsers_work(site: Site) -> None:
+    """What the other tests take away: an admin sees and reaches the owner's app, a user
+    neither, the owner theirs."""
+    crowd = await people(site, {"ada": True, "ben": False})
+    owner = Person(site, OWNER)
+    try:
+        await owner.sign_in(PASSWORD)
+        assert await owner.dashboard() == (OWNER, True) and await owner.app() == 200
+        assert await crowd["ada"].dashboard() == ("ada", True)
+        assert await crowd["ada"].app() == 200
+        assert await crowd["ben"].dashboard() == ("ben", False)
+        assert await crowd["ben"].app() == 404
+    finally:
+        for person in [owner, *crowd.values()]:
+            await person.close()
+
+
+async def test_removal_a_new_password_and_demotion_take_effect_at_once(site: Site) -> None:
+    crowd = await people(
+        site, {"removed": False, "repassed": False, "demoted": True, "bystander": True}
+    )
+    try:
+        assert await crowd["demoted"].app() == 200  # holds an app ticket, minted as admin
+        assert await crowd["bystander"].app() == 200
+        site.edit_users(lambda users: users.pop("removed"))
+        set_user(site.users, "repassed", "a-new-password")
+        site.edit_users(lambda users: users["demoted"].update(admin=False))
+
+        for gone in ("removed", "repassed"):
+            assert await crowd[gone].dashboard() == (None, False), gone
+            assert await crowd[gone].app() == 401, gone
+        assert await crowd["demoted"].dashboard() == ("demoted", False)
+        assert await crowd["demoted"].app() == 404
+        assert await crowd["bystander"].dashboard() == ("bystander", True)
+        assert await crowd["bystander"].app() == 200
+        # Put back as they were, the ended sessions stay ended: a new sign-in is needed.
+        set_user(site.users, "removed", "removed-password")
+        assert await crowd["removed"].dashboard() == (None, False)
+    finally:
+        for person in crowd.values():
+            await person.close()
+
+
+async def test_a_restart_does_not_bring_back_a_session_that_lost_its_standing(
+    site: Site,
+) -> None:
+    crowd = await people(
+        site, {"r-removed": False, "r-repassed": False, "r-demoted": True, "r-kept": True}
+    )
+    try:
+        for person in crowd.values():
+            await person.app()
+        site.kuberde.stop_up()
+        site.edit_users(lambda users: users.pop("r-removed"))
+        set_user(site.users, "r-repassed", "a-new-password")
+        site.edit_users(lambda users: users["r-demoted"].update(admin=False))
+        site.kuberde.start_up(site.kuberde.root / "workspaces.yaml")
+        site.kuberde.wait_phase("rec", "Running", timeout=60)
+
+        for gone in ("r-removed", "r-repassed"):
+            assert await crowd[gone].dashboard() == (None, False), gone
+            assert await crowd[gone].app() == 401, gone
+        assert await crowd["r-demoted"].dashboard() == ("r-demoted", False)
+        assert await crowd["r-demoted"].app() == 404
+        assert await crowd["r-kept"].dashboard() == ("r-kept", True), "sessions do persist"
+    finally:
+        for person in crowd.values():
+            await person.close()
