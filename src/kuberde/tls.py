@@ -24,7 +24,19 @@ def client_ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
 
 
 def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """Raises OSError naming both files and why they cannot serve (missing, not PEM, not a
+    pair), as the commands report it."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_file, key_file)
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except OSError as exc:
+        if isinstance(exc, ssl.SSLError):
+            why = "not a PEM certificate chain and its matching private key"
+            why += f" ({exc.reason})" if exc.reason else ""
+        else:
+            why = exc.strerror or str(exc)
+        raise OSError(
+            f"cannot use TLS certificate {cert_file} with key {key_file}: {why}"
+        ) from None
     return context

@@ -158,8 +158,17 @@ def _read(path: Path) -> tuple[dict[str, LocalUser], tuple[int, int, int]]:
     try:
         document = yaml.safe_load(data)
     except yaml.YAMLError as exc:
-        raise UsersFileError(f"{path} is not valid YAML: {exc}") from None
+        raise UsersFileError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
     return _parse(document, path), (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, on one line (PyYAML's own message spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
 
 
 class UsersFile:

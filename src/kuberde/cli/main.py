@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -276,30 +278,47 @@ def server(
         mgmt_token_file=mgmt_token_file,
         mgmt_service_accounts=tuple(accounts),
     )
-    aio.run(
-        run_gateway(
-            listen=address,
-            state_dir=state_dir,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            settings=GatewaySettings(
-                wake_timeout=wake_timeout,
-                connections=ConnectionLimits(
-                    header_timeout=header_timeout,
-                    max_unauthenticated_per_address=max_unauthenticated_per_address,
+    with _start_up_errors():
+        aio.run(
+            run_gateway(
+                listen=address,
+                state_dir=state_dir,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
+                settings=GatewaySettings(
+                    wake_timeout=wake_timeout,
+                    connections=ConnectionLimits(
+                        header_timeout=header_timeout,
+                        max_unauthenticated_per_address=max_unauthenticated_per_address,
+                    ),
+                    streams=StreamQuotaSettings(
+                        per_user=dataclasses.replace(
+                            StreamQuotaSettings().per_user, max_streams=max_streams_per_user
+                        )
+                    ),
                 ),
-                streams=StreamQuotaSettings(
-                    per_user=dataclasses.replace(
-                        StreamQuotaSettings().per_user, max_streams=max_streams_per_user
-                    )
+                auth=auth,
+                kubernetes=KubernetesOptions(namespace, kubeconfig) if kubernetes else None,
+                signing_key_file=signing_key_file,
+                browser=BrowserOptions(
+                    apps_domain=apps_domain or None, public_url=public_url or None
                 ),
-            ),
-            auth=auth,
-            kubernetes=KubernetesOptions(namespace, kubeconfig) if kubernetes else None,
-            signing_key_file=signing_key_file,
-            browser=BrowserOptions(apps_domain=apps_domain or None, public_url=public_url or None),
+            )
         )
-    )
+
+
+@contextlib.contextmanager
+def _start_up_errors() -> Iterator[None]:
+    """A file the gateway cannot start with (session file, signing key, users file, TLS
+    files) or an address it cannot bind: one line saying which and why, exit 1."""
+    from kuberde.auth.keys import SigningKeyError
+    from kuberde.auth.users import UsersFileError
+
+    try:
+        yield
+    except (OSError, SigningKeyError, UsersFileError) as exc:
+        typer.echo(f"kuberde: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @command(app, "agent")
@@ -379,7 +398,7 @@ def up(
         issuer_settings = issuer_settings_for(public_url)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--public-url") from None
-    try:
+    with _start_up_errors():
         code = aio.run(
             run_up(
                 files=list(files or []),
@@ -392,9 +411,6 @@ def up(
                 issuer_settings=issuer_settings,
             )
         )
-    except OSError as exc:
-        typer.echo(f"kuberde: {exc}", err=True)
-        raise typer.Exit(1) from None
     raise typer.Exit(code)
 
 
