@@ -25,13 +25,19 @@ class ListedUsers:
 
     def __init__(self, users: UsersFile) -> None:
         self._users = users
+        #: The users file's problem last logged: said once, not on every request.
+        self._reported: str | None = None
 
     def _listed(self, username: str) -> LocalUser | None:
         try:
-            return self._users.get(username)
+            listed = self._users.get(username)
         except UsersFileError as exc:
-            log.error("browser sessions are refused until the users file is fixed: %s", exc)
+            if str(exc) != self._reported:
+                self._reported = str(exc)
+                log.error("browser sessions are refused until the users file is fixed: %s", exc)
             return None
+        self._reported = None
+        return listed
 
     def sign_in(self, user: Principal) -> tuple[str | None, float | None]:
         listed = self._listed(user.name)
