@@ -68,7 +68,7 @@ def test_a_ticket_is_for_its_own_host_only_and_dies_with_its_session() -> None:
     ticket = sessions.redeem(code, HOST)
     assert ticket is not None and sessions.redeem(code, HOST) is None
     held = sessions.ticket(ticket, HOST)
-    assert held is not None and held.user == ALICE
+    assert held == ALICE
     assert sessions.ticket(ticket, "9000--dev--alice.localhost:8080") is None
     assert sessions.ticket(cookie, HOST) is None  # the session cookie is no ticket
     sessions.end(cookie)
@@ -133,7 +133,7 @@ def test_sessions_and_tickets_survive_a_restart_and_sign_out_ends_them(tmp_path:
     restored = second.get(other)
     assert restored is not None and restored.user == admin
     held = second.ticket(ticket, HOST)
-    assert held is not None and held.user == ALICE
+    assert held == ALICE
     assert second.ticket(ticket, "other--alice.localhost:8080") is None
 
     second.end(cookie)
@@ -245,7 +245,7 @@ def test_admin_is_never_more_than_the_sign_in_or_the_file_says(
     write_users(users, {"alice": ("scrypt$x", listed)})
     now, held = sessions.get(cookie), sessions.ticket(ticket, HOST)
     assert now is not None and held is not None
-    assert now.user.admin == held.user.admin == (signed_in and listed)
+    assert now.user.admin == held.admin == (signed_in and listed)
 
 
 def test_a_broken_users_file_fails_closed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -307,7 +307,7 @@ def test_a_session_lives_exactly_until_its_user_stops_standing(
         else:
             assert now is not None and held is not None
             expected = admin and directory.users["alice"][1]
-            assert now.user.admin == held.user.admin == expected
+            assert now.user.admin == held.admin == expected
 
 
 def test_by_default_a_session_ends_with_the_token_it_started_with() -> None:

@@ -102,9 +102,9 @@ class AppProxy:
     # ---- authentication ------------------------------------------------------------------
 
     async def _user(self, request: web.Request, host: str) -> Principal | None:
-        ticket = self.sessions.ticket(request.cookies.get(self.settings.cookies(request).app), host)
-        if ticket is not None:
-            return ticket.user
+        user = self.sessions.ticket(request.cookies.get(self.settings.cookies(request).app), host)
+        if user is not None:
+            return user
         header = request.headers.get("Authorization", "")
         if header.lower().startswith("bearer "):
             try:

@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 SESSIONS_FILE = "browser-sessions.db"
 #: Ours: `PRAGMA application_id` of the file ("KRDS").
 _APPLICATION_ID = 0x4B524453
-#: `PRAGMA user_version`. 1: sessions record their `credential`; rows of an older file are
-#: dropped (their users sign in again), never read as sessions nobody can re-check.
-_SCHEMA_VERSION = 1
+#: `PRAGMA user_version`. 1: sessions record their `credential`; 2: tickets hold no user
+#: (they speak for their session's). Rows of an older file are dropped (their users sign in
+#: again), never read as sessions nobody can re-check.
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     key TEXT PRIMARY KEY, user TEXT NOT NULL, csrf TEXT NOT NULL, expires_at REAL NOT NULL,
@@ -46,7 +47,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE TABLE IF NOT EXISTS tickets (
     key TEXT PRIMARY KEY, session_key TEXT NOT NULL, host TEXT NOT NULL,
-    user TEXT NOT NULL, expires_at REAL NOT NULL
+    expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tickets_by_session ON tickets (session_key);
 """
@@ -153,9 +154,9 @@ class SessionFile:
                 )
             ]
             tickets = [
-                (key, AppTicket(session_key, host, _user(user), expires))
-                for key, session_key, host, user, expires in conn.execute(
-                    "SELECT key, session_key, host, user, expires_at FROM tickets ORDER BY rowid"
+                (key, AppTicket(session_key, host, expires))
+                for key, session_key, host, expires in conn.execute(
+                    "SELECT key, session_key, host, expires_at FROM tickets ORDER BY rowid"
                 )
             ]
         return sessions, tickets
@@ -177,12 +178,12 @@ class SessionFile:
         self._write(write)
 
     def put_ticket(self, key: str, ticket: AppTicket, evicted: Iterable[str] = ()) -> None:
-        row = (key, ticket.session_key, ticket.host, _user_json(ticket.user), ticket.expires_at)
+        row = (key, ticket.session_key, ticket.host, ticket.expires_at)
         gone = [(k,) for k in evicted]
 
         def write(conn: sqlite3.Connection) -> None:
             conn.executemany("DELETE FROM tickets WHERE key = ?", gone)
-            conn.execute("INSERT OR REPLACE INTO tickets VALUES (?, ?, ?, ?, ?)", row)
+            conn.execute("INSERT OR REPLACE INTO tickets VALUES (?, ?, ?, ?)", row)
 
         self._write(write)
 

@@ -81,9 +81,10 @@ class BrowserSession:
 
 @dataclass(frozen=True, slots=True)
 class AppTicket:
+    """Speaks for its session's user as they stand at each use: it holds no user of its own."""
+
     session_key: str
     host: str
-    user: Principal
     expires_at: float
 
 
@@ -275,15 +276,15 @@ class SessionStore:
             return None
         ticket = secrets.token_urlsafe(32)
         expires = min(session.expires_at, now + self.limits.ticket_ttl)
-        key, minted = _hash(ticket), AppTicket(session.key, host, session.user, expires)
+        key, minted = _hash(ticket), AppTicket(session.key, host, expires)
         evicted = self._tickets.put(key, minted)
         if self._backend is not None:
             self._backend.put_ticket(key, minted, evicted)
         return ticket
 
-    def ticket(self, value: str | None, host: str) -> AppTicket | None:
-        """The ticket a cookie holds, if it was minted for this very host and is current;
-        its user is its session's, as they stand now."""
+    def ticket(self, value: str | None, host: str) -> Principal | None:
+        """Whom the ticket a cookie holds speaks for (its session's user, as they stand
+        now), if it was minted for this very host and is current."""
         if not value:
             return None
         ticket = self._tickets.get(_hash(value))
@@ -292,4 +293,4 @@ class SessionStore:
         session = self._current(ticket.session_key)
         if session is None:
             return None
-        return ticket if ticket.user == session.user else replace(ticket, user=session.user)
+        return session.user
