@@ -339,22 +339,25 @@ def test_a_restored_session_is_checked_by_its_recorded_fingerprint(tmp_path: Pat
     disk.stop()
 
 
+@pytest.mark.parametrize("version", [0, 1])
 def test_an_older_session_file_is_emptied_with_a_log_line_and_a_newer_refused(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, version: int
 ) -> None:
     path = tmp_path / SESSIONS_FILE
-    with sqlite3.connect(path) as conn:  # the file as version 0 wrote it
+    with sqlite3.connect(path) as conn:  # the file as that version wrote it
         conn.execute("PRAGMA application_id = 0x4B524453")
+        conn.execute(f"PRAGMA user_version = {version}")
+        credential = ", credential TEXT" if version == 1 else ""
         conn.execute(
             "CREATE TABLE sessions (key TEXT PRIMARY KEY, user TEXT NOT NULL, "
-            "csrf TEXT NOT NULL, expires_at REAL NOT NULL)"
+            f"csrf TEXT NOT NULL, expires_at REAL NOT NULL{credential})"
         )
         conn.execute(
             "CREATE TABLE tickets (key TEXT PRIMARY KEY, session_key TEXT NOT NULL, "
             "host TEXT NOT NULL, user TEXT NOT NULL, expires_at REAL NOT NULL)"
         )
         conn.execute(
-            "INSERT INTO sessions VALUES ('k', ?, 'c', 1e12)",
+            "INSERT INTO sessions (key, user, csrf, expires_at) VALUES ('k', ?, 'c', 1e12)",
             ('{"kind": "user", "name": "alice", "admin": true}',),
         )
     path.chmod(0o600)
