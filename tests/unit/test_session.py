@@ -1060,3 +1060,31 @@ async def test_a_burst_of_received_frames_is_answered_in_one_message() -> None:
         assert [(frame.type, frame.stream_id) for frame in grants] == [
             (FrameType.WINDOW_UPDATE, stream_id) for stream_id in (1, 3, 5)
         ]
+
+
+async def test_on_stream_gets_each_opened_stream_as_its_syn_arrives() -> None:
+    """No backlog applies, and a stream the callback resets is refused alone."""
+    client_link, server_link = link_pair()
+    served: list[Stream] = []
+
+    def serve(stream: Stream) -> None:
+        if stream.id == 3:
+            stream.reset("not this one")
+        served.append(stream)
+
+    client = Session(client_link, is_client=True, name="client")
+    server = Session(
+        server_link, is_client=False, config=SessionConfig(accept_backlog=0), on_stream=serve
+    )
+    tasks = [asyncio.create_task(client.run()), asyncio.create_task(server.run())]
+    try:
+        streams = [client.open_stream(b"%d" % index) for index in range(3)]
+        await eventually(lambda: len(served) == 3 and streams[1].error is not None)
+        assert streams[1].error is not None and streams[1].error.reason == "not this one"
+        for index in (0, 2):
+            assert await asyncio.wait_for(served[index].read(), TIMEOUT) == b"%d" % index
+            assert streams[index].error is None
+    finally:
+        await client.close()
+        await server.close()
+        await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)

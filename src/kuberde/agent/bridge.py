@@ -27,7 +27,8 @@ async def serve_stream(
 ) -> None:
     """Run one stream to completion; every refusal resets the stream with a reason."""
     try:
-        preamble, rest = await asyncio.wait_for(read_preamble(stream), preamble_timeout)
+        async with asyncio.timeout(preamble_timeout):
+            preamble, rest = await read_preamble(stream)
     except TimeoutError:
         stream.reset("no preamble")
         return
@@ -74,16 +75,14 @@ async def _dial(
     delay = 0.05
     while True:
         try:
-            _, bridge = await asyncio.wait_for(
-                loop.create_connection(
+            async with asyncio.timeout(dial_timeout):
+                _, bridge = await loop.create_connection(
                     lambda: TcpBridge(
                         stream, f"connection to {host}:{port} in the workspace", rest
                     ),
                     host,
                     port,
-                ),
-                dial_timeout,
-            )
+                )
             return bridge
         except ConnectionRefusedError:
             if stream.error is not None or loop.time() + delay > deadline:

@@ -42,7 +42,6 @@ from kuberde.mux import (
     BULK_FRAME,
     BULK_WINDOW,
     Session,
-    SessionClosed,
     SessionConfig,
     Stream,
 )
@@ -222,13 +221,18 @@ class Agent:
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse, name: str) -> str:
         """Run one session until it ends or we are stopped; return why it ended."""
-        session = Session(WebSocketLink(ws), is_client=True, name=name, config=_SESSION_CONFIG)
         streams: set[asyncio.Task[None]] = set()
+
+        def serve(stream: Stream) -> None:
+            task = asyncio.create_task(self._serve_stream(stream), name=f"stream-{stream.id}")
+            streams.add(task)
+            task.add_done_callback(streams.discard)
+
+        session = Session(
+            WebSocketLink(ws), is_client=True, name=name, config=_SESSION_CONFIG, on_stream=serve
+        )
         runner = asyncio.create_task(session.run(), name=f"agent-session-{name}")
-        helpers = [
-            asyncio.create_task(self._accept(session, streams)),
-            asyncio.create_task(_close_after_go_away(session)),
-        ]
+        helpers = [asyncio.create_task(_close_after_go_away(session))]
         stopper = asyncio.create_task(self._stop.wait())
         try:
             await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -246,16 +250,6 @@ class Agent:
             await asyncio.gather(*helpers, stopper, runner, return_exceptions=True)
             await _finish(streams)
         return session.close_reason or "session closed"
-
-    async def _accept(self, session: Session, streams: set[asyncio.Task[None]]) -> None:
-        while True:
-            try:
-                stream = await session.accept()
-            except SessionClosed:
-                return
-            task = asyncio.create_task(self._serve_stream(stream), name=f"stream-{stream.id}")
-            streams.add(task)
-            task.add_done_callback(streams.discard)
 
     async def _serve_stream(self, stream: Stream) -> None:
         try:

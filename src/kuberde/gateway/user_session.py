@@ -51,11 +51,9 @@ __all__ = ["USER_SESSION_CONFIG", "serve_user_session"]
 
 log = logging.getLogger(__name__)
 
-#: Bulk windows as on the agent path. A burst of new streams waits to be accepted here;
-#: the stream quota, not this backlog, is what bounds a user.
-USER_SESSION_CONFIG = SessionConfig(
-    receive_window=BULK_WINDOW, max_frame_payload=BULK_FRAME, accept_backlog=1024
-)
+#: Bulk windows as on the agent path. New streams are served as their SYN arrives (no
+#: accept backlog): the stream quota is what bounds a user.
+USER_SESSION_CONFIG = SessionConfig(receive_window=BULK_WINDOW, max_frame_payload=BULK_FRAME)
 _PREAMBLE_TIMEOUT = 10.0
 
 
@@ -233,39 +231,36 @@ async def serve_user_session(gateway: Gateway, request: web.Request) -> web.Stre
         compress=False, max_msg_size=gateway.settings.max_message_size, autoping=True
     )
     await ws.prepare(request)
-    session = Session(
-        WebSocketLink(ws), is_client=False, config=USER_SESSION_CONFIG, name=user.name
-    )
     streams: set[asyncio.Task[None]] = set()
+
+    def serve(stream: Stream) -> None:
+        try:
+            # Counted before anything is read: a stream waiting for its preamble or its
+            # workspace holds window and memory too.
+            guard = StreamGuard(gateway.quota, user.name, target)
+        except LimitExceeded as exc:
+            log.info("refused a stream of %s to %s: %s", user.name, target, exc.reason)
+            stream.reset(exc.reason)
+            return
+        task = asyncio.create_task(_serve_stream(gateway, stream, user, reference, target, guard))
+        streams.add(task)
+        task.add_done_callback(streams.discard)
+
+    session = Session(
+        WebSocketLink(ws),
+        is_client=False,
+        config=USER_SESSION_CONFIG,
+        name=user.name,
+        on_stream=serve,
+    )
     gateway.user_sessions.add(session)
-    running = asyncio.create_task(session.run())
     log.info("user %s opened a session for %s", user.name, reference)
     try:
-        while True:
-            try:
-                stream = await session.accept()
-            except SessionClosed:
-                break
-            try:
-                # Counted before anything is read: a stream waiting for its preamble or its
-                # workspace holds window and memory too.
-                guard = StreamGuard(gateway.quota, user.name, target)
-            except LimitExceeded as exc:
-                log.info("refused a stream of %s to %s: %s", user.name, target, exc.reason)
-                stream.reset(exc.reason)
-                continue
-            task = asyncio.create_task(
-                _serve_stream(gateway, stream, user, reference, target, guard)
-            )
-            streams.add(task)
-            task.add_done_callback(streams.discard)
+        await session.run()
     finally:
         gateway.user_sessions.discard(session)
         for task in list(streams):
             task.cancel()
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
         log.info(
             "user %s closed the session for %s: %s", user.name, reference, session.close_reason
         )

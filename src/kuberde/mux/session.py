@@ -454,7 +454,10 @@ class Session:
         is_client: bool,
         config: SessionConfig | None = None,
         name: str = "",
+        on_stream: Callable[[Stream], None] | None = None,
     ) -> None:
+        """`on_stream`, if given, gets each stream the peer opens, called from the reader as
+        its SYN arrives (a task switch sooner than `accept`, which then never returns one)."""
         self.loop = asyncio.get_running_loop()
         self.config = config or SessionConfig()
         self.name = name
@@ -463,6 +466,7 @@ class Session:
         self._streams: dict[int, Stream] = {}
         self._next_id = 1 if is_client else 2
         self._accepted: asyncio.Queue[Stream | None] = asyncio.Queue()
+        self._on_stream = on_stream
         self._control = ControlQueue(self.config.control)
         self._ready: deque[Stream] = deque()
         self._wakeup = asyncio.Event()
@@ -707,7 +711,7 @@ class Session:
         if self._local_go_away or self._closed.is_set():
             self._refuse(stream_id)
             return None
-        if self._accepted.qsize() >= self.config.accept_backlog:
+        if self._on_stream is None and self._accepted.qsize() >= self.config.accept_backlog:
             log.warning("session %s: accept backlog full, refusing stream", self.name)
             self._refuse(stream_id)
             return None
@@ -717,7 +721,10 @@ class Session:
         self._control.window_update(stream_id, Flag.ACK, extra)
         self._kick()
         stream._recv_credit += extra
-        self._accepted.put_nowait(stream)
+        if self._on_stream is None:
+            self._accepted.put_nowait(stream)
+        else:
+            self._on_stream(stream)
         return stream
 
     def _handle_ping(self, frame: Frame) -> None:
