@@ -141,6 +141,12 @@ class Person:
                 return 401
             return reply.status
 
+    async def echo(self, ws: aiohttp.ClientWebSocketResponse, text: str) -> str | int:
+        """The app's echo of `text` over an open WebSocket, or the close code it got."""
+        await ws.send_str(text)
+        reply = await ws.receive(timeout=WAIT)
+        return str(reply.data) if reply.type is aiohttp.WSMsgType.TEXT else int(ws.close_code or 0)
+
     async def close(self) -> None:
         await self.http.close()
 
@@ -221,6 +227,27 @@ async def test_a_restart_does_not_bring_back_a_session_that_lost_its_standing(
         assert await crowd["r-demoted"].dashboard() == ("r-demoted", False)
         assert await crowd["r-demoted"].app() == 404
         assert await crowd["r-kept"].dashboard() == ("r-kept", True), "sessions do persist"
+    finally:
+        for person in crowd.values():
+            await person.close()
+
+
+async def test_an_open_app_websocket_ends_at_the_next_message_once_demoted(site: Site) -> None:
+    crowd = await people(site, {"ws-admin": True, "ws-kept": True})
+    try:
+        origin = site.app.rstrip("/")
+        sockets = {}
+        for name, person in crowd.items():
+            assert await person.app() == 200  # the app ticket
+            sockets[name] = await person.http.ws_connect(
+                origin.replace("http", "ws", 1) + "/ws", origin=origin, protocols=["echo.v1"]
+            )
+            assert await person.echo(sockets[name], "hi") == "echo:hi"
+        site.edit_users(lambda users: users["ws-admin"].update(admin=False))
+        assert await crowd["ws-admin"].echo(sockets["ws-admin"], "again") == 1008
+        assert await crowd["ws-kept"].echo(sockets["ws-kept"], "again") == "echo:again"
+        for ws in sockets.values():
+            await ws.close()
     finally:
         for person in crowd.values():
             await person.close()

@@ -18,11 +18,11 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from kuberde.auth import AuthError, Principal, bearer_token
 from kuberde.gateway.app import Gateway, limit_error
@@ -101,8 +101,12 @@ class AppProxy:
 
     # ---- authentication ------------------------------------------------------------------
 
+    def _ticket_user(self, request: web.Request, host: str) -> Principal | None:
+        """Whom the request's app ticket speaks for now, if it holds a valid one."""
+        return self.sessions.ticket(request.cookies.get(self.settings.cookies(request).app), host)
+
     async def _user(self, request: web.Request, host: str) -> Principal | None:
-        user = self.sessions.ticket(request.cookies.get(self.settings.cookies(request).app), host)
+        user = self._ticket_user(request, host)
         if user is not None:
             return user
         header = request.headers.get("Authorization", "")
@@ -183,7 +187,7 @@ class AppProxy:
         if user is None:
             return self._sign_in(request, host)
         found = self._locate(label) or await self._locate_fresh(label, user)
-        if found is None or (found[1].owner != user.name and not user.admin):
+        if found is None or not _may_use(user, found[1]):
             return self._not_found(request)
         address, record = found
         port = address.port
@@ -440,7 +444,7 @@ class AppProxy:
                 autoping=True,
             )
             await ws.prepare(request)
-            await self._pump(ws, upstream, agent)
+            await self._pump(ws, upstream, agent, self._standing_check(request, record))
             return ws
         finally:
             if not stream.is_closed:
@@ -448,7 +452,28 @@ class AppProxy:
             self.gateway.activity.http_ended(agent)
             self.gateway.metrics.open_streams.dec()
 
-    async def _pump(self, ws: web.WebSocketResponse, upstream: StreamWebSocket, agent: str) -> None:
+    def _standing_check(self, request: web.Request, record: AgentRecord) -> Callable[[], bool]:
+        """For an open WebSocket: whether its browser may still use it. One opened with an
+        app ticket is asked again (a user removed, demoted or signed out meanwhile loses it);
+        one opened with a bearer token was checked at the upgrade."""
+        host = request.host.lower()
+        if self._ticket_user(request, host) is None:
+            return lambda: True
+
+        def standing() -> bool:
+            user = self._ticket_user(request, host)
+            return user is not None and _may_use(user, record)
+
+        return standing
+
+    async def _pump(
+        self,
+        ws: web.WebSocketResponse,
+        upstream: StreamWebSocket,
+        agent: str,
+        standing: Callable[[], bool],
+    ) -> None:
+        """Relay both ways; a browser message once `standing` says no closes it (1008)."""
         activity = self.gateway.activity
 
         async def from_app() -> None:
@@ -466,6 +491,9 @@ class AppProxy:
             async for message in _browser_messages(ws):
                 if message is None:
                     break
+                if not standing():
+                    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"signed out")
+                    break
                 await upstream.send(message)
                 activity.bytes_moved(agent, "http")
             await upstream.close(1000)
@@ -475,6 +503,11 @@ class AppProxy:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _may_use(user: Principal, record: AgentRecord) -> bool:
+    """Apps are their owner's, and every admin's."""
+    return record.owner == user.name or user.admin
 
 
 async def _browser_messages(ws: web.WebSocketResponse) -> AsyncIterator[str | bytes | None]:
