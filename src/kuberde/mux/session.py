@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 INITIAL_WINDOW = 256 * 1024
 MAX_WINDOW = 16 * 1024 * 1024
 _MAX_RESET_REASON = 1024
+_SYN, _FIN, _RST = int(Flag.SYN), int(Flag.FIN), int(Flag.RST)
 
 
 class Link(Protocol):
@@ -684,23 +685,24 @@ class Session:
         if frame.type is FrameType.GO_AWAY:
             self._handle_go_away(frame)
             return
+        flags = int(frame.flags)  # plain ints: Flag's operators show in a round trip's CPU
         stream = self._streams.get(frame.stream_id)
-        if frame.flags & Flag.SYN:
+        if flags & _SYN:
             stream = self._on_syn(frame.stream_id)
         if stream is None:
             return  # late frame for a stream we already closed or refused
         if frame.type is FrameType.WINDOW_UPDATE:
             if frame.length:
                 stream._on_window_update(frame.length)
-        elif frame.flags & Flag.RST:
+        elif flags & _RST:
             reason = frame.payload[:_MAX_RESET_REASON].decode("utf-8", "replace")
             stream._fail(StreamReset(reason or "reset by peer"))
             return
         elif frame.payload:
             stream._on_data(frame.payload)
-        if frame.flags & Flag.RST:
+        if flags & _RST:
             stream._fail(StreamReset("reset by peer"))
-        elif frame.flags & Flag.FIN:
+        elif flags & _FIN:
             stream._on_fin()
 
     def _on_syn(self, stream_id: int) -> Stream | None:
@@ -778,7 +780,11 @@ class Session:
         if not self._send_lock.locked() and not self._closed.is_set():
             self._batching += 1  # what callbacks queue meanwhile, this loop sends
             try:
-                while link.writable and (message := self._next_message()):
+                while (
+                    (self._ready or self._control)
+                    and link.writable
+                    and (message := self._next_message())
+                ):
                     link.send_nowait(message)
             finally:
                 self._batching -= 1
