@@ -435,7 +435,9 @@ async def test_health_endpoints_respond(gateway: RunningGateway) -> None:
         async with asyncio.timeout(WAIT), gateway.http.get(gateway.url + path) as response:
             assert response.status == 200
             assert isinstance(await response.json(), dict)
-    assert "kuberde_agents_online" in await gateway.metrics()
+    metrics = await gateway.metrics()
+    assert "kuberde_agents_online" in metrics
+    assert "kuberde_event_loop_lag_seconds" in metrics
 
 
 async def test_management_api_reports_sessions_and_activity(gateway: RunningGateway) -> None:

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
@@ -24,6 +25,7 @@ from kuberde.activity import (
     encode_report,
     encode_status,
 )
+from kuberde.aio import LoopLag
 from kuberde.auth import AuthError, Principal, TokenVerifier, bearer_token
 from kuberde.clock import utc_now
 from kuberde.gateway.agent_watch import serve_watch
@@ -124,6 +126,7 @@ class Gateway:
         self.registry = presence.registry
         self.activity = presence.activity
         self.metrics = GatewayMetrics()
+        self._loop_lag = LoopLag(self.metrics.loop_lag.set)
         self.quota = StreamQuota(settings.streams)
         self._user_sockets: set[web.WebSocketResponse] = set()
         #: Users' mux sessions (`/session`), closed with the agents' on shutdown.
@@ -545,6 +548,14 @@ class Gateway:
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain")
 
+    async def sample_loop_lag(self, app: web.Application) -> AsyncIterator[None]:
+        """The loop-lag gauge's timer runs while the app does."""
+        self._loop_lag.start()
+        try:
+            yield
+        finally:
+            self._loop_lag.stop()
+
     async def on_shutdown(self, app: web.Application) -> None:
         """Close every user socket, user session and agent session at once, under one
         deadline, then cancel background work: a thousand sessions must not take a thousand
@@ -603,4 +614,5 @@ def create_app(
     app.router.add_get("/readyz", gateway.readyz)
     app.router.add_get("/metrics", gateway.metrics_endpoint)
     app.on_shutdown.append(gateway.on_shutdown)
+    app.cleanup_ctx.append(gateway.sample_loop_lag)
     return app

@@ -49,6 +49,12 @@ class GatewayMetrics:
             "Open GET /mgmt/agents?watch=1 streams (the operator holds one)",
             registry=self.registry,
         )
+        self.loop_lag = Gauge(
+            "kuberde_event_loop_lag_seconds",
+            "How late the gateway's event loop last ran a timer (sampled twice a second): "
+            "the wait of every callback on a saturated loop",
+            registry=self.registry,
+        )
         self.wakes = Counter(
             "kuberde_wake_requests", "Wake requests sent for offline agents", registry=self.registry
         )
