@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.procs import Child, Processes, free_port, rss_kib
+from bench.procs import Child, Processes, cpu_seconds, free_port, rss_kib
 from bench.soakpeers import WAIT, WorkerConfig, WorkerResults, load_results
 from bench.stack import KUBERDE, START_TIMEOUT, clean_env
 from bench.stats import percentile
@@ -69,6 +70,20 @@ class Timeline:
     #: (time, RSS KiB, open fds)
     gateway: list[tuple[float, int, int]] = field(default_factory=list)
     attack: Counter[str] = field(default_factory=Counter)
+    #: (time, {process: CPU seconds so far}) of the gateway and every worker
+    cpu: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+
+
+def cpu_shares(
+    earlier: dict[str, float], later: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """Per process, the share of one core it used between two samples (a restarted
+    gateway's counter starts again, so a drop is not counted)."""
+    return {
+        name: max(0.0, later[name] - earlier[name]) / seconds
+        for name in later
+        if name in earlier and seconds > 0
+    }
 
 
 def explain(
@@ -161,6 +176,13 @@ class Soak:
         with contextlib.suppress(OSError):
             fds = len(os.listdir(f"/proc/{pid}/fd"))
             self.timeline.gateway.append((time.monotonic(), rss_kib(pid), fds))
+        used: dict[str, float] = {}
+        for child in [self.gateway, *(worker for worker, _ in self.workers)]:
+            with contextlib.suppress(OSError):
+                used[child.name.split("-")[0] if child is self.gateway else child.name] = (
+                    cpu_seconds(child.pid)
+                )
+        self.timeline.cpu.append((time.monotonic(), used))
 
     # ---- workers --------------------------------------------------------------------------
 
@@ -379,6 +401,11 @@ class Report:
         print("gateway RSS / open fds over time:")
         for at, rss, fds in timeline.gateway:
             print(f"  {at - self.started:7.0f}s  {rss / 1024:8.1f} MiB  {fds:6d} fds")
+        print("CPU per process over time (share of one core):")
+        for (before, earlier), (at, later) in itertools.pairwise(timeline.cpu):
+            shares = cpu_shares(earlier, later, at - before)
+            row = "  ".join(f"{name} {share:4.0%}" for name, share in shares.items())
+            print(f"  {at - self.started:7.0f}s  {row}")
         for kind, workers in kinds.items():
             setups = [(at, s) for w in workers for at, s in w.setups]
             quiet = [s for at, s in setups if at < timeline.attack_from]

@@ -6,7 +6,7 @@ import itertools
 import os
 import random
 
-from bench.soak import FAULT_SHADOW, Timeline, explain
+from bench.soak import FAULT_SHADOW, Timeline, cpu_shares, explain
 from bench.soakpeers import BLOCK, CHUNK, Payload, TrailerCheck
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -54,3 +54,10 @@ def test_a_payload_checks_out_however_it_is_split_and_not_once_changed(
     changed = data[:position] + bytes([data[position] ^ 1]) + data[position + 1 :]
     assert not check(changed).intact()
     assert not check(data[:-1]).intact()
+
+
+def test_cpu_shares_are_per_process_and_skip_a_restarted_counter() -> None:
+    shares = cpu_shares(
+        {"gateway": 10.0, "agents-0": 1.0}, {"gateway": 2.0, "agents-0": 6.0, "probe-0": 1.0}, 10.0
+    )
+    assert shares == {"gateway": 0.0, "agents-0": 0.5}
