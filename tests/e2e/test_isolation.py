@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,7 @@ import pytest
 
 from kuberde.auth.users import USERS_FILE, set_user
 from kuberde.local.accounts import Account, account_name
-from kuberde.local.netns import installation_tag
+from kuberde.local.netns import NETNS_ETC_DIR, SLIRP_DNS, installation_tag, netns_name
 from tests.e2e.up_fixtures import (
     ISOLATED,
     UP_PYTHON,
@@ -608,3 +609,101 @@ def test_a_namespace_that_cannot_be_made_is_the_workspaces_error_until_it_can(
     rde.wait_phase("carol-ws", "Running")
     reply = _as(rde, user_token(rde, "carol"), "connect", "carol-ws", input="fine now\n")
     assert (reply.returncode, reply.stdout) == (0, "fine now\n"), reply.stderr
+
+
+#: Prints the nameservers it sees and what a name resolves to, then stays up.
+_DNS_PROBE = r"""
+import socket, time
+servers = [line.split()[1] for line in open("/etc/resolv.conf") if line.startswith("nameserver")]
+print("PROBE nameservers", *servers, flush=True)
+try:
+    print("PROBE lookup", socket.gethostbyname("probe.kuberde.test"), flush=True)
+except OSError as exc:
+    print("PROBE lookup failed", exc, flush=True)
+print("PROBE done", flush=True)
+time.sleep(3600)
+"""
+
+
+@contextlib.contextmanager
+def _resolver(host: str, answer: str) -> Iterator[list[str]]:
+    """A DNS server on UDP `host`:53 answering every A query with `answer`; yields the names
+    asked, as they arrive."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((host, 53))
+    server.settimeout(0.2)
+    asked: list[str] = []
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                query, peer = server.recvfrom(512)
+            except (TimeoutError, OSError):
+                continue
+            end = query.index(b"\0", 12) + 5
+            labels, at = [], 12
+            while query[at]:
+                labels.append(query[at + 1 : at + 1 + query[at]].decode())
+                at += 1 + query[at]
+            asked.append(".".join(labels))
+            is_a = query[end - 4 : end - 2] == b"\0\x01"
+            head = query[:2] + struct.pack("!HHHHH", 0x8180, 1, int(is_a), 0, 0)
+            reply = head + query[12:end]
+            if is_a:
+                reply += struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(answer)
+            server.sendto(reply, peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield asked
+    finally:
+        done.set()
+        thread.join(timeout=WAIT)
+        server.close()
+
+
+@pytest.mark.skipif(
+    not ISOLATED or shutil.which("slirp4netns", path="/usr/sbin:/sbin:/usr/bin:/bin") is None,
+    reason="owners get network namespaces with outbound DNS only under root, with slirp4netns",
+)
+@pytest.mark.timeout(120)
+def test_a_resolver_on_the_hosts_loopback_serves_workloads_through_slirp4netns(
+    tmp_path: Path,
+) -> None:
+    """Like systemd-resolved's 127.0.0.53: inside an owner's namespace that address is the
+    namespace's own loopback, where nothing listens, so the workload is given slirp4netns's
+    forwarder, which asks the host's resolver for it."""
+    host_resolv_conf = Path("/etc/resolv.conf").read_text()
+    stub = tmp_path / "stub-resolv.conf"
+    stub.write_text("nameserver 127.0.0.77\noptions edns0\n")
+    stub.chmod(0o644)
+    # `kuberde up` sees the stub as /etc/resolv.conf, in a mount namespace of its own.
+    wrapper = [
+        *("unshare", "--mount", "--propagation", "private", "--"),
+        *("sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(stub)),
+    ]
+    with (
+        _resolver("127.0.0.77", "192.0.2.7") as asked,
+        KubeRDE(tmp_path / "kuberde", wrapper=wrapper) as rde,
+    ):
+        try:
+            probe = [WORKLOAD_PYTHON, "-u", "-c", _DNS_PROBE]
+            file = write_documents(
+                tmp_path / "alice.yaml",
+                [workspace("alice-dns", probe, local_port=free_port(), owner="alice")],
+            )
+            rde.start_up(file)
+            probes = _probe_lines(_probe_output(rde, user_token(rde, "alice"), "alice-dns"))
+            assert probes["nameservers"] == [SLIRP_DNS]
+            assert probes["lookup"] == ["192.0.2.7"]
+            assert "probe.kuberde.test" in asked
+            etc = NETNS_ETC_DIR / netns_name(installation_tag(rde.state_dir), "alice")
+            assert "the host's resolver is on its loopback" in rde.up_stderr()
+            assert (etc / "resolv.conf").read_text() == f"options edns0\nnameserver {SLIRP_DNS}\n"
+            rde.stop_up()
+            assert not etc.exists()
+        finally:
+            print(rde.diagnostics())
+    assert Path("/etc/resolv.conf").read_text() == host_resolv_conf

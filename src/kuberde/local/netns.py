@@ -15,6 +15,10 @@ leftovers are removed at the next start.
 - Outbound traffic (pip, git) goes through slirp4netns, when installed: user-mode networking
   with `--disable-host-loopback`, so the host's loopback (the gateway, other owners' agents)
   stays out of reach. Without it workloads get loopback only, which `kuberde up` says once.
+  Where the host's resolver listens on its own loopback (systemd-resolved's 127.0.0.53),
+  that address is the namespace's empty loopback inside it, so the namespace gets a
+  resolv.conf naming slirp4netns's DNS forwarder instead, in iproute2's place for it
+  (`/etc/netns/NAME/resolv.conf`, which `ip netns exec` shows too).
 - Where namespaces cannot be made (not root, or a container without CAP_SYS_ADMIN) every
   workload shares the host's network, which `kuberde up` also says once; never silently.
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import os
 import shutil
@@ -44,6 +49,7 @@ from kuberde.local.supervisor import ProcessSpec, SupervisedProcess
 
 __all__ = [
     "NETNS_DIR",
+    "NETNS_ETC_DIR",
     "SOCKETS_DIR",
     "NetworkError",
     "OwnerNetwork",
@@ -53,12 +59,18 @@ __all__ = [
     "netns_name",
     "remove_leftovers",
     "slirp_argv",
+    "workload_resolv_conf",
 ]
 
 log = logging.getLogger(__name__)
 
 #: Where `ip netns` keeps its named namespaces.
 NETNS_DIR = Path("/run/netns")
+#: iproute2's per-namespace /etc: NETNS_ETC_DIR/NAME/resolv.conf is NAME's resolv.conf.
+NETNS_ETC_DIR = Path("/etc/netns")
+HOST_RESOLV_CONF = Path("/etc/resolv.conf")
+#: slirp4netns's DNS forwarder, inside the namespace.
+SLIRP_DNS = "10.0.2.3"
 #: The gateway's per-owner Unix sockets live in SOCKETS_DIR/TAG.
 SOCKETS_DIR = Path("/run/kuberde")
 _PREFIX = "kuberde-"
@@ -84,6 +96,8 @@ class OwnerNetwork:
     netns: Path | None
     #: The agent's SERVER_URL.
     gateway_url: str
+    #: What its processes see as /etc/resolv.conf; None for the host's.
+    resolv_conf: Path | None = None
 
 
 def installation_tag(state_dir: Path) -> str:
@@ -99,6 +113,30 @@ def netns_name(tag: str, owner: str) -> str:
 def is_ours(tag: str, name: str) -> bool:
     """Whether namespace `name` belongs to installation `tag`."""
     return name.startswith(f"{_PREFIX}{tag}-")
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def workload_resolv_conf(host: str) -> str | None:
+    """The resolv.conf a namespace with slirp4netns needs, given the host's, or None when
+    the host's works there as it is: when every nameserver is on the host's loopback (or none
+    is named, which means 127.0.0.1), they become slirp4netns's forwarder, which asks the
+    host's resolver on the workload's behalf. Search domains and options are kept."""
+    lines = host.splitlines()
+    servers = [
+        words[1]
+        for words in map(str.split, lines)
+        if words[:1] == ["nameserver"] and len(words) > 1
+    ]
+    if not all(map(_is_loopback, servers)):
+        return None
+    kept = [line for line in lines if line.split()[:1] != ["nameserver"]]
+    return "\n".join([*kept, f"nameserver {SLIRP_DNS}", ""])
 
 
 def slirp_argv(slirp: str, netns: Path, exit_fd: int, ready_fd: int) -> list[str]:
@@ -164,9 +202,36 @@ def remove_leftovers(tag: str, ip: str) -> None:
                         os.kill(pid, signal.SIGKILL)
                 _run(ip, "netns", "delete", name)
     with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(NETNS_ETC_DIR):
+            if is_ours(tag, name):
+                shutil.rmtree(NETNS_ETC_DIR / name, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
         for entry in (SOCKETS_DIR / tag).iterdir():
             entry.unlink()
         (SOCKETS_DIR / tag).rmdir()
+
+
+def _write_resolv_conf(name: str) -> Path | None:
+    """NAME's own resolv.conf, written if the host's does not work in the namespace."""
+    try:
+        text = workload_resolv_conf(HOST_RESOLV_CONF.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("cannot read %s (%s): workloads use it as it is", HOST_RESOLV_CONF, exc)
+        return None
+    if text is None:
+        return None
+    path = NETNS_ETC_DIR / name / "resolv.conf"
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path.parent.chmod(0o755)
+    path.write_text(text)
+    path.chmod(0o644)
+    log.info(
+        "the host's resolver is on its loopback: %s's workloads ask slirp4netns's DNS "
+        "forwarder (%s) instead",
+        name,
+        path,
+    )
+    return path
 
 
 async def _readable(fd: int, seconds: float) -> bool:
@@ -348,9 +413,14 @@ class OwnerNetworks:
             await asyncio.to_thread(_run, ip, "netns", "delete", name)
             raise
         slirp, fds = await self._outbound(owner, path)
+        resolv_conf = None if slirp is None else await asyncio.to_thread(_write_resolv_conf, name)
         log.info("network namespace %s for %s's workspaces", name, owner)
         return _Namespace(
-            OwnerNetwork(path, f"ws+unix:{socket_path}"), socket_path, stop_serving, slirp, fds
+            OwnerNetwork(path, f"ws+unix:{socket_path}", resolv_conf),
+            socket_path,
+            stop_serving,
+            slirp,
+            fds,
         )
 
     async def _listen(
@@ -413,6 +483,8 @@ class OwnerNetworks:
         with contextlib.suppress(FileNotFoundError):
             namespace.socket_path.unlink()
         assert self._ip is not None and namespace.network.netns is not None
+        if namespace.network.resolv_conf is not None:
+            shutil.rmtree(namespace.network.resolv_conf.parent, ignore_errors=True)
         try:
             await asyncio.to_thread(_run, self._ip, "netns", "delete", namespace.network.netns.name)
         except NetworkError as exc:

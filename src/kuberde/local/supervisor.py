@@ -64,7 +64,9 @@ class ProcessSpec:
     """What to run. `env` is the child's whole environment (plus `RUN_MARKER`): nothing is
     inherited implicitly, so the caller decides which of its variables a workload sees.
     `run_as` is the account the child runs as (we must be root); `pass_fds` stay open in it;
-    `netns` is the network namespace it runs in (entered with nsenter, as root)."""
+    `netns` is the network namespace it runs in (entered with nsenter, as root);
+    `resolv_conf`, if given, is what it sees as /etc/resolv.conf (bind-mounted in a mount
+    namespace of its own, so nothing else sees it)."""
 
     name: str
     argv: list[str]
@@ -74,10 +76,13 @@ class ProcessSpec:
     run_as: Account | None = None
     pass_fds: tuple[int, ...] = ()
     netns: Path | None = None
+    resolv_conf: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.argv or not self.argv[0]:
             raise ValueError(f"process {self.name!r} has an empty command")
+        if self.resolv_conf is not None and self.netns is None:
+            raise ValueError(f"process {self.name!r}: a resolv.conf of its own needs a netns")
 
 
 def tail_log(path: Path, lines: int = _TAIL_LINES, max_bytes: int = _TAIL_BYTES) -> str:
@@ -208,7 +213,15 @@ def _command(spec: ProcessSpec) -> list[str]:
         if spec.run_as is None
         else run_as_argv(spec.run_as, spec.argv, terminal_group=terminal_group())
     )
-    return argv if spec.netns is None else ["nsenter", f"--net={spec.netns}", "--", *argv]
+    if spec.netns is None:
+        return argv
+    enter = ["nsenter", f"--net={spec.netns}", "--"]
+    if spec.resolv_conf is not None:
+        enter += [
+            *("unshare", "--mount", "--propagation", "private", "--"),
+            *("sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(spec.resolv_conf)),
+        ]
+    return [*enter, *argv]
 
 
 def _describe_start_error(spec: ProcessSpec, exc: OSError) -> str:
