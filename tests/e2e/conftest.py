@@ -742,10 +742,13 @@ async def echo_roundtrip(port: int, payload: bytes) -> bytes:
         try:
 
             async def send() -> None:
-                for offset in range(0, len(payload), 64 * 1024):
-                    writer.write(payload[offset : offset + 64 * 1024])
-                    await writer.drain()
-                writer.write_eof()
+                # A peer that closes first (what is under test while nothing serves) may
+                # fail these, ENOTCONN on write_eof included: what was received tells.
+                with contextlib.suppress(OSError):
+                    for offset in range(0, len(payload), 64 * 1024):
+                        writer.write(payload[offset : offset + 64 * 1024])
+                        await writer.drain()
+                    writer.write_eof()
 
             sender = asyncio.create_task(send())
             received = await reader.read(-1)
