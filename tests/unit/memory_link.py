@@ -40,7 +40,10 @@ class MemoryLink:
     async def send(self, data: bytes | bytearray) -> None:
         if self._broken:
             raise ConnectionResetError("link closed")
-        await self._resumed.wait()
+        while not self._resumed.is_set():  # paused again before this waiter ran
+            await self._resumed.wait()
+        if self._broken:
+            raise ConnectionResetError("link closed")
         self.send_nowait(data)
 
     async def receive(self) -> bytes | None:
