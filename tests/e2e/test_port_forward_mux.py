@@ -72,9 +72,11 @@ async def test_data_sent_and_closed_before_the_session_is_up_arrives(
     """The first client talks and leaves before the session has even been dialled; a second
     one leaves before its stream is open. Both deliver their bytes and EOF."""
     heard: asyncio.Queue[bytes] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
 
     async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        heard.put_nowait(await reader.read())
+        # Targets serve on a loop of their own: hand over through this test's loop.
+        loop.call_soon_threadsafe(heard.put_nowait, await reader.read())
         writer.close()
 
     port = targets.serve(record)
