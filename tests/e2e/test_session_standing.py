@@ -1,8 +1,10 @@
 """A browser session ends when its user is removed or changes password, and demotion takes
-effect at once, on the dashboard and on app hosts, also across a `kuberde up` restart.
+effect at once, on the dashboard and on app hosts, also across a `kuberde up` restart; the
+same holds for the command line's access tokens.
 
 Browsers are plain HTTP clients with a cookie jar, signing in through the built-in issuer's
-form as a person would; `*.localhost` app hosts resolve to loopback.
+form as a person would; `*.localhost` app hosts resolve to loopback. Command-line tokens
+come from the device flow, approved with the password on the verification form.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import aiohttp
 import pytest
 import yaml
 
+from kuberde.auth.issuer import DEVICE_CODE_GRANT
 from kuberde.auth.users import set_user
 from kuberde.files import write_private
+from kuberde.naming import agent_id
 from tests.e2e.up_fixtures import (
     WAIT,
     WORKLOAD_ENV,
@@ -33,6 +37,7 @@ from tests.oidc_provider.harness import forms_of
 
 OWNER = current_owner()
 PASSWORD = "owner-password-1"
+REC = agent_id(OWNER, "rec")
 RECORDER = Path(__file__).resolve().parent / "apps" / "recorder.py"
 _SIGNED_IN = re.compile(r"Signed in as <strong>([^<]+)</strong>")
 
@@ -151,6 +156,45 @@ class Person:
         await self.http.close()
 
 
+async def cli_token(site: Site, name: str, password: str) -> str:
+    """An access token from the device flow (RFC 8628), approved with the password on the
+    issuer's verification page as `kuberde login` has its user do."""
+    source = f"127.0.0.{next(_addresses)}"
+    timeout = aiohttp.ClientTimeout(total=WAIT)
+    connector = aiohttp.TCPConnector(local_addr=(source, 0))
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+        client = {"client_id": "kuberde-cli"}
+        async with http.post(site.url + "/oauth/device/code", data=client) as reply:
+            assert reply.status == 200, await reply.text()
+            grant = await reply.json()
+        approval = {
+            "user_code": grant["user_code"],
+            "username": name,
+            "password": password,
+            "action": "approve",
+        }
+        async with http.post(grant["verification_uri"], data=approval) as reply:
+            assert reply.status == 200, await reply.text()
+        redeem = {**client, "grant_type": DEVICE_CODE_GRANT, "device_code": grant["device_code"]}
+        async with http.post(site.url + "/oauth/token", data=redeem) as reply:
+            assert reply.status == 200, await reply.text()
+            return str((await reply.json())["access_token"])
+
+
+async def find(site: Site, token: str) -> tuple[int, str]:
+    """`GET /api/agents/ID` of the owner's workspace with a bearer token (as `kuberde ssh`
+    asks before it starts): 200 for the owner and admins."""
+    timeout = aiohttp.ClientTimeout(total=WAIT)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as http,
+        http.get(
+            f"{site.url}/api/agents/{REC}", headers={"Authorization": f"Bearer {token}"}
+        ) as reply,
+    ):
+        body = await reply.json()
+        return reply.status, str(body.get("error", ""))
+
+
 async def people(site: Site, admins: dict[str, bool]) -> dict[str, Person]:
     """Listed users, each signed in on the dashboard and (if allowed) on the owner's app."""
     signed_in = {}
@@ -251,3 +295,27 @@ async def test_an_open_app_websocket_ends_at_the_next_message_once_demoted(site:
     finally:
         for person in crowd.values():
             await person.close()
+
+
+async def test_a_token_is_refused_once_its_user_is_removed_or_changes_password(
+    site: Site,
+) -> None:
+    names = ("t-removed", "t-repassed", "t-demoted", "t-kept")
+    for name in names:
+        set_user(site.users, name, f"{name}-password", admin=True)
+    tokens = {name: await cli_token(site, name, f"{name}-password") for name in names}
+    for name in names:
+        assert (await find(site, tokens[name]))[0] == 200, name
+    site.edit_users(lambda users: users.pop("t-removed"))
+    set_user(site.users, "t-repassed", "a-new-password", admin=True)
+    site.edit_users(lambda users: users["t-demoted"].update(admin=False))
+
+    status, message = await find(site, tokens["t-removed"])
+    assert (status, message) == (401, "the token is no longer valid: user t-removed was removed")
+    status, message = await find(site, tokens["t-repassed"])
+    assert status == 401 and "password of t-repassed changed" in message, message
+    assert (await find(site, tokens["t-demoted"]))[0] == 404, "no longer an admin"
+    assert await find(site, tokens["t-kept"]) == (200, "")
+    # Put back as they were, the refused tokens stay refused: a new sign-in is needed.
+    set_user(site.users, "t-removed", "t-removed-password", admin=True)
+    assert (await find(site, tokens["t-removed"]))[0] == 401

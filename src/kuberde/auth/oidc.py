@@ -380,6 +380,9 @@ class UserClaims:
     admin_role: str = ADMIN_ROLE
     #: A claim listing groups; membership of `admin_role` (or `/admin_role`) grants admin.
     groups_claim: str | None = None
+    #: A claim binding the token to its user's standing (`Principal.credential`): the
+    #: built-in issuer's; an external provider has none.
+    credential_claim: str | None = None
 
 
 @dataclass(frozen=True)
@@ -457,12 +460,16 @@ class OidcUserVerifier:
         if settings.groups_claim is not None:
             groups = _strings(claim_at(claims, settings.groups_claim), "groups")
             admin = admin or any(g.lstrip("/") == settings.admin_role for g in groups)
+        credential = claims.get(settings.credential_claim) if settings.credential_claim else None
+        if credential is not None and not isinstance(credential, str):
+            raise AuthError("bad_claims", "the token's credential claim is not a string")
         return Principal(
             kind="user",
             name=username,
             admin=admin,
             expires_at=_expiry(claims),
             issued_at=_issued(claims),
+            credential=credential,
         )
 
 

@@ -13,7 +13,7 @@ import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -66,6 +66,7 @@ AuthFailure = Literal[
     "wrong_kind",
     "bad_claims",
     "unknown_key",
+    "revoked",
 ]
 
 _AUDIENCE_OF: dict[PrincipalKind, str] = {
@@ -111,6 +112,9 @@ class Principal:
     expires_at: datetime | None = None
     #: When the credential was issued (`iat`), if it says: how fresh a sign-in is.
     issued_at: datetime | None = None
+    #: The users-file standing the token was issued under (the built-in issuer's password
+    #: fingerprint), checked again on each use; None: the token is good until it expires.
+    credential: str | None = field(default=None, repr=False)
 
 
 def bearer_token(authorization_header: str | None) -> str:

@@ -34,7 +34,7 @@ from kuberde.gateway.connections import GuardedSite
 from kuberde.gateway.presence import Presence
 from kuberde.gateway.server import ListenAddress, bind_socket, socket_url, start_site
 from kuberde.gateway.session_file import SESSIONS_FILE
-from kuberde.gateway.standing import ListedUsers
+from kuberde.gateway.standing import ListedTokenUsers, ListedUsers
 from kuberde.gateway.web import BrowserSettings, add_browser
 from kuberde.gateway.web.actions_api import add_action_routes
 from kuberde.local.accounts import DEFAULT_HOMES_DIR, AccountError, Accounts
@@ -158,13 +158,15 @@ async def run_up(
     issuer = TokenIssuer(key)
     sock = bind_socket(listen)
     url = socket_url(sock, tls=False)
+    users_file = UsersFile(state_dir / USERS_FILE)
+    listed = ListedUsers(users_file)
     # Users' tokens come from the built-in issuer at our own URL, verified like any OIDC
-    # provider's; agents and the management API keep the local key's credentials.
-    users = OidcUserVerifier(OidcProvider(url), BUILTIN_USER_CLAIMS)
+    # provider's, and refused once their user no longer stands in the users file; agents
+    # and the management API keep the local key's credentials.
+    users = ListedTokenUsers(OidcUserVerifier(OidcProvider(url), BUILTIN_USER_CLAIMS), listed)
     local = LocalTokenVerifier.from_signing_key(key)
     verifier = CompositeVerifier(users=[users], agents=[local], management=[local])
     presence = Presence()
-    users_file = UsersFile(state_dir / USERS_FILE)
     store = StateStore(state_dir / STATE_DB_NAME)
     settings = RuntimeSettings(state_dir=state_dir, sweep_interval=sweep_interval)
     accounts = Accounts.for_this_process(homes_dir, _mapped_account(users_file))
@@ -200,7 +202,7 @@ async def run_up(
             sessions_file=state_dir / SESSIONS_FILE,
         ),
         workspaces,
-        ListedUsers(users_file),
+        listed,
     )
 
     user = current_user()

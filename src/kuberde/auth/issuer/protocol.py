@@ -11,8 +11,11 @@ from kuberde.auth.oidc import UserClaims
 
 BUILTIN_CLIENT_ID = "kuberde-cli"
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+#: The access token's claim holding `Identity.credential`, so the gateway can tell a token
+#: of a user since removed, or whose password changed, as it tells a refresh token.
+CREDENTIAL_CLAIM = "kuberde_credential"
 #: How the gateway reads this issuer's tokens (the role list is a top-level `roles` claim).
-BUILTIN_USER_CLAIMS = UserClaims(roles_claim="roles")
+BUILTIN_USER_CLAIMS = UserClaims(roles_claim="roles", credential_claim=CREDENTIAL_CLAIM)
 SUPPORTED_SCOPES = frozenset({"openid", "profile", "offline_access"})
 DEFAULT_SCOPE = "openid profile offline_access"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}

@@ -32,6 +32,7 @@ from kuberde.auth.issuer.pages import (
 )
 from kuberde.auth.issuer.protocol import (
     BUILTIN_CLIENT_ID,
+    CREDENTIAL_CLAIM,
     DEFAULT_SCOPE,
     DEVICE_CODE_GRANT,
     NO_STORE,
@@ -156,8 +157,13 @@ class BuiltinIssuer:
         ttl: timedelta | None = None,
         client_id: str = BUILTIN_CLIENT_ID,
         scope: str = DEFAULT_SCOPE,
+        credential: str | None = None,
     ) -> str:
-        """An RFC 9068 access token for `username`, as the token endpoint issues them."""
+        """An RFC 9068 access token for `username`, as the token endpoint issues them.
+
+        `credential` (`Identity.credential`) binds it to the user's entry in the users
+        file; without one (the token `kuberde up` mints for the OS user who runs it) it
+        is good until it expires."""
         validate_name(username, "username")
         lifetime = ttl if ttl is not None else self.settings.access_token_ttl
         if lifetime <= timedelta(0):
@@ -176,6 +182,8 @@ class BuiltinIssuer:
         }
         if admin:
             claims["roles"] = [ADMIN_ROLE]
+        if credential is not None:
+            claims[CREDENTIAL_CLAIM] = credential
         return self._sign(claims, "at+jwt")
 
     def _id_token(self, identity: Identity, client_id: str, nonce: str | None) -> str:
@@ -207,7 +215,11 @@ class BuiltinIssuer:
         )
         body: dict[str, Any] = {
             "access_token": self.mint_access_token(
-                identity.username, admin=identity.admin, client_id=client_id, scope=scope
+                identity.username,
+                admin=identity.admin,
+                client_id=client_id,
+                scope=scope,
+                credential=identity.credential,
             ),
             "token_type": "Bearer",
             "expires_in": int(settings.access_token_ttl.total_seconds()),
