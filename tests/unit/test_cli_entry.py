@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +86,42 @@ def test_the_typer_app_loads_without_the_heavy_libraries() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]", done.stdout
+
+
+#: Runs `kuberde ARGS...` as the console script does, then lists the top-level modules loaded.
+_RUN_AND_LIST = (
+    "import sys\n"
+    "from kuberde.cli.entry import main\n"
+    "sys.argv[0] = 'kuberde'\n"
+    "try:\n"
+    "    main()\n"
+    "finally:\n"
+    "    print('loaded:', *sorted({m.split('.')[0] for m in sys.modules}), file=sys.stderr)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["version"], 0),
+        (["ls", "--help"], 0),
+        (["port-forward", "--help"], 0),
+        (["logs", "dev", "--tail", "abc"], 2),
+        (["ls", "--output", "xml"], 2),
+    ],
+)
+def test_commands_run_without_pydantic(args: list[str], code: int, tmp_path: Path) -> None:
+    """Typer would convert every option value through pydantic (~100 ms of start-up);
+    kuberde.cli.coercion converts ours, bad values included."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "KUBERDE_CONFIG": "/nonexistent"}
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN_AND_LIST, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == code, done.stderr
+    loaded = done.stderr.rsplit("loaded:", 1)[1].split()
+    assert "typer" in loaded
+    assert "pydantic" not in loaded

@@ -33,6 +33,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from kuberde.cli import coercion
 from kuberde.cli.config import ClientSettings, ConfigError, resolve
 
 __all__ = [
@@ -164,11 +165,15 @@ def _format_params(owner: Any, ctx: Any, formatter: Any) -> None:
 
 
 class Command(TyperCommand):
-    """A command whose help is plain text with plain metavars."""
+    """A command whose help is plain text with plain metavars, and whose values are
+    converted without pydantic (`coercion`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["rich_markup_mode"] = None
         super().__init__(*args, **kwargs)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return coercion.installed(super().get_params(ctx))
 
     def format_options(self, ctx: Any, formatter: Any) -> None:
         _format_params(self, ctx, formatter)
@@ -183,12 +188,16 @@ class Command(TyperCommand):
 
 
 class Group(TyperGroup):
-    """The top-level group: plain help, and "did you mean" only for a likely typo."""
+    """The top-level group: plain help, "did you mean" only for a likely typo, and values
+    converted without pydantic."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["rich_markup_mode"] = None
         kwargs["suggest_commands"] = False
         super().__init__(*args, **kwargs)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return coercion.installed(super().get_params(ctx))
 
     def resolve_command(
         self, ctx: Any, args: list[str]
