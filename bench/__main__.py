@@ -31,7 +31,7 @@ from typing import Any
 
 from bench import apphttp, operator_scale, peers, report
 from bench.httpapp import LARGE_PATH, SMALL_PATH
-from bench.latency import measure_round_trips, measure_setups
+from bench.latency import measure_round_trips, measure_setups, measure_under_load
 from bench.memory import measure_gateway_memory
 from bench.procs import Processes
 from bench.startup import measure_startup
@@ -39,10 +39,30 @@ from bench.stats import percentile
 from bench.throughput import measure_throughput
 from bench.wake import measure_wake
 
-BENCHMARKS = ("throughput", "rtt", "setup", "startup", "memory", "wake", "http", "operator")
-PATH_BENCHMARKS = frozenset({"throughput", "rtt", "setup"})
+BENCHMARKS = (
+    "throughput",
+    "rtt",
+    "setup",
+    "loaded",
+    "startup",
+    "memory",
+    "wake",
+    "http",
+    "operator",
+)
+PATH_BENCHMARKS = frozenset({"throughput", "rtt", "setup", "loaded"})
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """Round trips and setups sampled while `bulk_streams` uploads share the path."""
+
+    bulk_streams: int
+    round_trips: int
+    setups: int
+    rounds: int
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,7 @@ class Plan:
     rtt_rounds: int
     setups: int
     setup_rounds: int
+    loaded: LoadPlan
     agents: int
     wake_rounds: int
     workload_starts: int
@@ -74,6 +95,7 @@ FULL = Plan(
     rtt_rounds=5,
     setups=50,
     setup_rounds=4,
+    loaded=LoadPlan(bulk_streams=4, round_trips=500, setups=50, rounds=3),
     agents=1000,
     wake_rounds=5,
     workload_starts=5,
@@ -94,6 +116,7 @@ QUICK = Plan(
     rtt_rounds=1,
     setups=50,
     setup_rounds=1,
+    loaded=LoadPlan(bulk_streams=4, round_trips=200, setups=30, rounds=1),
     agents=1000,
     wake_rounds=2,
     workload_starts=3,
@@ -192,6 +215,18 @@ def _run_paths(procs: Processes, work: Path, plan: Plan, selected: list[str]) ->
         _say("new-stream setup")
         samples = measure_setups(paths, count=plan.setups, warmup=10, rounds=plan.setup_rounds)
         results["setup"] = _latency_summary(samples, 1e3, "ms")
+    if "loaded" in selected:
+        load = plan.loaded
+        _say(f"round trips and new-stream setup beside {load.bulk_streams} bulk uploads")
+        loaded = measure_under_load(
+            paths,
+            bulk_streams=load.bulk_streams,
+            round_trips=load.round_trips,
+            setups=load.setups,
+            rounds=load.rounds,
+        )
+        results["loaded"] = {key: value.summary() for key, value in loaded.items()}
+        results["loaded_bulk_streams"] = load.bulk_streams
     return results
 
 

@@ -1,22 +1,31 @@
-"""Round trip of one byte on an open connection, and the time to open a new one.
+"""Round trip of one byte on an open connection, and the time to open a new one, on a quiet
+path and while bulk uploads share it.
 
 Round trip: 1-byte ping-pong against the echo server on one connection, after a warm-up.
 Setup: connect, then wait for the first byte of the banner the target sends unprompted —
 the whole path (for KubeRDE: WebSocket upgrade, credential check, stream open, the agent's
 dial) must be up before that byte can arrive. Rounds alternate between paths.
+Under load: the same two while `bulk_streams` connections upload into the sink as fast as
+they can, through the same forwarder (for KubeRDE: the same two mux sessions), so a
+keystroke or a new stream's first bytes compete with bulk data for each link (issue 11).
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from bench.peers import BenchPath
+from bench.stats import median, percentile
 from bench.target import BANNER
-from bench.throughput import MeasurementError, connect
+from bench.throughput import CHUNK, MeasurementError, connect, finish_upload, send_chunk
 
-__all__ = ["measure_round_trips", "measure_setups"]
+__all__ = ["LoadedResult", "measure_round_trips", "measure_setups", "measure_under_load"]
 
 IO_TIMEOUT = 30.0
 
@@ -77,3 +86,85 @@ def measure_setups(
         for path in paths:
             samples[path.key] += [_setup(path.ports.banner) for _ in range(count)]
     return samples
+
+
+@dataclass
+class LoadedResult:
+    """One path's latencies under bulk load, and how fast the bulk moved meanwhile."""
+
+    round_trips: list[float] = field(default_factory=list)
+    setups: list[float] = field(default_factory=list)
+    bulk_mb_s: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "rtt_p50_us": percentile(self.round_trips, 0.50) * 1e6,
+            "rtt_p99_us": percentile(self.round_trips, 0.99) * 1e6,
+            "setup_p50_ms": percentile(self.setups, 0.50) * 1e3,
+            "setup_p99_ms": percentile(self.setups, 0.99) * 1e3,
+            "bulk_mb_s": median(self.bulk_mb_s),
+            "samples": len(self.round_trips) + len(self.setups),
+        }
+
+
+@contextlib.contextmanager
+def _bulk(port: int, streams: int) -> Iterator[list[float]]:
+    """Upload into the sink on `streams` connections until the block ends; then check every
+    byte arrived and append the aggregate MB/s to the yielded list."""
+    stop = threading.Event()
+    moved: list[int] = []
+    errors: list[BaseException] = []
+
+    def upload(sock: socket.socket) -> None:
+        sent = 0
+        try:
+            while not stop.is_set():
+                send_chunk(sock, CHUNK)
+                sent += CHUNK
+            finish_upload(sock, sent)
+            moved.append(sent)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            sock.close()
+
+    sockets = [connect(port) for _ in range(streams)]
+    threads = [threading.Thread(target=upload, args=(sock,), daemon=True) for sock in sockets]
+    rates: list[float] = []
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    try:
+        yield rates
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(IO_TIMEOUT)
+    if errors:
+        raise MeasurementError(f"{len(errors)} of {streams} bulk uploads failed: {errors[0]!r}")
+    if len(moved) < streams:
+        raise MeasurementError(f"{streams - len(moved)} bulk uploads did not finish in time")
+    rates.append(sum(moved) / (time.perf_counter() - began) / 1e6)
+
+
+def measure_under_load(
+    paths: Sequence[BenchPath],
+    *,
+    bulk_streams: int,
+    round_trips: int,
+    setups: int,
+    rounds: int,
+    settle: float = 1.0,
+) -> dict[str, LoadedResult]:
+    """Round trips and setups on each path while `bulk_streams` uploads run on it; `settle`
+    seconds of bulk first, so every queue on the way is full when sampling starts."""
+    results = {path.key: LoadedResult() for path in paths}
+    for _ in range(rounds):
+        for path in paths:
+            result = results[path.key]
+            with _bulk(path.ports.sink, bulk_streams) as rates:
+                time.sleep(settle)
+                result.round_trips += _round_trips(path.ports.echo, round_trips, warmup=20)
+                result.setups += [_setup(path.ports.banner) for _ in range(setups)]
+            result.bulk_mb_s += rates
+    return results

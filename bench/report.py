@@ -496,6 +496,25 @@ def _latency_tables(results: Results) -> list[Section]:
         title = "New stream: connect → first byte of the server's banner (lower is better)"
         note = _NAGLE_NOTE if tty is not None else ""
         tables.append(("setup", _table(title, headers, rows) + note))
+    if "loaded" in results:
+        headers, rows = _section_rows(
+            results,
+            "loaded",
+            "setup_p50_ms",
+            [
+                ("rtt p50 µs", _number("rtt_p50_us", 0)),
+                ("rtt p99 µs", _number("rtt_p99_us", 0)),
+                ("setup p50 ms", _number("setup_p50_ms", 2)),
+                ("setup p99 ms", _number("setup_p99_ms", 2)),
+                ("bulk MB/s", _number("bulk_mb_s", 0)),
+            ],
+        )
+        title = (
+            f"Under load: round trip and new-stream setup beside "
+            f"{results.get('loaded_bulk_streams', '?')} bulk uploads on the same path "
+            "(lower is better)"
+        )
+        tables.append(("loaded", _table(title, headers, rows)))
     return tables
 
 

@@ -21,7 +21,15 @@ from bench.procs import cpu_seconds
 from bench.stats import median
 from bench.target import COUNT_SIZE
 
-__all__ = ["MeasurementError", "ThroughputResult", "connect", "measure_throughput"]
+__all__ = [
+    "CHUNK",
+    "MeasurementError",
+    "ThroughputResult",
+    "connect",
+    "finish_upload",
+    "measure_throughput",
+    "send_chunk",
+]
 
 CHUNK = 1024 * 1024
 IO_TIMEOUT = 120.0
@@ -71,17 +79,27 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def _upload(sock: socket.socket, total: int) -> None:
-    sent = 0
-    while sent < total:
-        size = min(CHUNK, total - sent)
-        sock.sendall(_PAYLOAD[:size])
-        sent += size
+def send_chunk(sock: socket.socket, size: int) -> None:
+    """Send `size` (at most CHUNK) bytes of the shared random payload."""
+    sock.sendall(_PAYLOAD[:size])
+
+
+def finish_upload(sock: socket.socket, total: int) -> None:
+    """Half-close and check that the sink counted all `total` bytes."""
     sock.shutdown(socket.SHUT_WR)
     reply = _recv_exactly(sock, COUNT_SIZE)
     received = int.from_bytes(reply, "big") if len(reply) == COUNT_SIZE else -1
     if received != total:
         raise MeasurementError(f"sent {total} bytes, the sink reports {received}")
+
+
+def _upload(sock: socket.socket, total: int) -> None:
+    sent = 0
+    while sent < total:
+        size = min(CHUNK, total - sent)
+        send_chunk(sock, size)
+        sent += size
+    finish_upload(sock, total)
 
 
 def _streams(port: int, streams: int, per_stream: int) -> float:
