@@ -24,6 +24,8 @@ from kuberde.mux.frame import (
     encode_header,
 )
 from kuberde.mux.session import (
+    BULK_FRAME,
+    BULK_WINDOW,
     INITIAL_WINDOW,
     Session,
     SessionClosed,
@@ -1027,6 +1029,34 @@ async def test_a_hundred_concurrent_streams_keep_their_bytes_apart() -> None:
 
         await asyncio.wait_for(asyncio.gather(*(one(index) for index in range(100))), TIMEOUT * 3)
         await eventually(lambda: pair.client.stream_count == pair.server.stream_count == 0)
+
+
+@pytest.mark.parametrize("opened", [True, False])
+async def test_a_new_stream_or_a_keystroke_leaves_in_the_next_message_beside_bulk(
+    opened: bool,
+) -> None:
+    """With the gateway's and agent's frame size, four bulk streams with a mebibyte each
+    queued used to put a new stream's first bytes (or a keystroke on an idle stream) four
+    whole messages back; fair scheduling sends them in the very next message (issue 11)."""
+    config = SessionConfig(receive_window=BULK_WINDOW, max_frame_payload=BULK_FRAME)
+    async with session_pair(config, config) as pair:
+        bulk = [pair.client.open_stream(b"bulk") for _ in range(4)]
+        idle = pair.client.open_stream(b"idle")
+        await quiesce(*pair.links)
+        pair.client_link.pause()
+        for index, stream in enumerate(bulk):
+            stream.write(noise(MIB, seed=index))
+        await quiesce(pair.client_link)  # the writer task holds a message, waiting
+        held = len(pair.client_link.sent)
+        if opened:
+            fresh = pair.client.open_stream(b"first bytes")
+        else:
+            fresh = idle
+            fresh.write(b"keystroke")
+        pair.client_link.resume()
+        await eventually(lambda: len(pair.client_link.sent) >= held + 2)
+        after_held = decode(pair.client_link.sent[held + 1 : held + 2])
+        assert any(frame.stream_id == fresh.id and frame.payload for frame in after_held)
 
 
 async def test_a_write_once_the_link_resumes_does_not_overtake_what_the_writer_holds() -> None:

@@ -1,7 +1,9 @@
 """asyncio yamux session: many streams over one message link (a WebSocket).
 
 Streams never write to the link themselves: they queue bytes, and the session moves them
-into frames as each stream's send window allows, round robin, control frames first. It
+into frames as each stream's send window allows: control frames first, then a stream that
+has just become ready (a new stream's SYN and preamble, a keystroke), then bulk in round
+robin with a per-turn byte budget (`kuberde.mux.schedule`). It
 does so at once, from the caller, while the link takes messages without waiting (saving
 the task switches of waking a writer, which were most of a round trip through the mux);
 otherwise its writer task does, whenever the link drains. Memory is therefore bounded per
@@ -39,6 +41,7 @@ from kuberde.mux.frame import (
     ProtocolError,
     encode_header,
 )
+from kuberde.mux.schedule import FairScheduler
 
 __all__ = [
     "BULK_FRAME",
@@ -149,7 +152,6 @@ class Stream:
         self._read_waiter: asyncio.Future[None] | None = None
         self._sink: StreamSink | None = None
         # Outbound side.
-        self._scheduled = False
         self._send_window = INITIAL_WINDOW
         #: What `write` was given, kept as given: a frame's payload is sliced out of these
         #: without a copy, and the link message is the one join (DESIGN.md §9: copies of
@@ -469,7 +471,10 @@ class Session:
         self._accepted: asyncio.Queue[Stream | None] = asyncio.Queue()
         self._on_stream = on_stream
         self._control = ControlQueue(self.config.control)
-        self._ready: deque[Stream] = deque()
+        #: Streams with something to send, in the order they get to send it.
+        self._ready: FairScheduler[Stream] = FairScheduler(
+            self.config.max_frame_payload, overhead=HEADER_SIZE
+        )
         self._wakeup = asyncio.Event()
         #: The writer task and a closing flush both send; the lock keeps frames in order.
         self._send_lock = asyncio.Lock()
@@ -661,19 +666,17 @@ class Session:
         so the link may mask it in place instead of copying it again)."""
         budget = self.config.max_message_size
         parts: list[bytes | memoryview] = list(self._control.take(budget))
-        size = sum(len(part) for part in parts)
         ready = self._ready
-        while ready and size < budget:
-            stream = ready.popleft()
-            stream._scheduled = False
-            room = min(self.config.max_frame_payload, max(budget - size - HEADER_SIZE, 1))
-            payload_size = stream._take_frame(room, parts)
-            if payload_size is None:
-                continue
-            size += HEADER_SIZE + payload_size
-            if stream._sendable:
-                stream._scheduled = True
-                ready.append(stream)
+        ready.begin(budget - sum(len(part) for part in parts))
+        # A frame taken can resume a producer that queues more; that waits for the next
+        # message (both callers loop until there is none) rather than nesting one here.
+        self._batching += 1
+        try:
+            while (turn := ready.pick()) is not None:
+                stream, allowance = turn
+                ready.served(stream, stream._take_frame(allowance, parts), stream._sendable)
+        finally:
+            self._batching -= 1
         return bytearray().join(parts)
 
     # ---- frame handling ------------------------------------------------------------------
@@ -763,9 +766,7 @@ class Session:
         self._kick()
 
     def _schedule(self, stream: Stream) -> None:
-        if not stream._scheduled:
-            stream._scheduled = True
-            self._ready.append(stream)
+        self._ready.add(stream)
         self._kick()
 
     def _kick(self) -> None:
