@@ -10,8 +10,10 @@ this process, each from its own address: an agent flooding pings without reading
 opening streams past their limit, and clients sending request headers a byte at a time.
 
 It prints transfers completed, failed (each with the injected fault that explains it; the
-user retries) and corrupted (must be 0), stream setup p50/p99 per minute, the gateway's
-RSS and open file descriptors per interval, and honest users' setup latency while attacked
+user retries) and corrupted (must be 0), stream setup p50/p99 per minute beside the event
+loop lag of the gateway (its `kuberde_event_loop_lag_seconds`, scraped each second) and of
+every worker (each runs `LoopLag` too), the gateway's RSS and open file descriptors per
+interval, and honest users' setup latency while attacked
 against the quiet baseline. Defaults are the issue's: 10 minutes, 1,000 agents, 200 users,
 1 KiB-64 MiB; scale them down with flags on a small machine.
 """
@@ -58,6 +60,8 @@ FLOOD_ADDRESS, HOG_ADDRESS, SLOW_ADDRESS = "127.3.0.1", "127.3.0.2", "127.3.0.3"
 HOG_OPENERS = 16
 #: The probe user's workspace (its user dials from 127.2.x.x after the honest users).
 PROBE_WORKSPACE = ("prober", "probe")
+LAG_METRIC = "kuberde_event_loop_lag_seconds"
+LAG_SCRAPE_INTERVAL = 1.0
 
 
 @dataclass
@@ -72,6 +76,26 @@ class Timeline:
     attack: Counter[str] = field(default_factory=Counter)
     #: (time, {process: CPU seconds so far}) of the gateway and every worker
     cpu: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    #: (time, the gateway's loop-lag gauge in seconds)
+    gateway_lag: list[tuple[float, float]] = field(default_factory=list)
+
+
+def gauge(text: str, name: str) -> float | None:
+    """The value of an unlabelled metric in Prometheus text format, if it is there."""
+    for line in text.splitlines():
+        metric, _, value = line.partition(" ")
+        if metric == name:
+            with contextlib.suppress(ValueError):
+                return float(value)
+    return None
+
+
+def per_minute(samples: list[tuple[float, float]], started: float) -> dict[int, list[float]]:
+    """(time, value) samples grouped by the minute of the run they fall in."""
+    buckets: dict[int, list[float]] = {}
+    for at, value in samples:
+        buckets.setdefault(int((at - started) // 60), []).append(value)
+    return buckets
 
 
 def cpu_shares(
@@ -169,6 +193,20 @@ class Soak:
                             if (await response.json())["agents_online"] >= wanted:
                                 return
                     await asyncio.sleep(0.5)
+
+    async def scrape_loop_lag(self) -> None:
+        """The gateway's loop-lag gauge each second; a scrape that fails (the gateway is
+        restarting) or takes longer than WAIT is skipped."""
+        while time.monotonic() < self.deadline:
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                async with (
+                    asyncio.timeout(WAIT),
+                    self.http.get(self.url + "/metrics") as response,
+                ):
+                    value = gauge(await response.text(), LAG_METRIC)
+                if value is not None:
+                    self.timeline.gateway_lag.append((time.monotonic(), value))
+            await asyncio.sleep(LAG_SCRAPE_INTERVAL)
 
     def sample(self) -> None:
         assert self.gateway is not None
@@ -297,6 +335,7 @@ class Soak:
 
     async def run(self) -> list[WorkerResults]:
         await asyncio.to_thread(self.start_gateway)
+        scraper = asyncio.create_task(self.scrape_loop_lag())
         agents = [(n, owner, name) for n, (owner, name) in enumerate(self.workspaces)]
         agents.append((len(agents), "mallory", "hog"))
         self.start_workers(
@@ -339,9 +378,9 @@ class Soak:
         if restart is not None:
             await restart
         results = await self.workers_done()
-        for task in attackers:
+        for task in [*attackers, scraper]:
             task.cancel()
-        await asyncio.gather(*attackers, return_exceptions=True)
+        await asyncio.gather(*attackers, scraper, return_exceptions=True)
         return results
 
 
@@ -359,6 +398,12 @@ def _ms(samples: list[float]) -> str:
         return "-"
     p50, p99 = percentile(samples, 0.5) * 1000, percentile(samples, 0.99) * 1000
     return f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+
+
+def _lag_ms(samples: list[float]) -> str:
+    if not samples:
+        return "-"
+    return f"p50 {percentile(samples, 0.5) * 1000:.0f} max {max(samples) * 1000:.0f}"
 
 
 @dataclass
@@ -393,11 +438,15 @@ class Report:
         for kind, workers in kinds.items():
             setups = [(at, s) for w in workers for at, s in w.setups]
             print(f"stream setup over time, {kind}:")
-            buckets: dict[int, list[float]] = {}
-            for at, seconds in setups:
-                buckets.setdefault(int((at - self.started) // 60), []).append(seconds)
-            for minute, samples in sorted(buckets.items()):
+            for minute, samples in sorted(per_minute(setups, self.started).items()):
                 print(f"  minute {minute:3d}: {len(samples):6d} streams, {_ms(samples)}")
+        lags = {"gateway": per_minute(timeline.gateway_lag, self.started)}
+        lags.update((w.name, per_minute(w.loop_lag, self.started)) for w in results)
+        print("event-loop lag over time (how late a 0.5 s timer ran; p50 max, ms):")
+        minutes = sorted({minute for buckets in lags.values() for minute in buckets})
+        for minute in minutes:
+            row = "  ".join(f"{name} {_lag_ms(b.get(minute, []))}" for name, b in lags.items())
+            print(f"  minute {minute:3d}: {row}")
         print("gateway RSS / open fds over time:")
         for at, rss, fds in timeline.gateway:
             print(f"  {at - self.started:7.0f}s  {rss / 1024:8.1f} MiB  {fds:6d} fds")

@@ -37,6 +37,7 @@ from typing import Any
 
 import aiohttp
 
+from kuberde.aio import LoopLag
 from kuberde.auth import TokenIssuer, load_or_create_signing_key
 from kuberde.gateway.connections import raise_fd_limit
 from kuberde.mux import BULK_FRAME, BULK_WINDOW, PreambleReader, Session, SessionConfig, Stream
@@ -149,6 +150,11 @@ class WorkerResults:
     kills: list[tuple[float, str]] = field(default_factory=list)
     #: Transfers that failed every attempt.
     gave_up: int = 0
+    #: The worker's process name (role-N), as the orchestrator's CPU samples name it.
+    name: str = ""
+    #: (time, seconds late) of a 0.5 s timer on this worker's loop: a saturated worker
+    #: shows here, and then its own setups are slow, not the gateway.
+    loop_lag: list[tuple[float, float]] = field(default_factory=list)
 
 
 class Worker:
@@ -156,7 +162,8 @@ class Worker:
         self.config = config
         self.rng = random.Random(f"{config.seed}-{Path(config.results).name}")
         self.issuer = TokenIssuer(load_or_create_signing_key(Path(config.state_dir)))
-        self.results = WorkerResults(role=config.role)
+        name = Path(config.results).name.removesuffix("-results.json")
+        self.results = WorkerResults(role=config.role, name=name)
         self.block = os.urandom(BLOCK)
         self.ws_url = config.url.replace("http", "ws", 1)
         self._clients: dict[str, aiohttp.ClientSession] = {}
@@ -383,12 +390,16 @@ class Worker:
 
 async def _work(config: WorkerConfig) -> WorkerResults:
     worker = Worker(config)
+    lags = worker.results.loop_lag
+    lag = LoopLag(lambda late: lags.append((time.monotonic(), late)))
+    lag.start()
     try:
         if config.role == "agents":
             await worker.run_agents()
         else:
             await worker.run_users()
     finally:
+        lag.stop()
         await worker.close()
     return worker.results
 
@@ -403,6 +414,8 @@ def load_results(path: Path) -> WorkerResults:
         setups=[(at, seconds) for at, seconds in raw["setups"]],
         kills=[(at, agent) for at, agent in raw["kills"]],
         gave_up=raw["gave_up"],
+        name=raw["name"],
+        loop_lag=[(at, late) for at, late in raw["loop_lag"]],
     )
 
 

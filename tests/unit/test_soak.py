@@ -6,7 +6,7 @@ import itertools
 import os
 import random
 
-from bench.soak import FAULT_SHADOW, Timeline, cpu_shares, explain
+from bench.soak import FAULT_SHADOW, LAG_METRIC, Timeline, cpu_shares, explain, gauge, per_minute
 from bench.soakpeers import BLOCK, CHUNK, Payload, TrailerCheck
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -61,3 +61,27 @@ def test_cpu_shares_are_per_process_and_skip_a_restarted_counter() -> None:
         {"gateway": 10.0, "agents-0": 1.0}, {"gateway": 2.0, "agents-0": 6.0, "probe-0": 1.0}, 10.0
     )
     assert shares == {"gateway": 0.0, "agents-0": 0.5}
+
+
+def test_the_loop_lag_gauge_is_read_from_the_gateways_metrics_text() -> None:
+    text = (
+        "# HELP kuberde_event_loop_lag_seconds How late\n"
+        "# TYPE kuberde_event_loop_lag_seconds gauge\n"
+        "kuberde_event_loop_lag_seconds_other 9.0\n"
+        "kuberde_event_loop_lag_seconds 0.125\n"
+    )
+    assert gauge(text, LAG_METRIC) == 0.125
+    assert gauge("kuberde_agents_online 3.0\n", LAG_METRIC) is None
+    assert gauge("kuberde_event_loop_lag_seconds NaNish\n", LAG_METRIC) is None
+
+
+@given(st.lists(st.tuples(st.integers(0, 3600), st.floats(0, 10)), max_size=50))
+def test_per_minute_puts_every_sample_in_the_minute_it_fell_in(
+    samples: list[tuple[int, float]],
+) -> None:
+    buckets = per_minute([(1000 + at, value) for at, value in samples], 1000)
+    assert sorted(v for values in buckets.values() for v in values) == sorted(
+        value for _, value in samples
+    )
+    for at, value in samples:
+        assert value in buckets[int(at // 60)]
