@@ -29,10 +29,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
-
-import aiohttp
 
 from kuberde.cli.config import (
     DEFAULT_SCOPE,
@@ -45,6 +43,9 @@ from kuberde.cli.config import (
     save,
 )
 from kuberde.tls import client_ssl_context
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = [
     "DEFAULT_SCOPE",
@@ -92,7 +93,6 @@ DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 #: RFC 8628 §3.5: `slow_down` adds 5 seconds to the polling interval, for good.
 SLOW_DOWN_STEP = 5.0
 _DEFAULT_INTERVAL = 5.0
-_HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
 _LOCK_TIMEOUT = 30.0
 _BROWSER_WAIT = 300.0
 _LOCK_POLL = 0.05
@@ -402,9 +402,13 @@ def without_login(config: CliConfig) -> CliConfig:
 
 
 def http_session(ca_file: str | None) -> aiohttp.ClientSession:
-    """A session for the gateway and the issuer, trusting the system CAs plus `ca_file`."""
+    """A session for the gateway and the issuer, trusting the system CAs plus `ca_file`
+    (aiohttp is loaded here: commands that keep their stored login never need it)."""
+    import aiohttp
+
     connector = aiohttp.TCPConnector(ssl=client_ssl_context(ca_file))
-    return aiohttp.ClientSession(connector=connector, timeout=_HTTP_TIMEOUT)
+    timeout = aiohttp.ClientTimeout(total=30, sock_connect=10)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout)
 
 
 async def _read_json(reply: aiohttp.ClientResponse) -> object:
@@ -416,6 +420,8 @@ async def _read_json(reply: aiohttp.ClientResponse) -> object:
 
 
 async def _get_json(http: aiohttp.ClientSession, url: str, what: str) -> dict[str, Any]:
+    import aiohttp
+
     try:
         async with http.get(url, headers={"Accept": "application/json"}) as reply:
             data = await _read_json(reply)
@@ -434,6 +440,8 @@ async def _post_form(
 ) -> dict[str, Any]:
     """POST an OAuth request; an OAuth error becomes OAuthError. Redirects are refused: they
     would resend the secrets in the body somewhere else."""
+    import aiohttp
+
     try:
         async with http.post(
             url, data=dict(form), headers={"Accept": "application/json"}, allow_redirects=False
@@ -650,6 +658,8 @@ async def revoke(
     http: aiohttp.ClientSession, metadata: ProviderMetadata, client_id: str, refresh_token: str
 ) -> bool:
     """RFC 7009; False when the issuer has no revocation endpoint."""
+    import aiohttp
+
     if metadata.revocation_endpoint is None:
         return False
     form = {

@@ -86,8 +86,6 @@ def version(gateway: Gateway) -> None:
       kuberde version
       kuberde version --server https://gateway.example
     """
-    from kuberde import aio
-    from kuberde.cli.api import ApiError, request
     from kuberde.cli.config import ClientSettings, ConfigError, config_path, load, normalize_server
 
     typer.echo(f"Client version: {__version__}")
@@ -102,6 +100,9 @@ def version(gateway: Gateway) -> None:
         return
     ca_file = gateway.ca_file or os.environ.get("KUBERDE_CA_FILE") or stored.ca_file
     settings = ClientSettings(server=server, token="", ca_file=ca_file)
+    from kuberde import aio
+    from kuberde.cli.api import ApiError, request
+
     try:
         answer = aio.run(request(settings, "GET", "/api/version", authenticate=False))
     except ApiError as exc:
