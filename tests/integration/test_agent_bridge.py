@@ -30,6 +30,7 @@ from kuberde.agent.client import EXIT_CONFIG, EXIT_OK, main, run_agent
 from kuberde.agent.config import AgentConfig, from_env
 from kuberde.backoff import Backoff
 from kuberde.mux import Preamble, Session, Stream, StreamReset, encode_preamble
+from kuberde.testing.processes import reap
 from kuberde.wslink import WebSocketLink
 from tests.integration.conftest import RunningGateway, exchange, receive_all
 from tests.integration.kube import eventually
@@ -576,6 +577,4 @@ async def test_sigterm_goes_away_and_exits_0(fake: FakeGateway, echo_port: int) 
         assert await read_to_end(stream) == b""
         assert await asyncio.wait_for(process.wait(), STEP) == EXIT_OK
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await reap(process)

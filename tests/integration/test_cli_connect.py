@@ -22,6 +22,7 @@ from kuberde.cli.bridge import Bridge, Outcome
 from kuberde.cli.config import ClientSettings
 from kuberde.cli.sshconfig import render_block
 from kuberde.cli.tunnel import gateway_session, open_connection
+from kuberde.testing.processes import reap
 
 TOKEN = "good-token"
 STEP = 10.0  # seconds any single step may take before the test gives up
@@ -209,9 +210,7 @@ async def _run(argv: list[str], env: dict[str, str], stdin: bytes = b"") -> tupl
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)
     assert proc.returncode is not None
     return proc.returncode, out, err.decode()
 
@@ -248,9 +247,7 @@ async def test_what_arrived_before_the_close_reaches_a_slow_reader(cli, env, gat
         await asyncio.wait_for(gateway.burst_closed.wait(), STEP)
         out, err = await asyncio.wait_for(proc.communicate(), STEP)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)
     assert proc.returncode == 0, err
     assert len(out) == len(BURST)
     assert out == BURST
@@ -380,9 +377,7 @@ async def port_forward(cli, env) -> AsyncIterator[PortForward]:
     )
     forward = PortForward(proc)
     yield forward
-    if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
+    await reap(proc)
 
 
 async def _local_port(forward: PortForward) -> int:
@@ -460,9 +455,7 @@ async def test_port_forward_refused_connection_keeps_the_listener(cli, env):
         assert proc.returncode is None
         assert await forward.stop() == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)
 
 
 async def test_port_forward_clients_may_send_and_leave_before_the_stream_opens(

@@ -51,6 +51,7 @@ from kuberde.cli.login import (
     unverified_claims,
     with_login,
 )
+from kuberde.testing.processes import reap
 from tests.oidc_provider.harness import (
     Browser,
     OidcProviderProcess,
@@ -397,9 +398,7 @@ async def _run(argv: list[str], env: dict[str, str], stdin: bytes = b"") -> Ran:
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), STEP)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)
     assert proc.returncode is not None
     return Ran(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
@@ -429,9 +428,7 @@ async def _login_by_device(
         peer.approve(match.group(1), "alice")
         out, err = await asyncio.wait_for(proc.communicate(), STEP)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)
     assert proc.returncode is not None
     return Ran(proc.returncode, out.decode(), shown + err.decode())
 
@@ -971,9 +968,7 @@ async def test_real_provider_device_login_refresh_after_401_and_logout(
         await approve_on_provider(match.group(1), "alice")
         out, err = await asyncio.wait_for(proc.communicate(), STEP)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)
     assert proc.returncode == 0, shown + err.decode()
     assert f"Logged in to {provider_gateway.url} as alice." in err.decode()
     first = load(config_file)
@@ -1044,9 +1039,7 @@ async def test_real_provider_browser_login_with_pkce(cli, env, provider, provide
         _, err = await asyncio.wait_for(proc.communicate(), STEP)
     finally:
         await browser.close()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)
     assert proc.returncode == 0, shown + err.decode()
     who = await _run([*cli, "whoami"], env)
     assert "user:    root\nadmin:   yes\n" in who.out

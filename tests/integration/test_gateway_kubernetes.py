@@ -38,6 +38,7 @@ from kuberde.operator.annotations import (
     STOP_ANNOTATION,
     WAKE_ANNOTATION,
 )
+from kuberde.testing.processes import reap
 from tests.integration.kube import (
     NAMESPACE,
     WAIT,
@@ -421,9 +422,7 @@ async def kuberde(
     try:
         out, err = await asyncio.wait_for(process.communicate(stdin), CLI_WAIT)
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await reap(process)
     assert process.returncode is not None
     return process.returncode, out, err.decode(errors="replace")
 
@@ -482,9 +481,7 @@ async def gateway_running(
         code = await asyncio.wait_for(process.wait(), WAIT)
         assert code == 0, f"the gateway exited with {code}:\n{''.join(lines)}"
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await reap(process)
         await asyncio.wait_for(reader, WAIT)
 
 
@@ -962,9 +959,7 @@ async def test_ls_and_open_from_the_cli_against_a_kubernetes_gateway(
                     try:
                         completed, _ = await asyncio.wait_for(process.communicate(), CLI_WAIT)
                     finally:
-                        if process.returncode is None:
-                            process.kill()
-                            await process.wait()
+                        await reap(process)
                     assert (process.returncode, completed.decode().split()) == (0, expected)
 
                 # `ls -w` prints the table, then each change: bob's stop shows up on its own.

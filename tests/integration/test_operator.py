@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from kuberde.auth import LocalTokenVerifier, SigningKey, load_or_create_signing_key
+from kuberde.testing.processes import reap
 from tests.integration.conftest import RunningGateway
 from tests.integration.kube import (
     DEPLOYMENTS,
@@ -469,9 +470,7 @@ async def test_cli_runs_the_operator_and_stops_on_sigterm(
         async with asyncio.timeout(WAIT):
             _, stderr = await process.communicate()
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await reap(process)
     assert process.returncode == 0, stderr.decode()
     lease = kube.get(LEASES, "kuberde-operator")
     assert lease is not None and lease["spec"]["holderIdentity"] == "", "the Lease is released"

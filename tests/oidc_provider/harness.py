@@ -20,6 +20,8 @@ from urllib.parse import urljoin
 
 import aiohttp
 
+from kuberde.testing.processes import reap
+
 HERE = Path(__file__).resolve().parent
 SERVER_SCRIPT = HERE / "server.mjs"
 START_TIMEOUT = 30.0
@@ -76,8 +78,7 @@ class OidcProviderProcess:
         try:
             await asyncio.wait_for(process.wait(), 10.0)
         except TimeoutError:
-            process.kill()
-            await process.wait()
+            await reap(process)
 
     async def restart(self) -> None:
         """Same port and issuer, a newly generated signing key."""

@@ -19,6 +19,8 @@ from typing import Any
 import aiohttp
 import aiohttp.web
 
+from kuberde.testing.processes import reap
+
 __all__ = ["PROTOCOLS", "exec_status", "serve_exec"]
 
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
@@ -110,10 +112,7 @@ async def serve_exec(
         output.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             await output
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+        await reap(process)
         feeding.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await feeding
