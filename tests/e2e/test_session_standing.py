@@ -9,7 +9,10 @@ come from the device flow, approved with the password on the verification form.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +27,7 @@ from kuberde.auth.users import set_user
 from kuberde.files import write_private
 from kuberde.naming import agent_id
 from tests.e2e.up_fixtures import (
+    KUBERDE,
     WAIT,
     WORKLOAD_ENV,
     WORKLOAD_PYTHON,
@@ -31,6 +35,7 @@ from tests.e2e.up_fixtures import (
     Loopback,
     current_owner,
     free_port,
+    wait_for_text,
     write_documents,
 )
 from tests.oidc_provider.harness import forms_of
@@ -45,9 +50,11 @@ pytestmark = pytest.mark.timeout(300)
 
 
 class Site:
-    def __init__(self, kuberde: KubeRDE) -> None:
+    def __init__(self, kuberde: KubeRDE, port: int) -> None:
         self.kuberde = kuberde
         self.users = kuberde.state_dir / "users.yaml"
+        #: The owner's workspace's app (and only allowed) port.
+        self.port = port
 
     @property
     def url(self) -> str:
@@ -99,7 +106,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         kuberde.start_up(files)
         try:
             kuberde.wait_phase("rec", "Running", timeout=60)
-            yield Site(kuberde)
+            yield Site(kuberde, port)
         finally:
             print(kuberde.diagnostics())
 
@@ -151,6 +158,13 @@ class Person:
         await ws.send_str(text)
         reply = await ws.receive(timeout=WAIT)
         return str(reply.data) if reply.type is aiohttp.WSMsgType.TEXT else int(ws.close_code or 0)
+
+    async def sign_out(self) -> None:
+        """The dashboard's sign-out button."""
+        async with self.http.get(self.site.url + "/") as page:
+            [form] = [f for f in forms_of(await page.text()) if f.action == "/auth/logout"]
+        async with self.http.post(self.site.url + form.action, data=form.fields) as done:
+            assert done.status == 200 and await self.dashboard() == (None, False)
 
     async def close(self) -> None:
         await self.http.close()
@@ -319,3 +333,112 @@ async def test_a_token_is_refused_once_its_user_is_removed_or_changes_password(
     # Put back as they were, the refused tokens stay refused: a new sign-in is needed.
     set_user(site.users, "t-removed", "t-removed-password", admin=True)
     assert (await find(site, tokens["t-removed"]))[0] == 401
+
+
+_GET = b"GET / HTTP/1.1\r\nHost: rec\r\n\r\n"
+
+
+async def page_over_tunnel(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """One keep-alive request to the app over an open `/connect` tunnel."""
+    await ws.send_bytes(_GET)
+    received = b""
+    while b"recorder app" not in received:
+        message = await ws.receive(timeout=WAIT)
+        assert message.type is aiohttp.WSMsgType.BINARY, message
+        received += message.data
+
+
+async def page_over_socket(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One keep-alive request to the app over a forwarded TCP connection."""
+    writer.write(_GET)
+    received = b""
+    while b"recorder app" not in received:
+        data = await asyncio.wait_for(reader.read(65536), WAIT)
+        assert data, f"the connection closed: {received!r}"
+        received += data
+
+
+async def closed_with(ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, str]:
+    """The close code and the last error event of a tunnel the gateway closes."""
+    error = ""
+    while True:
+        message = await ws.receive(timeout=WAIT)
+        if message.type is aiohttp.WSMsgType.TEXT:
+            error = json.loads(message.data).get("message", error)
+        elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+            return ws.close_code, error
+
+
+async def test_open_tunnels_and_port_forwards_close_once_their_user_is_removed(
+    site: Site, tmp_path: Path
+) -> None:
+    """An idle ssh-style tunnel (`/connect`) and a port-forward's connection (`/session`) of
+    a removed user are closed by the gateway without any traffic; another user's stay."""
+    names = ("o-removed", "o-kept")
+    for name in names:
+        set_user(site.users, name, f"{name}-password", admin=True)
+    tokens = {name: await cli_token(site, name, f"{name}-password") for name in names}
+    url = site.url.replace("http", "ws", 1) + f"/connect/{REC}?port={site.port}"
+    with contextlib.ExitStack() as processes:
+        async with contextlib.AsyncExitStack() as stack:
+            tunnels, forwarded = {}, {}
+            for name, token in tokens.items():
+                http = await stack.enter_async_context(
+                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT))
+                )
+                tunnels[name] = await stack.enter_async_context(
+                    http.ws_connect(url, headers={"Authorization": f"Bearer {token}"})
+                )
+                assert json.loads(await tunnels[name].receive_str(timeout=WAIT)) == {
+                    "event": "connected"
+                }
+                await page_over_tunnel(tunnels[name])
+                local, log = free_port(), tmp_path / f"{name}.log"
+                processes.enter_context(
+                    site.kuberde.client(
+                        [KUBERDE, "port-forward", REC, f"{local}:{site.port}"],
+                        log,
+                        env={"KUBERDE_TOKEN": token},
+                    )
+                )
+                wait_for_text(log, "Forwarding from")
+                forwarded[name] = await asyncio.open_connection("127.0.0.1", local)
+                await page_over_socket(*forwarded[name])
+
+            site.edit_users(lambda users: users.pop("o-removed"))
+
+            code, error = await closed_with(tunnels["o-removed"])
+            assert code == 4401 and error.endswith("user o-removed was removed"), (code, error)
+            reader, writer = forwarded["o-removed"]
+            assert await asyncio.wait_for(reader.read(65536), WAIT) == b"", "not closed"
+            writer.close()
+            await page_over_tunnel(tunnels["o-kept"])
+            await page_over_socket(*forwarded["o-kept"])
+            forwarded["o-kept"][1].close()
+
+
+async def test_an_app_websocket_with_no_browser_traffic_closes_at_sign_out_or_removal(
+    site: Site,
+) -> None:
+    crowd = await people(site, {"push-out": True, "push-gone": True, "push-kept": True})
+    try:
+        origin = site.app.rstrip("/")
+        sockets = {}
+        for name, person in crowd.items():
+            assert await person.app() == 200  # the app ticket
+            sockets[name] = await person.http.ws_connect(
+                origin.replace("http", "ws", 1) + "/ws", origin=origin, protocols=["echo.v1"]
+            )
+            assert await person.echo(sockets[name], "hi") == "echo:hi"
+        await crowd["push-out"].sign_out()
+        site.edit_users(lambda users: users.pop("push-gone"))
+        for gone in ("push-out", "push-gone"):
+            message = await sockets[gone].receive(timeout=WAIT)  # the browser sends nothing
+            assert message.type is aiohttp.WSMsgType.CLOSE, (gone, message)
+            assert (message.data, message.extra) == (1008, "signed out"), gone
+        assert await crowd["push-kept"].echo(sockets["push-kept"], "again") == "echo:again"
+        for ws in sockets.values():
+            await ws.close()
+    finally:
+        for person in crowd.values():
+            await person.close()

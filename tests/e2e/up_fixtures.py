@@ -618,12 +618,19 @@ class KubeRDE:
         )
 
     @contextlib.contextmanager
-    def client(self, argv: Sequence[str], output: Path) -> Iterator[subprocess.Popen[bytes]]:
-        """A long-running client (ssh, port-forward) writing stdout and stderr to `output`;
-        SIGTERMed (then killed) when the block ends if it is still running."""
+    def client(
+        self, argv: Sequence[str], output: Path, env: Mapping[str, str] | None = None
+    ) -> Iterator[subprocess.Popen[bytes]]:
+        """A long-running client (ssh, port-forward) writing stdout and stderr to `output`,
+        with `env` added to the installation's; SIGTERMed (then killed) when the block ends
+        if it is still running."""
         with output.open("wb") as sink:
             process = subprocess.Popen(
-                list(argv), env=self.env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink
+                list(argv),
+                env=self.env | dict(env or {}),
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=sink,
             )
         try:
             yield process

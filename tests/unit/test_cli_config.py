@@ -279,6 +279,7 @@ def test_refusal_messages():
         (4409, "workload exited: boom", "dev is unavailable: workload exited: boom"),
         (4409, None, "dev is unavailable: it cannot run"),
         (4503, None, "the gateway is shutting down"),
+        (4401, None, "your sign-in is no longer valid — run `kuberde login`"),
         (4429, None, "over one of the gateway's stream limits"),
         (
             4429,

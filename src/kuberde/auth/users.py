@@ -179,13 +179,19 @@ class UsersFile:
         self._users: dict[str, LocalUser] = {}
         self._signature: tuple[int, int, int] | None = None
 
-    def _current(self) -> Mapping[str, LocalUser]:
+    def version(self) -> tuple[int, int, int] | None:
+        """The file's `stat` signature (None: no file): it changes whenever the file does."""
         try:
             info = self.path.stat()
         except FileNotFoundError:
+            return None
+        return info.st_ino, info.st_mtime_ns, info.st_size
+
+    def _current(self) -> Mapping[str, LocalUser]:
+        signature = self.version()
+        if signature is None:
             self._users, self._signature = {}, None
-            return self._users
-        if (info.st_ino, info.st_mtime_ns, info.st_size) != self._signature:
+        elif signature != self._signature:
             self._users, self._signature = _read(self.path)
         return self._users
 

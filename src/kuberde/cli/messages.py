@@ -70,6 +70,7 @@ def close_message(code: int | None, reason: str | None, agent: str) -> str | Non
     if reason:
         return reason
     defaults = {
+        4401: "your sign-in is no longer valid — run `kuberde login`",
         4404: f"workspace {agent} went away",
         4408: f"workspace {agent} did not come online in time",
         4429: "over one of the gateway's stream limits",

@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from aiohttp import WSMsgType, web
 
@@ -36,6 +37,7 @@ from kuberde.gateway.limits import LimitExceeded, StreamQuota, StreamQuotaSettin
 from kuberde.gateway.metrics import GatewayMetrics
 from kuberde.gateway.presence import Presence
 from kuberde.gateway.registry import AgentConnection
+from kuberde.gateway.revocation import HeldConnections
 from kuberde.gateway.user_session import serve_user_session
 from kuberde.messages import not_found
 from kuberde.mux import (
@@ -53,7 +55,7 @@ from kuberde.mux.preamble import KINDS, ConnectionKind
 from kuberde.naming import InvalidName, agent_id, validate_agent_id
 from kuberde.wslink import WebSocketLink
 
-__all__ = ["CloseCode", "GatewaySettings", "create_app"]
+__all__ = ["CloseCode", "GatewaySettings", "TokenStanding", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ _CLOSE_DEADLINE = 10.0
 
 class CloseCode:
     NORMAL = 1000
+    #: The user no longer stands (removed, a new password, no longer an admin); the reason says.
+    REVOKED = 4401
     AGENT_GONE = 4404
     WAKE_TIMEOUT = 4408
     #: The workspace cannot run (phase Error) or cannot be woken; the reason says why.
@@ -84,6 +88,8 @@ class GatewaySettings:
     #: All user sockets and agent sessions are closed together within this on shutdown.
     shutdown_deadline: float = 3.0
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    #: How often the users file is looked at for changes that end open connections.
+    standing_interval: float = 1.0
     #: Concurrent `/mgmt/agents?watch=1` streams (the operator holds one; a few for tools).
     max_watches: int = 8
     #: Agents one watch may have pending before it gets a full list instead (coalescing).
@@ -108,9 +114,23 @@ def limit_error(exc: LimitExceeded) -> web.HTTPException:
     return error
 
 
+class TokenStanding(Protocol):
+    """Whether users still stand (`kuberde up`'s users file: `standing.ListedUsers`)."""
+
+    def token_user(self, user: Principal) -> Principal:
+        """`user`, as a token verified them, as they stand now; raises AuthError if not."""
+        ...
+
+    def version(self) -> object:
+        """Changes whenever a standing may have (cheap: looked at every second)."""
+        ...
+
+
 class Gateway:
     """`directory` knows the agents that are not connected; `presence` the ones that are
-    (shared with the local runtime, which reads it as its activity feed)."""
+    (shared with the local runtime, which reads it as its activity feed). With a
+    `standing`, users' open connections are closed once their user no longer stands;
+    without one, a verified token is good until it expires."""
 
     def __init__(
         self,
@@ -118,8 +138,12 @@ class Gateway:
         settings: GatewaySettings,
         directory: AgentDirectory | None,
         presence: Presence,
+        standing: TokenStanding | None = None,
     ) -> None:
         self.verifier = verifier
+        self.standing = standing
+        #: Users' open connections, closed when their user no longer stands.
+        self.held = HeldConnections()
         self.settings = settings
         self.directory = directory
         self.presence = presence
@@ -150,6 +174,35 @@ class Gateway:
             raise json_error(web.HTTPUnauthorized, str(exc), exc.reason) from None
         mark_authenticated(request)
         return principal
+
+    def lost_reach(self, user: Principal, owner: str) -> str | None:
+        """Why `user` (as a token verified them) may no longer use a connection to
+        `owner`'s workspace, or None."""
+        if self.standing is None:
+            return None
+        try:
+            now = self.standing.token_user(user)
+        except AuthError as exc:
+            return str(exc)
+        if owner != now.name and not now.admin:
+            return f"{user.name} is no longer an admin"
+        return None
+
+    async def watch_standing(self, app: web.Application) -> AsyncIterator[None]:
+        """While the app runs, re-check every held connection whenever a standing may
+        have changed (the users file's `stat`, looked at every `standing_interval`)."""
+        if self.standing is None:
+            yield
+            return
+        watch = asyncio.create_task(
+            self.held.watch(self.standing.version, self.settings.standing_interval)
+        )
+        try:
+            yield
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
 
     # ---- agents --------------------------------------------------------------------------
 
@@ -254,7 +307,7 @@ class Gateway:
         resolved = await self.resolve(request.match_info["agent"], user)
         if resolved is None:
             raise json_error(web.HTTPNotFound, not_found(request.match_info["agent"]), "not_found")
-        target, _ = resolved
+        target, owner = resolved
         try:
             guard = StreamGuard(self.quota, user.name, target)
         except LimitExceeded as exc:
@@ -264,15 +317,17 @@ class Gateway:
             compress=False, max_msg_size=self.settings.max_message_size, autoping=True
         )
         self._user_sockets.add(ws)
+        revoke = functools.partial(self._close, ws, CloseCode.REVOKED)
         try:
-            await ws.prepare(request)
-            stream = await self._open_stream(ws, target, Preamble(port, kind, user.name))
-            if stream is not None:
-                guard.attach(stream)
-                self.metrics.stream_open_seconds.observe(
-                    asyncio.get_running_loop().time() - started
-                )
-                await self._relay(ws, stream, target, guard)
+            with self.held.hold(lambda: self.lost_reach(user, owner), revoke):
+                await ws.prepare(request)
+                stream = await self._open_stream(ws, target, Preamble(port, kind, user.name))
+                if stream is not None:
+                    guard.attach(stream)
+                    self.metrics.stream_open_seconds.observe(
+                        asyncio.get_running_loop().time() - started
+                    )
+                    await self._relay(ws, stream, target, guard)
         except ConnectionResetError:
             log.debug("user %s went away while connecting to %s", user.name, target)
         finally:
@@ -598,9 +653,12 @@ def create_app(
     settings: GatewaySettings | None = None,
     directory: AgentDirectory | None = None,
     presence: Presence | None = None,
+    standing: TokenStanding | None = None,
 ) -> web.Application:
     """`presence` is passed when something else reads it too (the local runtime)."""
-    gateway = Gateway(verifier, settings or GatewaySettings(), directory, presence or Presence())
+    gateway = Gateway(
+        verifier, settings or GatewaySettings(), directory, presence or Presence(), standing
+    )
     app = web.Application()
     app[GATEWAY_KEY] = gateway
     app.router.add_get("/ws", gateway.agent_socket)
@@ -615,4 +673,5 @@ def create_app(
     app.router.add_get("/metrics", gateway.metrics_endpoint)
     app.on_shutdown.append(gateway.on_shutdown)
     app.cleanup_ctx.append(gateway.sample_loop_lag)
+    app.cleanup_ctx.append(gateway.watch_standing)
     return app

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -38,6 +39,7 @@ from kuberde.gateway.guard import StreamGuard
 from kuberde.gateway.limits import LimitExceeded
 from kuberde.gateway.proxyheaders import app_request_headers, app_response_headers
 from kuberde.gateway.registry import AgentConnection
+from kuberde.gateway.revocation import Check
 from kuberde.gateway.sessions import SessionStore
 from kuberde.gateway.streamhttp import (
     StreamHttp,
@@ -444,7 +446,9 @@ class AppProxy:
                 autoping=True,
             )
             await ws.prepare(request)
-            await self._pump(ws, upstream, agent, self._standing_check(request, record))
+            standing = self._standing_check(request, record, user)
+            with self.gateway.held.hold(standing, functools.partial(_revoke, ws)):
+                await self._pump(ws, upstream, agent, standing)
             return ws
         finally:
             if not stream.is_closed:
@@ -452,17 +456,19 @@ class AppProxy:
             self.gateway.activity.http_ended(agent)
             self.gateway.metrics.open_streams.dec()
 
-    def _standing_check(self, request: web.Request, record: AgentRecord) -> Callable[[], bool]:
-        """For an open WebSocket: whether its browser may still use it. One opened with an
-        app ticket is asked again (a user removed, demoted or signed out meanwhile loses it);
-        one opened with a bearer token was checked at the upgrade."""
+    def _standing_check(self, request: web.Request, record: AgentRecord, user: Principal) -> Check:
+        """For an open WebSocket: why its browser may no longer use it, or None. One opened
+        with an app ticket asks the ticket again (a user removed, demoted or signed out
+        meanwhile loses it); one opened with a bearer token asks the gateway's standing."""
         host = request.host.lower()
         if self._ticket_user(request, host) is None:
-            return lambda: True
+            return lambda: self.gateway.lost_reach(user, record.owner)
 
-        def standing() -> bool:
-            user = self._ticket_user(request, host)
-            return user is not None and _may_use(user, record)
+        def standing() -> str | None:
+            now = self._ticket_user(request, host)
+            if now is None:
+                return "signed out"
+            return None if _may_use(now, record) else f"{now.name} may no longer use this app"
 
         return standing
 
@@ -471,9 +477,10 @@ class AppProxy:
         ws: web.WebSocketResponse,
         upstream: StreamWebSocket,
         agent: str,
-        standing: Callable[[], bool],
+        standing: Check,
     ) -> None:
-        """Relay both ways; a browser message once `standing` says no closes it (1008)."""
+        """Relay both ways; a browser message once `standing` gives a reason closes it
+        (1008), as `HeldConnections` does without waiting for one."""
         activity = self.gateway.activity
 
         async def from_app() -> None:
@@ -491,8 +498,9 @@ class AppProxy:
             async for message in _browser_messages(ws):
                 if message is None:
                     break
-                if not standing():
-                    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"signed out")
+                reason = standing()
+                if reason is not None:
+                    await _revoke(ws, reason)
                     break
                 await upstream.send(message)
                 activity.bytes_moved(agent, "http")
@@ -503,6 +511,11 @@ class AppProxy:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def _revoke(ws: web.WebSocketResponse, reason: str) -> None:
+    """Close a WebSocket whose user may no longer use it (1008, the reason)."""
+    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:120])
 
 
 def _may_use(user: Principal, record: AgentRecord) -> bool:

@@ -172,10 +172,13 @@ class SessionStore:
         clock: Callable[[], float] = time.time,
         backend: SessionBackend | None = None,
         standing: Standing | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         """With a `backend`, the sessions and tickets it holds are loaded now. `standing`
-        is asked on every use (default: `UntilTokenExpiry`)."""
+        is asked on every use (default: `UntilTokenExpiry`); `on_end` is told whenever a
+        session ends (what was opened with it must close: `HeldConnections.changed`)."""
         self.limits = limits or SessionLimits()
+        self._on_end = on_end
         self._clock = clock
         self._standing = standing or UntilTokenExpiry()
         self._backend = backend
@@ -256,6 +259,8 @@ class SessionStore:
         self._codes.drop_where(lambda code: code.session_key == key)
         if self._backend is not None:
             self._backend.end(key)
+        if self._on_end is not None:
+            self._on_end()
 
     # ---- app hosts -----------------------------------------------------------------------
 

@@ -69,6 +69,10 @@ class ListedUsers:
         except NoStanding:
             return None
 
+    def version(self) -> object:
+        """Changes whenever the users file does (one `stat`)."""
+        return self._users.version()
+
     def token_user(self, user: Principal) -> Principal:
         """A token's user as they stand now; raises AuthError (`revoked`). A token without
         a credential (minted with the key for the OS user who runs `kuberde up`, or by

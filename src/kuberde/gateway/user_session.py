@@ -219,14 +219,14 @@ async def _join(
 async def serve_user_session(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     """The `/session/{agent}` handler: refusals before the upgrade are HTTP errors, as for
     `/connect`; after it, each stream that cannot be served is reset with the reason."""
-    from kuberde.gateway.app import json_error  # app.py registers this handler
+    from kuberde.gateway.app import CloseCode, json_error  # app.py registers this handler
 
     user = await gateway.authenticate(request, "user")
     reference = request.match_info["agent"]
     resolved = await gateway.resolve(reference, user)
     if resolved is None:
         raise json_error(web.HTTPNotFound, not_found(reference), "not_found")
-    target = resolved[0]
+    target, owner = resolved
     ws = web.WebSocketResponse(
         compress=False, max_msg_size=gateway.settings.max_message_size, autoping=True
     )
@@ -255,8 +255,13 @@ async def serve_user_session(gateway: Gateway, request: web.Request) -> web.Stre
     )
     gateway.user_sessions.add(session)
     log.info("user %s opened a session for %s", user.name, reference)
+
+    async def revoke(reason: str) -> None:
+        await session.close(reason, code=CloseCode.REVOKED)
+
     try:
-        await session.run()
+        with gateway.held.hold(lambda: gateway.lost_reach(user, owner), revoke):
+            await session.run()
     finally:
         gateway.user_sessions.discard(session)
         for task in list(streams):

@@ -180,7 +180,9 @@ async def run_up(
         logs_dir=settings.logs_dir,
     )
     runtime = LocalRuntime(settings, store, issuer, presence, accounts, networks)
-    app = create_app(verifier, gateway_settings, directory=runtime, presence=presence)
+    app = create_app(
+        verifier, gateway_settings, directory=runtime, presence=presence, standing=listed
+    )
     app.middlewares.insert(0, _agents_only_on_unix_sockets)
     browser_url = issuer_settings.browser_url or url
     oidc = BuiltinIssuer(

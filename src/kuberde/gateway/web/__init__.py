@@ -28,7 +28,9 @@ def add_browser(
     `standing` says whether a session's user still stands (default: `UntilTokenExpiry`)."""
     gateway = app[GATEWAY_KEY]
     backend = SessionFile(settings.sessions_file) if settings.sessions_file else None
-    sessions = SessionStore(settings.limits, backend=backend, standing=standing)
+    sessions = SessionStore(
+        settings.limits, backend=backend, standing=standing, on_end=gateway.held.changed
+    )
     if backend is not None:
 
         async def close(_: web.Application) -> None:
