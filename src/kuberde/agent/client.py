@@ -38,6 +38,7 @@ from kuberde.agent.config import (
 )
 from kuberde.auth.client_credentials import ClientCredentialsSource, TokenEndpointError
 from kuberde.backoff import Backoff
+from kuberde.linkbuffers import bound_kernel_buffers
 from kuberde.mux import (
     BULK_FRAME,
     BULK_WINDOW,
@@ -282,7 +283,9 @@ class Agent:
         finally:
             stopper.cancel()
         if dial.done():
-            return dial.result()
+            ws = dial.result()
+            bound_kernel_buffers(ws)
+            return ws
         dial.cancel()
         await asyncio.wait({dial})
         if not dial.cancelled() and dial.exception() is None:

@@ -39,6 +39,7 @@ from kuberde.gateway.presence import Presence
 from kuberde.gateway.registry import AgentConnection
 from kuberde.gateway.revocation import HeldConnections
 from kuberde.gateway.user_session import serve_user_session
+from kuberde.linkbuffers import bound_kernel_buffers
 from kuberde.messages import not_found
 from kuberde.mux import (
     BULK_FRAME,
@@ -227,6 +228,7 @@ class Gateway:
             compress=False, max_msg_size=self.settings.max_message_size, autoping=True
         )
         await ws.prepare(request)
+        bound_kernel_buffers(request.transport)
         session = Session(
             WebSocketLink(ws), is_client=False, config=self.settings.mux, name=principal.name
         )

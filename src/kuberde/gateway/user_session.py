@@ -28,6 +28,7 @@ from kuberde.gateway.directory import WakeError
 from kuberde.gateway.guard import StreamGuard
 from kuberde.gateway.limits import LimitExceeded
 from kuberde.gateway.registry import AgentConnection
+from kuberde.linkbuffers import bound_kernel_buffers
 from kuberde.messages import not_found
 from kuberde.mux import (
     BULK_FRAME,
@@ -231,6 +232,7 @@ async def serve_user_session(gateway: Gateway, request: web.Request) -> web.Stre
         compress=False, max_msg_size=gateway.settings.max_message_size, autoping=True
     )
     await ws.prepare(request)
+    bound_kernel_buffers(request.transport)
     streams: set[asyncio.Task[None]] = set()
 
     def serve(stream: Stream) -> None:
