@@ -1,8 +1,9 @@
 """What a user waits for before anything happens: CLI start-up and whole `ssh` logins.
 
 - CLI start-up: wall time of `kuberde` commands, from process start to exit: some that do
-  no network work (`--version`, `--help`, a command's `--help`) and `version`, which asks
-  the gateway (the aiohttp client path of `ls` and friends);
+  no network work (`--version`, `--help`, a command's `--help`, `version` and `ls` with no
+  gateway configured), `version`, which asks the gateway, and `ls`, which also goes through
+  the stored login (kuberde.cli.api, the client of `ls` and friends);
 - `kuberde connect` to its first byte: from process start until sshd's banner, relayed by
   gateway and agent, is on its stdout (the ProxyCommand's share of every `ssh`);
 - `ssh true` wall time to one private sshd three ways: directly (`ssh -p PORT 127.0.0.1`),
@@ -24,21 +25,37 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procs import Processes, free_port, wait_for_port
-from bench.stack import KUBERDE, start_agent, start_gateway
+from bench.stack import KUBERDE, clean_env, start_agent, start_gateway
 from bench.stats import percentile
 from kuberde.local.sshd import prepare_sshd
 
-__all__ = ["CLI_COMMANDS", "Startup", "measure_startup"]
+__all__ = ["CLI_COMMANDS", "CliRun", "Startup", "measure_startup"]
 
 START_TIMEOUT = 30.0
 RUN_TIMEOUT = 60.0
 AGENT_NAME = "sshd"
-CLI_COMMANDS: dict[str, list[str]] = {
-    "--version": ["--version"],
-    "--help": ["--help"],
-    "ls --help": ["ls", "--help"],
-    "port-forward --help": ["port-forward", "--help"],
-    "version": ["version"],
+
+
+@dataclass(frozen=True)
+class CliRun:
+    """A CLI command line to time, whether the gateway is configured, and how it exits."""
+
+    words: list[str]
+    gateway: bool = True
+    exit_code: int = 0
+
+
+CLI_COMMANDS: dict[str, CliRun] = {
+    "--version": CliRun(["--version"]),
+    "--help": CliRun(["--help"]),
+    "ls --help": CliRun(["ls", "--help"]),
+    "port-forward --help": CliRun(["port-forward", "--help"]),
+    "version": CliRun(["version"]),
+    "version (no gateway configured)": CliRun(["version"], gateway=False),
+    # `kuberde server` alone serves no /api/workspaces: `ls` goes the whole way (stored
+    # login, request, answer) and reports the gateway's 404, exit 1.
+    "ls (gateway answers 404)": CliRun(["ls"], exit_code=1),
+    "ls (no gateway configured)": CliRun(["ls"], gateway=False, exit_code=2),
 }
 SSH_WAYS = ("direct", "ssh_l", "kuberde")
 COPY_DIRECTIONS = ("up", "down")
@@ -81,13 +98,13 @@ def _with_bytecode(env: dict[str, str], work: Path) -> dict[str, str]:
     return {**kept, "PYTHONPYCACHEPREFIX": str(work / "pycache")}
 
 
-def _wall(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
+def _wall(argv: Sequence[str], env: dict[str, str] | None = None, exit_code: int = 0) -> float:
     started = time.perf_counter()
     done = subprocess.run(
         list(argv), env=env, capture_output=True, timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL
     )
     elapsed = time.perf_counter() - started
-    if done.returncode != 0:
+    if done.returncode != exit_code:
         raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-400:]!r}")
     return elapsed
 
@@ -140,6 +157,7 @@ def measure_startup(procs: Processes, work: Path, *, rounds: int) -> Startup:
     gateway = start_gateway(procs, work, "gateway-startup", tls=False)
     start_agent(procs, work, gateway, AGENT_NAME, local_port=port, allowed_ports=[])
     env = _with_bytecode(gateway.user_env(work), work)
+    no_gateway = _with_bytecode(clean_env(work), work)
     options = [
         "-F",
         "/dev/null",
@@ -192,12 +210,19 @@ def measure_startup(procs: Processes, work: Path, *, rounds: int) -> Startup:
         {way: [] for way in SSH_WAYS},
         {way: {direction: [] for direction in COPY_DIRECTIONS} for way in SSH_WAYS},
     )
-    cli_argv = {name: [*KUBERDE, *words] for name, words in CLI_COMMANDS.items()}
-    for argv in [*ssh_argv.values(), *cli_argv.values()]:  # warm caches, sshd and bytecode
+    cli_argv = {name: [*KUBERDE, *run.words] for name, run in CLI_COMMANDS.items()}
+
+    def cli(name: str) -> float:
+        run = CLI_COMMANDS[name]
+        return _wall(cli_argv[name], env if run.gateway else no_gateway, run.exit_code)
+
+    for argv in ssh_argv.values():  # warm caches, sshd and bytecode
         _wall(argv, env)
+    for name in CLI_COMMANDS:
+        cli(name)
     for _ in range(rounds):
-        for name, argv in cli_argv.items():
-            result.cli[name].append(_wall(argv, env))
+        for name in CLI_COMMANDS:
+            result.cli[name].append(cli(name))
         result.connect_first_byte.append(_first_byte(connect_argv, env))
         for way, argv in ssh_argv.items():
             result.ssh[way].append(_wall(argv, env))
