@@ -1,20 +1,25 @@
 """Mux links cap what the kernel queues for them, on the gateway's side (agent and user
-sessions) and on the real agent's: bytes in the kernel's FIFO cannot be scheduled, so a new
-stream's first bytes would wait behind them (issue 11; `kuberde.linkbuffers`).
+sessions), on the real agent's and on `kuberde port-forward`'s: bytes in the kernel's FIFO
+cannot be scheduled, so a new stream's first bytes would wait behind them (issue 11;
+`kuberde.linkbuffers`).
 
-Checked on the live sockets: the gateway's through its socket hook, the agent's (it runs in
-this process) by finding the socket bound to the address the stand-in gateway saw."""
+Checked on the live sockets: the gateway's through its socket hook, the agent's and the
+port-forward's (they run in this process) by finding the socket bound to the address the
+gateway saw."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import socket
 from collections.abc import Iterator
 
 from aiohttp import web
 
+from kuberde.cli.config import ClientSettings
+from kuberde.cli.portforward import PortMapping, serve_port_forward
 from kuberde.linkbuffers import NOTSENT_LOWAT, RECEIVE_BUFFER
 from tests.integration.conftest import WAIT, RunningGateway, bearer
 from tests.integration.kube import eventually
@@ -64,6 +69,36 @@ async def test_the_gateways_agent_and_user_session_sockets_are_capped(
         await eventually_capped(sockets["/session/dev"], "the user session's socket")
     finally:
         await session.close()
+
+
+async def test_the_port_forward_session_socket_is_capped(gateway: RunningGateway) -> None:
+    sockets: dict[str, socket.socket] = {}
+    gateway.server_socket_hooks.append(lambda path, sock: sockets.__setitem__(path, sock))
+    await gateway.peer("alice", "dev")
+    settings = ClientSettings(server=gateway.url, token=gateway.user("alice"))
+    listening = free_port()
+    forwarding = asyncio.create_task(
+        serve_port_forward(
+            settings, "dev", [PortMapping(listening, 22)], "127.0.0.1", stderr=io.StringIO()
+        )
+    )
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", listening)
+                    break
+                except ConnectionRefusedError:
+                    await asyncio.sleep(0.05)
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping", "the peer echoes"
+        writer.close()
+        with own_socket_at(sockets["/session/dev"].getpeername()) as sock:
+            await eventually_capped(sock, "kuberde port-forward's socket")
+    finally:
+        forwarding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await forwarding
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from kuberde.cli.login import Credentials, RefreshError, unauthorized_message
 from kuberde.cli.messages import ConnectError
 from kuberde.cli.progress import WakeProgress
 from kuberde.cli.tunnel import gateway_session, open_authorized, upgrade
+from kuberde.linkbuffers import bound_kernel_buffers
 from kuberde.mux import (
     BULK_FRAME,
     BULK_WINDOW,
@@ -257,6 +258,7 @@ class _Mux:
                     self._unsupported = True
                     return None
                 raise
+            bound_kernel_buffers(ws)
             session = Session(
                 WebSocketLink(ws),
                 is_client=True,
