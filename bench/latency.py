@@ -23,7 +23,14 @@ from typing import Any
 from bench.peers import BenchPath
 from bench.stats import median, percentile
 from bench.target import BANNER
-from bench.throughput import CHUNK, MeasurementError, connect, finish_upload, send_chunk
+from bench.throughput import (
+    CHUNK,
+    MeasurementError,
+    connect,
+    finish_upload,
+    raise_unless_all_finished,
+    send_chunk,
+)
 
 __all__ = ["LoadedResult", "measure_round_trips", "measure_setups", "measure_under_load"]
 
@@ -140,10 +147,7 @@ def _bulk(port: int, streams: int) -> Iterator[list[float]]:
         stop.set()
         for thread in threads:
             thread.join(IO_TIMEOUT)
-    if errors:
-        raise MeasurementError(f"{len(errors)} of {streams} bulk uploads failed: {errors[0]!r}")
-    if len(moved) < streams:
-        raise MeasurementError(f"{streams - len(moved)} bulk uploads did not finish in time")
+    raise_unless_all_finished(errors, len(moved), streams, "bulk uploads")
     rates.append(sum(moved) / (time.perf_counter() - began) / 1e6)
 
 

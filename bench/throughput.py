@@ -40,6 +40,16 @@ class MeasurementError(RuntimeError):
     """A run whose bytes did not all arrive: its number would be meaningless."""
 
 
+def raise_unless_all_finished(
+    errors: Sequence[BaseException], finished: int, streams: int, what: str
+) -> None:
+    """A figure from streams that failed or ran out of time would be wrong, not slow."""
+    if errors:
+        raise MeasurementError(f"{len(errors)} of {streams} {what} failed: {errors[0]!r}")
+    if finished < streams:
+        raise MeasurementError(f"{streams - finished} {what} did not finish in time")
+
+
 @dataclass
 class ThroughputResult:
     single_mb_s: list[float] = field(default_factory=list)
@@ -126,10 +136,7 @@ def _streams(port: int, streams: int, per_stream: int) -> float:
     began = time.perf_counter()
     for thread in threads:
         thread.join(IO_TIMEOUT)
-    if errors:
-        raise MeasurementError(f"{len(errors)} of {streams} streams failed: {errors[0]!r}")
-    if len(ended) < streams:
-        raise MeasurementError(f"{streams - len(ended)} streams did not finish in time")
+    raise_unless_all_finished(errors, len(ended), streams, "streams")
     return max(ended) - began
 
 

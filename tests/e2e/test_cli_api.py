@@ -4,27 +4,15 @@ a real `kuberde server`: answers, refusals, TLS, and that no aiohttp is loaded f
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from tests.e2e.conftest import KUBERDE, GatewayFactory, TlsFiles, clean_env, run
 from tests.e2e.up_fixtures import CLI_TIMEOUT, KubeRDE, running_demo
+from tests.loaded_modules import run_listing_packages
 
 pytestmark = pytest.mark.e2e
-
-#: `kuberde ARGS...` as the console script runs it, then the top-level modules it loaded.
-_RUN_AND_LIST = (
-    "import sys\n"
-    "from kuberde.cli.entry import main\n"
-    "sys.argv[0] = 'kuberde'\n"
-    "try:\n"
-    "    main()\n"
-    "finally:\n"
-    "    print('loaded:', *sorted({m.split('.')[0] for m in sys.modules}), file=sys.stderr)\n"
-)
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +23,10 @@ def rde(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeRDE]:
 
 def test_ls_and_version_answer_without_loading_aiohttp(rde: KubeRDE) -> None:
     for args in (["ls", "-o", "json"], ["version"]):
-        result = subprocess.run(
-            [sys.executable, "-c", _RUN_AND_LIST, *args],
-            env=rde.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-        )
+        result, loaded = run_listing_packages(args, rde.env, CLI_TIMEOUT)
         assert result.returncode == 0, result.stderr
-        loaded = result.stderr.rsplit("loaded:", 1)[1].split()
         assert "h11" in loaded
-        assert not {"aiohttp", "pydantic"} & set(loaded)
+        assert not {"aiohttp", "pydantic"} & loaded
     assert [row["name"] for row in json.loads(rde.ok("ls", "-o", "json"))] == ["demo"]
     assert f"Gateway version: 0.1.0 ({rde.url})" in rde.ok("version")
 

@@ -220,6 +220,21 @@ async def people(site: Site, admins: dict[str, bool]) -> dict[str, Person]:
     return signed_in
 
 
+async def app_sockets(
+    site: Site, crowd: dict[str, Person]
+) -> dict[str, aiohttp.ClientWebSocketResponse]:
+    """Each person's WebSocket to the owner's echo app, each answering."""
+    origin = site.app.rstrip("/")
+    sockets = {}
+    for name, person in crowd.items():
+        assert await person.app() == 200  # the app ticket
+        sockets[name] = await person.http.ws_connect(
+            origin.replace("http", "ws", 1) + "/ws", origin=origin, protocols=["echo.v1"]
+        )
+        assert await person.echo(sockets[name], "hi") == "echo:hi"
+    return sockets
+
+
 async def test_the_fixture_browsers_work(site: Site) -> None:
     """What the other tests take away: an admin sees and reaches the owner's app, a user
     neither, the owner theirs."""
@@ -293,14 +308,7 @@ async def test_a_restart_does_not_bring_back_a_session_that_lost_its_standing(
 async def test_an_open_app_websocket_ends_at_the_next_message_once_demoted(site: Site) -> None:
     crowd = await people(site, {"ws-admin": True, "ws-kept": True})
     try:
-        origin = site.app.rstrip("/")
-        sockets = {}
-        for name, person in crowd.items():
-            assert await person.app() == 200  # the app ticket
-            sockets[name] = await person.http.ws_connect(
-                origin.replace("http", "ws", 1) + "/ws", origin=origin, protocols=["echo.v1"]
-            )
-            assert await person.echo(sockets[name], "hi") == "echo:hi"
+        sockets = await app_sockets(site, crowd)
         site.edit_users(lambda users: users["ws-admin"].update(admin=False))
         assert await crowd["ws-admin"].echo(sockets["ws-admin"], "again") == 1008
         assert await crowd["ws-kept"].echo(sockets["ws-kept"], "again") == "echo:again"
@@ -422,14 +430,7 @@ async def test_an_app_websocket_with_no_browser_traffic_closes_at_sign_out_or_re
 ) -> None:
     crowd = await people(site, {"push-out": True, "push-gone": True, "push-kept": True})
     try:
-        origin = site.app.rstrip("/")
-        sockets = {}
-        for name, person in crowd.items():
-            assert await person.app() == 200  # the app ticket
-            sockets[name] = await person.http.ws_connect(
-                origin.replace("http", "ws", 1) + "/ws", origin=origin, protocols=["echo.v1"]
-            )
-            assert await person.echo(sockets[name], "hi") == "echo:hi"
+        sockets = await app_sockets(site, crowd)
         await crowd["push-out"].sign_out()
         site.edit_users(lambda users: users.pop("push-gone"))
         for gone in ("push-out", "push-gone"):

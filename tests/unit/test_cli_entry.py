@@ -12,6 +12,7 @@ import pytest
 from kuberde.cli.commands import Kind
 from kuberde.cli.entry import CONNECTION_KINDS, ConnectArgs, parse_connect
 from kuberde.mux.preamble import KINDS
+from tests.loaded_modules import run_listing_packages
 
 
 def test_kinds_match_the_typer_command_and_the_preamble() -> None:
@@ -88,18 +89,6 @@ def test_the_typer_app_loads_without_the_heavy_libraries() -> None:
     assert done.stdout.strip() == "[]", done.stdout
 
 
-#: Runs `kuberde ARGS...` as the console script does, then lists the top-level modules loaded.
-_RUN_AND_LIST = (
-    "import sys\n"
-    "from kuberde.cli.entry import main\n"
-    "sys.argv[0] = 'kuberde'\n"
-    "try:\n"
-    "    main()\n"
-    "finally:\n"
-    "    print('loaded:', *sorted({m.split('.')[0] for m in sys.modules}), file=sys.stderr)\n"
-)
-
-
 @pytest.mark.parametrize(
     ("args", "code"),
     [
@@ -117,14 +106,7 @@ def test_commands_run_without_pydantic_or_aiohttp(
     kuberde.cli.coercion converts ours, bad values included. `version` with no gateway
     configured sends no request, and the API client needs no aiohttp anyway."""
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "KUBERDE_CONFIG": "/nonexistent"}
-    done = subprocess.run(
-        [sys.executable, "-c", _RUN_AND_LIST, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    done, loaded = run_listing_packages(args, env, timeout=60)
     assert done.returncode == code, done.stderr
-    loaded = done.stderr.rsplit("loaded:", 1)[1].split()
     assert "typer" in loaded
-    assert not {"pydantic", "aiohttp"} & set(loaded)
+    assert not {"pydantic", "aiohttp"} & loaded
