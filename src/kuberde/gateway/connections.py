@@ -25,6 +25,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from kuberde.gateway.acceptor import Acceptor
+
 __all__ = [
     "ConnectionCounts",
     "ConnectionLimits",
@@ -234,7 +236,4 @@ class GuardedSite(web.SockSite):
 
     async def start(self) -> None:
         self._runner._reg_site(self)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._handler, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog
-        )
+        self._server = Acceptor(self._sock, self._handler, self._ssl_context)
