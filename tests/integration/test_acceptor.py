@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -45,16 +45,32 @@ async def turns(count: int) -> None:
         await asyncio.sleep(0)
 
 
-def test_every_queued_connection_is_taken_in_one_ready_event() -> None:
+Serve = Callable[[socket.socket, Callable[[], asyncio.Protocol]], Awaitable[asyncio.AbstractServer]]
+
+
+async def with_acceptor(sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> Acceptor:
+    return Acceptor(sock, factory, None)
+
+
+async def with_uvloops_server(
+    sock: socket.socket, factory: Callable[[], asyncio.Protocol]
+) -> asyncio.AbstractServer:
+    return await asyncio.get_running_loop().create_server(factory, sock=sock, backlog=1024)
+
+
+def served_in_four_turns(serve: Serve) -> int:
+    """How many of QUEUED connections, queued while the loop was busy, are served after
+    four loop turns: one ready event, then each connection's own task."""
+    served: list[int] = []
+
     async def scenario() -> None:
         sock = listening()
         made: list[asyncio.BaseTransport] = []
-        server = Acceptor(sock, lambda: Counted(made), None)
-        # The loop is busy while the clients connect: the kernel queues them all.
+        server = await serve(sock, lambda: Counted(made))
         clients = [socket.create_connection(sock.getsockname(), timeout=5) for _ in range(QUEUED)]
         try:
-            await turns(4)  # one ready event, then each connection's own task
-            assert len(made) == QUEUED, f"{len(made)} of {QUEUED} served after four loop turns"
+            await turns(4)
+            served.append(len(made))
         finally:
             for client in clients:
                 client.close()
@@ -64,30 +80,16 @@ def test_every_queued_connection_is_taken_in_one_ready_event() -> None:
             await server.wait_closed()
 
     run_on_uvloop(scenario)
+    return served[0]
+
+
+def test_every_queued_connection_is_taken_in_one_ready_event() -> None:
+    assert served_in_four_turns(with_acceptor) == QUEUED
 
 
 def test_uvloops_own_server_takes_one_per_turn() -> None:
     """Why the acceptor exists: if uvloop ever drains the queue itself, it can go."""
-
-    async def scenario() -> None:
-        sock = listening()
-        made: list[asyncio.BaseTransport] = []
-        server = await asyncio.get_running_loop().create_server(
-            lambda: Counted(made), sock=sock, backlog=1024
-        )
-        clients = [socket.create_connection(sock.getsockname(), timeout=5) for _ in range(QUEUED)]
-        try:
-            await turns(4)
-            assert len(made) < QUEUED / 4
-        finally:
-            for client in clients:
-                client.close()
-            for transport in made:
-                transport.close()
-            server.close()
-            await server.wait_closed()
-
-    run_on_uvloop(scenario)
+    assert served_in_four_turns(with_uvloops_server) < QUEUED / 4
 
 
 def test_closing_stops_accepting_and_frees_the_port() -> None:
