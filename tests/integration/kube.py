@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -293,7 +294,11 @@ class OperatorThread:
         self._started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.operator: Operator | None = None
-        self._thread = threading.Thread(target=self._main, name=f"operator-{settings.identity}")
+        # A daemon: an operator that does not stop fails its test, not the whole run (its
+        # Kopf watchers would otherwise retry a gone API server and keep pytest alive).
+        self._thread = threading.Thread(
+            target=self._main, name=f"operator-{settings.identity}", daemon=True
+        )
 
     @property
     def identity(self) -> str:
@@ -338,7 +343,16 @@ class OperatorThread:
         if self._loop is not None and self.operator is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self.operator.stop)
         await asyncio.to_thread(self._thread.join, WAIT)
-        assert not self._thread.is_alive(), "the operator did not stop"
+        assert not self._thread.is_alive(), f"the operator did not stop:\n{self._tasks()}"
+
+    def _tasks(self) -> str:
+        """Where each of the operator's tasks waits: what a stuck stop is stuck on."""
+        if self._loop is None:
+            return "(no loop)"
+        shown = io.StringIO()
+        for task in list(asyncio.all_tasks(self._loop)):
+            task.print_stack(limit=6, file=shown)
+        return shown.getvalue()
 
 
 @contextlib.asynccontextmanager
