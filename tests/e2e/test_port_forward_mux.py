@@ -33,7 +33,10 @@ def connections_to(pid: int, port: int) -> int:
     """Established TCP connections of process `pid` whose remote port is `port`."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed since the listing: not a connection now
+            continue
         if target.startswith("socket:["):
             inodes.add(target[len("socket:[") : -1])
     count = 0

@@ -143,8 +143,10 @@ class FakeGateway:
         """Sends BURST, its end and the close at once, as a workload that writes and exits."""
         await ws.send_bytes(BURST)
         await ws.send_str('{"event":"eof"}')
-        await ws.close()
+        # Set before the close, not after it: close() writes its frame at once but then
+        # waits for the reply, which a CLI still behind on stdout does not read yet.
         self.burst_closed.set()
+        await ws.close()
 
     async def _flood(self, ws: web.WebSocketResponse) -> None:
         """Streams FLOOD_TOTAL bytes, noting how much went out before a send first blocked."""
