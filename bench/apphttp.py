@@ -4,9 +4,11 @@ configurable-http-proxy (CHP, the proxy JupyterHub uses), all up at once in one 
 The app (`bench.httpapp`) is the workload of a `kuberde up` workspace that lists it in
 `spec.apps`. A client reaches it the way a non-browser client of the app proxy does: the
 gateway's address with the app's host name (`httpbench--OWNER.localhost`) and `Authorization:
-Bearer` with the user token `kuberde up` configured (never a token in the URL). The very
-same app process is reached directly and through CHP (`--default-target`, no auth: CHP
-leaves authentication to JupyterHub), so the app's own cost cancels out of the ratios.
+Bearer` with the user token `kuberde up` configured (never a token in the URL). The
+workspace's copy of the app listens inside the workspace's network namespace, out of the
+host's reach; a second copy of the same app on the host is reached directly and through CHP
+(`--default-target`, no auth: CHP leaves authentication to JupyterHub), so the app's own
+cost cancels out of the ratios.
 
 Each load is a few keep-alive clients sharing a bounded number of requests (and a time
 limit): requests per second over the load, latency per request until its body is read.
@@ -15,12 +17,14 @@ limit): requests per second over the load, latency per request until its body is
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,7 +167,7 @@ def _start_kuberde(procs: Processes, work: Path, port: int) -> HttpPath:
             workspace_document(
                 WORKSPACE,
                 port,
-                [BENCH_PYTHON, "-m", "bench.httpapp", "--port", str(port)],
+                _app_command(port),
                 apps=[{"name": APP, "port": port}],
             )
         )
@@ -241,12 +245,37 @@ def _start_chp(procs: Processes, work: Path, port: int) -> HttpPath | None:
     )
 
 
+def _app_command(port: int, python: str = BENCH_PYTHON) -> list[str]:
+    return [python, "-m", "bench.httpapp", "--port", str(port)]
+
+
+def _start_direct(procs: Processes, port: int) -> HttpPath:
+    """The host's copy of the app, the direct path and CHP's target."""
+    child = procs.start("httpapp-direct", _app_command(port, sys.executable), cwd=ROOT)
+    wait_for_port(port, START_TIMEOUT, "the app to listen on the host")
+    child.check_running()
+    return HttpPath("direct", "direct", f"http://127.0.0.1:{port}")
+
+
+def _answers(path: HttpPath) -> bool:
+    """Whether the app answers through `path` yet (the workload may start after its agent)."""
+    request = urllib.request.Request(path.base_url + SMALL_PATH, headers=path.headers)
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
 def measure_http(procs: Processes, work: Path, plan: HttpPlan) -> dict[str, Any]:
     port = free_port()
-    paths = [HttpPath("direct", "direct", f"http://127.0.0.1:{port}")]
-    kuberde = _start_kuberde(procs, work, port)
+    paths = [_start_direct(procs, port)]
+    kuberde = _start_kuberde(procs, work, free_port())
     chp = _start_chp(procs, work, port)
     paths += [kuberde] if chp is None else [chp, kuberde]
+    for path in paths:
+        what = f"the app to answer through {path.label}"
+        wait_for(functools.partial(_answers, path), START_TIMEOUT, what)
     _say(
         f"HTTP: {plan.small.requests} small GETs and {plan.large.requests} 10 MB downloads"
         f" per path and round, {plan.rounds} round(s)"
