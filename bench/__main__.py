@@ -35,7 +35,6 @@ from bench.latency import measure_round_trips, measure_setups, measure_under_loa
 from bench.memory import measure_gateway_memory
 from bench.procs import Processes
 from bench.startup import measure_startup
-from bench.stats import percentile
 from bench.throughput import measure_throughput
 from bench.wake import measure_wake
 
@@ -170,17 +169,6 @@ def _meta(quick: bool, selected: list[str]) -> dict[str, Any]:
     }
 
 
-def _latency_summary(samples: dict[str, list[float]], scale: float, unit: str) -> dict[str, Any]:
-    return {
-        key: {
-            f"p50_{unit}": percentile(values, 0.50) * scale,
-            f"p99_{unit}": percentile(values, 0.99) * scale,
-            "samples": len(values),
-        }
-        for key, values in samples.items()
-    }
-
-
 def _run_paths(procs: Processes, work: Path, plan: Plan, selected: list[str]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     _say("starting the target, sshd + ssh -L (twice), and KubeRDE over ws:// and wss://")
@@ -210,11 +198,11 @@ def _run_paths(procs: Processes, work: Path, plan: Plan, selected: list[str]) ->
         samples = measure_round_trips(
             paths, count=plan.round_trips, warmup=200, rounds=plan.rtt_rounds
         )
-        results["rtt"] = _latency_summary(samples, 1e6, "us")
+        results["rtt"] = {key: value.summary(1e6, "us") for key, value in samples.items()}
     if "setup" in selected:
         _say("new-stream setup")
         samples = measure_setups(paths, count=plan.setups, warmup=10, rounds=plan.setup_rounds)
-        results["setup"] = _latency_summary(samples, 1e3, "ms")
+        results["setup"] = {key: value.summary(1e3, "ms") for key, value in samples.items()}
     if "loaded" in selected:
         load = plan.loaded
         _say(f"round trips and new-stream setup beside {load.bulk_streams} bulk uploads")

@@ -32,7 +32,13 @@ from bench.throughput import (
     send_chunk,
 )
 
-__all__ = ["LoadedResult", "measure_round_trips", "measure_setups", "measure_under_load"]
+__all__ = [
+    "LoadedResult",
+    "Sampled",
+    "measure_round_trips",
+    "measure_setups",
+    "measure_under_load",
+]
 
 IO_TIMEOUT = 30.0
 
@@ -70,29 +76,57 @@ def _setup(port: int) -> float:
     return elapsed
 
 
+@dataclass
+class Sampled:
+    """One path's latency samples, and the CPU its processes spent on the operations."""
+
+    seconds: list[float] = field(default_factory=list)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    #: Operations the CPU was spent on: the samples and, for round trips, their warm-ups.
+    operations: int = 0
+
+    def summary(self, scale: float, unit: str) -> dict[str, Any]:
+        """Percentiles in `unit` (seconds times `scale`), and CPU µs per operation by role."""
+        return {
+            f"p50_{unit}": percentile(self.seconds, 0.50) * scale,
+            f"p99_{unit}": percentile(self.seconds, 0.99) * scale,
+            "samples": len(self.seconds),
+            "cpu_us_by_process": {
+                role: seconds / self.operations * 1e6 for role, seconds in self.cpu_seconds.items()
+            },
+        }
+
+
 def measure_round_trips(
     paths: Sequence[BenchPath], *, count: int, warmup: int, rounds: int
-) -> dict[str, list[float]]:
+) -> dict[str, Sampled]:
     """Seconds per round trip; `count` samples per path and round."""
-    samples: dict[str, list[float]] = {path.key: [] for path in paths}
+    results = {path.key: Sampled() for path in paths}
     for _ in range(rounds):
         for path in paths:
-            samples[path.key] += _round_trips(path.ports.echo, count, warmup)
-    return samples
+            result = results[path.key]
+            with path.metered(result.cpu_seconds):
+                result.seconds += _round_trips(path.ports.echo, count, warmup)
+            result.operations += count + warmup
+    return results
 
 
 def measure_setups(
     paths: Sequence[BenchPath], *, count: int, warmup: int, rounds: int
-) -> dict[str, list[float]]:
-    """Seconds from connect to the banner's first byte; `count` per path and round."""
-    samples: dict[str, list[float]] = {path.key: [] for path in paths}
+) -> dict[str, Sampled]:
+    """Seconds from connect to the banner's first byte; `count` per path and round. The
+    CPU per setup includes the connection's teardown."""
+    results = {path.key: Sampled() for path in paths}
     for path in paths:
         for _ in range(warmup):
             _setup(path.ports.banner)
     for _ in range(rounds):
         for path in paths:
-            samples[path.key] += [_setup(path.ports.banner) for _ in range(count)]
-    return samples
+            result = results[path.key]
+            with path.metered(result.cpu_seconds):
+                result.seconds += [_setup(path.ports.banner) for _ in range(count)]
+            result.operations += count
+    return results
 
 
 @dataclass

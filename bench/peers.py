@@ -13,18 +13,19 @@ time is the path's cost.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import ROOT
-from bench.procs import Child, Processes, descendants, free_port, wait_for_port
+from bench.procs import Child, Processes, cpu_seconds, descendants, free_port, wait_for_port
 from bench.stack import start_agent, start_gateway, start_port_forward
 from kuberde.local.sshd import find_sshd, prepare_sshd
 
@@ -60,6 +61,23 @@ class BenchPath:
     #: Role (gateway, agent, ssh, ...) → the live pids whose CPU time is this path's cost.
     processes: dict[str, Callable[[], list[int]]] = field(default_factory=dict)
     note: str = ""
+
+    @contextlib.contextmanager
+    def metered(self, totals: dict[str, float]) -> Iterator[None]:
+        """Add the CPU seconds each role spends during the block to `totals` (a pid that
+        started during it counts whole)."""
+        before = self._cpu()
+        yield
+        for role, pids in self._cpu().items():
+            spent = sum(
+                seconds - before.get(role, {}).get(pid, 0.0) for pid, seconds in pids.items()
+            )
+            totals[role] = totals.get(role, 0.0) + spent
+
+    def _cpu(self) -> dict[str, dict[int, float]]:
+        return {
+            role: {pid: cpu_seconds(pid) for pid in pids()} for role, pids in self.processes.items()
+        }
 
 
 def start_target(procs: Processes) -> tuple[Child, Ports]:

@@ -35,7 +35,6 @@ __all__ = [
 ]
 
 _PR_SET_PDEATHSIG = 1
-_TICKS = os.sysconf("SC_CLK_TCK")
 _LOG_TAIL = 2000
 
 
@@ -201,11 +200,18 @@ def _tree(pid: int) -> Iterable[tuple[int, int]]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a live process (all its threads), in seconds."""
-    fields = _stat_fields(pid)
-    if fields is None:
-        raise ProcessLookupError(pid)
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    """CPU time of a live process's threads, in seconds: the scheduler's nanosecond count
+    (/proc/PID/task/*/schedstat), where /proc/PID/stat counts clock ticks (10 ms), too
+    coarse for the CPU of one round trip. A thread that has exited no longer counts."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        raise ProcessLookupError(pid) from None
+    total = 0
+    for task in tasks:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def rss_kib(pid: int) -> int:

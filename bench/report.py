@@ -496,6 +496,8 @@ def _latency_tables(results: Results) -> list[Section]:
         title = "New stream: connect → first byte of the server's banner (lower is better)"
         note = _NAGLE_NOTE if tty is not None else ""
         tables.append(("setup", _table(title, headers, rows) + note))
+    if "rtt" in results or "setup" in results:
+        tables.append(("latency_cpu", _latency_cpu_table(results)))
     if "loaded" in results:
         headers, rows = _section_rows(
             results,
@@ -516,6 +518,35 @@ def _latency_tables(results: Results) -> list[Section]:
         )
         tables.append(("loaded", _table(title, headers, rows)))
     return tables
+
+
+def _latency_cpu_table(results: Results) -> str:
+    """Where an operation's time goes: CPU µs per round trip and per new stream, by process."""
+    sections = [name for name in ("rtt", "setup") if name in results]
+    spent = {
+        (key, name): results[name][key].get("cpu_us_by_process", {})
+        for name in sections
+        for key in _labels(results)
+        if key in results[name]
+    }
+    roles = sorted({role for by_role in spent.values() for role in by_role})
+    kinds = {"rtt": "round trip", "setup": "new stream"}
+    rows = [
+        [
+            label,
+            kinds[name],
+            _fmt(sum(by_role.values()), 0),
+            *(_fmt(by_role.get(role), 0) for role in roles),
+        ]
+        for key, label in _labels(results).items()
+        for name in sections
+        if (by_role := spent.get((key, name)))
+    ]
+    title = (
+        "CPU µs per round trip and per new stream (incl. its teardown), by process "
+        "(lower is better)"
+    )
+    return _table(title, ["path", "operation", "total", *roles], rows, text_columns=2)
 
 
 def _memory_table(results: Results) -> str:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.peers import BenchPath
-from bench.procs import cpu_seconds
 from bench.stats import median
 from bench.target import COUNT_SIZE
 
@@ -140,21 +139,6 @@ def _streams(port: int, streams: int, per_stream: int) -> float:
     return max(ended) - began
 
 
-def _cpu(path: BenchPath) -> dict[str, dict[int, float]]:
-    return {
-        role: {pid: cpu_seconds(pid) for pid in pids()} for role, pids in path.processes.items()
-    }
-
-
-def _cpu_spent(
-    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
-) -> dict[str, float]:
-    return {
-        role: sum(seconds - before[role].get(pid, 0.0) for pid, seconds in pids.items())
-        for role, pids in after.items()
-    }
-
-
 def measure_throughput(
     paths: Sequence[BenchPath],
     *,
@@ -169,12 +153,10 @@ def measure_throughput(
     for _ in range(repetitions):
         for path in paths:
             result = results[path.key]
-            before = _cpu(path)
-            seconds = _streams(path.ports.sink, 1, single_bytes)
-            result.single_mb_s.append(single_bytes / seconds / 1e6)
-            seconds = _streams(path.ports.sink, streams, per_stream_bytes)
-            result.multi_mb_s.append(streams * per_stream_bytes / seconds / 1e6)
-            for role, spent in _cpu_spent(before, _cpu(path)).items():
-                result.cpu_seconds[role] = result.cpu_seconds.get(role, 0.0) + spent
+            with path.metered(result.cpu_seconds):
+                seconds = _streams(path.ports.sink, 1, single_bytes)
+                result.single_mb_s.append(single_bytes / seconds / 1e6)
+                seconds = _streams(path.ports.sink, streams, per_stream_bytes)
+                result.multi_mb_s.append(streams * per_stream_bytes / seconds / 1e6)
             result.bytes_moved += single_bytes + streams * per_stream_bytes
     return results
