@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from kuberde.auth.users import set_user
+from kuberde.gateway.upstreams import IDLE_TIMEOUT
 from tests.e2e.up_fixtures import (
     WORKLOAD_ENV,
     WORKLOAD_PYTHON,
@@ -453,3 +454,37 @@ def test_cli_opens_lists_and_extends_apps(site: Site) -> None:
     assert site.kuberde.ls()["rec"]["last_activity_source"] in ("extend", "http")
     refused = site.kuberde.kuberde("extend", "rec", "soon")
     assert refused.returncode == 1 and "cannot extend rec" in refused.stderr
+
+
+def test_app_connections_are_kept_alive_and_an_app_closing_one_loses_no_request(
+    site: Site,
+) -> None:
+    bearer = {"Authorization": f"Bearer {site.token}"}
+
+    async def get(path: str) -> None:
+        # A new client each time: only the gateway's connection to the app can be reused.
+        async with client() as http, http.get(site.app(f"rec--{OWNER}", path), headers=bearer) as r:
+            assert r.status == 200, await r.text()
+            await r.read()
+
+    def peers(path: str) -> list[int]:
+        return [entry["peer"] for entry in site.records() if entry["path"] == path]
+
+    async def run() -> None:
+        await get("/?keep=1")
+        await get("/?keep=2")
+        assert peers("/?keep=1") == peers("/?keep=2")
+        await get("/close?keep=3")
+        await get("/?keep=4")
+        assert peers("/?keep=4") != peers("/close?keep=3")
+        # The app drops the next request on this connection unanswered: it is sent again on a
+        # new one and the user never notices.
+        await get("/drop-next?keep=5")
+        await get("/?keep=6")
+        first, second = peers("/?keep=6")
+        assert first == peers("/drop-next?keep=5")[0] and second != first
+        await asyncio.sleep(IDLE_TIMEOUT + 1)
+        await get("/?keep=7")
+        assert peers("/?keep=7") != [second]
+
+    arun(run())

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from kuberde.mux.session import Session, SessionConfig
+
+TIMEOUT = 10.0
 
 
 class MemoryLink:
@@ -64,3 +71,34 @@ def link_pair() -> tuple[MemoryLink, MemoryLink]:
     a, b = MemoryLink(), MemoryLink()
     a.peer, b.peer = b, a
     return a, b
+
+
+@dataclass
+class Pair:
+    client: Session
+    server: Session
+    client_link: MemoryLink
+    server_link: MemoryLink
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def links(self) -> tuple[MemoryLink, MemoryLink]:
+        return self.client_link, self.server_link
+
+
+@contextlib.asynccontextmanager
+async def session_pair(
+    client_config: SessionConfig | None = None,
+    server_config: SessionConfig | None = None,
+) -> AsyncIterator[Pair]:
+    client_link, server_link = link_pair()
+    client = Session(client_link, is_client=True, config=client_config, name="client")
+    server = Session(server_link, is_client=False, config=server_config, name="server")
+    pair = Pair(client, server, client_link, server_link)
+    pair.tasks = [asyncio.create_task(client.run()), asyncio.create_task(server.run())]
+    try:
+        yield pair
+    finally:
+        await client.close()
+        await server.close()
+        await asyncio.wait_for(asyncio.gather(*pair.tasks), TIMEOUT)

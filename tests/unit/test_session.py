@@ -33,9 +33,8 @@ from kuberde.mux.session import (
     Stream,
     StreamReset,
 )
-from tests.unit.memory_link import MemoryLink, link_pair
+from tests.unit.memory_link import TIMEOUT, MemoryLink, link_pair, session_pair
 
-TIMEOUT = 10.0
 MIB = 1024 * 1024
 
 
@@ -122,37 +121,6 @@ async def round_trip(session: Session, payload: bytes) -> bytes:
     stream = session.open_stream(payload)
     stream.close_write()
     return await asyncio.wait_for(read_to_eof(stream), TIMEOUT)
-
-
-@dataclass
-class Pair:
-    client: Session
-    server: Session
-    client_link: MemoryLink
-    server_link: MemoryLink
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    @property
-    def links(self) -> tuple[MemoryLink, MemoryLink]:
-        return self.client_link, self.server_link
-
-
-@contextlib.asynccontextmanager
-async def session_pair(
-    client_config: SessionConfig | None = None,
-    server_config: SessionConfig | None = None,
-) -> AsyncIterator[Pair]:
-    client_link, server_link = link_pair()
-    client = Session(client_link, is_client=True, config=client_config, name="client")
-    server = Session(server_link, is_client=False, config=server_config, name="server")
-    pair = Pair(client, server, client_link, server_link)
-    pair.tasks = [asyncio.create_task(client.run()), asyncio.create_task(server.run())]
-    try:
-        yield pair
-    finally:
-        await client.close()
-        await server.close()
-        await asyncio.wait_for(asyncio.gather(*pair.tasks), TIMEOUT)
 
 
 class RawPeer:

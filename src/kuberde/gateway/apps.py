@@ -1,9 +1,10 @@
 """The app proxy: HTTP and WebSocket from a browser to a workspace's web app, by subdomain.
 
 `{port}--{name}--{owner}.{apps-domain}` (or `{name}--{owner}.…` for the default app) is
-served here, whatever the path: each request or WebSocket upgrade is one stream of the
-agent's session, exactly like a `/connect`, and authorized the same way (the owner or an
-admin). A missing app and someone else's get the same 404.
+served here, whatever the path: each WebSocket upgrade is one stream of the agent's session,
+exactly like a `/connect`, and so is each HTTP connection to the app — kept alive between
+one user's requests (`kuberde.gateway.upstreams`). Every request is authorized the same way
+(the owner or an admin). A missing app and someone else's get the same 404.
 
 Credentials on an app host: its own host-only ticket cookie (from the redirect handshake
 with the dashboard, `/__kuberde/auth`), or `Authorization: Bearer` with a user token for
@@ -47,6 +48,7 @@ from kuberde.gateway.streamhttp import (
     UpstreamError,
     UpstreamRejected,
 )
+from kuberde.gateway.upstreams import Upstream, UpstreamKey, UpstreamPool
 from kuberde.gateway.web.navigation import is_navigation, safe_next
 from kuberde.gateway.web.render import APP_STATIC, STATIC_DIR, page
 from kuberde.gateway.web.settings import PLATFORM_COOKIES, BrowserSettings
@@ -75,6 +77,7 @@ class AppProxy:
         self.settings = settings
         self.workspaces = workspaces
         self._wake_started: dict[str, float] = {}
+        self.upstreams = UpstreamPool()
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -96,6 +99,9 @@ class AppProxy:
                 "app_error.html", status=status, static=APP_STATIC, title=title, message=message
             )
         return web.json_response({"error": message}, status=status)
+
+    def _went_away(self, request: web.Request) -> web.Response:
+        return self._error(request, 502, "Workspace went away", "Try again in a moment.")
 
     def _not_found(self, request: web.Request) -> web.Response:
         # Someone else's app and a missing one look the same: names are not disclosed.
@@ -222,14 +228,12 @@ class AppProxy:
                     headers={"Retry-After": "5"},
                 )
         try:
-            guard = StreamGuard(self.gateway.quota, user.name, record.agent_id)
+            if request.headers.get("Upgrade", "").lower() == "websocket":
+                return await self._websocket(request, connection, record, port, user)
+            return await self._http(request, connection, record, port, user)
         except LimitExceeded as exc:
             log.info("refused a request of %s to %s: %s", user.name, record.agent_id, exc.reason)
             return limit_error(exc)
-        with guard:
-            if request.headers.get("Upgrade", "").lower() == "websocket":
-                return await self._websocket(request, connection, record, port, user, guard)
-            return await self._http(request, connection, record, port, user, guard)
 
     def _static(self, request: web.Request) -> web.StreamResponse:
         name = request.path.removeprefix(RESERVED + "static/")
@@ -345,6 +349,30 @@ class AppProxy:
             scheme="https" if self.settings.tls(request) else "http",
         )
 
+    def _connect(
+        self, connection: AgentConnection, record: AgentRecord, port: int, user: Principal
+    ) -> Upstream | None:
+        """A new HTTP connection to the app (raises `LimitExceeded`); None if the agent left."""
+        guard = StreamGuard(self.gateway.quota, user.name, record.agent_id)
+        stream = self._open(connection, port, user, guard)
+        if stream is None:
+            guard.release()
+            return None
+        return Upstream(StreamHttp(stream), guard)
+
+    async def _send_request(
+        self, request: web.Request, exchange: StreamHttp
+    ) -> tuple[int, str, list[tuple[str, str]]]:
+        headers = self._forwarded(request)
+        if request.body_exists and request.content_length is None:
+            headers.append(("Transfer-Encoding", "chunked"))
+        await exchange.send_head(request.method, request.raw_path, headers)
+        if request.body_exists:
+            async for chunk in request.content.iter_chunked(BODY_CHUNK):
+                await exchange.send_body(chunk)
+        await exchange.end_body()
+        return await exchange.response()
+
     async def _http(
         self,
         request: web.Request,
@@ -352,40 +380,43 @@ class AppProxy:
         record: AgentRecord,
         port: int,
         user: Principal,
-        guard: StreamGuard,
     ) -> web.StreamResponse:
-        stream = self._open(connection, port, user, guard)
-        if stream is None:
-            return self._error(request, 502, "Workspace went away", "Try again in a moment.")
+        key = UpstreamKey(connection.session, port, user.name)
+        # A body cannot be sent twice, so it never goes to a connection the app may have closed.
+        upstream = None if request.body_exists else self.upstreams.take(key)
+        if upstream is None:
+            upstream = self._connect(connection, record, port, user)
         agent = record.agent_id
         activity = self.gateway.activity
         activity.http_started(agent)
         self.gateway.metrics.open_streams.inc()
         try:
-            exchange = StreamHttp(stream)
-            headers = self._forwarded(request)
-            if request.body_exists and request.content_length is None:
-                headers.append(("Transfer-Encoding", "chunked"))
-            try:
-                await exchange.send_head(request.method, request.raw_path, headers)
-                if request.body_exists:
-                    async for chunk in request.content.iter_chunked(BODY_CHUNK):
-                        await exchange.send_body(chunk)
-                await exchange.end_body()
-                status, reason, upstream = await exchange.response()
-            except UpstreamError as exc:
-                log.info("app %s:%d of %s failed: %s", record.name, port, agent, exc)
-                return self._error(request, 502, "The app did not answer", str(exc))
+            while True:
+                if upstream is None:
+                    return self._went_away(request)
+                try:
+                    status, reason, upstream_headers = await self._send_request(
+                        request, upstream.exchange
+                    )
+                    break
+                except UpstreamError as exc:
+                    if not upstream.reused or upstream.exchange.answered:
+                        log.info("app %s:%d of %s failed: %s", record.name, port, agent, exc)
+                        return self._error(request, 502, "The app did not answer", str(exc))
+                    upstream.close("closed by the app")
+                    upstream = self._connect(connection, record, port, user)
             response = web.StreamResponse(status=status, reason=reason)
-            for name, value in app_response_headers(upstream, platform_cookies=PLATFORM_COOKIES):
+            for name, value in app_response_headers(
+                upstream_headers, platform_cookies=PLATFORM_COOKIES
+            ):
                 response.headers.add(name, value)
-            length = next((v for n, v in upstream if n.lower() == "content-length"), None)
+            length = next((v for n, v in upstream_headers if n.lower() == "content-length"), None)
             if length is not None and length.isdigit() and request.method != "HEAD":
                 response.content_length = int(length)
             await response.prepare(request)
             with contextlib.suppress(ConnectionResetError):
                 try:
-                    async for data in exchange.body():
+                    async for data in upstream.exchange.body():
                         await response.write(data)
                         activity.bytes_moved(agent, "http")
                     await response.write_eof()
@@ -395,8 +426,8 @@ class AppProxy:
                         request.transport.close()
             return response
         finally:
-            if not stream.is_closed:
-                stream.reset("request done")
+            if upstream is not None:
+                self.upstreams.give_back(key, upstream)
             activity.http_ended(agent)
             self.gateway.metrics.open_streams.dec()
 
@@ -413,14 +444,25 @@ class AppProxy:
         record: AgentRecord,
         port: int,
         user: Principal,
-        guard: StreamGuard,
     ) -> web.StreamResponse:
         if not self._origin_allowed(request):
             log.info("refused a cross-origin WebSocket to %s from %s", request.host, request.remote)
             return web.json_response({"error": "cross-origin WebSocket refused"}, status=403)
+        with StreamGuard(self.gateway.quota, user.name, record.agent_id) as guard:
+            return await self._websocket_stream(request, connection, record, port, user, guard)
+
+    async def _websocket_stream(
+        self,
+        request: web.Request,
+        connection: AgentConnection,
+        record: AgentRecord,
+        port: int,
+        user: Principal,
+        guard: StreamGuard,
+    ) -> web.StreamResponse:
         stream = self._open(connection, port, user, guard)
         if stream is None:
-            return self._error(request, 502, "Workspace went away", "Try again in a moment.")
+            return self._went_away(request)
         agent = record.agent_id
         self.gateway.activity.http_started(agent)
         self.gateway.metrics.open_streams.inc()

@@ -50,11 +50,29 @@ def _encode(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
 
 
 class StreamHttp:
-    """One request and its response (`Connection: close`: one stream per request)."""
+    """An HTTP/1.1 client connection over one stream: requests and their responses in turn."""
 
     def __init__(self, stream: Stream) -> None:
-        self._stream = stream
+        self.stream = stream
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+        #: Whether any byte of the current response arrived (a request that met a connection
+        #: the app had already closed got none, and may be sent again elsewhere).
+        self.answered = False
+
+    @property
+    def reusable(self) -> bool:
+        """Both sides finished this exchange, the app keeps the connection and sent no more."""
+        return (
+            self._conn.our_state is h11.DONE
+            and self._conn.their_state is h11.DONE
+            and not self._conn.trailing_data[0]
+            and self.stream.is_quiet
+        )
+
+    def next_cycle(self) -> None:
+        """Ready the connection for the next request (only when `reusable`)."""
+        self._conn.start_next_cycle()
+        self.answered = False
 
     async def _send(self, event: h11.Event) -> None:
         try:
@@ -63,17 +81,13 @@ class StreamHttp:
             raise UpstreamError(f"cannot send the request: {exc}") from None
         if data:
             try:
-                self._stream.write(data)
-                await self._stream.drain()
+                self.stream.write(data)
+                await self.stream.drain()
             except StreamReset as exc:
                 raise UpstreamError(f"the app's stream closed: {exc.reason}") from None
 
     async def send_head(self, method: str, target: str, headers: Sequence[tuple[str, str]]) -> None:
-        await self._send(
-            h11.Request(
-                method=method, target=target, headers=[*_encode(headers), (b"connection", b"close")]
-            )
-        )
+        await self._send(h11.Request(method=method, target=target, headers=_encode(headers)))
 
     async def send_body(self, data: bytes) -> None:
         if data:
@@ -91,9 +105,10 @@ class StreamHttp:
             if event is not h11.NEED_DATA:
                 return event
             try:
-                data = await self._stream.read(READ_SIZE)
+                data = await self.stream.read(READ_SIZE)
             except StreamReset as exc:
                 raise UpstreamError(f"the app's stream closed: {exc.reason}") from None
+            self.answered = self.answered or bool(data)
             self._conn.receive_data(data)
 
     async def response(self) -> tuple[int, str, list[tuple[str, str]]]:

@@ -316,6 +316,13 @@ class Stream:
     def error(self) -> StreamReset | None:
         return self._error
 
+    @property
+    def is_quiet(self) -> bool:
+        """Open both ways with nothing unread: what a parked keep-alive connection must be."""
+        return not (
+            self._closed.done() or self._remote_fin or self._local_fin or self._recv_buffered
+        )
+
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
 

@@ -1,10 +1,12 @@
 """A workspace web app for the app-proxy tests: it records every request's headers.
 
 Usage: python recorder.py PORT RECORD_FILE. Each request appends one JSON line
-{"path", "headers"} to RECORD_FILE. Routes: `/` a page, `/setcookie` cookies an app might
-try to plant, `/big?mb=N` N MiB of a known pattern (bytes sent so far in RECORD_FILE.sent, and in
-RECORD_FILE.blocked how far it got when a write first waited over a second), `/ws`
-a WebSocket echo.
+{"path", "headers", "peer"} to RECORD_FILE (peer: the TCP connection's client port). Routes:
+`/` a page, `/setcookie` cookies an app might try to plant, `/big?mb=N` N MiB of a known
+pattern (bytes sent so far in RECORD_FILE.sent, and in RECORD_FILE.blocked how far it got when
+a write first waited over a second), `/ws` a WebSocket echo, `/close` a page sent with
+`Connection: close`, `/drop-next` a page after which the next request on the same connection
+is dropped unanswered (as an app closing an idle keep-alive connection does).
 """
 
 from __future__ import annotations
@@ -27,12 +29,39 @@ def pattern(index: int) -> bytes:
 
 
 def make_app(record: Path) -> web.Application:
+    dropping: set[int] = set()
+
+    def transport(request: web.Request) -> asyncio.Transport:
+        assert request.transport is not None, "the request's connection is gone"
+        return request.transport
+
+    def client_port(request: web.Request) -> int:
+        return int(transport(request).get_extra_info("peername")[1])
+
     @web.middleware
     async def log_headers(request: web.Request, handler):
+        peer = client_port(request)
         with record.open("a") as out:
-            entry = {"path": request.path_qs, "headers": list(request.headers.items())}
+            entry = {
+                "path": request.path_qs,
+                "headers": list(request.headers.items()),
+                "peer": peer,
+            }
             out.write(json.dumps(entry) + "\n")
+        if peer in dropping:
+            dropping.discard(peer)
+            transport(request).abort()
+            raise ConnectionResetError("dropped as asked")
         return await handler(request)
+
+    async def close(request: web.Request) -> web.Response:
+        response = web.Response(text=PAGE, content_type="text/html")
+        response.force_close()
+        return response
+
+    async def drop_next(request: web.Request) -> web.Response:
+        dropping.add(client_port(request))
+        return web.Response(text=PAGE, content_type="text/html")
 
     async def index(request: web.Request) -> web.Response:
         return web.Response(text=PAGE, content_type="text/html")
@@ -90,6 +119,8 @@ def make_app(record: Path) -> web.Application:
     app.router.add_get("/setcookie", setcookie)
     app.router.add_get("/big", big)
     app.router.add_get("/ws", echo)
+    app.router.add_get("/close", close)
+    app.router.add_get("/drop-next", drop_next)
     return app
 
 

@@ -41,4 +41,10 @@ def add_browser(
     app[SESSIONS_KEY] = sessions
     app.router.add_routes([*signin.routes(), *Dashboard(signin, settings, workspaces).routes()])
     if settings.apps_domain is not None:
-        app.middlewares.append(AppProxy(gateway, sessions, settings, workspaces).middleware)
+        proxy = AppProxy(gateway, sessions, settings, workspaces)
+        app.middlewares.append(proxy.middleware)
+
+        async def close_upstreams(_: web.Application) -> None:
+            proxy.upstreams.close_all()
+
+        app.on_cleanup.append(close_upstreams)
