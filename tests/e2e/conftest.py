@@ -722,13 +722,20 @@ async def echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 
 
 def start_port_forward(
-    processes: Processes, gateway: Gateway, token: str, remote: int, agent: str = NAME
+    processes: Processes,
+    gateway: Gateway,
+    token: str,
+    remote: int,
+    agent: str = NAME,
+    *,
+    env: dict[str, str] | None = None,
 ) -> tuple[Proc, int]:
-    """`kuberde port-forward AGENT :REMOTE`; returns the process and its local port."""
+    """`kuberde port-forward AGENT :REMOTE` (in `env`, by default the gateway's client
+    environment); returns the process and its local port."""
     proc = processes.start(
         "port-forward",
         [KUBERDE, "port-forward", agent, f":{remote}"],
-        gateway.client_env(token),
+        gateway.client_env(token) if env is None else env,
     )
     match = proc.wait_for_log(rf"Forwarding from 127\.0\.0\.1:(\d+) -> {remote}\b")
     return proc, int(match.group(1))

@@ -17,7 +17,7 @@ import socket
 import sys
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO, cast
+from typing import Any, TextIO, TypeVar, cast
 
 import aiohttp
 
@@ -43,10 +43,12 @@ from kuberde.wslink import WebSocketLink
 
 __all__ = ["KIND", "PortMapping", "format_address", "parse_port_mapping", "serve_port_forward"]
 
+_T = TypeVar("_T")
+
 KIND = "port-forward"
-#: Bulk windows as on the gateway-agent path; the gateway opens no streams to us.
 #: How often a connection that is still waiting asks whether its workspace is awake.
 _WAKE_POLL = 1.0
+#: Bulk windows as on the gateway-agent path; the gateway opens no streams to us.
 _SESSION_CONFIG = SessionConfig(
     receive_window=BULK_WINDOW, max_frame_payload=BULK_FRAME, accept_backlog=0
 )
@@ -309,13 +311,15 @@ class _Forwarder:
         self.session = session
         self.progress = WakeProgress(agent, stderr)
         self._stderr = stderr
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         #: When the workspace was last seen online (loop time), so a burst of connections
         #: asks the gateway once.
         self._online_at: float | None = None
+        #: The question in flight, shared by every connection that waits meanwhile.
+        self._online_check: asyncio.Task[bool | None] | None = None
         self.mux = _Mux(self)
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def spawn(self, work: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -343,24 +347,41 @@ class _Forwarder:
         """A session carries no `waking` events: ask the gateway whether the workspace is
         online, and while it is not, show the progress `/connect` would (the gateway is
         waking it for this connection)."""
-        from kuberde.cli.api import ApiError, request
-
         loop = asyncio.get_running_loop()
         waking = False
-        path = f"/api/agents/{self.agent}"
         while not finished.done():
-            try:
-                answer = await request(self.credentials.settings, "GET", path, deadline=5.0)
-            except ApiError:
+            online = await self._is_online()
+            if online is None:
                 return
-            if answer.get("online"):
-                self._online_at = loop.time()
+            if online:
                 if waking:
                     self.progress({"event": "connected"})
                 return
             waking = True
             self.progress({"event": "waking", "elapsed_s": round(loop.time() - started, 1)})
             await asyncio.wait({finished}, timeout=_WAKE_POLL)
+
+    async def _is_online(self) -> bool | None:
+        """Whether the workspace is online (None: the gateway cannot say). One question is
+        in flight at a time, and a connection that ends stops waiting for it without
+        cancelling it: a burst of short connections, each ended before an HTTPS answer
+        could arrive, would otherwise ask once each and pay a TLS handshake every time."""
+        if self._online_check is None or self._online_check.done():
+            self._online_check = self.spawn(self._ask_online())
+        return await asyncio.shield(self._online_check)
+
+    async def _ask_online(self) -> bool | None:
+        from kuberde.cli.api import ApiError, request
+
+        path = f"/api/agents/{self.agent}"
+        try:
+            answer = await request(self.credentials.settings, "GET", path, deadline=5.0)
+        except ApiError:
+            return None
+        online = bool(answer.get("online"))
+        if online:
+            self._online_at = asyncio.get_running_loop().time()
+        return online
 
     def report(self, message: str) -> None:
         self.progress.end_line()
