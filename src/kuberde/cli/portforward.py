@@ -48,6 +48,9 @@ _T = TypeVar("_T")
 KIND = "port-forward"
 #: How often a connection that is still waiting asks whether its workspace is awake.
 _WAKE_POLL = 1.0
+#: How long a new connection waits to hear from its workspace before it asks: one to a
+#: running workspace is answered within milliseconds, a wake takes a quarter second or more.
+_WAKE_GRACE = 0.05
 #: Bulk windows as on the gateway-agent path; the gateway opens no streams to us.
 _SESSION_CONFIG = SessionConfig(
     receive_window=BULK_WINDOW, max_frame_payload=BULK_FRAME, accept_backlog=0
@@ -143,8 +146,10 @@ class _Forwarded(asyncio.Protocol):
         joined.connection_made(transport)
         self._joined = joined
         self._deliver_early(joined, transport)
-        self._forwarder.watch_wake(joined.finished)
+        self._forwarder.watch_wake(joined)
         await joined.finished
+        if joined.answered:
+            self._forwarder.saw_online()
         error = stream.error
         if error is not None and not error.reason.startswith(what):
             self._forwarder.report(f"connection from {self._peer} ended: {error.reason}")
@@ -325,23 +330,28 @@ class _Forwarder:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def watch_wake(self, finished: asyncio.Future[None]) -> None:
-        """Show wake progress for a connection until `finished`: asked at once, or, if the
-        workspace was online a moment ago, only once the connection has waited
-        `_WAKE_POLL` — so the connections of a burst cost a timer each, not a task."""
+    def watch_wake(self, joined: TcpBridge) -> None:
+        """Show wake progress for a connection that has not heard from its workspace after
+        `_WAKE_GRACE` (`_WAKE_POLL` if the workspace was online a moment ago) until it is
+        finished, so the connections of a burst cost a timer each, not a task."""
         loop = asyncio.get_running_loop()
         started = loop.time()
+        finished = joined.finished
 
         def start() -> None:
-            if not finished.done():
+            if joined.answered:
+                self.saw_online()
+            elif not finished.done():
                 watcher = self.spawn(self._show_wake(finished, started))
                 finished.add_done_callback(lambda _: watcher.cancel())
 
-        if self._online_at is not None and started - self._online_at < _WAKE_POLL:
-            timer = loop.call_later(_WAKE_POLL, start)
-            finished.add_done_callback(lambda _: timer.cancel())
-        else:
-            start()
+        recently = self._online_at is not None and started - self._online_at < _WAKE_POLL
+        timer = loop.call_later(_WAKE_POLL if recently else _WAKE_GRACE, start)
+        finished.add_done_callback(lambda _: timer.cancel())
+
+    def saw_online(self) -> None:
+        """A connection heard from the workspace: no need to ask for a while."""
+        self._online_at = asyncio.get_running_loop().time()
 
     async def _show_wake(self, finished: asyncio.Future[None], started: float) -> None:
         """A session carries no `waking` events: ask the gateway whether the workspace is
@@ -380,7 +390,7 @@ class _Forwarder:
             return None
         online = bool(answer.get("online"))
         if online:
-            self._online_at = asyncio.get_running_loop().time()
+            self.saw_online()
         return online
 
     def report(self, message: str) -> None:

@@ -54,6 +54,8 @@ class TcpBridge(asyncio.Protocol):
         self._unacknowledged = 0
         self._local_eof = False
         self._stream_eof = False
+        #: The stream has delivered bytes: its far end (the workspace, seen from the CLI) is up.
+        self.answered = False
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # ---- TCP side ----------------------------------------------------------------------
@@ -103,6 +105,7 @@ class TcpBridge(asyncio.Protocol):
     # ---- stream side -------------------------------------------------------------------
 
     def stream_data(self, data: bytes) -> None:
+        self.answered = True
         transport = self._transport
         if transport is None or transport.is_closing():
             return
